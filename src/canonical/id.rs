@@ -1,0 +1,203 @@
+//! Stable event ids: UUIDv5 over a vendor event's identity, so retries, redeliveries and
+//! reformatted bodies of one event all get one id. The algorithm is public
+//! (`docs/stable-ids.md`); changing it re-keys every event downstream.
+
+use canon_json::CanonJsonSerialize;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
+use sha1::{Digest, Sha1};
+use uuid::{Builder, Uuid, uuid};
+
+use super::EventType;
+
+/// The UUIDv5 namespace of every canonical event id. Fixed forever.
+pub const EVENT_ID_NAMESPACE: Uuid = uuid!("97eb2466-1564-4be4-b98e-bcd8ea4c672c");
+
+/// The UUIDv5 namespace of Entuitive user keys (see [`user_key`]). Fixed forever.
+pub const USER_KEY_NAMESPACE: Uuid = uuid!("9f77a320-178a-49cb-acee-d547c23b8ba8");
+
+/// The object could not be put in RFC 8785 canonical form: a number beyond the range
+/// of an IEEE 754 double (such as `1e400`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the event holds a number that RFC 8785 canonical JSON cannot represent")]
+pub struct Uncanonicalizable;
+
+/// The stable id of an event from a vendor whose own event id is documented as the
+/// event's identity (Authenticate's envelope `id`):
+/// `UUIDv5(EVENT_ID_NAMESPACE, "{vendor}\n{canonical type}\n{vendor event id}")`.
+///
+/// The canonical type is in the name so that one vendor id reused across event types (or
+/// across the stages of one report) cannot make two different events share an id.
+pub fn id_from_vendor_event_id(event_type: EventType, vendor_event_id: &str) -> Uuid {
+    let mut name = NameHasher::new(event_type);
+    name.0.update(vendor_event_id.as_bytes());
+    name.finish()
+}
+
+/// The stable id of an event from a vendor with no trustworthy event id: Deel (whose
+/// `tracking_id` and `timestamp` may change between retries) and Entuitive (no id):
+/// `UUIDv5(EVENT_ID_NAMESPACE, "{vendor}\n{canonical type}\n{JCS(object)}")`.
+///
+/// `object` is the event: a Deel `resource` (or one element of it), an Entuitive event
+/// object. RFC 8785 (JCS) sorts keys and fixes number and string formatting, so key order
+/// and whitespace cannot change the id. JCS writes numbers as IEEE 754 doubles: integers
+/// beyond 2^53 that differ only past that precision give the same id.
+pub fn id_from_content(
+    event_type: EventType,
+    object: &Map<String, Value>,
+) -> Result<Uuid, Uncanonicalizable> {
+    // Buffered, then hashed in one call: the formatter writes many tiny pieces, which a
+    // buffer takes faster than the hasher does.
+    let canonical = canonical_json(object)?;
+    let mut name = NameHasher::new(event_type);
+    name.0.update(&canonical);
+    Ok(name.finish())
+}
+
+/// The RFC 8785 (JCS) form of a JSON object: the bytes that go into a content id.
+pub fn canonical_json(object: &Map<String, Value>) -> Result<Vec<u8>, Uncanonicalizable> {
+    let mut canonical = Vec::with_capacity(1024);
+    JcsNumbers(object)
+        .to_canon_json_writer(&mut canonical)
+        .map_err(|_| Uncanonicalizable)?;
+    Ok(canonical)
+}
+
+/// Presents a JSON object to the RFC 8785 formatter with every number as an IEEE 754
+/// double. We parse with serde_json's `arbitrary_precision` (to keep payload numbers as
+/// written), and the formatter passes such numbers through verbatim; JCS requires the
+/// ES6 form of the double (`1.50` -> `1.5`, `1e3` -> `1000`), which the formatter writes
+/// for `f64`. Everything else (key order, string escaping) is the formatter's.
+struct JcsNumbers<'a>(&'a Map<String, Value>);
+
+struct JcsValue<'a>(&'a Value);
+
+impl Serialize for JcsNumbers<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, &JcsValue(v))?;
+        }
+        map.end()
+    }
+}
+
+impl Serialize for JcsValue<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if f.is_finite() => s.serialize_f64(f),
+                _ => Err(serde::ser::Error::custom(
+                    "number out of the range of a double",
+                )),
+            },
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&JcsValue(item))?;
+                }
+                seq.end()
+            }
+            Value::Object(map) => JcsNumbers(map).serialize(s),
+            other => other.serialize(s),
+        }
+    }
+}
+
+/// SHA-1 over the namespace and the name, as UUIDv5 defines it (RFC 9562 §5.5), fed
+/// incrementally. `uuid::Uuid::new_v5` computes the same from a finished buffer; the
+/// tests hold the two equal.
+struct NameHasher(Sha1);
+
+impl NameHasher {
+    /// Starts the name with `{vendor}\n{canonical type}\n`. Neither part can contain a
+    /// newline, so the name splits back into its three parts unambiguously.
+    fn new(event_type: EventType) -> NameHasher {
+        let mut sha = Sha1::new();
+        sha.update(EVENT_ID_NAMESPACE.as_bytes());
+        sha.update(event_type.vendor().key().as_bytes());
+        sha.update(b"\n");
+        sha.update(event_type.as_str().as_bytes());
+        sha.update(b"\n");
+        NameHasher(sha)
+    }
+
+    fn finish(self) -> Uuid {
+        let digest = self.0.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Builder::from_sha1_bytes(bytes).into_uuid()
+    }
+}
+
+/// A pseudonymous key for an Entuitive user, who has no id in Entuitive's webhooks:
+/// `UUIDv5(USER_KEY_NAMESPACE, lowercase(trim(email)))`. It keeps email addresses out of
+/// `subject` (which lands in headers and logs) while letting consumers correlate one
+/// user's events, and recompute the key from an email they already hold.
+pub fn user_key(email: &str) -> Uuid {
+    Uuid::new_v5(&USER_KEY_NAMESPACE, email.trim().to_lowercase().as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn vendor_event_id_name_is_vendor_type_and_id() {
+        let want = Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            b"authenticate\nauthenticate.report.completed\nabc-123",
+        );
+        let got = id_from_vendor_event_id(EventType::AuthenticateReportCompleted, "abc-123");
+        assert_eq!(got, want);
+        assert_eq!(got.get_version_num(), 5);
+        assert_ne!(
+            got,
+            id_from_vendor_event_id(EventType::AuthenticateReportInitiated, "abc-123")
+        );
+    }
+
+    #[test]
+    fn content_name_is_vendor_type_and_jcs() {
+        // Hand-written JCS of the object: keys sorted, no whitespace, 1.50 -> 1.5.
+        let object =
+            json!({"status": "approved", "id": 10443248, "amount": 1.50, "b": [true, null]});
+        let want = Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            br#"deel
+deel.timesheet.reviewed
+{"amount":1.5,"b":[true,null],"id":10443248,"status":"approved"}"#,
+        );
+        let got = id_from_content(
+            EventType::DeelTimesheetReviewed,
+            object.as_object().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn numbers_jcs_cannot_represent_are_an_error_not_a_panic() {
+        let object: Value = serde_json::from_str(r#"{"x": 1e400}"#).unwrap();
+        assert_eq!(
+            id_from_content(EventType::DeelContractCreated, object.as_object().unwrap()),
+            Err(Uncanonicalizable)
+        );
+    }
+
+    #[test]
+    fn user_key_ignores_case_and_surrounding_space() {
+        assert_eq!(
+            user_key(" Jane.Doe@Example.com "),
+            user_key("jane.doe@example.com")
+        );
+        assert_ne!(user_key("jane@example.com"), user_key("john@example.com"));
+        assert_eq!(
+            user_key("jane@example.com"),
+            Uuid::new_v5(&USER_KEY_NAMESPACE, b"jane@example.com")
+        );
+    }
+}

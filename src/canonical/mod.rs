@@ -1,0 +1,273 @@
+//! The public contract: the CloudEvents 1.0 envelope every vendor event becomes, the
+//! canonical type table and the stable ids. Strict types; nothing here parses vendor bodies.
+
+mod id;
+mod types;
+mod vendor;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use uuid::Uuid;
+
+pub use id::{
+    EVENT_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable, canonical_json, id_from_content,
+    id_from_vendor_event_id, user_key,
+};
+pub use types::{EventType, markdown_table};
+pub use vendor::{NotAVendor, Vendor};
+
+/// The JSON Schema of [`CanonicalEvent`], as published in `schema/`.
+pub const JSON_SCHEMA: &str = include_str!("../../schema/canonical-event.schema.json");
+
+/// One canonical event: a CloudEvents 1.0 event in JSON structured mode.
+///
+/// Field order here is the order on the wire. Optional extension attributes are omitted
+/// when absent rather than sent as `null`, as CloudEvents asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanonicalEvent {
+    pub specversion: SpecVersion,
+    /// The stable id: the same vendor event always gets the same id (see `docs/stable-ids.md`).
+    pub id: Uuid,
+    /// `/vendors/{vendor}`.
+    pub source: String,
+    /// The canonical type; also the routing key.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// `{entity kind}/{entity id}`.
+    pub subject: String,
+    /// When the vendor says the event happened, else when we received it.
+    #[serde(with = "rfc3339_utc")]
+    pub time: DateTime<Utc>,
+    pub datacontenttype: DataContentType,
+    pub vendor: Vendor,
+    /// The vendor's own event type string, as sent.
+    pub vendoreventtype: String,
+    /// The vendor's event or delivery id, when it sends one (Authenticate `id`, Deel
+    /// `tracking_id`). Not the canonical id: Deel may change it between retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendoreventid: Option<String>,
+    /// The vendor's organization or company id, as a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenantid: Option<String>,
+    /// Present, and `true`, only for Deel's simulated events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulation: Option<bool>,
+    pub data: EventData,
+}
+
+/// The CloudEvents spec version we emit; any other value fails to deserialize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SpecVersion {
+    #[serde(rename = "1.0")]
+    V1_0,
+}
+
+/// The media type of `data`; always JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DataContentType {
+    #[serde(rename = "application/json")]
+    Json,
+}
+
+/// The canonical `data`: what downstream teams read instead of the vendor's body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventData {
+    /// What the event is about.
+    pub entity: Entity,
+    /// The vendor's status string for the entity, when the event carries one.
+    pub status: Option<String>,
+    /// The person the event concerns, when the vendor names one.
+    pub person: Option<Person>,
+    /// The vendor's organization or company, when present.
+    pub tenant: Option<Tenant>,
+    /// The vendor's body exactly as parsed: every key, in order, with numbers as written.
+    /// Shared (not copied) between the events of a fanned-out body.
+    pub payload: Arc<Value>,
+}
+
+/// The entity an event is about; `id` is always a string, whatever the vendor sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    pub kind: String,
+    pub id: String,
+}
+
+/// A person named by the event. Every field is nullable; the object itself is `null`
+/// when the vendor names nobody.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    /// The vendor's own id for the person.
+    pub id: Option<String>,
+    pub email: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub full_name: Option<String>,
+}
+
+impl Person {
+    /// `None` when no field is known, so `person` is `null` rather than all-null.
+    pub fn non_empty(self) -> Option<Person> {
+        (self != Person::default()).then_some(self)
+    }
+}
+
+/// The vendor's organization or company.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tenant {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+/// What a vendor mapping knows about one event; [`CanonicalEvent::new`] fills in the rest.
+#[derive(Debug, Clone)]
+pub struct EventFacts {
+    pub event_type: EventType,
+    pub id: Uuid,
+    pub time: DateTime<Utc>,
+    pub vendor_event_type: String,
+    pub vendor_event_id: Option<String>,
+    pub simulation: bool,
+    pub data: EventData,
+}
+
+impl CanonicalEvent {
+    /// Builds the envelope, deriving `source`, `subject`, `vendor` and `tenantid` from
+    /// the facts so that they can never disagree with `type` and `data`.
+    pub fn new(facts: EventFacts) -> CanonicalEvent {
+        let vendor = facts.event_type.vendor();
+        CanonicalEvent {
+            specversion: SpecVersion::V1_0,
+            id: facts.id,
+            source: vendor.source().to_owned(),
+            event_type: facts.event_type,
+            subject: format!("{}/{}", facts.data.entity.kind, facts.data.entity.id),
+            time: facts.time,
+            datacontenttype: DataContentType::Json,
+            vendor,
+            vendoreventtype: facts.vendor_event_type,
+            vendoreventid: facts.vendor_event_id,
+            tenantid: facts.data.tenant.as_ref().map(|t| t.id.clone()),
+            simulation: facts.simulation.then_some(true),
+            data: facts.data,
+        }
+    }
+
+    /// The routing key on the canonical exchange.
+    pub fn routing_key(&self) -> &'static str {
+        self.event_type.as_str()
+    }
+
+    /// `time` as it appears on the wire.
+    pub fn time_rfc3339(&self) -> String {
+        rfc3339_utc::format(&self.time)
+    }
+}
+
+/// RFC 3339 in UTC with a `Z`, keeping as many fractional digits as are non-zero.
+pub mod rfc3339_utc {
+    use super::*;
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.ends_with('Z') {
+            return Err(serde::de::Error::custom("time must be UTC with a Z"));
+        }
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn sample() -> CanonicalEvent {
+        CanonicalEvent::new(EventFacts {
+            event_type: EventType::DeelContractCreated,
+            id: Uuid::nil(),
+            time: DateTime::parse_from_rfc3339("2023-05-10T23:57:49.274Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            vendor_event_type: "contract.created".into(),
+            vendor_event_id: Some("t1".into()),
+            simulation: false,
+            data: EventData {
+                entity: Entity {
+                    kind: "contract".into(),
+                    id: "meq8zvz".into(),
+                },
+                status: None,
+                person: None,
+                tenant: Some(Tenant {
+                    id: "112546".into(),
+                    name: None,
+                }),
+                payload: Arc::new(json!({"k": 1})),
+            },
+        })
+    }
+
+    #[test]
+    fn derived_attributes_follow_type_and_data() {
+        let e = sample();
+        assert_eq!(e.source, "/vendors/deel");
+        assert_eq!(e.vendor, Vendor::Deel);
+        assert_eq!(e.subject, "contract/meq8zvz");
+        assert_eq!(e.tenantid.as_deref(), Some("112546"));
+        assert_eq!(e.simulation, None);
+        assert_eq!(e.routing_key(), "deel.contract.created");
+    }
+
+    #[test]
+    fn round_trips_and_rejects_unknown_attributes() {
+        let e = sample();
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["time"], "2023-05-10T23:57:49.274Z");
+        assert!(json.get("simulation").is_none());
+        let back: CanonicalEvent = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, e);
+
+        let mut extra = json.clone();
+        extra["surprise"] = json!(1);
+        assert!(serde_json::from_value::<CanonicalEvent>(extra).is_err());
+
+        let mut wrong_version = json;
+        wrong_version["specversion"] = json!("0.3");
+        assert!(serde_json::from_value::<CanonicalEvent>(wrong_version).is_err());
+    }
+
+    #[test]
+    fn time_keeps_only_nonzero_fraction_digits() {
+        let t = |s: &str| {
+            rfc3339_utc::format(&DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+        };
+        assert_eq!(t("2024-08-09T10:13:36.000000Z"), "2024-08-09T10:13:36Z");
+        assert_eq!(
+            t("2024-08-09T10:13:36.120+01:00"),
+            "2024-08-09T09:13:36.120Z"
+        );
+        assert_eq!(
+            t("2024-08-09T10:13:36.123456Z"),
+            "2024-08-09T10:13:36.123456Z"
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! The canonical type table: the public routing contract, one row per canonical type.
+//!
+//! Changing a row's canonical string breaks every downstream binding on it; add rows,
+//! never rename them.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::Vendor;
+
+macro_rules! event_types {
+    ($(
+        $variant:ident => $canonical:literal {
+            vendor: $vendor:ident,
+            vendor_type: $vendor_type:literal,
+            when: $when:literal,
+            subject: $subject:literal,
+        }
+    )*) => {
+        /// A canonical event type, `{vendor}.{entity}.{action}`. It is the CloudEvents
+        /// `type` and the routing key on the canonical exchange.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub enum EventType {
+            $(
+                #[doc = concat!("`", $canonical, "`")]
+                #[serde(rename = $canonical)]
+                $variant,
+            )*
+        }
+
+        impl EventType {
+            /// Every canonical type, in table order.
+            pub const ALL: &'static [EventType] = &[$(EventType::$variant),*];
+
+            /// The canonical type string.
+            pub const fn as_str(self) -> &'static str {
+                match self { $(EventType::$variant => $canonical),* }
+            }
+
+            /// The vendor that sends it.
+            pub const fn vendor(self) -> Vendor {
+                match self { $(EventType::$variant => Vendor::$vendor),* }
+            }
+
+            /// The vendor's own event type string it maps from.
+            pub const fn vendor_event_type(self) -> &'static str {
+                match self { $(EventType::$variant => $vendor_type),* }
+            }
+
+            /// The extra condition, when one vendor type maps to several canonical types.
+            pub const fn condition(self) -> &'static str {
+                match self { $(EventType::$variant => $when),* }
+            }
+
+            /// How the CloudEvents `subject` is built (documentation).
+            pub const fn subject_rule(self) -> &'static str {
+                match self { $(EventType::$variant => $subject),* }
+            }
+        }
+    };
+}
+
+event_types! {
+    EntuitiveUserCreated => "entuitive.user.created" {
+        vendor: Entuitive, vendor_type: "user.created", when: "",
+        subject: "user/{user key}",
+    }
+    EntuitiveUserUpdated => "entuitive.user.updated" {
+        vendor: Entuitive, vendor_type: "user.updated", when: "",
+        subject: "user/{user key}",
+    }
+    EntuitiveUserDeactivated => "entuitive.user.deactivated" {
+        vendor: Entuitive, vendor_type: "user.deactivated", when: "",
+        subject: "user/{user key}",
+    }
+    EntuitiveComplianceStatusUpdated => "entuitive.compliance_status.updated" {
+        vendor: Entuitive, vendor_type: "user.compliance_status.updated",
+        when: "bare (no event_type) or wrapped",
+        subject: "user/{user key}",
+    }
+    AuthenticateUserUpdated => "authenticate.user.updated" {
+        vendor: Authenticate, vendor_type: "USER_PII_UPDATE", when: "",
+        subject: "user/{order.userAccessCode}",
+    }
+    AuthenticateIdentityVerificationAttempted => "authenticate.identity_verification.attempted" {
+        vendor: Authenticate, vendor_type: "SELF_VERIFICATION_TRY_STATUS", when: "",
+        subject: "user/{order.userAccessCode}",
+    }
+    AuthenticateIdDocumentReviewCompleted => "authenticate.id_document_review.completed" {
+        vendor: Authenticate, vendor_type: "UPLOAD_ID_ENHANCED_REVIEW_STATUS", when: "",
+        subject: "user/{order.userAccessCode}",
+    }
+    AuthenticatePassportReviewCompleted => "authenticate.passport_review.completed" {
+        vendor: Authenticate, vendor_type: "UPLOAD_PASSPORT_ENHANCED_REVIEW_STATUS", when: "",
+        subject: "user/{order.userAccessCode}",
+    }
+    AuthenticateBackgroundCheckUpdated => "authenticate.background_check.updated" {
+        vendor: Authenticate, vendor_type: "CRIMINAL_REQUEST_STATUS_UPDATE", when: "",
+        subject: "criminal_search/{order.orderDetails.unique_identifier}",
+    }
+    AuthenticateBackgroundCheckCompleted => "authenticate.background_check.completed" {
+        vendor: Authenticate, vendor_type: "ALL_CRIMINAL_REQUESTS_COMPLETE", when: "",
+        subject: "user/{order.userAccessCode}",
+    }
+    AuthenticateReportInitiated => "authenticate.report.initiated" {
+        vendor: Authenticate, vendor_type: "USER_PDF_REPORT_GENERATION", when: "order.status = INITIATED",
+        subject: "report/{order.reportUUID}, else user/{order.userAccessCode}",
+    }
+    AuthenticateReportCompleted => "authenticate.report.completed" {
+        vendor: Authenticate, vendor_type: "USER_PDF_REPORT_GENERATION", when: "order.status = COMPLETED",
+        subject: "report/{order.reportUUID}, else user/{order.userAccessCode}",
+    }
+    AuthenticateReportFailed => "authenticate.report.failed" {
+        vendor: Authenticate, vendor_type: "USER_PDF_REPORT_GENERATION", when: "order.status = FAILED",
+        subject: "report/{order.reportUUID}, else user/{order.userAccessCode}",
+    }
+    DeelBackgroundCheckCompleted => "deel.background_check.completed" {
+        vendor: Deel, vendor_type: "bgcheck.result.available", when: "",
+        subject: "background_check/{resource.id}",
+    }
+    DeelContractCreated => "deel.contract.created" {
+        vendor: Deel, vendor_type: "contract.created", when: "",
+        subject: "contract/{resource.id}",
+    }
+    DeelContractStatusUpdated => "deel.contract.status_updated" {
+        vendor: Deel, vendor_type: "contract.status.updated", when: "",
+        subject: "contract/{resource.id}",
+    }
+    DeelContractTerminated => "deel.contract.terminated" {
+        vendor: Deel, vendor_type: "contract.terminated", when: "",
+        subject: "contract/{resource.id}",
+    }
+    DeelContractArchived => "deel.contract.archived" {
+        vendor: Deel, vendor_type: "contract.archived", when: "",
+        subject: "contract/{resource.id}",
+    }
+    DeelEorQuoteCreated => "deel.eor_quote.created" {
+        vendor: Deel, vendor_type: "eor.quote.created", when: "",
+        subject: "eor_quote/{resource.id}, else contract/{resource.contract_id}",
+    }
+    DeelInvoiceAdjustmentCreated => "deel.invoice_adjustment.created" {
+        vendor: Deel, vendor_type: "invoice-adjustment.created", when: "",
+        subject: "invoice_adjustment/{resource.id}",
+    }
+    DeelInvoiceAdjustmentReviewed => "deel.invoice_adjustment.reviewed" {
+        vendor: Deel, vendor_type: "invoice-adjustment.reviewed", when: "resource array: one event per element",
+        subject: "invoice_adjustment/{resource[i].id}",
+    }
+    DeelProfileKycChanged => "deel.profile.kyc_changed" {
+        vendor: Deel, vendor_type: "profile.kyc.changed", when: "",
+        subject: "profile/{resource.profile_id}",
+    }
+    DeelTimesheetCreated => "deel.timesheet.created" {
+        vendor: Deel, vendor_type: "timesheet.created", when: "",
+        subject: "timesheet/{resource.id}",
+    }
+    DeelTimesheetReviewed => "deel.timesheet.reviewed" {
+        vendor: Deel, vendor_type: "timesheet.reviewed", when: "resource array: one event per element",
+        subject: "timesheet/{resource[i].id}",
+    }
+    DeelTimeOffCreated => "deel.time_off.created" {
+        vendor: Deel, vendor_type: "time-off.created", when: "",
+        subject: "time_off/{resource.id}",
+    }
+    DeelTimeOffReviewed => "deel.time_off.reviewed" {
+        vendor: Deel, vendor_type: "time-off.reviewed", when: "resource array: one event per element",
+        subject: "time_off/{resource[i].id}",
+    }
+    DeelTimeOffUpdated => "deel.time_off.updated" {
+        vendor: Deel, vendor_type: "time-off.updated", when: "",
+        subject: "time_off/{resource.id}",
+    }
+}
+
+impl EventType {
+    /// The entity word of the type: `contract` in `deel.contract.created`.
+    pub fn entity(self) -> &'static str {
+        self.as_str().split('.').nth(1).unwrap_or_default()
+    }
+
+    /// The canonical type a vendor type maps to when it maps to exactly one. Vendor type
+    /// strings are matched ignoring ASCII case: vendors are not consistent about it.
+    pub fn from_vendor_type(vendor: Vendor, vendor_type: &str) -> Option<EventType> {
+        let mut matches = EventType::ALL.iter().copied().filter(|t| {
+            t.vendor() == vendor && t.vendor_event_type().eq_ignore_ascii_case(vendor_type)
+        });
+        let first = matches.next()?;
+        // A vendor type with several rows needs its extra condition; the vendor
+        // module decides those itself.
+        matches.next().is_none().then_some(first)
+    }
+}
+
+/// The type table as a Markdown table, as the README shows it.
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| vendor | vendor type | condition | canonical type | subject |\n|---|---|---|---|---|\n",
+    );
+    for t in EventType::ALL {
+        out.push_str(&format!(
+            "| {} | `{}` | {} | `{}` | `{}` |\n",
+            t.vendor(),
+            t.vendor_event_type(),
+            t.condition(),
+            t.as_str(),
+            t.subject_rule()
+        ));
+    }
+    out
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn table_has_27_canonical_types_from_25_vendor_types() {
+        assert_eq!(EventType::ALL.len(), 27);
+        let vendor_types: HashSet<_> = EventType::ALL
+            .iter()
+            .map(|t| (t.vendor(), t.vendor_event_type()))
+            .collect();
+        assert_eq!(vendor_types.len(), 25);
+    }
+
+    #[test]
+    fn canonical_strings_are_unique_and_shaped_vendor_entity_action() {
+        let mut seen = HashSet::new();
+        for t in EventType::ALL {
+            assert!(seen.insert(t.as_str()), "duplicate {t}");
+            let parts: Vec<_> = t.as_str().split('.').collect();
+            assert_eq!(parts.len(), 3, "{t}");
+            assert_eq!(parts[0], t.vendor().key(), "{t}");
+            for part in parts {
+                assert!(
+                    !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                    "{t}: routing-key words must be lowercase letters and _"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn entity_is_the_middle_word() {
+        assert_eq!(EventType::DeelTimeOffReviewed.entity(), "time_off");
+        assert_eq!(
+            EventType::EntuitiveComplianceStatusUpdated.entity(),
+            "compliance_status"
+        );
+    }
+
+    #[test]
+    fn serde_uses_the_canonical_string() {
+        for t in EventType::ALL {
+            let json = serde_json::to_string(t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert_eq!(serde_json::from_str::<EventType>(&json).unwrap(), *t);
+        }
+        assert!(serde_json::from_str::<EventType>("\"deel.contract.exploded\"").is_err());
+    }
+
+    #[test]
+    fn vendor_type_lookup_ignores_case_and_leaves_multi_row_types_to_the_vendor() {
+        assert_eq!(
+            EventType::from_vendor_type(Vendor::Deel, "Contract.Created"),
+            Some(EventType::DeelContractCreated)
+        );
+        assert_eq!(
+            EventType::from_vendor_type(Vendor::Authenticate, "user_pii_update"),
+            Some(EventType::AuthenticateUserUpdated)
+        );
+        assert_eq!(
+            EventType::from_vendor_type(Vendor::Authenticate, "USER_PDF_REPORT_GENERATION"),
+            None
+        );
+        assert_eq!(
+            EventType::from_vendor_type(Vendor::Entuitive, "contract.created"),
+            None
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The offline `normalize` and `event-types` commands, run as a user would.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::{RECEIVED_AT, fixtures_dir};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+}
+
+#[test]
+fn normalize_prints_json_lines_and_exits_0() {
+    let out = bin()
+        .args(["normalize", "--received-at", RECEIVED_AT])
+        .arg(fixtures_dir().join("deel/timesheet.reviewed__two_items.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stderr.is_empty());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<_> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2);
+    for line in lines {
+        let event: webhook_normalizer::CanonicalEvent = serde_json::from_str(line).unwrap();
+        assert_eq!(event.event_type.as_str(), "deel.timesheet.reviewed");
+    }
+}
+
+#[test]
+fn normalize_reads_stdin_with_dash_and_honours_vendor() {
+    let body = std::fs::read(fixtures_dir().join("authenticate/USER_PII_UPDATE__numeric_id.json"))
+        .unwrap();
+    let mut child = bin()
+        .args(["normalize", "--vendor", "authenticate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(event["type"], "authenticate.user.updated");
+    assert_eq!(event["vendoreventid"], "90817263");
+}
+
+#[test]
+fn failure_prints_kind_and_detail_to_stderr_only_and_exits_65() {
+    let out = bin()
+        .args(["normalize", "--vendor", "deel"])
+        .arg(fixtures_dir().join("deel/invoice-adjustment.created__missing_resource_id.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: invalid_payload: $.data.resource.id: missing\n"
+    );
+
+    let out = bin()
+        .args(["normalize", "--vendor", "stripe"])
+        .arg(fixtures_dir().join("deel/contract.created.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .starts_with("error: unknown_vendor: ")
+    );
+}
+
+#[test]
+fn bad_received_at_is_a_usage_error() {
+    let out = bin()
+        .args(["normalize", "--received-at", "yesterday", "-"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn event_types_lists_the_table() {
+    let out = bin()
+        .args(["event-types", "--format", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 27);
+    assert!(rows.contains(&serde_json::json!({
+        "vendor": "authenticate",
+        "vendor_event_type": "USER_PDF_REPORT_GENERATION",
+        "condition": "order.status = FAILED",
+        "type": "authenticate.report.failed",
+        "subject": "report/{order.reportUUID}, else user/{order.userAccessCode}",
+    })));
+
+    let table = bin().arg("event-types").output().unwrap();
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert_eq!(text.lines().count(), 28);
+    assert!(text.lines().any(|l| l.starts_with("deel")
+        && l.contains("time-off.updated")
+        && l.contains("deel.time_off.updated")));
+}
+
+#[test]
+fn readme_type_table_is_the_code_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("<!-- event-types:start -->\n")
+        .expect("start marker")
+        + 27;
+    let end = readme.find("<!-- event-types:end -->").expect("end marker");
+    assert_eq!(
+        &readme[start..end],
+        webhook_normalizer::canonical::markdown_table(),
+        "regenerate with `webhook-normalizer event-types --format markdown`"
+    );
+}
