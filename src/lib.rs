@@ -17,9 +17,15 @@
 //! Everything here is pure: no I/O, no clock, no randomness. The broker glue is built on
 //! top of [`normalize`] and never the other way round.
 
+pub mod broker;
 pub mod canonical;
+pub mod config;
+pub mod delivery;
 pub mod normalize;
+pub mod ops;
+pub mod telemetry;
 pub mod vendors;
+pub mod worker;
 
 pub use canonical::{CanonicalEvent, EventType, Vendor};
 pub use normalize::{ErrorKind, Limits, NormalizeError, normalize};

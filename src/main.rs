@@ -4,16 +4,26 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use webhook_normalizer::{EventType, Limits, normalize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+use webhook_normalizer::config::Settings;
+use webhook_normalizer::ops::{self, Health};
+use webhook_normalizer::{EventType, Limits, broker, normalize, telemetry, worker};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// sysexits.h EX_DATAERR: the input was read but cannot be normalized.
 const EXIT_DATA_ERROR: u8 = 65;
+/// sysexits.h EX_UNAVAILABLE: the broker could not be reached or refused.
+const EXIT_UNAVAILABLE: u8 = 69;
+/// sysexits.h EX_CONFIG: the configuration is invalid.
+const EXIT_CONFIG: u8 = 78;
 
 #[derive(Parser)]
 #[command(version, about = "Vendor webhooks in, one CloudEvents stream out")]
@@ -24,6 +34,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the worker: consume raw webhooks, publish canonical events, dead-letter the rest.
+    ///
+    /// Stops on SIGTERM or SIGINT after finishing what is in flight (exit 0); a second
+    /// signal exits at once (what was in flight is redelivered).
+    Run {
+        /// A TOML file layered over the defaults (config/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Declare the exchanges, queues and bindings, then exit: for infrastructure pipelines.
+    Topology {
+        /// A TOML file layered over the defaults (config/default.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Normalize one webhook body offline and print its canonical events as JSON Lines.
     ///
     /// Exit 0 with the events on stdout; exit 65 with `error: {kind}: {detail}` on stderr
@@ -66,6 +91,30 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
 
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
+        Command::Run { config } => {
+            let Some(settings) = load_settings(config.as_deref())? else {
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            telemetry::init(&settings.log, io::stderr)?;
+            tokio::runtime::Runtime::new()?.block_on(run_worker(settings))
+        }
+        Command::Topology { config } => {
+            let Some(settings) = load_settings(config.as_deref())? else {
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            };
+            telemetry::init(&settings.log, io::stderr)?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            match runtime.block_on(broker::declare_topology(&settings)) {
+                Ok(()) => {
+                    info!(broker = %settings.amqp.url, "topology declared");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    error!(error = %e, "cannot declare the topology");
+                    Ok(ExitCode::from(EXIT_UNAVAILABLE))
+                }
+            }
+        }
         Command::Normalize {
             vendor,
             received_at,
@@ -96,6 +145,70 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Loads the settings; on an invalid configuration prints why (naming the key) and
+/// returns `None`.
+fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Option<Settings>> {
+    match Settings::load(file) {
+        Ok(settings) => Ok(Some(settings)),
+        Err(e) => {
+            eprintln!("error: configuration: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Runs the worker and the health endpoints until a signal, then drains and exits 0. If
+/// the drain overruns its deadline by more than a grace period, exits 1 rather than hang.
+async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let http_shutdown = CancellationToken::new();
+    let health = Health::default();
+
+    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {}", settings.http.listen))?;
+    info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
+    let http = tokio::spawn(ops::serve(listener, health.clone(), http_shutdown.clone()));
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    let hard_deadline = settings.shutdown.drain_timeout() + Duration::from_secs(15);
+    let deadline = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            tokio::time::sleep(hard_deadline).await;
+        }
+    };
+    let code = tokio::select! {
+        _ = worker::run(&settings, shutdown, health) => ExitCode::SUCCESS,
+        _ = deadline => {
+            error!("shutdown did not finish in {}s; exiting", hard_deadline.as_secs());
+            ExitCode::FAILURE
+        }
+    };
+    http_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    Ok(code)
+}
+
+/// First SIGTERM or SIGINT: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    info!("shutdown requested; finishing in-flight messages");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    warn!("second signal; exiting now");
+    std::process::exit(130);
 }
 
 fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {

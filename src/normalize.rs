@@ -90,6 +90,10 @@ pub enum NormalizeError {
     UnknownEventType { vendor: Vendor, event_type: String },
     #[error("{error}")]
     InvalidPayload { vendor: Vendor, error: PayloadError },
+    /// A mapped event could not be written as JSON. Not expected to happen; a variant
+    /// rather than a panic so that even a bug dead-letters instead of losing the message.
+    #[error("the canonical event could not be serialized")]
+    Unserializable { vendor: Option<Vendor> },
 }
 
 impl NormalizeError {
@@ -101,7 +105,9 @@ impl NormalizeError {
                 ErrorKind::UnknownVendor
             }
             NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
-            NormalizeError::InvalidPayload { .. } => ErrorKind::InvalidPayload,
+            NormalizeError::InvalidPayload { .. } | NormalizeError::Unserializable { .. } => {
+                ErrorKind::InvalidPayload
+            }
         }
     }
 
@@ -109,7 +115,8 @@ impl NormalizeError {
     pub fn vendor(&self) -> Option<Vendor> {
         match self {
             NormalizeError::BodyTooLarge { vendor, .. }
-            | NormalizeError::InvalidJson { vendor, .. } => *vendor,
+            | NormalizeError::InvalidJson { vendor, .. }
+            | NormalizeError::Unserializable { vendor } => *vendor,
             NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => None,
             NormalizeError::UnknownEventType { vendor, .. }
             | NormalizeError::InvalidPayload { vendor, .. } => Some(*vendor),

@@ -1,0 +1,158 @@
+//! Declaring the exchanges, queues and bindings the worker uses. Idempotent: declaring
+//! what exists with the same arguments is a no-op, so every start (and every reconnect)
+//! declares it all.
+
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use super::BrokerError;
+use super::connection::{Role, connect};
+use crate::config::Settings;
+use crate::delivery::DELIVERY_LIMIT_ROUTING_KEY;
+
+/// Connects, declares the topology, and closes: `webhook-normalizer topology`.
+pub async fn declare_topology(settings: &Settings) -> Result<(), BrokerError> {
+    let connection = connect(&settings.amqp, Role::Admin).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("opening a channel"))?;
+    declare_topology_with(&channel, settings).await?;
+    let _ = connection.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Declares, on an open channel:
+///
+/// - `input.exchange` (topic) and `input.queue` (quorum) bound with `input.binding_key`;
+///   the queue has `x-delivery-limit` and dead-letters, at least once, to the dead-letter
+///   exchange with routing key `unknown.delivery_limit`.
+/// - `output.unrouted_exchange` (fanout) and `output.unrouted_queue` (quorum) bound to it,
+///   then `output.exchange` (topic) with it as `alternate-exchange`, so events nobody is
+///   bound for are kept rather than dropped.
+/// - `dead_letter.exchange` (topic) and `dead_letter.queue` (quorum) bound with `#`.
+pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let declare_exchange = |name: &str, kind: ExchangeKind, args: FieldTable| {
+        channel.exchange_declare(name.into(), kind, durable, args)
+    };
+
+    declare_exchange(
+        &s.dead_letter.exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(BrokerError::amqp("declaring the dead-letter exchange"))?;
+    declare_quorum_queue(channel, &s.dead_letter.queue, FieldTable::default()).await?;
+    bind(channel, &s.dead_letter.queue, &s.dead_letter.exchange, "#").await?;
+
+    declare_exchange(
+        &s.output.unrouted_exchange,
+        ExchangeKind::Fanout,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(BrokerError::amqp("declaring the unrouted exchange"))?;
+    declare_quorum_queue(channel, &s.output.unrouted_queue, FieldTable::default()).await?;
+    bind(
+        channel,
+        &s.output.unrouted_queue,
+        &s.output.unrouted_exchange,
+        "",
+    )
+    .await?;
+    let mut output_args = FieldTable::default();
+    output_args.insert(
+        "alternate-exchange".into(),
+        AMQPValue::LongString(s.output.unrouted_exchange.as_str().into()),
+    );
+    declare_exchange(&s.output.exchange, ExchangeKind::Topic, output_args)
+        .await
+        .map_err(BrokerError::amqp("declaring the canonical exchange"))?;
+
+    declare_exchange(
+        &s.input.exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
+    )
+    .await
+    .map_err(BrokerError::amqp("declaring the raw exchange"))?;
+    let mut input_args = FieldTable::default();
+    // RabbitMQ 3.x quorum queues have no default delivery limit (4.x: 20); set it so a
+    // message that fails every time ends in the dead-letter queue instead of looping.
+    input_args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(s.input.delivery_limit)),
+    );
+    input_args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(s.dead_letter.exchange.as_str().into()),
+    );
+    input_args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(DELIVERY_LIMIT_ROUTING_KEY.into()),
+    );
+    // At-least-once dead-lettering (the broker keeps the message until the dead-letter
+    // queue confirms it) requires reject-publish overflow.
+    input_args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    input_args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    declare_quorum_queue(channel, &s.input.queue, input_args).await?;
+    bind(
+        channel,
+        &s.input.queue,
+        &s.input.exchange,
+        &s.input.binding_key,
+    )
+    .await
+}
+
+async fn declare_quorum_queue(
+    channel: &Channel,
+    name: &str,
+    mut args: FieldTable,
+) -> Result<(), BrokerError> {
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(name.into(), options, args)
+        .await
+        .map(|_| ())
+        .map_err(BrokerError::amqp(format!("declaring queue {name}")))
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    key: &str,
+) -> Result<(), BrokerError> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp(format!(
+            "binding queue {queue} to exchange {exchange}"
+        )))
+}

@@ -1,0 +1,429 @@
+//! Settings: defaults compiled in from `config/default.toml`, an optional file over them,
+//! `NORMALIZER__{SECTION}__{KEY}` environment variables over both; validated once at start.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::normalize::Limits;
+
+/// The defaults file, which is also the configuration reference.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The environment variable prefix; `__` separates section and key.
+pub const ENV_PREFIX: &str = "NORMALIZER__";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub amqp: AmqpSettings,
+    pub input: InputSettings,
+    pub output: OutputSettings,
+    pub dead_letter: DeadLetterSettings,
+    pub limits: LimitSettings,
+    pub http: HttpSettings,
+    pub shutdown: ShutdownSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: AmqpUrl,
+    pub heartbeat_secs: u16,
+    pub connect_timeout_secs: u64,
+    pub confirm_timeout_secs: u64,
+    pub reconnect_initial_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    pub exchange: String,
+    pub queue: String,
+    pub binding_key: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSettings {
+    pub exchange: String,
+    pub unrouted_exchange: String,
+    pub unrouted_queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    pub exchange: String,
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// An AMQP URI. It holds a password, so `Debug` and `Display` print it masked; only
+/// [`AmqpUrl::expose`] gives the real text, to the connection code.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct AmqpUrl(String);
+
+impl AmqpUrl {
+    pub fn new(url: impl Into<String>) -> AmqpUrl {
+        AmqpUrl(url.into())
+    }
+
+    /// The URI with its password. Never log this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `scheme://user:****@host...`: the URI with any password replaced.
+    pub fn masked(&self) -> String {
+        let url = &self.0;
+        let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+            return "(not a URI)".into();
+        };
+        let rest = &url[scheme_end..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        match rest[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &rest[..at];
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let masked = if userinfo.contains(':') {
+                    format!("{user}:****")
+                } else {
+                    user.to_owned()
+                };
+                format!("{}{masked}{}", &url[..scheme_end], &rest[at..])
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AmqpUrl({})", self.masked())
+    }
+}
+
+impl fmt::Display for AmqpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist or cannot be read")]
+    MissingFile(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{key}: {problem}")]
+    Rejected { key: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Loads the layered settings and validates them.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// As [`Settings::load`], with the environment provider given (tests pass their own).
+    pub fn load_from(file: Option<&Path>, env: Env) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if std::fs::metadata(path)
+                .map(|m| !m.is_file())
+                .unwrap_or(true)
+            {
+                return Err(ConfigError::MissingFile(path.display().to_string()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let reject = |key, problem: &str| {
+            Err(ConfigError::Rejected {
+                key,
+                problem: problem.to_owned(),
+            })
+        };
+        let url = self.amqp.url.expose();
+        match url.parse::<lapin::uri::AMQPUri>() {
+            // The parser's own message can quote the whole URI, password included.
+            Err(_) => {
+                return reject(
+                    "amqp.url",
+                    "not an AMQP URI (amqp://user:password@host:port/vhost)",
+                );
+            }
+            Ok(uri) if uri.scheme != lapin::uri::AMQPScheme::AMQP => {
+                return reject(
+                    "amqp.url",
+                    "amqps:// needs TLS, which this build does not include; use amqp://",
+                );
+            }
+            Ok(_) => {}
+        }
+        if self.amqp.heartbeat_secs == 0 {
+            return reject("amqp.heartbeat_secs", "must be at least 1");
+        }
+        if self.amqp.connect_timeout_secs == 0 {
+            return reject("amqp.connect_timeout_secs", "must be at least 1");
+        }
+        if self.amqp.confirm_timeout_secs == 0 {
+            return reject("amqp.confirm_timeout_secs", "must be at least 1");
+        }
+        if self.amqp.reconnect_initial_ms == 0 {
+            return reject("amqp.reconnect_initial_ms", "must be at least 1");
+        }
+        if self.amqp.reconnect_max_ms < self.amqp.reconnect_initial_ms {
+            return reject(
+                "amqp.reconnect_max_ms",
+                "must be at least amqp.reconnect_initial_ms",
+            );
+        }
+        if self.input.prefetch == 0 {
+            return reject(
+                "input.prefetch",
+                "must be at least 1 (0 would mean unlimited)",
+            );
+        }
+        if self.input.delivery_limit == 0 {
+            return reject("input.delivery_limit", "must be at least 1");
+        }
+        let names: [(&'static str, &str); 8] = [
+            ("input.exchange", &self.input.exchange),
+            ("input.queue", &self.input.queue),
+            ("input.binding_key", &self.input.binding_key),
+            ("output.exchange", &self.output.exchange),
+            ("output.unrouted_exchange", &self.output.unrouted_exchange),
+            ("output.unrouted_queue", &self.output.unrouted_queue),
+            ("dead_letter.exchange", &self.dead_letter.exchange),
+            ("dead_letter.queue", &self.dead_letter.queue),
+        ];
+        for (key, name) in names {
+            if name.trim().is_empty() {
+                return reject(key, "must not be empty");
+            }
+            if name.len() > 255 || name.starts_with("amq.") {
+                return reject(key, "must be at most 255 bytes and not start with amq.");
+            }
+        }
+        if self.output.exchange == self.output.unrouted_exchange {
+            return reject(
+                "output.unrouted_exchange",
+                "must differ from output.exchange",
+            );
+        }
+        // RabbitMQ's largest message is 128 MiB (3.x) and 16 MiB by default (4.x).
+        if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 16 * 1024 * 1024 {
+            return reject("limits.max_body_bytes", "must be between 1 and 16777216");
+        }
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_body_bytes: self.limits.max_body_bytes,
+        }
+    }
+}
+
+impl AmqpSettings {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn confirm_timeout(&self) -> Duration {
+        Duration::from_secs(self.confirm_timeout_secs)
+    }
+    pub fn reconnect_initial(&self) -> Duration {
+        Duration::from_millis(self.reconnect_initial_ms)
+    }
+    pub fn reconnect_max(&self) -> Duration {
+        Duration::from_millis(self.reconnect_max_ms)
+    }
+}
+
+impl ShutdownSettings {
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// figment's message with the key path, which it already names ("for key
+/// `default.input.prefetch`"); its "default." profile prefix is dropped.
+fn describe_figment_error(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let what = e.kind.to_string();
+            if key.is_empty() {
+                what
+            } else {
+                format!("{key}: {what}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+
+    /// Loads with these environment variables set, in figment's jail (a temporary
+    /// directory and environment, restored afterwards, one test at a time).
+    fn load_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            out = Some(Settings::load(None));
+            Ok(())
+        });
+        out.expect("jail ran")
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = load_env(&[]).unwrap();
+        assert_eq!(s.amqp.url.expose(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+        assert_eq!(s.input.exchange, "webhooks.raw");
+        assert_eq!(s.input.queue, "normalizer.raw");
+        assert_eq!(s.input.binding_key, "#");
+        assert_eq!(s.input.prefetch, 256);
+        assert_eq!(s.output.exchange, "events.canonical");
+        assert_eq!(s.output.unrouted_exchange, "events.unrouted");
+        assert_eq!(s.output.unrouted_queue, "events.unrouted");
+        assert_eq!(s.dead_letter.exchange, "webhooks.dead-letter");
+        assert_eq!(s.dead_letter.queue, "normalizer.dead-letter");
+        assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(s.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "0")]).unwrap_err();
+        assert!(e.to_string().starts_with("input.prefetch: "), "{e}");
+        let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "many")]).unwrap_err();
+        assert!(e.to_string().contains("input.prefetch"), "{e}");
+        let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "70000")]).unwrap_err();
+        assert!(e.to_string().contains("input.prefetch"), "{e}");
+        let e = load_env(&[("NORMALIZER__HTTP__LISTEN", "nowhere")]).unwrap_err();
+        assert!(e.to_string().contains("http.listen"), "{e}");
+        let e = load_env(&[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "0")]).unwrap_err();
+        assert!(e.to_string().starts_with("limits.max_body_bytes: "), "{e}");
+        let e = load_env(&[("NORMALIZER__AMQP__SURPRISE", "1")]).unwrap_err();
+        assert!(e.to_string().contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn bad_url_errors_never_show_the_password() {
+        for url in [
+            "amqp//guest:s3cret@host",
+            "amqps://guest:s3cret@host:5671/%2f",
+            "http://u:s3cret@[::1",
+        ] {
+            let e = load_env(&[("NORMALIZER__AMQP__URL", url)]).unwrap_err();
+            assert!(e.to_string().starts_with("amqp.url: "), "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_print_masked() {
+        let cases = [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:****@127.0.0.1:5672/%2f",
+            ),
+            (
+                "amqp://user:p%40ss@host/vh?heartbeat=5",
+                "amqp://user:****@host/vh?heartbeat=5",
+            ),
+            ("amqp://user@host/", "amqp://user@host/"),
+            ("amqp://host:5672", "amqp://host:5672"),
+            ("amqp://u:p@ss@host/", "amqp://u:****@host/"),
+            ("garbage", "(not a URI)"),
+        ];
+        for (url, want) in cases {
+            let u = AmqpUrl::new(url);
+            assert_eq!(u.masked(), want);
+            assert_eq!(format!("{u}"), want);
+            assert_eq!(format!("{u:?}"), format!("AmqpUrl({want})"));
+        }
+    }
+
+    #[test]
+    fn file_overlays_defaults_and_env_overlays_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "normalizer.toml",
+                "[input]\nprefetch = 32\nqueue = \"from-file\"\n",
+            )?;
+            jail.set_env("NORMALIZER__INPUT__QUEUE", "from-env");
+            let s = Settings::load(Some(Path::new("normalizer.toml"))).expect("loads");
+            assert_eq!(s.input.prefetch, 32);
+            assert_eq!(s.input.queue, "from-env");
+            assert_eq!(s.input.exchange, "webhooks.raw");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let e = Settings::load(Some(Path::new("/nonexistent/normalizer.toml"))).unwrap_err();
+        assert!(matches!(e, ConfigError::MissingFile(_)), "{e}");
+    }
+}

@@ -1,0 +1,124 @@
+//! Liveness and readiness over HTTP, and the worker's counters.
+//!
+//! - `GET /healthz`: 200 while the process runs (liveness).
+//! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
+//!   reconnecting, draining); the JSON body says which, and carries the counters.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Shared state the worker updates and the HTTP endpoints read. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Health(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    ready: AtomicBool,
+    blocked: AtomicBool,
+    consumed: AtomicU64,
+    events_published: AtomicU64,
+    dead_lettered: AtomicU64,
+    requeued: AtomicU64,
+    settle_failed: AtomicU64,
+    sessions: AtomicU64,
+}
+
+/// A point-in-time copy of the state.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct HealthSnapshot {
+    /// Consuming from the raw queue.
+    pub ready: bool,
+    /// The broker blocks the publishing connection (memory or disk alarm).
+    pub blocked: bool,
+    /// Raw messages received.
+    pub consumed: u64,
+    /// Canonical events confirmed by the broker.
+    pub events_published: u64,
+    /// Raw messages dead-lettered by us (confirmed).
+    pub dead_lettered: u64,
+    /// Raw messages rejected for redelivery after a transient failure.
+    pub requeued: u64,
+    /// Acks or rejects that did not reach the broker (the channel was gone); those
+    /// messages are redelivered.
+    pub settle_failed: u64,
+    /// Broker sessions opened (1 + reconnects).
+    pub sessions: u64,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.0.ready.store(ready, Ordering::Relaxed);
+    }
+    pub fn set_blocked(&self, blocked: bool) {
+        self.0.blocked.store(blocked, Ordering::Relaxed);
+    }
+    pub fn add_consumed(&self) {
+        self.0.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_events_published(&self, n: u64) {
+        self.0.events_published.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_dead_lettered(&self) {
+        self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_requeued(&self) {
+        self.0.requeued.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_settle_failed(&self) {
+        self.0.settle_failed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_session(&self) {
+        self.0.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let s = &self.0;
+        HealthSnapshot {
+            ready: s.ready.load(Ordering::Relaxed),
+            blocked: s.blocked.load(Ordering::Relaxed),
+            consumed: s.consumed.load(Ordering::Relaxed),
+            events_published: s.events_published.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+            requeued: s.requeued.load(Ordering::Relaxed),
+            settle_failed: s.settle_failed.load(Ordering::Relaxed),
+            sessions: s.sessions.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Serves the endpoints on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    health: Health,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(health);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn readyz(State(health): State<Health>) -> impl IntoResponse {
+    let snapshot = health.snapshot();
+    let status = if snapshot.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    // serde_json directly rather than axum's `json` feature, which turns on serde_json's
+    // `raw_value` for the whole build.
+    let body = serde_json::to_string(&snapshot).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}

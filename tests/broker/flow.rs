@@ -1,0 +1,267 @@
+//! The happy and unhappy paths: fixtures in, canonical events and dead letters out.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use webhook_normalizer::CanonicalEvent;
+
+use crate::expected;
+use crate::support::*;
+
+/// Every fixture, published raw, comes out as its canonical events (on the right routing
+/// key, with the output contract's properties) or as exactly one dead letter with the
+/// original bytes, properties and reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn fixtures_come_out_as_events_or_dead_letters() {
+    let vhost = TestVhost::new("fixtures");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+
+    let webhooks = fixture_webhooks();
+    publish_raw(&channel, &webhooks).await;
+
+    // Per raw message (its gateway message id): the events or the dead letter it must give.
+    let mut want_events: HashMap<String, Vec<CanonicalEvent>> = HashMap::new();
+    let mut want_dead: HashMap<String, (String, String)> = HashMap::new();
+    for w in &webhooks {
+        match expected(w) {
+            Ok(events) => {
+                want_events.insert(w.message_id.clone(), events);
+            }
+            Err(e) => {
+                let key = format!("{}.{}", e.vendor().map_or("unknown", |v| v.key()), e.kind());
+                want_dead.insert(w.message_id.clone(), (key, e.to_string()));
+            }
+        }
+    }
+    let event_count: usize = want_events.values().map(Vec::len).sum();
+    assert_eq!(
+        (want_events.len(), event_count, want_dead.len()),
+        (38, 39, 21)
+    );
+
+    let events = read_messages(
+        &channel,
+        "test.events",
+        event_count,
+        Duration::from_secs(30),
+    )
+    .await;
+    let mut got: HashMap<String, Vec<CanonicalEvent>> = HashMap::new();
+    for d in &events {
+        let body: CanonicalEvent = serde_json::from_slice(&d.data).unwrap();
+        let p = &d.properties;
+        assert_eq!(d.exchange.as_str(), "events.canonical");
+        assert_eq!(d.routing_key.as_str(), body.event_type.as_str());
+        assert_eq!(
+            p.content_type().as_ref().unwrap().as_str(),
+            "application/cloudevents+json; charset=utf-8"
+        );
+        assert_eq!(*p.delivery_mode(), Some(2));
+        assert_eq!(
+            p.message_id().as_ref().unwrap().as_str(),
+            body.id.to_string()
+        );
+        assert_eq!(
+            p.kind().as_ref().unwrap().as_str(),
+            body.event_type.as_str()
+        );
+        assert_eq!(*p.timestamp(), Some(body.time.timestamp() as u64));
+        assert_eq!(p.app_id().as_ref().unwrap().as_str(), "webhook-normalizer");
+        assert_eq!(header(d, "cloudEvents_id").unwrap(), body.id.to_string());
+        assert_eq!(header(d, "cloudEvents_source").unwrap(), body.source);
+        assert_eq!(
+            header(d, "cloudEvents_type").unwrap(),
+            body.event_type.as_str()
+        );
+        assert_eq!(header(d, "cloudEvents_subject").unwrap(), body.subject);
+        assert_eq!(header(d, "cloudEvents_time").unwrap(), body.time_rfc3339());
+        assert_eq!(header(d, "cloudEvents_specversion").unwrap(), "1.0");
+        // The gateway's message id travels as the correlation id.
+        let raw_id = p
+            .correlation_id()
+            .as_ref()
+            .expect("correlation id")
+            .to_string();
+        got.entry(raw_id).or_default().push(body);
+    }
+    for events in got.values_mut() {
+        events.sort_by_key(|e| e.subject.clone());
+    }
+    for events in want_events.values_mut() {
+        events.sort_by_key(|e| e.subject.clone());
+    }
+    assert_eq!(got, want_events, "events per raw message");
+
+    let dead = read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        want_dead.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let originals: HashMap<_, _> = webhooks.iter().map(|w| (w.message_id.clone(), w)).collect();
+    let mut seen = BTreeSet::new();
+    for d in &dead {
+        let id = d.properties.message_id().as_ref().unwrap().to_string();
+        assert!(seen.insert(id.clone()), "{id} dead-lettered twice");
+        let (key, detail) = &want_dead[&id];
+        let original = originals[&id];
+        assert_eq!(d.data, original.body, "{id}: original bytes");
+        assert_eq!(d.routing_key.as_str(), key, "{id}");
+        assert_eq!(
+            header(d, "x-normalizer-error-kind").unwrap(),
+            key.split('.').nth(1).unwrap()
+        );
+        assert_eq!(&header(d, "x-normalizer-error").unwrap(), detail);
+        assert!(header(d, "x-normalizer-failed-at").unwrap().ends_with('Z'));
+        assert_eq!(
+            header(d, "x-normalizer-version").unwrap(),
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(header(d, "x-original-exchange").unwrap(), "webhooks.raw");
+        assert_eq!(header(d, "x-original-routing-key").unwrap(), "gateway");
+        // The gateway's own headers and properties are kept.
+        assert_eq!(header(d, "x-gateway").unwrap(), "test-gateway");
+        assert_eq!(header(d, "x-vendor"), original.vendor.map(str::to_owned));
+        assert_eq!(
+            d.properties.content_type().as_ref().unwrap().as_str(),
+            "application/json"
+        );
+        assert_eq!(*d.properties.delivery_mode(), Some(2));
+    }
+    assert_eq!(seen.len(), want_dead.len());
+
+    // Nothing else: no extra events, no leftovers.
+    assert!(
+        read_until_quiet(&channel, "test.events", Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
+    assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);
+    assert_eq!(queue_depth(&channel, "events.unrouted").await, 0);
+    let (_, ready) = worker.readiness();
+    assert_eq!(ready["dead_lettered"], want_dead.len());
+    assert_eq!(ready["requeued"], 0);
+}
+
+/// The same raw message delivered again (a vendor retry, our own redelivery) yields the
+/// same ids, and a Deel retry with a new tracking id and timestamp too.
+#[tokio::test(flavor = "multi_thread")]
+async fn redelivered_webhooks_keep_their_ids() {
+    let vhost = TestVhost::new("redelivery");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+
+    let body =
+        std::fs::read(fixtures_dir().join("deel/timesheet.reviewed__two_items.json")).unwrap();
+    let mut retried: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    retried["data"]["meta"]["tracking_id"] = "a-later-delivery".into();
+    retried["timestamp"] = "2023-05-11T16:00:00.000Z".into();
+    let batch = [
+        RawWebhook::new(body.clone(), Some("deel"), "first"),
+        RawWebhook::new(body, Some("deel"), "again"),
+        RawWebhook::new(
+            serde_json::to_vec_pretty(&retried).unwrap(),
+            None,
+            "vendor-retry",
+        ),
+    ];
+    publish_raw(&channel, &batch).await;
+    let events = read_messages(&channel, "test.events", 6, Duration::from_secs(20)).await;
+    let mut by_raw: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for d in &events {
+        by_raw
+            .entry(d.properties.correlation_id().as_ref().unwrap().to_string())
+            .or_default()
+            .insert(d.properties.message_id().as_ref().unwrap().to_string());
+    }
+    assert_eq!(by_raw.len(), 3);
+    assert_eq!(by_raw["first"].len(), 2);
+    assert_eq!(by_raw["first"], by_raw["again"]);
+    assert_eq!(by_raw["first"], by_raw["vendor-retry"]);
+}
+
+/// With nobody bound for a type, its events land in events.unrouted instead of vanishing.
+#[tokio::test(flavor = "multi_thread")]
+async fn events_nobody_is_bound_for_land_in_unrouted() {
+    let vhost = TestVhost::new("unrouted");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    // Bound only for Deel contracts: the Authenticate event has no taker.
+    capture_queue(
+        &channel,
+        "test.contracts",
+        "events.canonical",
+        "deel.contract.*",
+    )
+    .await;
+    let read = |p: &str| std::fs::read(fixtures_dir().join(p)).unwrap();
+    publish_raw(
+        &channel,
+        &[
+            RawWebhook::new(read("deel/contract.created.json"), None, "contract"),
+            RawWebhook::new(
+                read("authenticate/USER_PII_UPDATE__numeric_id.json"),
+                None,
+                "pii",
+            ),
+        ],
+    )
+    .await;
+    let contracts = read_messages(&channel, "test.contracts", 1, Duration::from_secs(20)).await;
+    assert_eq!(contracts[0].routing_key.as_str(), "deel.contract.created");
+    let unrouted = read_messages(&channel, "events.unrouted", 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        unrouted[0].routing_key.as_str(),
+        "authenticate.user.updated"
+    );
+    assert_eq!(
+        unrouted[0]
+            .properties
+            .correlation_id()
+            .as_ref()
+            .unwrap()
+            .as_str(),
+        "pii"
+    );
+    assert!(
+        read_until_quiet(&channel, "events.unrouted", Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+}
+
+/// A body over the configured limit is dead-lettered as body_too_large, bytes intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_bodies_are_dead_lettered_whole() {
+    let vhost = TestVhost::new("oversize");
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "1000")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let body = std::fs::read(fixtures_dir().join("deel/contract.status.updated.json")).unwrap();
+    assert!(body.len() > 1000);
+    publish_raw(
+        &channel,
+        &[RawWebhook::new(body.clone(), Some("deel"), "big")],
+    )
+    .await;
+    let dead = read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(dead[0].routing_key.as_str(), "deel.body_too_large");
+    assert_eq!(dead[0].data, body);
+}

@@ -1,0 +1,113 @@
+//! What operators touch: the topology command, health endpoints, configuration errors.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+}
+
+/// Runs the command to its end, failing the test (not hanging it) after 30 s.
+fn finish(mut command: Command) -> std::process::Output {
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command did not finish within 30 s");
+        })
+}
+
+/// `topology` declares every exchange, queue and binding with the documented arguments,
+/// and is idempotent.
+#[test]
+fn topology_command_declares_everything_and_can_repeat() {
+    let vhost = TestVhost::new("topology");
+    for _ in 0..2 {
+        let mut command = bin();
+        command
+            .arg("topology")
+            .env("NORMALIZER__AMQP__URL", vhost.url());
+        let out = finish(command);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let queues = vhost.queue_arguments();
+    let raw = &queues["normalizer.raw"];
+    for arg in [
+        r#"{"x-queue-type","quorum"}"#,
+        r#"{"x-delivery-limit",5}"#,
+        r#"{"x-dead-letter-exchange","webhooks.dead-letter"}"#,
+        r#"{"x-dead-letter-routing-key","unknown.delivery_limit"}"#,
+        r#"{"x-dead-letter-strategy","at-least-once"}"#,
+        r#"{"x-overflow","reject-publish"}"#,
+    ] {
+        assert!(raw.contains(arg), "normalizer.raw lacks {arg}: {raw}");
+    }
+    assert!(queues["normalizer.dead-letter"].contains("quorum"));
+    assert!(queues["events.unrouted"].contains("quorum"));
+}
+
+/// Liveness is up while the process runs; readiness only while consuming.
+#[test]
+fn readiness_follows_the_broker_connection() {
+    // Nothing listens on port 1: the worker keeps retrying, alive but not ready.
+    let worker = WorkerProcess::start_with_url("amqp://guest:guest@127.0.0.1:1/%2f", &[]);
+    assert_eq!(worker.get("/healthz").0, 200);
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, doc) = worker.readiness();
+    assert_eq!(status, 503);
+    assert_eq!(doc["ready"], false);
+    let logs = worker.logs().join("\n");
+    assert!(logs.contains("cannot open a broker session"), "{logs}");
+    assert!(!logs.contains("guest:guest"), "password in logs: {logs}");
+
+    let vhost = TestVhost::new("ready");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    assert_eq!(worker.readiness().1["ready"], true);
+}
+
+/// An invalid setting stops the start with exit 78 and a message naming the key; a bad
+/// URL never shows its password.
+#[test]
+fn invalid_configuration_names_the_key() {
+    let mut command = bin();
+    command.arg("run").env("NORMALIZER__INPUT__PREFETCH", "0");
+    let out = finish(command);
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("input.prefetch"), "{err}");
+
+    for url in [
+        "guest:hunter2@rabbit:5672",
+        "amqps://guest:hunter2@rabbit:5671/%2f",
+    ] {
+        let mut command = bin();
+        command.arg("run").env("NORMALIZER__AMQP__URL", url);
+        let out = finish(command);
+        assert_eq!(out.status.code(), Some(78));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("amqp.url") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    let mut command = bin();
+    command.args(["run", "--config", "/nonexistent.toml"]);
+    let out = finish(command);
+    assert_eq!(out.status.code(), Some(78));
+}

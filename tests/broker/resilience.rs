@@ -1,0 +1,217 @@
+//! Failures the worker must survive without losing a message: a kill -9, connections
+//! closed by the broker, SIGTERM, a deleted queue, a publish that can never succeed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lapin::Channel;
+
+use crate::expectations;
+use crate::support::*;
+
+/// Reads every event and dead letter that arrives until both queues are quiet, and
+/// checks each input is accounted for: all its ids among the events, or a dead letter
+/// with its routing key. Duplicates are allowed (at-least-once), losses are not.
+async fn assert_nothing_lost(channel: &Channel, webhooks: &[RawWebhook]) {
+    let want = expectations(webhooks);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut event_ids = BTreeSet::new();
+    let mut dead = std::collections::BTreeMap::new();
+    while std::time::Instant::now() < deadline
+        && (!want.event_ids.is_subset(&event_ids) || dead.len() < want.dead_letters.len())
+    {
+        for d in read_until_quiet(channel, "test.events", Duration::from_millis(300)).await {
+            event_ids.insert(d.properties.message_id().as_ref().unwrap().to_string());
+        }
+        for d in read_until_quiet(
+            channel,
+            "normalizer.dead-letter",
+            Duration::from_millis(100),
+        )
+        .await
+        {
+            dead.insert(
+                d.properties.message_id().as_ref().unwrap().to_string(),
+                d.routing_key.to_string(),
+            );
+        }
+    }
+    let missing: Vec<_> = want.event_ids.difference(&event_ids).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} event ids missing, e.g. {missing:?}",
+        want.event_ids.difference(&event_ids).count()
+    );
+    assert_eq!(dead, want.dead_letters, "dead letters");
+    let unexpected: Vec<_> = event_ids.difference(&want.event_ids).take(5).collect();
+    assert!(unexpected.is_empty(), "unexpected events {unexpected:?}");
+    assert_eq!(queue_depth(channel, "normalizer.raw").await, 0);
+}
+
+async fn setup(vhost: &TestVhost) -> (lapin::Connection, Channel) {
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+    (conn, channel)
+}
+
+/// Topology only, by the `topology` command, so raw messages can be queued before any
+/// worker runs.
+fn declare_topology(vhost: &TestVhost) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        .arg("topology")
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// kill -9 in the middle of a stream, then a restart: every input is accounted for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_loses_nothing_after_restart() {
+    let vhost = TestVhost::new("sigkill");
+    declare_topology(&vhost);
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(3000, "kill");
+    publish_raw(&channel, &webhooks).await;
+
+    let mut worker = WorkerProcess::start(&vhost, &[]);
+    wait_until(Duration::from_secs(30), "some progress", || {
+        worker.readiness().1["events_published"]
+            .as_u64()
+            .unwrap_or(0)
+            > 200
+    });
+    worker.signal("KILL");
+    assert_eq!(
+        worker.wait_exit(Duration::from_secs(10)),
+        None,
+        "killed by the signal"
+    );
+    let remaining = queue_depth(&channel, "normalizer.raw").await;
+    assert!(remaining > 0, "the kill should land mid-stream");
+
+    let restarted = WorkerProcess::start(&vhost, &[]);
+    restarted.wait_ready(Duration::from_secs(20));
+    assert_nothing_lost(&channel, &webhooks).await;
+}
+
+/// The broker closes every connection mid-stream (as `rabbitmqctl close_all_connections`
+/// does in a maintenance): the worker reconnects and finishes, losing nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_closed_by_the_broker_are_survived() {
+    let vhost = TestVhost::new("closeall");
+    declare_topology(&vhost);
+    let webhooks = webhook_mix(3000, "close");
+    {
+        let (conn, channel) = setup(&vhost).await;
+        publish_raw(&channel, &webhooks).await;
+        let _ = conn.close(200, "published".into()).await;
+    }
+    let worker = WorkerProcess::start(&vhost, &[]);
+    wait_until(Duration::from_secs(30), "some progress", || {
+        worker.readiness().1["events_published"]
+            .as_u64()
+            .unwrap_or(0)
+            > 200
+    });
+    vhost.close_all_connections();
+    wait_until(Duration::from_secs(30), "a second session", || {
+        worker.readiness().1["sessions"].as_u64().unwrap_or(0) >= 2
+    });
+    worker.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    assert_nothing_lost(&channel, &webhooks).await;
+}
+
+/// SIGTERM: the worker stops consuming, finishes what it holds, and exits 0 promptly;
+/// nothing is lost (what it did not take is still queued for the next worker).
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_and_exits_zero() {
+    let vhost = TestVhost::new("sigterm");
+    declare_topology(&vhost);
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(3000, "term");
+    publish_raw(&channel, &webhooks).await;
+
+    let mut worker = WorkerProcess::start(&vhost, &[]);
+    wait_until(Duration::from_secs(30), "some progress", || {
+        worker.readiness().1["events_published"]
+            .as_u64()
+            .unwrap_or(0)
+            > 200
+    });
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
+    let logs = worker.logs().join("\n");
+    assert!(logs.contains("shutdown requested"), "{logs}");
+    assert!(logs.contains("\"stopped\""), "{logs}");
+    assert!(
+        !logs.contains("not finished within"),
+        "drain overran: {logs}"
+    );
+
+    let next = WorkerProcess::start(&vhost, &[]);
+    next.wait_ready(Duration::from_secs(20));
+    assert_nothing_lost(&channel, &webhooks).await;
+}
+
+/// The raw queue is deleted under the worker (the broker cancels its consumer): it
+/// re-declares the topology, consumes again, and keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_consumer_resubscribes() {
+    let vhost = TestVhost::new("cancel");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    channel
+        .queue_delete("normalizer.raw".into(), Default::default())
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(30), "a second session", || {
+        let (status, doc) = worker.readiness();
+        status == 200 && doc["sessions"].as_u64().unwrap_or(0) >= 2
+    });
+    let webhooks = webhook_mix(40, "cancel");
+    publish_raw(&channel, &webhooks).await;
+    assert_nothing_lost(&channel, &webhooks).await;
+}
+
+/// A publish that can never succeed (the alternate exchange has lost its queue, so events
+/// are returned as unroutable) is retried up to the delivery limit; then the broker
+/// dead-letters the raw message, bytes intact. It does not loop forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_that_always_fails_ends_in_the_dead_letter_queue() {
+    let vhost = TestVhost::new("poison");
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__INPUT__DELIVERY_LIMIT", "2")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete("events.unrouted".into(), Default::default())
+        .await
+        .unwrap();
+    let body = std::fs::read(fixtures_dir().join("deel/contract.created.json")).unwrap();
+    publish_raw(
+        &channel,
+        &[RawWebhook::new(body.clone(), Some("deel"), "poison")],
+    )
+    .await;
+    let dead = read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(dead[0].routing_key.as_str(), "unknown.delivery_limit");
+    assert_eq!(dead[0].data, body);
+    assert_eq!(
+        dead[0].properties.message_id().as_ref().unwrap().as_str(),
+        "poison"
+    );
+    let (_, doc) = worker.readiness();
+    assert!(doc["requeued"].as_u64().unwrap() >= 2, "{doc}");
+    assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);
+}

@@ -1,0 +1,501 @@
+//! Test plumbing: a throwaway vhost per test, the worker as a child process, and a small
+//! AMQP client for publishing raw webhooks and reading what comes out.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672";
+
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A vhost of its own for one test, deleted (with everything in it) when dropped.
+pub struct TestVhost {
+    pub name: String,
+}
+
+impl TestVhost {
+    pub fn new(test: &str) -> TestVhost {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "wn-test-{test}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        rabbitmqctl(&["-q", "add_vhost", &name]);
+        rabbitmqctl(&[
+            "-q",
+            "set_permissions",
+            "-p",
+            &name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
+        TestVhost { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{BROKER}/{}", self.name)
+    }
+
+    pub async fn connect(&self) -> Connection {
+        Connection::connect(&self.url(), ConnectionProperties::default())
+            .await
+            .expect("test connection")
+    }
+
+    /// Closes every client connection in this vhost, as an operator would.
+    pub fn close_all_connections(&self) {
+        rabbitmqctl(&[
+            "-q",
+            "close_all_connections",
+            "-p",
+            &self.name,
+            "closed by the test",
+        ]);
+    }
+
+    /// `name` and `arguments` of each queue, as rabbitmqctl prints them.
+    pub fn queue_arguments(&self) -> HashMap<String, String> {
+        let out = rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "-p",
+            &self.name,
+            "--no-table-headers",
+            "name",
+            "arguments",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(n, a)| (n.to_owned(), a.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for TestVhost {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "delete_vhost", &self.name])
+            .output();
+    }
+}
+
+/// The worker binary running against a test vhost.
+pub struct WorkerProcess {
+    child: Child,
+    pub health: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl WorkerProcess {
+    /// Starts `webhook-normalizer run` with the vhost's URL, health on a free port, JSON
+    /// logs, and `env` on top.
+    pub fn start(vhost: &TestVhost, env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::start_with_url(&vhost.url(), env)
+    }
+
+    pub fn start_with_url(url: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"));
+        command
+            .arg("run")
+            .env("NORMALIZER__AMQP__URL", url)
+            .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
+            .env("NORMALIZER__LOG__FORMAT", "json")
+            .env("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "100")
+            .env("NORMALIZER__AMQP__RECONNECT_MAX_MS", "1000")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("worker starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && let Some(addr) = v.get("address").and_then(Value::as_str)
+                    {
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>().expect("address"));
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let health = addr_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("worker logs its health address");
+        WorkerProcess {
+            child,
+            health,
+            logs,
+        }
+    }
+
+    /// `GET path` on the health port: (status, body).
+    pub fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.health, path)
+    }
+
+    /// The /readyz document.
+    pub fn readiness(&self) -> (u16, Value) {
+        let (status, body) = self.get("/readyz");
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    pub fn wait_ready(&self, within: Duration) {
+        wait_until(within, "worker ready", || self.readiness().0 == 200);
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; its exit code (None when killed by a signal).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Polls `check` every 50 ms until it holds; fails the test after `within`.
+pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A raw webhook as a gateway publishes it.
+#[derive(Clone, Debug)]
+pub struct RawWebhook {
+    pub body: Vec<u8>,
+    pub vendor: Option<&'static str>,
+    pub message_id: String,
+}
+
+impl RawWebhook {
+    pub fn new(body: Vec<u8>, vendor: Option<&'static str>, message_id: impl Into<String>) -> Self {
+        RawWebhook {
+            body,
+            vendor,
+            message_id: message_id.into(),
+        }
+    }
+}
+
+/// The receipt time every test webhook carries in `x-received-at`.
+pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
+
+/// Publishes raw webhooks to `webhooks.raw` (routing key `gateway`, vendor in `x-vendor`)
+/// with confirms, as a gateway would.
+pub async fn publish_raw(channel: &Channel, webhooks: &[RawWebhook]) {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let mut confirms = Vec::new();
+    for w in webhooks {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-received-at".into(),
+            AMQPValue::LongString(RECEIVED_AT.into()),
+        );
+        headers.insert(
+            "x-gateway".into(),
+            AMQPValue::LongString("test-gateway".into()),
+        );
+        if let Some(vendor) = w.vendor {
+            headers.insert("x-vendor".into(), AMQPValue::LongString(vendor.into()));
+        }
+        let properties = BasicProperties::default()
+            .with_message_id(w.message_id.as_str().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        confirms.push(
+            channel
+                .basic_publish(
+                    "webhooks.raw".into(),
+                    "gateway".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &w.body,
+                    properties,
+                )
+                .await
+                .expect("publish"),
+        );
+    }
+    for c in confirms {
+        let confirmation = c.await.expect("confirm");
+        assert!(confirmation.is_ack(), "raw publish not acked");
+        assert!(
+            confirmation.take_message().is_none(),
+            "raw publish returned: no topology?"
+        );
+    }
+}
+
+/// Declares a queue bound to `exchange` with `key`, for a test to read from.
+pub async fn capture_queue(channel: &Channel, name: &str, exchange: &str, key: &str) {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("declare capture queue");
+    channel
+        .queue_bind(
+            name.into(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind capture queue");
+}
+
+/// Ready messages in a queue (not counting unacknowledged ones).
+pub async fn queue_depth(channel: &Channel, name: &str) -> u32 {
+    channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
+
+/// Reads `count` messages from `queue` (acknowledging them), failing after `within`.
+pub async fn read_messages(
+    channel: &Channel,
+    queue: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<Delivery> {
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => out.push(d),
+            Ok(other) => panic!("consumer of {queue} ended: {other:?}"),
+            Err(_) => panic!(
+                "only {} of {count} messages arrived on {queue} within {within:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+/// Reads whatever arrives on `queue` until it has been quiet for `quiet`.
+pub async fn read_until_quiet(channel: &Channel, queue: &str, quiet: Duration) -> Vec<Delivery> {
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut out = Vec::new();
+    while let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, consumer.next()).await {
+        out.push(d);
+    }
+    out
+}
+
+/// A header's text value.
+pub fn header(d: &Delivery, name: &str) -> Option<String> {
+    match d.properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Every fixture with the vendor its folder names (`unknown/` has none).
+pub fn fixture_webhooks() -> Vec<RawWebhook> {
+    let mut out = Vec::new();
+    for (dir, vendor) in [
+        ("entuitive", Some("entuitive")),
+        ("authenticate", Some("authenticate")),
+        ("deel", Some("deel")),
+        ("unknown", None),
+    ] {
+        let mut paths: Vec<_> = std::fs::read_dir(fixtures_dir().join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        paths.sort();
+        for p in paths {
+            let id = format!("{dir}/{}", p.file_name().unwrap().to_string_lossy());
+            out.push(RawWebhook::new(std::fs::read(&p).unwrap(), vendor, id));
+        }
+    }
+    out
+}
+
+/// `n` distinct webhooks, a mix of all three vendors, every 20th one not normalizable.
+pub fn webhook_mix(n: usize, tag: &str) -> Vec<RawWebhook> {
+    let read = |p: &str| -> Value {
+        serde_json::from_slice(&std::fs::read(fixtures_dir().join(p)).unwrap()).unwrap()
+    };
+    let deel = read("deel/contract.status.updated.json");
+    let deel_fan = read("deel/timesheet.reviewed__two_items.json");
+    let auth = read("authenticate/CRIMINAL_REQUEST_STATUS_UPDATE__realistic.json");
+    let ent = read("entuitive/user.created__ids_as_strings.json");
+    (0..n)
+        .map(|i| {
+            let (body, vendor) = match i % 20 {
+                19 => (serde_json::json!({"event_type": "user.password_reset", "data": {"email": format!("{tag}-{i}@example.com")}}), Some("entuitive")),
+                k if k % 4 == 0 => {
+                    let mut b = deel.clone();
+                    b["data"]["resource"]["id"] = format!("{tag}-{i}").into();
+                    (b, Some("deel"))
+                }
+                k if k % 4 == 1 => {
+                    let mut b = auth.clone();
+                    b["id"] = format!("{tag}-{i}").into();
+                    (b, None)
+                }
+                k if k % 4 == 2 => {
+                    let mut b = ent.clone();
+                    b["data"]["email"] = format!("{tag}-{i}@example.com").into();
+                    (b, Some("entuitive"))
+                }
+                _ => {
+                    let mut b = deel_fan.clone();
+                    b["data"]["resource"][0]["id"] = format!("{tag}-{i}-a").into();
+                    b["data"]["resource"][1]["id"] = format!("{tag}-{i}-b").into();
+                    (b, Some("deel"))
+                }
+            };
+            RawWebhook::new(serde_json::to_vec(&body).unwrap(), vendor, format!("{tag}-{i}"))
+        })
+        .collect()
+}
