@@ -265,6 +265,9 @@ async fn handle(delivery: Delivery, publisher: Arc<Publisher>, limits: Limits, h
         );
         return;
     }
+    if settlement == Settlement::Ack {
+        health.add_acked();
+    }
     match (settlement, dead_letter) {
         (Settlement::Ack, None) => {
             health.add_events_published(outcomes.len() as u64);

@@ -25,6 +25,7 @@ struct Shared {
     ready: AtomicBool,
     blocked: AtomicBool,
     consumed: AtomicU64,
+    acked: AtomicU64,
     events_published: AtomicU64,
     dead_lettered: AtomicU64,
     requeued: AtomicU64,
@@ -41,6 +42,8 @@ pub struct HealthSnapshot {
     pub blocked: bool,
     /// Raw messages received.
     pub consumed: u64,
+    /// Raw messages acknowledged (their events or dead letter confirmed).
+    pub acked: u64,
     /// Canonical events confirmed by the broker.
     pub events_published: u64,
     /// Raw messages dead-lettered by us (confirmed).
@@ -64,6 +67,9 @@ impl Health {
     pub fn add_consumed(&self) {
         self.0.consumed.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_acked(&self) {
+        self.0.acked.fetch_add(1, Ordering::Relaxed);
+    }
     pub fn add_events_published(&self, n: u64) {
         self.0.events_published.fetch_add(n, Ordering::Relaxed);
     }
@@ -86,6 +92,7 @@ impl Health {
             ready: s.ready.load(Ordering::Relaxed),
             blocked: s.blocked.load(Ordering::Relaxed),
             consumed: s.consumed.load(Ordering::Relaxed),
+            acked: s.acked.load(Ordering::Relaxed),
             events_published: s.events_published.load(Ordering::Relaxed),
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             requeued: s.requeued.load(Ordering::Relaxed),
