@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use webhook_normalizer::CanonicalEvent;
 
-use crate::expected;
 use crate::support::*;
 
 /// Every fixture, published raw, comes out as its canonical events (on the right routing

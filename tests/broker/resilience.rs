@@ -1,71 +1,9 @@
 //! Failures the worker must survive without losing a message: a kill -9, connections
 //! closed by the broker, SIGTERM, a deleted queue, a publish that can never succeed.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use lapin::Channel;
-
-use crate::expectations;
 use crate::support::*;
-
-/// Reads every event and dead letter that arrives until both queues are quiet, and
-/// checks each input is accounted for: all its ids among the events, or a dead letter
-/// with its routing key. Duplicates are allowed (at-least-once), losses are not.
-async fn assert_nothing_lost(channel: &Channel, webhooks: &[RawWebhook]) {
-    let want = expectations(webhooks);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut event_ids = BTreeSet::new();
-    let mut dead = std::collections::BTreeMap::new();
-    while std::time::Instant::now() < deadline
-        && (!want.event_ids.is_subset(&event_ids) || dead.len() < want.dead_letters.len())
-    {
-        for d in read_until_quiet(channel, "test.events", Duration::from_millis(300)).await {
-            event_ids.insert(d.properties.message_id().as_ref().unwrap().to_string());
-        }
-        for d in read_until_quiet(
-            channel,
-            "normalizer.dead-letter",
-            Duration::from_millis(100),
-        )
-        .await
-        {
-            dead.insert(
-                d.properties.message_id().as_ref().unwrap().to_string(),
-                d.routing_key.to_string(),
-            );
-        }
-    }
-    let missing: Vec<_> = want.event_ids.difference(&event_ids).take(5).collect();
-    assert!(
-        missing.is_empty(),
-        "{} event ids missing, e.g. {missing:?}",
-        want.event_ids.difference(&event_ids).count()
-    );
-    assert_eq!(dead, want.dead_letters, "dead letters");
-    let unexpected: Vec<_> = event_ids.difference(&want.event_ids).take(5).collect();
-    assert!(unexpected.is_empty(), "unexpected events {unexpected:?}");
-    assert_eq!(queue_depth(channel, "normalizer.raw").await, 0);
-}
-
-async fn setup(vhost: &TestVhost) -> (lapin::Connection, Channel) {
-    let conn = vhost.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    capture_queue(&channel, "test.events", "events.canonical", "#").await;
-    (conn, channel)
-}
-
-/// Topology only, by the `topology` command, so raw messages can be queued before any
-/// worker runs.
-fn declare_topology(vhost: &TestVhost) {
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
-        .arg("topology")
-        .env("NORMALIZER__AMQP__URL", vhost.url())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
 
 /// kill -9 in the middle of a stream, then a restart: every input is accounted for.
 #[tokio::test(flavor = "multi_thread")]
@@ -211,6 +149,16 @@ async fn a_message_that_always_fails_ends_in_the_dead_letter_queue() {
         dead[0].properties.message_id().as_ref().unwrap().as_str(),
         "poison"
     );
+    // RabbitMQ says why, and the gateway's headers are still there.
+    assert_eq!(
+        header(&dead[0], "x-first-death-reason").unwrap(),
+        "delivery_limit"
+    );
+    assert_eq!(
+        header(&dead[0], "x-first-death-queue").unwrap(),
+        "normalizer.raw"
+    );
+    assert_eq!(header(&dead[0], "x-gateway").unwrap(), "test-gateway");
     let (_, doc) = worker.readiness();
     assert!(doc["requeued"].as_u64().unwrap() >= 2, "{doc}");
     assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);

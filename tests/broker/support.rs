@@ -1,7 +1,7 @@
 //! Test plumbing: a throwaway vhost per test, the worker as a child process, and a small
 //! AMQP client for publishing raw webhooks and reading what comes out.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -19,6 +20,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use serde_json::Value;
+use webhook_normalizer::{CanonicalEvent, Limits, NormalizeError, normalize};
 
 pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672";
 
@@ -498,4 +500,97 @@ pub fn webhook_mix(n: usize, tag: &str) -> Vec<RawWebhook> {
             RawWebhook::new(serde_json::to_vec(&body).unwrap(), vendor, format!("{tag}-{i}"))
         })
         .collect()
+}
+
+/// What the library says should come out of one raw webhook.
+pub fn expected(w: &RawWebhook) -> Result<Vec<CanonicalEvent>, NormalizeError> {
+    let at: DateTime<Utc> = DateTime::parse_from_rfc3339(RECEIVED_AT)
+        .unwrap()
+        .with_timezone(&Utc);
+    normalize(&w.body, w.vendor, at, &Limits::default())
+}
+
+/// Per input: the event ids it must produce, or the dead-letter routing key it must get.
+#[derive(Default)]
+pub struct Expectations {
+    pub event_ids: BTreeSet<String>,
+    pub dead_letters: BTreeMap<String, String>,
+}
+
+pub fn expectations(webhooks: &[RawWebhook]) -> Expectations {
+    let mut e = Expectations::default();
+    for w in webhooks {
+        match expected(w) {
+            Ok(events) => e
+                .event_ids
+                .extend(events.iter().map(|ev| ev.id.to_string())),
+            Err(err) => {
+                let key = format!(
+                    "{}.{}",
+                    err.vendor().map_or("unknown", |v| v.key()),
+                    err.kind()
+                );
+                e.dead_letters.insert(w.message_id.clone(), key);
+            }
+        }
+    }
+    e
+}
+
+/// Reads every event and dead letter that arrives until both queues are quiet, and
+/// checks each input is accounted for: all its ids among the events, or a dead letter
+/// with its routing key. Duplicates are allowed (at-least-once), losses are not.
+pub async fn assert_nothing_lost(channel: &Channel, webhooks: &[RawWebhook]) {
+    let want = expectations(webhooks);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut event_ids = BTreeSet::new();
+    let mut dead = BTreeMap::new();
+    while std::time::Instant::now() < deadline
+        && (!want.event_ids.is_subset(&event_ids) || dead.len() < want.dead_letters.len())
+    {
+        for d in read_until_quiet(channel, "test.events", Duration::from_millis(300)).await {
+            event_ids.insert(d.properties.message_id().as_ref().unwrap().to_string());
+        }
+        for d in read_until_quiet(
+            channel,
+            "normalizer.dead-letter",
+            Duration::from_millis(100),
+        )
+        .await
+        {
+            dead.insert(
+                d.properties.message_id().as_ref().unwrap().to_string(),
+                d.routing_key.to_string(),
+            );
+        }
+    }
+    let missing: Vec<_> = want.event_ids.difference(&event_ids).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} event ids missing, e.g. {missing:?}",
+        want.event_ids.difference(&event_ids).count()
+    );
+    assert_eq!(dead, want.dead_letters, "dead letters");
+    let unexpected: Vec<_> = event_ids.difference(&want.event_ids).take(5).collect();
+    assert!(unexpected.is_empty(), "unexpected events {unexpected:?}");
+    assert_eq!(queue_depth(channel, "normalizer.raw").await, 0);
+}
+
+pub async fn setup(vhost: &TestVhost) -> (lapin::Connection, Channel) {
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+    (conn, channel)
+}
+
+/// Topology only, by the `topology` command, so raw messages can be queued before any
+/// worker runs.
+pub fn declare_topology(vhost: &TestVhost) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        .arg("topology")
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }
