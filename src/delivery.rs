@@ -15,10 +15,15 @@
 //! - **We publish the dead letter ourselves** instead of `basic.reject(requeue=false)`
 //!   into the queue's dead-letter exchange: a broker-made dead letter cannot say why (no
 //!   error kind, no field path), and ops need the reason to triage and replay.
-//! - **Transient failures requeue.** A publish that is nacked, returned as unroutable, not
-//!   confirmed in time, or lost with its channel means the output may not be stored: the
-//!   raw message is rejected with `requeue=true` and redelivered. `basic.reject` (not
-//!   `basic.nack`) because RabbitMQ 4.3+ counts only rejects toward the delivery limit.
+//! - **Transient failures requeue.** A publish that is nacked, returned as unroutable or
+//!   not confirmed in time means the output may not be stored: the raw message is
+//!   rejected with `requeue=true` and redelivered. `basic.reject` (not `basic.nack`)
+//!   because RabbitMQ 4.3+ counts only rejects toward the delivery limit.
+//! - **A lost publishing channel ends the session instead.** When a publish fails because
+//!   the channel or connection is gone, every other delivery would fail the same way, and
+//!   requeueing them would burn their delivery attempts in a tight loop. The delivery is
+//!   left unacknowledged, the session is torn down and reopened, and closing it hands the
+//!   delivery back to the queue.
 //! - **Bounded retries.** The raw queue's `x-delivery-limit` moves a message that fails
 //!   transiently every time to the dead-letter exchange (broker-side, at-least-once
 //!   strategy, routing key `unknown.delivery_limit`), so nothing loops forever.
@@ -219,11 +224,17 @@ pub enum Settlement {
     Ack,
     /// Something may not be stored: reject with requeue, so it is redelivered.
     Requeue,
+    /// The publishing channel is gone: leave it unacknowledged and restart the session;
+    /// the broker requeues it when the session's connections close.
+    Release,
 }
 
-/// Ack only when every publish was confirmed and routed.
+/// Ack only when every publish was confirmed and routed; release when the channel failed;
+/// otherwise requeue.
 pub fn settle(outcomes: &[PublishOutcome]) -> Settlement {
-    if !outcomes.is_empty() && outcomes.iter().all(|o| *o == PublishOutcome::Confirmed) {
+    if outcomes.contains(&PublishOutcome::Failed) {
+        Settlement::Release
+    } else if !outcomes.is_empty() && outcomes.iter().all(|o| *o == PublishOutcome::Confirmed) {
         Settlement::Ack
     } else {
         Settlement::Requeue
@@ -368,17 +379,19 @@ mod tests {
     }
 
     #[test]
-    fn settle_acks_only_when_every_publish_is_confirmed_and_routed() {
+    fn settle_acks_only_when_every_publish_is_confirmed_and_routed_and_releases_on_a_lost_channel()
+    {
         use PublishOutcome::*;
-        let cases: [(&[PublishOutcome], Settlement); 8] = [
+        let cases: [(&[PublishOutcome], Settlement); 9] = [
             (&[Confirmed], Settlement::Ack),
             (&[Confirmed, Confirmed, Confirmed], Settlement::Ack),
             (&[], Settlement::Requeue),
             (&[Returned], Settlement::Requeue),
             (&[Nacked], Settlement::Requeue),
             (&[TimedOut], Settlement::Requeue),
-            (&[Failed], Settlement::Requeue),
             (&[Confirmed, Returned, Confirmed], Settlement::Requeue),
+            (&[Failed], Settlement::Release),
+            (&[Confirmed, Nacked, Failed], Settlement::Release),
         ];
         for (outcomes, want) in cases {
             assert_eq!(settle(outcomes), want, "{outcomes:?}");

@@ -44,23 +44,32 @@ pub struct Session {
     consumer_channel: lapin::Channel,
     publisher: Arc<Publisher>,
     failures: mpsc::Receiver<BrokerError>,
+    /// The tasks forwarding connection events; stopped with the session.
+    watchers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
-    /// Connects both sides, declares the topology and starts consuming.
+    /// Connects both sides, declares the topology and starts consuming. On failure, what
+    /// was opened is dropped, and lapin closes a dropped connection.
     pub async fn open(settings: &Settings, health: &Health) -> Result<Session, BrokerError> {
         let blocked = Arc::new(AtomicBool::new(false));
         let (fail_tx, failures) = mpsc::channel(4);
 
         let publisher_connection = connect(&settings.amqp, Role::Publisher).await?;
-        watch_connection(&publisher_connection, Role::Publisher, fail_tx.clone(), {
-            let blocked = blocked.clone();
-            let health = health.clone();
-            move |is_blocked| {
-                blocked.store(is_blocked, Ordering::Relaxed);
-                health.set_blocked(is_blocked);
-            }
-        });
+        let mut watchers = Vec::new();
+        watchers.push(watch_connection(
+            &publisher_connection,
+            Role::Publisher,
+            fail_tx.clone(),
+            {
+                let blocked = blocked.clone();
+                let health = health.clone();
+                move |is_blocked| {
+                    blocked.store(is_blocked, Ordering::Relaxed);
+                    health.set_blocked(is_blocked);
+                }
+            },
+        ));
         let channel = publisher_connection
             .create_channel()
             .await
@@ -72,7 +81,12 @@ impl Session {
         declare_topology_with(&channel, settings).await?;
 
         let consumer_connection = connect(&settings.amqp, Role::Consumer).await?;
-        watch_connection(&consumer_connection, Role::Consumer, fail_tx, |_| {});
+        watchers.push(watch_connection(
+            &consumer_connection,
+            Role::Consumer,
+            fail_tx.clone(),
+            |_| {},
+        ));
         let consumer_channel = consumer_connection
             .create_channel()
             .await
@@ -107,8 +121,10 @@ impl Session {
                 dead_letter_exchange: settings.dead_letter.exchange.as_str().into(),
                 confirm_timeout: settings.amqp.confirm_timeout(),
                 blocked,
+                lost: fail_tx,
             }),
             failures,
+            watchers,
         })
     }
 
@@ -165,6 +181,9 @@ impl Session {
                 drain.as_secs()
             );
         }
+        for watcher in &self.watchers {
+            watcher.abort();
+        }
         // A close can hang on a dead or blocked broker; it is only a courtesy.
         let close_timeout = std::time::Duration::from_secs(5);
         let _ = tokio::time::timeout(
@@ -187,7 +206,7 @@ fn watch_connection(
     role: Role,
     failures: mpsc::Sender<BrokerError>,
     on_blocked: impl Fn(bool) + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     let mut events = connection.events_listener();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -212,7 +231,7 @@ fn watch_connection(
                 _ => {}
             }
         }
-    });
+    })
 }
 
 /// Handles one delivery: plan, publish, then ack or requeue (see `crate::delivery`).
@@ -254,6 +273,14 @@ async fn handle(delivery: Delivery, publisher: Arc<Publisher>, limits: Limits, h
     let settled = match settlement {
         Settlement::Ack => acker.ack(Default::default()).await,
         Settlement::Requeue => acker.reject(BasicRejectOptions { requeue: true }).await,
+        Settlement::Release => {
+            publisher.report_lost();
+            warn!(
+                message_id,
+                "publishing channel lost; the delivery returns to the queue"
+            );
+            return;
+        }
     };
     if !matches!(settled, Ok(true)) {
         // The channel is gone (or the acker was used): the broker redelivers it.
@@ -287,5 +314,6 @@ async fn handle(delivery: Delivery, publisher: Arc<Publisher>, limits: Limits, h
             health.add_requeued();
             warn!(message_id, ?outcomes, "publish not confirmed; requeued");
         }
+        (Settlement::Release, _) => {}
     }
 }

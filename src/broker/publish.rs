@@ -23,9 +23,19 @@ pub(crate) struct Publisher {
     pub(crate) confirm_timeout: Duration,
     /// Set while the broker blocks the publishing connection (memory or disk alarm).
     pub(crate) blocked: Arc<AtomicBool>,
+    /// Where a lost channel is reported, to end the session.
+    pub(crate) lost: tokio::sync::mpsc::Sender<super::BrokerError>,
 }
 
 impl Publisher {
+    /// Ends the session: the publishing channel is gone (a connection error, or the
+    /// broker closed the channel, e.g. because the output exchange was deleted).
+    pub(crate) fn report_lost(&self) {
+        let _ = self.lost.try_send(super::BrokerError::ChannelLost {
+            role: super::Role::Publisher,
+        });
+    }
+
     /// Publishes every event, then awaits every confirm: the events of one fanned-out
     /// body travel together instead of one round trip each.
     pub(crate) async fn publish_events(

@@ -163,3 +163,55 @@ async fn a_message_that_always_fails_ends_in_the_dead_letter_queue() {
     assert!(doc["requeued"].as_u64().unwrap() >= 2, "{doc}");
     assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);
 }
+
+/// The output exchange is deleted under the worker: the broker closes the publishing
+/// channel at the next publish. The worker restarts its session (re-declaring the
+/// exchange) instead of rejecting deliveries in a loop that would burn their delivery
+/// attempts: every event arrives, nothing is dead-lettered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_publishing_channel_restarts_the_session() {
+    let vhost = TestVhost::new("chanlost");
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__INPUT__DELIVERY_LIMIT", "3")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_delete("events.canonical".into(), Default::default())
+        .await
+        .unwrap();
+    let webhooks: Vec<_> = webhook_mix(200, "chanlost")
+        .into_iter()
+        .filter(|w| crate::support::expected(w).is_ok())
+        .collect();
+    publish_raw(&channel, &webhooks).await;
+
+    // The re-declared exchange has no bindings yet: the events reach events.unrouted.
+    let want = expectations(&webhooks);
+    let got = read_messages(
+        &channel,
+        "events.unrouted",
+        want.event_ids.len(),
+        Duration::from_secs(60),
+    )
+    .await;
+    let ids: std::collections::BTreeSet<_> = got
+        .iter()
+        .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, want.event_ids);
+    let (_, doc) = worker.readiness();
+    assert!(doc["sessions"].as_u64().unwrap() >= 2, "{doc}");
+    assert_eq!(
+        doc["requeued"], 0,
+        "no delivery attempt spent on a dead channel: {doc}"
+    );
+    assert!(
+        read_until_quiet(
+            &channel,
+            "normalizer.dead-letter",
+            Duration::from_millis(300)
+        )
+        .await
+        .is_empty()
+    );
+}
