@@ -60,6 +60,22 @@ fn topology_command_declares_everything_and_can_repeat() {
     assert!(queues["events.unrouted"].contains("quorum"));
 }
 
+/// `topology` against a broker it cannot reach exits 69 (EX_UNAVAILABLE), without the
+/// password in its output.
+#[test]
+fn topology_command_reports_an_unreachable_broker() {
+    let mut command = bin();
+    command.arg("topology").env(
+        "NORMALIZER__AMQP__URL",
+        "amqp://guest:s3cret@127.0.0.1:1/%2f",
+    );
+    let out = finish(command);
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot declare the topology"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
 /// Liveness is up while the process runs; readiness only while consuming.
 #[test]
 fn readiness_follows_the_broker_connection() {

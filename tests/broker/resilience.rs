@@ -15,12 +15,7 @@ async fn a_killed_worker_loses_nothing_after_restart() {
     publish_raw(&channel, &webhooks).await;
 
     let mut worker = WorkerProcess::start(&vhost, &[]);
-    wait_until(Duration::from_secs(30), "some progress", || {
-        worker.readiness().1["events_published"]
-            .as_u64()
-            .unwrap_or(0)
-            > 200
-    });
+    wait_for_progress(&worker, 200);
     worker.signal("KILL");
     assert_eq!(
         worker.wait_exit(Duration::from_secs(10)),
@@ -48,12 +43,7 @@ async fn connections_closed_by_the_broker_are_survived() {
         let _ = conn.close(200, "published".into()).await;
     }
     let worker = WorkerProcess::start(&vhost, &[]);
-    wait_until(Duration::from_secs(30), "some progress", || {
-        worker.readiness().1["events_published"]
-            .as_u64()
-            .unwrap_or(0)
-            > 200
-    });
+    wait_for_progress(&worker, 200);
     vhost.close_all_connections();
     wait_until(Duration::from_secs(30), "a second session", || {
         worker.readiness().1["sessions"].as_u64().unwrap_or(0) >= 2
@@ -74,12 +64,7 @@ async fn sigterm_drains_and_exits_zero() {
     publish_raw(&channel, &webhooks).await;
 
     let mut worker = WorkerProcess::start(&vhost, &[]);
-    wait_until(Duration::from_secs(30), "some progress", || {
-        worker.readiness().1["events_published"]
-            .as_u64()
-            .unwrap_or(0)
-            > 200
-    });
+    wait_for_progress(&worker, 200);
     worker.signal("TERM");
     assert_eq!(worker.wait_exit(Duration::from_secs(30)), Some(0));
     let logs = worker.logs().join("\n");

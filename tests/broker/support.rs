@@ -376,14 +376,9 @@ pub async fn queue_depth(channel: &Channel, name: &str) -> u32 {
         .message_count()
 }
 
-/// Reads `count` messages from `queue` (acknowledging them), failing after `within`.
-pub async fn read_messages(
-    channel: &Channel,
-    queue: &str,
-    count: usize,
-    within: Duration,
-) -> Vec<Delivery> {
-    let mut consumer = channel
+/// A consumer that takes messages off `queue` as they arrive (no acks to send).
+async fn take_from(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
         .basic_consume(
             queue.into(),
             "".into(),
@@ -394,7 +389,17 @@ pub async fn read_messages(
             FieldTable::default(),
         )
         .await
-        .expect("consume");
+        .expect("consume")
+}
+
+/// Reads `count` messages from `queue`, failing after `within`.
+pub async fn read_messages(
+    channel: &Channel,
+    queue: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<Delivery> {
+    let mut consumer = take_from(channel, queue).await;
     let mut out = Vec::with_capacity(count);
     let deadline = tokio::time::Instant::now() + within;
     while out.len() < count {
@@ -412,18 +417,7 @@ pub async fn read_messages(
 
 /// Reads whatever arrives on `queue` until it has been quiet for `quiet`.
 pub async fn read_until_quiet(channel: &Channel, queue: &str, quiet: Duration) -> Vec<Delivery> {
-    let mut consumer = channel
-        .basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = take_from(channel, queue).await;
     let mut out = Vec::new();
     while let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, consumer.next()).await {
         out.push(d);
@@ -593,4 +587,18 @@ pub fn declare_topology(vhost: &TestVhost) {
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Waits until the worker has published more than `events` events: mid-stream.
+pub fn wait_for_progress(worker: &WorkerProcess, events: u64) {
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to make progress",
+        || {
+            worker.readiness().1["events_published"]
+                .as_u64()
+                .unwrap_or(0)
+                > events
+        },
+    );
 }

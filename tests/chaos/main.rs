@@ -106,3 +106,33 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
     assert_eq!(doc["blocked"], false, "{doc}");
     assert_eq!(doc["acked"], 300, "{doc}");
 }
+
+/// SIGTERM while deliveries are held by an alarm: the worker waits to drain them (up to
+/// its deadline); a second signal exits at once with 130, and nothing is lost: the held
+/// deliveries go back to the queue for the next worker.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_signal_exits_at_once_without_loss() {
+    let _serial = SERIAL.lock().await;
+    let vhost = TestVhost::new("signal2");
+    declare_topology(&vhost);
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(100, "signal2");
+    publish_raw(&channel, &webhooks).await;
+    {
+        let _alarm = MemoryAlarm::raise();
+        let mut worker = WorkerProcess::start(&vhost, &[]);
+        wait_until(
+            Duration::from_secs(20),
+            "the worker to see the block",
+            || worker.readiness().1["blocked"] == true,
+        );
+        worker.signal("TERM");
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(worker.readiness().0 == 503, "draining, not ready");
+        worker.signal("TERM");
+        assert_eq!(worker.wait_exit(Duration::from_secs(5)), Some(130));
+    }
+    let next = WorkerProcess::start(&vhost, &[]);
+    next.wait_ready(Duration::from_secs(20));
+    assert_nothing_lost(&channel, &webhooks).await;
+}
