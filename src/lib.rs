@@ -3,19 +3,27 @@
 //! The data flow, and where each part lives:
 //!
 //! ```text
-//! raw body bytes (+ vendor hint, receipt time)
-//!   -> normalize::normalize        size limit, JSON parse, vendor detection
-//!   -> vendors::{entuitive, authenticate, deel}
+//! RabbitMQ webhooks.raw -> normalizer.raw
+//!   -> broker::Session             consume (its own connection), one task per delivery
+//!   -> delivery::plan              RawMessage -> events to publish, or a dead letter
+//!      -> normalize::normalize     size limit, JSON parse, vendor detection
+//!      -> vendors::{entuitive, authenticate, deel}
 //!                                  pure mapping of one vendor's envelope
-//!   -> canonical::CanonicalEvent   CloudEvents 1.0, canonical type, stable id
+//!      -> canonical::CanonicalEvent
+//!                                  CloudEvents 1.0, canonical type, stable id
+//!   -> broker publish              events.canonical or webhooks.dead-letter, confirmed
+//!   -> delivery::settle            ack, requeue, or release to a new session
 //! ```
 //!
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema).
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
-//! - [`normalize`]: the single entry point and its error kinds.
+//! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
+//! - [`delivery`]: the pure decisions about one raw message, and the delivery policy.
+//! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
+//! - [`config`], [`telemetry`], [`ops`]: settings, logging, health.
 //!
-//! Everything here is pure: no I/O, no clock, no randomness. The broker glue is built on
-//! top of [`normalize`] and never the other way round.
+//! `canonical`, `vendors`, `normalize` and `delivery` are pure: no I/O, no clock, no
+//! randomness. The broker glue is built on top of them, never the other way round.
 
 pub mod broker;
 pub mod canonical;
