@@ -212,6 +212,22 @@ impl Settings {
             }
             Ok(_) => {}
         }
+        // The client library's URI parser turns an IPv6 literal host into "localhost".
+        if url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?']).next())
+            .is_some_and(|authority| {
+                authority
+                    .rsplit('@')
+                    .next()
+                    .is_some_and(|h| h.starts_with('['))
+            })
+        {
+            return reject(
+                "amqp.url",
+                "IPv6 literal hosts are not supported by the AMQP client; use a host name",
+            );
+        }
         if self.amqp.heartbeat_secs == 0 {
             return reject("amqp.heartbeat_secs", "must be at least 1");
         }
@@ -379,6 +395,13 @@ mod tests {
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn ipv6_literal_hosts_are_refused_rather_than_misrouted() {
+        let e = load_env(&[("NORMALIZER__AMQP__URL", "amqp://u:p@[::1]:5672/%2f")]).unwrap_err();
+        assert!(e.to_string().starts_with("amqp.url: IPv6"), "{e}");
+        assert!(load_env(&[("NORMALIZER__AMQP__URL", "amqp://u:p@rabbit:5672/%2f")]).is_ok());
     }
 
     #[test]
