@@ -593,22 +593,9 @@ mod passthrough {
     pub(super) async fn declare(channel: &Channel, settings: &Settings) {
         declare_exchange(channel, &settings.input.exchange, ExchangeKind::Topic).await;
         declare_exchange(channel, PASSTHROUGH_DEAD_LETTER, ExchangeKind::Topic).await;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(i64::from(settings.input.delivery_limit)),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(PASSTHROUGH_DEAD_LETTER.into()),
-        );
-        args.insert(
-            "x-dead-letter-strategy".into(),
-            AMQPValue::LongString("at-least-once".into()),
-        );
-        args.insert(
-            "x-overflow".into(),
-            AMQPValue::LongString("reject-publish".into()),
+        let args = webhook_normalizer::broker::raw_queue_arguments(
+            settings.input.delivery_limit,
+            PASSTHROUGH_DEAD_LETTER,
         );
         declare_quorum_queue(channel, PASSTHROUGH_IN, args).await;
         bind(channel, PASSTHROUGH_IN, &settings.input.exchange, "#").await;

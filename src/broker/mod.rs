@@ -8,4 +8,4 @@ mod topology;
 
 pub use connection::{BrokerError, Role, connect};
 pub use consume::{Session, SessionEnd};
-pub use topology::{declare_topology, declare_topology_with};
+pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};

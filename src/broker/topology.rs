@@ -82,31 +82,7 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
     )
     .await
     .map_err(BrokerError::amqp("declaring the raw exchange"))?;
-    let mut input_args = FieldTable::default();
-    // RabbitMQ 3.x quorum queues have no default delivery limit (4.x: 20); set it so a
-    // message that fails every time ends in the dead-letter queue instead of looping.
-    input_args.insert(
-        "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(s.input.delivery_limit)),
-    );
-    input_args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString(s.dead_letter.exchange.as_str().into()),
-    );
-    input_args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(DELIVERY_LIMIT_ROUTING_KEY.into()),
-    );
-    // At-least-once dead-lettering (the broker keeps the message until the dead-letter
-    // queue confirms it) requires reject-publish overflow.
-    input_args.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    input_args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
+    let input_args = raw_queue_arguments(s.input.delivery_limit, &s.dead_letter.exchange);
     declare_quorum_queue(channel, &s.input.queue, input_args).await?;
     bind(
         channel,
@@ -115,6 +91,38 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
         &s.input.binding_key,
     )
     .await
+}
+
+/// The arguments of the raw input queue (besides `x-queue-type: quorum`): a delivery
+/// limit, and at-least-once dead-lettering to `dead_letter_exchange` with routing key
+/// `unknown.delivery_limit`. Public so that benchmarks build their baseline's queue alike.
+pub fn raw_queue_arguments(delivery_limit: u32, dead_letter_exchange: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    // RabbitMQ 3.x quorum queues have no default delivery limit (4.x: 20); set it so a
+    // message that fails every time ends in the dead-letter queue instead of looping.
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(delivery_limit)),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(dead_letter_exchange.into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(DELIVERY_LIMIT_ROUTING_KEY.into()),
+    );
+    // At-least-once dead-lettering (the broker keeps the message until the dead-letter
+    // queue confirms it) requires reject-publish overflow.
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    args
 }
 
 async fn declare_quorum_queue(
