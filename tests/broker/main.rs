@@ -5,5 +5,6 @@
 
 mod flow;
 mod ops;
+mod pipeline;
 mod resilience;
 mod support;

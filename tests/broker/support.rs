@@ -127,11 +127,37 @@ impl WorkerProcess {
     /// Starts `webhook-normalizer run` with the vhost's URL, health on a free port, JSON
     /// logs, and `env` on top.
     pub fn start(vhost: &TestVhost, env: &[(&str, &str)]) -> WorkerProcess {
-        WorkerProcess::start_with_url(&vhost.url(), env)
+        WorkerProcess::launch(&vhost.url(), env, None)
     }
 
+    /// Like [`WorkerProcess::start`], against any broker URL (another node, another
+    /// user).
     pub fn start_with_url(url: &str, env: &[(&str, &str)]) -> WorkerProcess {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"));
+        WorkerProcess::launch(url, env, None)
+    }
+
+    /// Like [`WorkerProcess::start`], but the binary runs under `prlimit --as=BYTES`: an
+    /// allocation beyond that address space fails and the worker aborts, instead of a
+    /// runaway worker taking the machine's memory.
+    pub fn start_with_address_space_limit(
+        vhost: &TestVhost,
+        env: &[(&str, &str)],
+        bytes: u64,
+    ) -> WorkerProcess {
+        WorkerProcess::launch(&vhost.url(), env, Some(bytes))
+    }
+
+    fn launch(url: &str, env: &[(&str, &str)], address_space: Option<u64>) -> WorkerProcess {
+        let binary = env!("CARGO_BIN_EXE_webhook-normalizer");
+        // prlimit sets the limit and execs the binary: the child's pid is the worker's.
+        let mut command = match address_space {
+            Some(bytes) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--as={bytes}")).arg("--").arg(binary);
+                c
+            }
+            None => Command::new(binary),
+        };
         command
             .arg("run")
             .env("NORMALIZER__AMQP__URL", url)
@@ -154,10 +180,15 @@ impl WorkerProcess {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
+                    // The health address; at trace level other lines may carry an
+                    // `address` too, so only one that parses counts.
                     if let Ok(v) = serde_json::from_str::<Value>(&line)
-                        && let Some(addr) = v.get("address").and_then(Value::as_str)
+                        && let Some(Ok(addr)) = v
+                            .get("address")
+                            .and_then(Value::as_str)
+                            .map(str::parse::<SocketAddr>)
                     {
-                        let _ = addr_tx.send(addr.parse::<SocketAddr>().expect("address"));
+                        let _ = addr_tx.send(addr);
                     }
                     logs.lock().unwrap().push(line);
                 }
@@ -202,6 +233,28 @@ impl WorkerProcess {
             .status()
             .expect("kill");
         assert!(status.success());
+    }
+
+    /// Whether the process is still running (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Peak resident set size so far (`VmHWM` in `/proc/{pid}/status`), in KiB. The
+    /// process must still be running.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/{pid}/status of the worker");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/{pid}/status (has the worker exited?)")
     }
 
     /// Waits for the process to exit; its exit code (None when killed by a signal).
@@ -283,6 +336,28 @@ impl RawWebhook {
 /// The receipt time every test webhook carries in `x-received-at`.
 pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
 
+/// The properties a gateway gives a raw webhook: its message id, JSON content type,
+/// persistent, and headers `x-received-at`, `x-gateway` and (when known) `x-vendor`.
+pub fn raw_properties(w: &RawWebhook) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-received-at".into(),
+        AMQPValue::LongString(RECEIVED_AT.into()),
+    );
+    headers.insert(
+        "x-gateway".into(),
+        AMQPValue::LongString("test-gateway".into()),
+    );
+    if let Some(vendor) = w.vendor {
+        headers.insert("x-vendor".into(), AMQPValue::LongString(vendor.into()));
+    }
+    BasicProperties::default()
+        .with_message_id(w.message_id.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
 /// Publishes raw webhooks to `webhooks.raw` (routing key `gateway`, vendor in `x-vendor`)
 /// with confirms, as a gateway would.
 pub async fn publish_raw(channel: &Channel, webhooks: &[RawWebhook]) {
@@ -292,23 +367,6 @@ pub async fn publish_raw(channel: &Channel, webhooks: &[RawWebhook]) {
         .expect("confirms");
     let mut confirms = Vec::new();
     for w in webhooks {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "x-received-at".into(),
-            AMQPValue::LongString(RECEIVED_AT.into()),
-        );
-        headers.insert(
-            "x-gateway".into(),
-            AMQPValue::LongString("test-gateway".into()),
-        );
-        if let Some(vendor) = w.vendor {
-            headers.insert("x-vendor".into(), AMQPValue::LongString(vendor.into()));
-        }
-        let properties = BasicProperties::default()
-            .with_message_id(w.message_id.as_str().into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers);
         confirms.push(
             channel
                 .basic_publish(
@@ -319,7 +377,7 @@ pub async fn publish_raw(channel: &Channel, webhooks: &[RawWebhook]) {
                         ..Default::default()
                     },
                     &w.body,
-                    properties,
+                    raw_properties(w),
                 )
                 .await
                 .expect("publish"),
@@ -333,6 +391,41 @@ pub async fn publish_raw(channel: &Channel, webhooks: &[RawWebhook]) {
             "raw publish returned: no topology?"
         );
     }
+}
+
+/// Publishes one message with exactly `properties` (for unusual ones: `user_id`,
+/// `expiration`, huge headers), mandatory and confirmed; fails unless acked and routed.
+pub async fn publish_raw_with(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirms");
+    let confirmation = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirmation.is_ack(), "publish to {exchange} not acked");
+    assert!(
+        confirmation.take_message().is_none(),
+        "publish to {exchange} returned: no topology?"
+    );
 }
 
 /// Declares a queue bound to `exchange` with `key`, for a test to read from.
@@ -377,7 +470,7 @@ pub async fn queue_depth(channel: &Channel, name: &str) -> u32 {
 }
 
 /// A consumer that takes messages off `queue` as they arrive (no acks to send).
-async fn take_from(channel: &Channel, queue: &str) -> lapin::Consumer {
+pub async fn take_from(channel: &Channel, queue: &str) -> lapin::Consumer {
     channel
         .basic_consume(
             queue.into(),
@@ -601,4 +694,254 @@ pub fn wait_for_progress(worker: &WorkerProcess, events: u64) {
                 > events
         },
     );
+}
+
+/// Whether a JSON key names an e-mail address or a person's name.
+fn is_personal_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key == "email"
+        || key.ends_with("_email")
+        || matches!(
+            key.as_str(),
+            "first_name" | "middle_name" | "last_name" | "fname" | "lname" | "name" | "full_name"
+        )
+}
+
+/// Every e-mail address and person name in `tests/fixtures/**.json`: the string values
+/// (or strings in array values) of keys such as `email`, `*_email`, `first_name`,
+/// `last_name`, `fname`, `lname`, `name`, `full_name`, at least 4 characters long and
+/// with a letter; deduplicated. Files that are not JSON are skipped.
+pub fn personal_data_in_fixtures() -> Vec<String> {
+    fn strings(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::String(s) if s.chars().count() >= 4 && s.chars().any(char::is_alphabetic) => {
+                out.insert(s.clone());
+            }
+            Value::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            _ => {}
+        }
+    }
+    fn walk(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if is_personal_key(k) {
+                        strings(v, out);
+                    }
+                    walk(v, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| walk(i, out)),
+            _ => {}
+        }
+    }
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("fixtures dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                out.push(path);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    files(&fixtures_dir(), &mut paths);
+    let mut found = BTreeSet::new();
+    for path in paths {
+        let bytes = std::fs::read(&path).expect("fixture");
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            walk(&v, &mut found);
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// `text` as Rust's `Debug` prints a byte slice's contents (`74, 111, 104, 110`), which is
+/// how lapin logs message bodies and header values.
+fn debug_bytes(text: &str) -> String {
+    text.bytes()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `line` contains `needle` as a whole list of numbers (not inside a longer
+/// number at either end).
+fn contains_byte_list(line: &str, needle: &str) -> bool {
+    line.match_indices(needle).any(|(at, _)| {
+        let before = line[..at].chars().next_back();
+        let after = line[at + needle.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_digit()) && !after.is_some_and(|c| c.is_ascii_digit())
+    })
+}
+
+/// Fails if any log line contains an e-mail address or person name from the fixtures,
+/// as text or as the decimal byte list lapin's `Debug` output prints bodies and headers
+/// as; names the string found and shows only the start of the line.
+pub fn assert_no_personal_data(logs: &[String]) {
+    let personal: Vec<(String, String)> = personal_data_in_fixtures()
+        .into_iter()
+        .map(|p| {
+            let bytes = debug_bytes(&p);
+            (p, bytes)
+        })
+        .collect();
+    assert!(
+        !personal.is_empty(),
+        "no personal data found in the fixtures"
+    );
+    for (n, line) in logs.iter().enumerate() {
+        for (text, bytes) in &personal {
+            let form = if line.contains(text.as_str()) {
+                "as text"
+            } else if contains_byte_list(line, bytes) {
+                "as bytes"
+            } else {
+                continue;
+            };
+            let start: String = line.chars().take(40).collect();
+            panic!(
+                "personal data {text:?} ({form}) in log line {n} of {}: {start}...",
+                logs.len()
+            );
+        }
+    }
+}
+
+/// A private RabbitMQ node for tests that change broker-wide state (users): its own
+/// directory under /tmp, its own node name and ports, stopped and removed when dropped
+/// (also when the test panicked). It never touches the shared node on 5672.
+pub struct PrivateNode {
+    /// `wn-{pid}-{n}@localhost`.
+    pub node: String,
+    /// Its AMQP port.
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateNode {
+    /// Starts the node and waits until it runs (a few seconds).
+    pub fn start() -> PrivateNode {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let node = format!("wn-{pid}-{n}@localhost");
+        let dir = PathBuf::from(format!("/tmp/wn-node.{pid}-{n}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mnesia")).expect("node dir");
+        std::fs::create_dir_all(dir.join("log")).expect("node log dir");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod node dir");
+        }
+        // Free ports, held together so they differ, released just before the start.
+        let (port, dist_port) = {
+            let a = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            let b = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+            (
+                a.local_addr().expect("port").port(),
+                b.local_addr().expect("port").port(),
+            )
+        };
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"),
+        )
+        .expect("rabbitmq.conf");
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        let chown = Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown of {}", dir.display());
+        // From here on, Drop stops the node and removes the directory.
+        let private = PrivateNode { node, port, dir };
+        let d = private.dir.display().to_string();
+        let out = Command::new("timeout")
+            .args(["60", "rabbitmq-server", "-detached"])
+            .env("RABBITMQ_NODENAME", &private.node)
+            .env("RABBITMQ_NODE_PORT", port.to_string())
+            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia"))
+            .env("RABBITMQ_LOG_BASE", format!("{d}/log"))
+            .env("RABBITMQ_CONFIG_FILE", format!("{d}/rabbitmq"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                format!("{d}/enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", private.pid_file())
+            .output()
+            .expect("rabbitmq-server runs");
+        assert!(
+            out.status.success(),
+            "rabbitmq-server -detached: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        private.rabbitmqctl(&["wait", &private.pid_file()]);
+        private
+    }
+
+    fn pid_file(&self) -> String {
+        self.dir.join("pid").display().to_string()
+    }
+
+    /// An AMQP URL for this node (`vhost` percent-encoded, `%2f` for `/`).
+    pub fn url(&self, user: &str, password: &str, vhost: &str) -> String {
+        format!("amqp://{user}:{password}@127.0.0.1:{}/{vhost}", self.port)
+    }
+
+    /// Runs `rabbitmqctl -n NODE args…` (at most 60 s) and asserts it succeeded.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> std::process::Output {
+        let out = Command::new("timeout")
+            .args(["60", "rabbitmqctl", "-q", "-n", &self.node])
+            .args(args)
+            .output()
+            .expect("rabbitmqctl runs");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl -n {} {args:?}: {}{}",
+            self.node,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Adds a user with full permissions on the vhost `/`.
+    pub fn add_user(&self, name: &str, password: &str) {
+        self.rabbitmqctl(&["add_user", name, password]);
+        self.rabbitmqctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
+    }
+}
+
+impl Drop for PrivateNode {
+    fn drop(&mut self) {
+        let pid_file = self.pid_file();
+        let _ = Command::new("timeout")
+            .args([
+                "30",
+                "rabbitmqctl",
+                "-q",
+                "-n",
+                &self.node,
+                "stop",
+                &pid_file,
+            ])
+            .output();
+        // If the stop failed or timed out, end the node's own process (the pid in its pid
+        // file, if that process is still this node).
+        if let Ok(pid) = std::fs::read_to_string(&pid_file) {
+            let pid = pid.trim();
+            let still_ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&self.node));
+            if !pid.is_empty() && still_ours {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
