@@ -18,6 +18,8 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 /// The environment variable prefix; `__` separates section and key.
 pub const ENV_PREFIX: &str = "NORMALIZER__";
 
+const MIB: usize = 1024 * 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
@@ -26,6 +28,7 @@ pub struct Settings {
     pub output: OutputSettings,
     pub dead_letter: DeadLetterSettings,
     pub limits: LimitSettings,
+    pub retry: RetrySettings,
     pub http: HttpSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
@@ -50,6 +53,7 @@ pub struct InputSettings {
     pub binding_key: String,
     pub prefetch: u16,
     pub delivery_limit: u32,
+    pub single_active_consumer: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +75,17 @@ pub struct DeadLetterSettings {
 #[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     pub max_body_bytes: usize,
+    pub max_events_per_message: usize,
+    pub max_output_bytes: usize,
+    pub max_in_flight_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+    pub max_elapsed_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,8 +295,39 @@ impl Settings {
             );
         }
         // RabbitMQ's largest message is 128 MiB (3.x) and 16 MiB by default (4.x).
-        if self.limits.max_body_bytes == 0 || self.limits.max_body_bytes > 16 * 1024 * 1024 {
+        let limits = &self.limits;
+        if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * MIB {
             return reject("limits.max_body_bytes", "must be between 1 and 16777216");
+        }
+        if limits.max_events_per_message == 0 || limits.max_events_per_message > 100_000 {
+            return reject(
+                "limits.max_events_per_message",
+                "must be between 1 and 100000",
+            );
+        }
+        // An event holds its whole body plus fields read from it.
+        if limits.max_output_bytes < 2 * limits.max_body_bytes
+            || limits.max_output_bytes > 128 * MIB
+        {
+            return reject(
+                "limits.max_output_bytes",
+                "must be at least twice limits.max_body_bytes and at most 134217728",
+            );
+        }
+        if limits.max_in_flight_bytes < limits.max_output_bytes {
+            return reject(
+                "limits.max_in_flight_bytes",
+                "must be at least limits.max_output_bytes",
+            );
+        }
+        if self.retry.initial_ms == 0 {
+            return reject("retry.initial_ms", "must be at least 1");
+        }
+        if self.retry.max_ms < self.retry.initial_ms {
+            return reject("retry.max_ms", "must be at least retry.initial_ms");
+        }
+        if self.retry.max_elapsed_secs > 24 * 3600 {
+            return reject("retry.max_elapsed_secs", "must be at most 86400");
         }
         Ok(())
     }
@@ -289,6 +335,8 @@ impl Settings {
     pub fn limits(&self) -> Limits {
         Limits {
             max_body_bytes: self.limits.max_body_bytes,
+            max_events_per_message: self.limits.max_events_per_message,
+            max_output_bytes: self.limits.max_output_bytes,
         }
     }
 }
@@ -305,6 +353,18 @@ impl AmqpSettings {
     }
     pub fn reconnect_max(&self) -> Duration {
         Duration::from_millis(self.reconnect_max_ms)
+    }
+}
+
+impl RetrySettings {
+    pub fn initial(&self) -> Duration {
+        Duration::from_millis(self.initial_ms)
+    }
+    pub fn max(&self) -> Duration {
+        Duration::from_millis(self.max_ms)
+    }
+    pub fn max_elapsed(&self) -> Duration {
+        Duration::from_secs(self.max_elapsed_secs)
     }
 }
 
@@ -364,6 +424,12 @@ mod tests {
         assert_eq!(s.dead_letter.exchange, "webhooks.dead-letter");
         assert_eq!(s.dead_letter.queue, "normalizer.dead-letter");
         assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(s.limits(), Limits::default());
+        assert_eq!(s.limits.max_in_flight_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.retry.initial_ms, 100);
+        assert_eq!(s.retry.max_ms, 5000);
+        assert_eq!(s.retry.max_elapsed_secs, 60);
+        assert!(!s.input.single_active_consumer);
         assert_eq!(s.http.listen.to_string(), "127.0.0.1:9090");
         assert_eq!(s.log.format, LogFormat::Text);
     }
@@ -380,6 +446,23 @@ mod tests {
         assert!(e.to_string().contains("http.listen"), "{e}");
         let e = load_env(&[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "0")]).unwrap_err();
         assert!(e.to_string().starts_with("limits.max_body_bytes: "), "{e}");
+        let e = load_env(&[("NORMALIZER__LIMITS__MAX_OUTPUT_BYTES", "1048576")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("limits.max_output_bytes: "),
+            "{e}"
+        );
+        let e = load_env(&[("NORMALIZER__LIMITS__MAX_IN_FLIGHT_BYTES", "1")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("limits.max_in_flight_bytes: "),
+            "{e}"
+        );
+        let e = load_env(&[("NORMALIZER__LIMITS__MAX_EVENTS_PER_MESSAGE", "0")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("limits.max_events_per_message: "),
+            "{e}"
+        );
+        let e = load_env(&[("NORMALIZER__RETRY__MAX_MS", "1")]).unwrap_err();
+        assert!(e.to_string().starts_with("retry.max_ms: "), "{e}");
         let e = load_env(&[("NORMALIZER__AMQP__SURPRISE", "1")]).unwrap_err();
         assert!(e.to_string().contains("surprise"), "{e}");
     }

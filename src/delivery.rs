@@ -1,37 +1,54 @@
-//! What happens to one raw delivery, decided without a broker: which messages to publish
-//! for it, and whether to acknowledge or requeue it once those publishes are settled.
+//! What happens to one raw delivery, decided without a broker: what to publish for it,
+//! how a failed publish is judged, when to retry, and how settlements reach the broker.
 //!
 //! # Delivery policy
 //!
+//! - **One message, one fate.** Every raw message ends as its canonical events or as
+//!   exactly one dead letter with a reason. A failure caused by one message (its body,
+//!   its properties, its size) is settled for that message alone: it never restarts the
+//!   session, requeues a neighbour or spends a neighbour's delivery attempt.
+//! - **Bounded before anything is published.** [`plan`] builds a message's output within
+//!   [`Limits`]: events per message, bytes of JSON per message, entity id length. The
+//!   broker glue then checks each publish's properties against the negotiated
+//!   `frame_max`. Over any bound: one dead letter (`too_many_events`, `output_too_large`,
+//!   `invalid_payload`), nothing published.
 //! - **Ack only after everything is confirmed.** A raw message is acknowledged only once
-//!   every message it produced (its canonical events, or its dead letter) has been
-//!   confirmed by the broker (`basic.ack` from publisher confirms, not returned). A crash
-//!   at any point before that leaves the raw message unacknowledged, so the broker
-//!   redelivers it; its events are then published again with the same stable ids, which
-//!   makes the duplicate harmless.
+//!   every message it produced has been confirmed by the broker (`basic.ack` from
+//!   publisher confirms, not returned). A crash before that leaves it unacknowledged, the
+//!   broker redelivers it, and its events are published again with the same stable ids.
 //! - **Normalization errors are permanent and never requeued.** The same bytes fail the
-//!   same way every time; requeueing would only loop. The raw message goes to the
-//!   dead-letter exchange with its original bytes, properties and headers plus the reason.
+//!   same way every time. The raw message goes to the dead-letter exchange with its
+//!   original bytes and its properties, made safe to publish (see the broker's
+//!   `dead_letter` module), plus the reason.
 //! - **We publish the dead letter ourselves** instead of `basic.reject(requeue=false)`
-//!   into the queue's dead-letter exchange: a broker-made dead letter cannot say why (no
-//!   error kind, no field path), and ops need the reason to triage and replay.
-//! - **Transient failures requeue.** A publish that is nacked, returned as unroutable or
-//!   not confirmed in time means the output may not be stored: the raw message is
-//!   rejected with `requeue=true` and redelivered. `basic.reject` (not `basic.nack`)
-//!   because RabbitMQ 4.3+ counts only rejects toward the delivery limit.
-//! - **A lost publishing channel ends the session instead.** When a publish fails because
-//!   the channel or connection is gone, every other delivery would fail the same way, and
-//!   requeueing them would burn their delivery attempts in a tight loop. The delivery is
-//!   left unacknowledged, the session is torn down and reopened, and closing it hands the
-//!   delivery back to the queue.
-//! - **Bounded retries.** The raw queue's `x-delivery-limit` moves a message that fails
-//!   transiently every time to the dead-letter exchange (broker-side, at-least-once
-//!   strategy, routing key `unknown.delivery_limit`), so nothing loops forever.
+//!   into the queue's dead-letter exchange: a broker-made dead letter cannot say why, and
+//!   ops need the reason to triage and replay. Only a dead letter that itself cannot be
+//!   published is handed to the broker that way, as a last resort that still loses
+//!   nothing.
+//! - **Permanent or transient is decided per publish** ([`fault_of`]): the broker closing
+//!   the channel over a publish (access refused, precondition failed, frame error) may be
+//!   that message's fault; the worker finds which message by republishing the suspects
+//!   one at a time and dead-letters it as `publish_refused`. Everything else (nack,
+//!   return, confirm timeout, lost connection, missing exchange) is about the broker.
+//! - **Transient failures are retried in place** ([`RetryPolicy`]): the delivery is held
+//!   and its failed publishes are republished with jittered exponential backoff, while no
+//!   new delivery is taken. Only after `retry.max_elapsed_secs` of failure is it rejected
+//!   with `requeue=true` (`basic.reject`, which RabbitMQ 4.3+ counts toward the delivery
+//!   limit, unlike `basic.nack`), so the delivery limit counts real redeliveries.
+//! - **Order.** Within one worker, messages are published in the order they were
+//!   consumed and settled in that order; acks are batched with `multiple`
+//!   ([`coalesce`]). After a transient failure, messages already in flight behind the
+//!   failed one may be stored before its retry (at most the in-flight window).
+//! - **Bounded retries.** The raw queue's `x-delivery-limit` moves a message whose output
+//!   fails every time to the dead-letter exchange (broker-side, at-least-once strategy,
+//!   routing key `unknown.delivery_limit`), so nothing loops forever.
+
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::canonical::{CanonicalEvent, Vendor};
-use crate::normalize::{ErrorKind, Limits, NormalizeError, normalize};
+use crate::canonical::{Vendor, rfc3339_utc};
+use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
 
 /// The `content_type` of canonical events (CloudEvents AMQP binding, structured mode).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -39,6 +56,9 @@ pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-
 pub const APP_ID: &str = "webhook-normalizer";
 /// The routing key the raw queue dead-letters with when a message hits its delivery limit.
 pub const DELIVERY_LIMIT_ROUTING_KEY: &str = "unknown.delivery_limit";
+/// The longest error detail a dead letter carries; longer ones are cut at a character
+/// boundary, so the reason always fits the dead letter's headers.
+pub const MAX_DETAIL_BYTES: usize = 1024;
 
 /// Header names of the raw-message contract.
 pub mod headers {
@@ -53,6 +73,15 @@ pub mod headers {
     pub const VERSION: &str = "x-normalizer-version";
     pub const ORIGINAL_EXCHANGE: &str = "x-original-exchange";
     pub const ORIGINAL_ROUTING_KEY: &str = "x-original-routing-key";
+    /// Raw properties a dead letter must not carry as they are (they would change its
+    /// fate or make it unpublishable), kept as headers instead.
+    pub const ORIGINAL_EXPIRATION: &str = "x-original-expiration";
+    pub const ORIGINAL_USER_ID: &str = "x-original-user-id";
+    /// Raw headers the broker acts on, kept under another name.
+    pub const ORIGINAL_CC: &str = "x-original-cc";
+    pub const ORIGINAL_DELIVERY_COUNT: &str = "x-original-delivery-count";
+    /// Which raw headers were dropped to fit the broker's frame, and why.
+    pub const DROPPED_HEADERS: &str = "x-normalizer-dropped-headers";
 }
 
 /// A raw webhook delivery as the broker glue hands it over: only what the decision needs,
@@ -103,7 +132,7 @@ impl RawMessage {
 /// What to publish for one raw message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// Its canonical events (at least one).
+    /// Its canonical events (at least one), in order.
     Publish(Vec<OutgoingEvent>),
     /// The original message, to the dead-letter exchange.
     DeadLetter(DeadLetter),
@@ -118,7 +147,7 @@ pub struct OutgoingEvent {
     /// The stable id: AMQP `message_id`.
     pub message_id: String,
     /// The canonical type: AMQP `type`.
-    pub kind: &'static str,
+    pub event_type: &'static str,
     /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
     /// time (not the publish time) so that a redelivered event is the same message.
     pub timestamp: u64,
@@ -127,44 +156,54 @@ pub struct OutgoingEvent {
 }
 
 impl OutgoingEvent {
-    fn new(event: &CanonicalEvent) -> Result<OutgoingEvent, serde_json::Error> {
-        let time = event.time_rfc3339();
-        Ok(OutgoingEvent {
-            routing_key: event.routing_key(),
-            body: serde_json::to_vec(event)?,
-            message_id: event.id.to_string(),
-            kind: event.event_type.as_str(),
+    fn new(event: EventJson) -> OutgoingEvent {
+        let id = event.id.to_string();
+        let event_type = event.event_type.as_str();
+        OutgoingEvent {
+            routing_key: event_type,
+            message_id: id.clone(),
+            event_type,
             timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
             headers: vec![
                 ("cloudEvents_specversion", "1.0".to_owned()),
-                ("cloudEvents_id", event.id.to_string()),
-                ("cloudEvents_source", event.source.clone()),
-                ("cloudEvents_type", event.event_type.as_str().to_owned()),
-                ("cloudEvents_subject", event.subject.clone()),
-                ("cloudEvents_time", time),
+                ("cloudEvents_id", id),
+                (
+                    "cloudEvents_source",
+                    event.event_type.vendor().source().to_owned(),
+                ),
+                ("cloudEvents_type", event_type.to_owned()),
+                ("cloudEvents_subject", event.subject),
+                ("cloudEvents_time", rfc3339_utc::format(&event.time)),
             ],
-        })
+            body: event.json,
+        }
     }
 }
 
-/// A raw message that cannot be normalized, and why.
+/// A raw message that cannot be normalized or published, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     /// `{vendor or unknown}.{kind}`.
     pub routing_key: String,
     pub kind: ErrorKind,
     pub vendor: Option<Vendor>,
-    /// The error's detail: field paths, never values from the body.
+    /// The reason: field paths and sizes, never values from the body; at most
+    /// [`MAX_DETAIL_BYTES`].
     pub detail: String,
     /// Headers to add to the original ones.
     pub headers: Vec<(&'static str, String)>,
 }
 
 impl DeadLetter {
-    fn new(raw: &RawMessage, error: &NormalizeError, now: DateTime<Utc>) -> DeadLetter {
-        let kind = error.kind();
-        let vendor = error.vendor();
-        let detail = error.to_string();
+    /// The dead letter of `raw` for this reason. `detail` must not hold body values.
+    pub fn new(
+        raw: &RawMessage,
+        kind: ErrorKind,
+        vendor: Option<Vendor>,
+        detail: &str,
+        now: DateTime<Utc>,
+    ) -> DeadLetter {
+        let detail = truncate(detail, MAX_DETAIL_BYTES).to_owned();
         DeadLetter {
             routing_key: format!("{}.{}", vendor.map_or("unknown", Vendor::key), kind),
             kind,
@@ -172,10 +211,7 @@ impl DeadLetter {
             headers: vec![
                 (headers::ERROR_KIND, kind.as_str().to_owned()),
                 (headers::ERROR, detail.clone()),
-                (
-                    headers::FAILED_AT,
-                    crate::canonical::rfc3339_utc::format(&now),
-                ),
+                (headers::FAILED_AT, rfc3339_utc::format(&now)),
                 (headers::VERSION, env!("CARGO_PKG_VERSION").to_owned()),
                 (headers::ORIGINAL_EXCHANGE, raw.exchange.clone()),
                 (headers::ORIGINAL_ROUTING_KEY, raw.routing_key.clone()),
@@ -183,67 +219,169 @@ impl DeadLetter {
             detail,
         }
     }
+
+    fn from_error(raw: &RawMessage, error: &NormalizeError, now: DateTime<Utc>) -> DeadLetter {
+        DeadLetter::new(raw, error.kind(), error.vendor(), &error.to_string(), now)
+    }
 }
 
-/// Normalizes a raw message and says what to publish for it. Pure: `now` is passed in.
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Normalizes a raw message and says what to publish for it, within `limits`. Pure:
+/// `now` is passed in.
 pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
-    let result = normalize(&raw.body, raw.vendor_hint(), raw.received_at(now), limits);
-    let error = match result {
-        Ok(events) => match events.iter().map(OutgoingEvent::new).collect() {
-            Ok(outgoing) => return Plan::Publish(outgoing),
-            // Not reachable for events `normalize` built; kept as a dead letter, not a
-            // panic, so that even a bug loses nothing.
-            Err(_) => NormalizeError::Unserializable {
-                vendor: events.first().map(|e| e.vendor),
-            },
-        },
-        Err(e) => e,
-    };
-    Plan::DeadLetter(DeadLetter::new(raw, &error, now))
+    match normalize_json(&raw.body, raw.vendor_hint(), raw.received_at(now), limits) {
+        Ok(events) => Plan::Publish(events.into_iter().map(OutgoingEvent::new).collect()),
+        Err(e) => Plan::DeadLetter(DeadLetter::from_error(raw, &e, now)),
+    }
 }
 
 /// How one publish ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
     /// Confirmed by the broker and routed.
     Confirmed,
     /// Confirmed, but returned as unroutable (`mandatory`).
     Returned,
-    /// Negatively confirmed: the broker could not store it.
+    /// Negatively confirmed: the broker could not store it (e.g. a full queue with
+    /// `reject-publish` overflow).
     Nacked,
     /// No confirm within the timeout.
     TimedOut,
-    /// The channel or connection failed before a confirm arrived.
-    Failed,
+    /// The channel or connection closed before a confirm arrived. `code` is the AMQP
+    /// reply code when the broker closed it; `reason` is for logs and dead letters.
+    Closed { code: Option<u16>, reason: String },
 }
 
-/// What to do with the raw message once its publishes are settled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settlement {
-    /// Everything it produced is stored: acknowledge it.
-    Ack,
-    /// Something may not be stored: reject with requeue, so it is redelivered.
-    Requeue,
-    /// The publishing channel is gone: leave it unacknowledged and restart the session;
-    /// the broker requeues it when the session's connections close.
-    Release,
-}
-
-/// Ack only when every publish was confirmed and routed; release when the channel failed;
-/// otherwise requeue.
-pub fn settle(outcomes: &[PublishOutcome]) -> Settlement {
-    if outcomes.contains(&PublishOutcome::Failed) {
-        Settlement::Release
-    } else if !outcomes.is_empty() && outcomes.iter().all(|o| *o == PublishOutcome::Confirmed) {
-        Settlement::Ack
-    } else {
-        Settlement::Requeue
+impl PublishOutcome {
+    /// Whose fault a failed publish is; `None` when it succeeded.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            PublishOutcome::Confirmed => None,
+            PublishOutcome::Returned | PublishOutcome::Nacked | PublishOutcome::TimedOut => {
+                Some(Fault::Broker)
+            }
+            PublishOutcome::Closed { code, .. } => Some(code.map_or(Fault::Broker, fault_of)),
+        }
     }
+}
+
+/// Who a failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Possibly one publish's own: the broker refused its content, properties, size or
+    /// routing key and closed the channel. Which message, if any, is found out by
+    /// republishing the suspects one at a time.
+    Message,
+    /// An exchange is missing: re-declare the topology, then retry.
+    Topology,
+    /// The broker or the network: retry with backoff, holding the delivery.
+    Broker,
+}
+
+/// Judges a channel or connection close by its AMQP reply code. Codes a single publish
+/// can provoke are [`Fault::Message`]: 311 CONTENT_TOO_LARGE, 403 ACCESS_REFUSED (topic
+/// permissions are per routing key), 406 PRECONDITION_FAILED (`user_id`, RabbitMQ 4.x
+/// `max_message_size`), 501 FRAME_ERROR, 502 SYNTAX_ERROR, 503 COMMAND_INVALID and
+/// 505 UNEXPECTED_FRAME (malformed content). 404 NOT_FOUND (an exchange deleted) is
+/// [`Fault::Topology`]; anything else (320 CONNECTION_FORCED, 541 INTERNAL_ERROR, ...)
+/// is [`Fault::Broker`].
+pub fn fault_of(reply_code: u16) -> Fault {
+    match reply_code {
+        311 | 403 | 406 | 501 | 502 | 503 | 505 => Fault::Message,
+        404 => Fault::Topology,
+        _ => Fault::Broker,
+    }
+}
+
+/// How transient failures are retried in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+    /// How long a message may keep failing before it is rejected for redelivery.
+    pub max_elapsed: Duration,
+}
+
+impl RetryPolicy {
+    /// The delay before retry number `attempt` (0-based): the step doubles from `initial`
+    /// up to `max`, and the delay is half the step plus a random part of the other half
+    /// (`jitter` in `[0, 1)`), so it never comes sooner than half a step and a fleet of
+    /// workers does not retry in lockstep.
+    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+        backoff_delay(self.initial, self.max, attempt, jitter)
+    }
+
+    /// Whether a message failing for `failing_for` should stop being retried in place.
+    pub fn gives_up(&self, failing_for: Duration) -> bool {
+        failing_for >= self.max_elapsed
+    }
+}
+
+/// Exponential backoff with "equal jitter": step `min(initial * 2^attempt, max)`, delay
+/// `step/2 + jitter * step/2` with `jitter` in `[0, 1)`.
+pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64) -> Duration {
+    let step = initial
+        .checked_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .unwrap_or(max)
+        .min(max);
+    let half = step / 2;
+    half + half.mul_f64(jitter.clamp(0.0, 1.0))
+}
+
+/// How one raw message is settled with the broker, in consumption order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settle {
+    /// Everything it produced is stored.
+    Ack { tag: u64 },
+    /// Give it back: `requeue` for a redelivery, else the raw queue's dead-letter
+    /// exchange takes it (the last resort for an unpublishable dead letter).
+    Reject { tag: u64, requeue: bool },
+}
+
+/// What goes on the wire for a run of settlements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettleFrame {
+    /// `basic.ack` with `multiple`: every unsettled delivery up to `tag`.
+    AckUpTo { tag: u64 },
+    /// `basic.reject` of one delivery.
+    Reject { tag: u64, requeue: bool },
+}
+
+/// Batches settlements: consecutive acks become one `multiple` ack of the highest tag.
+/// Settlements arrive in consumption (= delivery tag) order, so every tag below an ack
+/// is already settled or acked by it; a reject ends a batch, since acking past it first
+/// would ack the rejected delivery.
+pub fn coalesce(settles: &[Settle]) -> Vec<SettleFrame> {
+    let mut frames: Vec<SettleFrame> = Vec::new();
+    for settle in settles {
+        match *settle {
+            Settle::Ack { tag } => match frames.last_mut() {
+                Some(SettleFrame::AckUpTo { tag: last }) => *last = (*last).max(tag),
+                _ => frames.push(SettleFrame::AckUpTo { tag }),
+            },
+            Settle::Reject { tag, requeue } => frames.push(SettleFrame::Reject { tag, requeue }),
+        }
+    }
+    frames
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::CanonicalEvent;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
@@ -305,7 +443,7 @@ mod tests {
         let e = &out[0];
         let event: CanonicalEvent = serde_json::from_slice(&e.body).unwrap();
         assert_eq!(e.routing_key, "authenticate.user.updated");
-        assert_eq!(e.kind, "authenticate.user.updated");
+        assert_eq!(e.event_type, "authenticate.user.updated");
         assert_eq!(e.message_id, event.id.to_string());
         assert_eq!(e.timestamp, 1_607_368_712);
         let h: std::collections::HashMap<_, _> = e.headers.iter().cloned().collect();
@@ -333,6 +471,7 @@ mod tests {
     fn each_error_kind_dead_letters_with_its_routing_key_and_headers() {
         let limits = Limits {
             max_body_bytes: 200,
+            ..Limits::default()
         };
         let mut big = raw(&[b' '; 201]);
         big.vendor_header = Some("deel".into());
@@ -379,22 +518,169 @@ mod tests {
     }
 
     #[test]
-    fn settle_acks_only_when_every_publish_is_confirmed_and_routed_and_releases_on_a_lost_channel()
-    {
-        use PublishOutcome::*;
-        let cases: [(&[PublishOutcome], Settlement); 9] = [
-            (&[Confirmed], Settlement::Ack),
-            (&[Confirmed, Confirmed, Confirmed], Settlement::Ack),
-            (&[], Settlement::Requeue),
-            (&[Returned], Settlement::Requeue),
-            (&[Nacked], Settlement::Requeue),
-            (&[TimedOut], Settlement::Requeue),
-            (&[Confirmed, Returned, Confirmed], Settlement::Requeue),
-            (&[Failed], Settlement::Release),
-            (&[Confirmed, Nacked, Failed], Settlement::Release),
+    fn a_fan_out_over_the_limits_is_one_dead_letter_and_nothing_to_publish() {
+        let body = |n: usize| {
+            let items: Vec<_> = (0..n).map(|i| serde_json::json!({"id": i})).collect();
+            serde_json::to_vec(&serde_json::json!({
+                "data": {"meta": {"event_type": "timesheet.reviewed"}, "resource": items},
+                "timestamp": "2023-05-11T15:12:41.663Z"
+            }))
+            .unwrap()
+        };
+        let limits = Limits {
+            max_events_per_message: 3,
+            max_output_bytes: 2 * 1024 * 1024,
+            ..Limits::default()
+        };
+        let Plan::Publish(events) = plan(&raw(&body(3)), &limits, now()) else {
+            panic!("three elements fit");
+        };
+        assert_eq!(events.len(), 3);
+        let Plan::DeadLetter(dl) = plan(&raw(&body(4)), &limits, now()) else {
+            panic!("four do not");
+        };
+        assert_eq!(dl.routing_key, "deel.too_many_events");
+        assert_eq!(
+            dl.detail,
+            "$.data.resource has 4 elements, over the limit of 3 events per message"
+        );
+
+        // Three events of ~300 bytes each: a budget of 700 stops at the third.
+        let tight = Limits {
+            max_output_bytes: 700,
+            ..limits
+        };
+        let Plan::DeadLetter(dl) = plan(&raw(&body(3)), &tight, now()) else {
+            panic!("over the output budget");
+        };
+        assert_eq!(dl.routing_key, "deel.output_too_large");
+        assert!(dl.detail.ends_with("of 3"), "{}", dl.detail);
+    }
+
+    #[test]
+    fn dead_letter_details_are_cut_to_the_header_budget_at_a_char_boundary() {
+        let detail = "é".repeat(MAX_DETAIL_BYTES);
+        let dl = DeadLetter::new(
+            &raw(b"{}"),
+            ErrorKind::PublishRefused,
+            Some(Vendor::Deel),
+            &detail,
+            now(),
+        );
+        assert_eq!(dl.routing_key, "deel.publish_refused");
+        assert_eq!(dl.detail.len(), MAX_DETAIL_BYTES);
+        assert!(dl.detail.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn failures_are_judged_by_what_they_are_about() {
+        let closed = |code| PublishOutcome::Closed {
+            code,
+            reason: String::new(),
+        };
+        let cases = [
+            (PublishOutcome::Confirmed, None),
+            (PublishOutcome::Returned, Some(Fault::Broker)),
+            (PublishOutcome::Nacked, Some(Fault::Broker)),
+            (PublishOutcome::TimedOut, Some(Fault::Broker)),
+            (closed(None), Some(Fault::Broker)),
+            (closed(Some(320)), Some(Fault::Broker)),
+            (closed(Some(541)), Some(Fault::Broker)),
+            (closed(Some(404)), Some(Fault::Topology)),
+            (closed(Some(311)), Some(Fault::Message)),
+            (closed(Some(403)), Some(Fault::Message)),
+            (closed(Some(406)), Some(Fault::Message)),
+            (closed(Some(501)), Some(Fault::Message)),
+            (closed(Some(502)), Some(Fault::Message)),
+            (closed(Some(503)), Some(Fault::Message)),
+            (closed(Some(505)), Some(Fault::Message)),
         ];
-        for (outcomes, want) in cases {
-            assert_eq!(settle(outcomes), want, "{outcomes:?}");
+        for (outcome, fault) in cases {
+            assert_eq!(outcome.fault(), fault, "{outcome:?}");
+        }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially_with_jitter_in_the_upper_half_and_give_up() {
+        let policy = RetryPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(1000),
+            max_elapsed: Duration::from_secs(60),
+        };
+        let steps = [100u64, 200, 400, 800, 1000, 1000];
+        for (attempt, step) in steps.into_iter().enumerate() {
+            let attempt = attempt as u32;
+            assert_eq!(policy.delay(attempt, 0.0).as_millis() as u64, step / 2);
+            assert_eq!(policy.delay(attempt, 1.0).as_millis() as u64, step);
+            let mid = policy.delay(attempt, 0.5).as_millis() as u64;
+            assert_eq!(mid, step * 3 / 4);
+        }
+        assert_eq!(policy.delay(u32::MAX, 1.0), Duration::from_millis(1000));
+        assert!(!policy.gives_up(Duration::from_secs(59)));
+        assert!(policy.gives_up(Duration::from_secs(60)));
+        let never = RetryPolicy {
+            max_elapsed: Duration::ZERO,
+            ..policy
+        };
+        assert!(never.gives_up(Duration::ZERO));
+    }
+
+    #[test]
+    fn consecutive_acks_become_one_multiple_ack_and_rejects_end_a_batch() {
+        use Settle::*;
+        let ack = |tag| SettleFrame::AckUpTo { tag };
+        let cases: [(&[Settle], Vec<SettleFrame>); 5] = [
+            (&[], vec![]),
+            (&[Ack { tag: 1 }], vec![ack(1)]),
+            (
+                &[Ack { tag: 1 }, Ack { tag: 2 }, Ack { tag: 3 }],
+                vec![ack(3)],
+            ),
+            (
+                &[
+                    Ack { tag: 4 },
+                    Ack { tag: 5 },
+                    Reject {
+                        tag: 6,
+                        requeue: true,
+                    },
+                    Ack { tag: 7 },
+                    Ack { tag: 8 },
+                ],
+                vec![
+                    ack(5),
+                    SettleFrame::Reject {
+                        tag: 6,
+                        requeue: true,
+                    },
+                    ack(8),
+                ],
+            ),
+            (
+                &[
+                    Reject {
+                        tag: 1,
+                        requeue: false,
+                    },
+                    Reject {
+                        tag: 2,
+                        requeue: true,
+                    },
+                ],
+                vec![
+                    SettleFrame::Reject {
+                        tag: 1,
+                        requeue: false,
+                    },
+                    SettleFrame::Reject {
+                        tag: 2,
+                        requeue: true,
+                    },
+                ],
+            ),
+        ];
+        for (settles, want) in cases {
+            assert_eq!(coalesce(settles), want, "{settles:?}");
         }
     }
 }

@@ -4,26 +4,31 @@
 //!
 //! ```text
 //! RabbitMQ webhooks.raw -> normalizer.raw
-//!   -> broker::Session             consume (its own connection), one task per delivery
-//!   -> delivery::plan              RawMessage -> events to publish, or a dead letter
-//!      -> normalize::normalize     size limit, JSON parse, vendor detection
-//!      -> vendors::{entuitive, authenticate, deel}
+//!   -> broker::Session             consume (its own connection); feed the pipeline
+//!   -> broker pipeline             one task: deliveries in consumption order
+//!      -> delivery::plan           RawMessage -> bounded events to publish, or a dead letter
+//!         -> normalize             size limit, JSON parse, vendor detection, bounds
+//!         -> vendors::{entuitive, authenticate, deel}
 //!                                  pure mapping of one vendor's envelope
-//!      -> canonical::CanonicalEvent
+//!         -> canonical::CanonicalEvent
 //!                                  CloudEvents 1.0, canonical type, stable id
-//!   -> broker publish              events.canonical or webhooks.dead-letter, confirmed
-//!   -> delivery::settle            ack, requeue, or release to a new session
+//!      -> broker publish           frame check; events.canonical or webhooks.dead-letter,
+//!                                  in order, confirmed; retried in place, or isolated
+//!   -> delivery::coalesce          acks in order, batched with `multiple`
 //! ```
 //!
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema).
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
 //! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
-//! - [`delivery`]: the pure decisions about one raw message, and the delivery policy.
+//! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
+//!   schedule, ack batching), and the delivery policy.
 //! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
-//! - [`config`], [`telemetry`], [`ops`]: settings, logging, health.
+//! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
+//! - [`redact`]: what outside text may be shown in errors and logs.
 //!
-//! `canonical`, `vendors`, `normalize` and `delivery` are pure: no I/O, no clock, no
-//! randomness. The broker glue is built on top of them, never the other way round.
+//! `canonical`, `vendors`, `normalize`, `delivery` and `redact` are pure: no I/O, no
+//! clock, no randomness. The broker glue is built on top of them, never the other way
+//! round.
 
 pub mod broker;
 pub mod canonical;
@@ -31,6 +36,7 @@ pub mod config;
 pub mod delivery;
 pub mod normalize;
 pub mod ops;
+pub mod redact;
 pub mod telemetry;
 pub mod vendors;
 pub mod worker;

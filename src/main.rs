@@ -12,8 +12,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use webhook_normalizer::config::Settings;
+use webhook_normalizer::normalize::normalize_json;
 use webhook_normalizer::ops::{self, Health};
-use webhook_normalizer::{EventType, Limits, broker, normalize, telemetry, worker};
+use webhook_normalizer::{EventType, Limits, broker, telemetry, worker};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -63,6 +64,12 @@ enum Command {
         /// Largest body accepted, in bytes.
         #[arg(long, default_value_t = Limits::default().max_body_bytes)]
         max_body_bytes: usize,
+        /// Most events one body may fan out into.
+        #[arg(long, default_value_t = Limits::default().max_events_per_message)]
+        max_events_per_message: usize,
+        /// Most bytes of event JSON one body may make, all its events together.
+        #[arg(long, default_value_t = Limits::default().max_output_bytes)]
+        max_output_bytes: usize,
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
@@ -119,16 +126,24 @@ fn main() -> anyhow::Result<ExitCode> {
             vendor,
             received_at,
             max_body_bytes,
+            max_events_per_message,
+            max_output_bytes,
             file,
         } => {
             let body = read_input(file.as_deref())?;
-            let limits = Limits { max_body_bytes };
+            let limits = Limits {
+                max_body_bytes,
+                max_events_per_message,
+                max_output_bytes,
+            };
             let received_at = received_at.unwrap_or_else(Utc::now);
-            match normalize(&body, vendor.as_deref(), received_at, &limits) {
+            // Serialized (and bounded) before anything is printed: an error prints nothing
+            // on stdout.
+            match normalize_json(&body, vendor.as_deref(), received_at, &limits) {
                 Ok(events) => {
                     let mut out = io::stdout().lock();
                     for event in &events {
-                        serde_json::to_writer(&mut out, event)?;
+                        out.write_all(&event.json)?;
                         out.write_all(b"\n")?;
                     }
                     out.flush()?;

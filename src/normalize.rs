@@ -6,27 +6,39 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
+use uuid::Uuid;
 
-use crate::canonical::{CanonicalEvent, Vendor};
-use crate::vendors::{self, MapError, PayloadError};
+use crate::canonical::{CanonicalEvent, EventType, Vendor};
+use crate::redact::SafeName;
+use crate::vendors::{self, MapError, Mapped, PayloadError};
 
-/// Limits on what `normalize` accepts.
+/// Bounds on what one body may be and make. Each is checked before anything is built
+/// that could exceed it, so memory follows the limits, not the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Bodies larger than this are refused before parsing.
     pub max_body_bytes: usize,
+    /// Most events one body may fan out into (Deel's array resources), checked before
+    /// any event is built.
+    pub max_events_per_message: usize,
+    /// Most bytes of canonical event JSON one body may make, all its events together;
+    /// checked as they are built, stopping at the first event over.
+    pub max_output_bytes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body_bytes: 1024 * 1024,
+            max_events_per_message: 1000,
+            max_output_bytes: 8 * 1024 * 1024,
         }
     }
 }
 
-/// The machine-readable kind of a [`NormalizeError`]. Its string is part of the public
-/// contract: dead-letter routing keys and headers carry it.
+/// The machine-readable kind of a dead letter. Its string is part of the public
+/// contract: dead-letter routing keys and headers carry it. `normalize` produces all but
+/// [`ErrorKind::PublishRefused`], which only the worker can observe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -35,15 +47,26 @@ pub enum ErrorKind {
     UnknownVendor,
     UnknownEventType,
     InvalidPayload,
+    /// The body would fan out into more events than `limits.max_events_per_message`.
+    TooManyEvents,
+    /// The events would exceed `limits.max_output_bytes`, or one of them would not fit
+    /// the broker's frame as an AMQP message.
+    OutputTooLarge,
+    /// The broker refused a publish of this message for good (it closed the channel:
+    /// access refused, precondition failed, frame error).
+    PublishRefused,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::InvalidJson,
         ErrorKind::BodyTooLarge,
         ErrorKind::UnknownVendor,
         ErrorKind::UnknownEventType,
         ErrorKind::InvalidPayload,
+        ErrorKind::TooManyEvents,
+        ErrorKind::OutputTooLarge,
+        ErrorKind::PublishRefused,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -53,6 +76,9 @@ impl ErrorKind {
             ErrorKind::UnknownVendor => "unknown_vendor",
             ErrorKind::UnknownEventType => "unknown_event_type",
             ErrorKind::InvalidPayload => "invalid_payload",
+            ErrorKind::TooManyEvents => "too_many_events",
+            ErrorKind::OutputTooLarge => "output_too_large",
+            ErrorKind::PublishRefused => "publish_refused",
         }
     }
 }
@@ -90,6 +116,22 @@ pub enum NormalizeError {
     UnknownEventType { vendor: Vendor, event_type: String },
     #[error("{error}")]
     InvalidPayload { vendor: Vendor, error: PayloadError },
+    #[error("{path} has {count} elements, over the limit of {limit} events per message")]
+    TooManyEvents {
+        vendor: Vendor,
+        path: String,
+        count: usize,
+        limit: usize,
+    },
+    #[error(
+        "the canonical events would exceed the output limit of {limit} bytes at event {at} of {events}"
+    )]
+    OutputTooLarge {
+        vendor: Vendor,
+        limit: usize,
+        at: usize,
+        events: usize,
+    },
     /// A mapped event could not be written as JSON. Not expected to happen; a variant
     /// rather than a panic so that even a bug dead-letters instead of losing the message.
     #[error("the canonical event could not be serialized")]
@@ -108,6 +150,8 @@ impl NormalizeError {
             NormalizeError::InvalidPayload { .. } | NormalizeError::Unserializable { .. } => {
                 ErrorKind::InvalidPayload
             }
+            NormalizeError::TooManyEvents { .. } => ErrorKind::TooManyEvents,
+            NormalizeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
         }
     }
 
@@ -119,44 +163,120 @@ impl NormalizeError {
             | NormalizeError::Unserializable { vendor } => *vendor,
             NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => None,
             NormalizeError::UnknownEventType { vendor, .. }
-            | NormalizeError::InvalidPayload { vendor, .. } => Some(*vendor),
+            | NormalizeError::InvalidPayload { vendor, .. }
+            | NormalizeError::TooManyEvents { vendor, .. }
+            | NormalizeError::OutputTooLarge { vendor, .. } => Some(*vendor),
         }
     }
 }
 
-/// Shows a vendor-supplied name only when it looks like an identifier (at most 64
-/// letters, digits, `.`, `_`, `-`, `:`), so a header or type field that carries personal
-/// data or control characters is never echoed.
-struct SafeName<'a>(&'a str);
-
-impl fmt::Display for SafeName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0;
-        let safe = !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
-        if safe {
-            write!(f, "\"{s}\"")
-        } else {
-            write!(f, "(not shown: {} bytes, not a plain name)", s.len())
-        }
-    }
-}
-
-/// Normalizes one webhook body.
+/// Normalizes one webhook body into its canonical events.
 ///
 /// `vendor_hint` is the vendor key from the gateway (`x-vendor` header or routing key);
 /// blank counts as absent, and without one the vendor is detected from the envelope's
-/// shape. `received_at` is used as `time` for events whose body carries no time.
+/// shape. `received_at` is used as `time` for events whose body carries none.
 ///
-/// On success there is at least one event (Deel array resources give one per element).
+/// On success there is at least one event (Deel array resources give one per element),
+/// and all of them together serialize to at most `limits.max_output_bytes`.
 pub fn normalize(
     body: &[u8],
     vendor_hint: Option<&str>,
     received_at: DateTime<Utc>,
     limits: &Limits,
 ) -> Result<Vec<CanonicalEvent>, NormalizeError> {
+    let events = events(body, vendor_hint, received_at, limits)?;
+    let mut budget = OutputBudget::new(&events, limits);
+    let unserializable = events.unserializable();
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let mut size = ByteCount(0);
+        serde_json::to_writer(&mut size, &event).map_err(|_| unserializable.clone())?;
+        budget.spend(size.0)?;
+        out.push(event);
+    }
+    Ok(out)
+}
+
+/// One canonical event serialized for the wire, with the attributes a publisher needs
+/// beside the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventJson {
+    /// The CloudEvent, JSON structured mode.
+    pub json: Vec<u8>,
+    pub id: Uuid,
+    pub event_type: EventType,
+    pub subject: String,
+    pub time: DateTime<Utc>,
+}
+
+/// As [`normalize`], serializing each event as it is built (the worker's path): the
+/// events of a fan-out are never all in memory as values, only as bounded JSON.
+pub fn normalize_json(
+    body: &[u8],
+    vendor_hint: Option<&str>,
+    received_at: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Vec<EventJson>, NormalizeError> {
+    let events = events(body, vendor_hint, received_at, limits)?;
+    let mut budget = OutputBudget::new(&events, limits);
+    let unserializable = events.unserializable();
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let json = serde_json::to_vec(&event).map_err(|_| unserializable.clone())?;
+        budget.spend(json.len())?;
+        out.push(EventJson {
+            json,
+            id: event.id,
+            event_type: event.event_type,
+            subject: event.subject,
+            time: event.time,
+        });
+    }
+    Ok(out)
+}
+
+/// The events of one body, built one at a time as they are taken. Everything that can
+/// fail has been checked, except the output size, which [`normalize`] and
+/// [`normalize_json`] check as they go.
+pub struct Events {
+    vendor: Vendor,
+    mapped: Mapped,
+}
+
+impl Events {
+    pub fn vendor(&self) -> Vendor {
+        self.vendor
+    }
+
+    fn unserializable(&self) -> NormalizeError {
+        NormalizeError::Unserializable {
+            vendor: Some(self.vendor),
+        }
+    }
+}
+
+impl Iterator for Events {
+    type Item = CanonicalEvent;
+
+    fn next(&mut self) -> Option<CanonicalEvent> {
+        self.mapped.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.mapped.size_hint()
+    }
+}
+
+impl ExactSizeIterator for Events {}
+
+/// Checks a body and maps it, without building its events yet: size limit, JSON,
+/// vendor, event type, every field the mapping needs, the fan-out limit.
+pub fn events(
+    body: &[u8],
+    vendor_hint: Option<&str>,
+    received_at: DateTime<Utc>,
+    limits: &Limits,
+) -> Result<Events, NormalizeError> {
     let hinted = match vendor_hint.map(str::trim).filter(|h| !h.is_empty()) {
         None => None,
         Some(hint) => {
@@ -182,12 +302,70 @@ pub fn normalize(
     let vendor = hinted
         .or_else(|| vendors::detect(&value))
         .ok_or(NormalizeError::UnknownShape)?;
-    vendors::map(vendor, value, received_at).map_err(|e| match e {
-        MapError::UnknownEventType(event_type) => {
-            NormalizeError::UnknownEventType { vendor, event_type }
+    let mapped = vendors::map(vendor, value, received_at, limits.max_events_per_message).map_err(
+        |e| match e {
+            MapError::UnknownEventType(event_type) => {
+                NormalizeError::UnknownEventType { vendor, event_type }
+            }
+            MapError::InvalidPayload(error) => NormalizeError::InvalidPayload { vendor, error },
+            MapError::TooManyEvents { path, count, limit } => NormalizeError::TooManyEvents {
+                vendor,
+                path,
+                count,
+                limit,
+            },
+        },
+    )?;
+    Ok(Events { vendor, mapped })
+}
+
+/// The running total of one body's output against `limits.max_output_bytes`.
+struct OutputBudget {
+    vendor: Vendor,
+    limit: usize,
+    events: usize,
+    spent: usize,
+    taken: usize,
+}
+
+impl OutputBudget {
+    fn new(events: &Events, limits: &Limits) -> OutputBudget {
+        OutputBudget {
+            vendor: events.vendor,
+            limit: limits.max_output_bytes,
+            events: events.len(),
+            spent: 0,
+            taken: 0,
         }
-        MapError::InvalidPayload(error) => NormalizeError::InvalidPayload { vendor, error },
-    })
+    }
+
+    fn spend(&mut self, bytes: usize) -> Result<(), NormalizeError> {
+        self.taken += 1;
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > self.limit {
+            return Err(NormalizeError::OutputTooLarge {
+                vendor: self.vendor,
+                limit: self.limit,
+                at: self.taken,
+                events: self.events,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An `io::Write` that only counts, to size an event without keeping its JSON.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Parses JSON, tolerating a UTF-8 byte-order mark (some gateways add one). The error
@@ -236,7 +414,10 @@ mod tests {
 
     #[test]
     fn size_limit_is_checked_before_parsing_and_keeps_the_hinted_vendor() {
-        let limits = Limits { max_body_bytes: 4 };
+        let limits = Limits {
+            max_body_bytes: 4,
+            ..Limits::default()
+        };
         let e = normalize(b"{   }", Some("deel"), at(), &limits).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BodyTooLarge);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
@@ -294,7 +475,10 @@ mod tests {
                 "body_too_large",
                 "unknown_vendor",
                 "unknown_event_type",
-                "invalid_payload"
+                "invalid_payload",
+                "too_many_events",
+                "output_too_large",
+                "publish_refused"
             ]
         );
         for k in ErrorKind::ALL {

@@ -8,7 +8,8 @@ use tracing::{info, warn};
 
 use crate::broker::{Session, SessionEnd};
 use crate::config::Settings;
-use crate::ops::Health;
+use crate::delivery::backoff_delay;
+use crate::ops::{Health, WorkerState};
 
 /// Runs until `shutdown` is cancelled; then drains and returns. Broker failures never
 /// end it: they are logged and retried with backoff, with readiness down meanwhile.
@@ -38,7 +39,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
                 }
             }
         }
-        health.set_ready(false);
+        health.set_state(WorkerState::Connecting, None);
         let delay = backoff.next_delay();
         info!(
             delay_ms = delay.as_millis() as u64,
@@ -49,18 +50,17 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
             _ = tokio::time::sleep(delay) => {}
         }
     }
-    health.set_ready(false);
+    health.set_state(WorkerState::Draining, Some("stopped".into()));
     info!("stopped");
 }
 
-/// Exponential backoff with "equal jitter": half the current step fixed, half random, so
-/// retries never come faster than half a step and a fleet of workers does not reconnect
-/// in lockstep.
+/// Reconnect backoff: [`backoff_delay`]'s schedule ("equal jitter", so a fleet of workers
+/// does not reconnect in lockstep), counting attempts until reset.
 #[derive(Debug)]
 pub struct Backoff {
     initial: Duration,
     max: Duration,
-    step: Duration,
+    attempt: u32,
 }
 
 impl Backoff {
@@ -68,19 +68,18 @@ impl Backoff {
         Backoff {
             initial,
             max,
-            step: initial,
+            attempt: 0,
         }
     }
 
     pub fn reset(&mut self) {
-        self.step = self.initial;
+        self.attempt = 0;
     }
 
     pub fn next_delay(&mut self) -> Duration {
-        let step = self.step.min(self.max);
-        self.step = (step * 2).min(self.max);
-        let half = step / 2;
-        half + half.mul_f64(fastrand::f64())
+        let delay = backoff_delay(self.initial, self.max, self.attempt, fastrand::f64());
+        self.attempt = self.attempt.saturating_add(1);
+        delay
     }
 }
 

@@ -1,11 +1,16 @@
-//! All the AMQP client code: connections, topology, consuming and publishing. No lapin
-//! type leaves this module; deliveries become [`crate::delivery::RawMessage`] at the edge.
+//! All the AMQP client code: connections, topology, the session and its per-delivery
+//! pipeline, publishing, dead letters. No lapin type leaves this module; deliveries
+//! become [`crate::delivery::RawMessage`] at the edge.
 
 mod connection;
-mod consume;
+mod dead_letter;
+mod error;
+mod pipeline;
 mod publish;
+mod session;
 mod topology;
 
-pub use connection::{BrokerError, Role, connect};
-pub use consume::{Session, SessionEnd};
+pub use connection::connect;
+pub use error::{BrokerError, Role};
+pub use session::{Session, SessionEnd};
 pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};

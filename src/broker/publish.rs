@@ -1,157 +1,313 @@
-//! Publishing with publisher confirms: canonical events to the output exchange and dead
-//! letters to the dead-letter exchange, each `mandatory`, each confirm awaited.
+//! The publishing side: one connection with one confirm-mode channel, reopened in place
+//! when the broker closes it; AMQP messages built and measured against the negotiated
+//! frame before they are sent; each publish `mandatory`, each confirm awaited.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use lapin::options::BasicPublishOptions;
+use futures_lite::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, Event, PublisherConfirm};
+use tracing::{info, warn};
 
-use crate::delivery::{APP_ID, DeadLetter, EVENT_CONTENT_TYPE, OutgoingEvent, PublishOutcome};
+use super::connection::connect;
+use super::error::{BrokerError, Role};
+use super::topology::declare_topology_with;
+use crate::config::Settings;
+use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, OutgoingEvent, PublishOutcome};
+use crate::ops::Health;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
-const PERSISTENT: u8 = 2;
+pub(crate) const PERSISTENT: u8 = 2;
 
-/// The publishing side of a session: one confirm-mode channel shared by all in-flight
-/// deliveries, so many publishes and their confirms are in flight at once.
+/// One AMQP message, built once and published as often as retries need.
+#[derive(Debug)]
+pub(crate) struct AmqpMessage {
+    pub(crate) exchange: ShortString,
+    pub(crate) routing_key: ShortString,
+    pub(crate) body: Arc<Vec<u8>>,
+    pub(crate) properties: BasicProperties,
+}
+
+impl AmqpMessage {
+    /// A canonical event with the output contract's properties and headers.
+    pub(crate) fn event(
+        event: OutgoingEvent,
+        exchange: &ShortString,
+        correlation_id: Option<&ShortString>,
+    ) -> AmqpMessage {
+        let mut properties = BasicProperties::default()
+            .with_content_type(EVENT_CONTENT_TYPE.into())
+            .with_delivery_mode(PERSISTENT)
+            .with_message_id(event.message_id.as_str().into())
+            .with_type(event.event_type.into())
+            .with_timestamp(event.timestamp)
+            .with_app_id(APP_ID.into())
+            .with_headers(text_headers(FieldTable::default(), &event.headers));
+        if let Some(id) = correlation_id {
+            properties = properties.with_correlation_id(id.clone());
+        }
+        AmqpMessage {
+            exchange: exchange.clone(),
+            routing_key: event.routing_key.into(),
+            body: Arc::new(event.body),
+            properties,
+        }
+    }
+}
+
+/// The bytes a content header frame with these properties takes beyond the frame's own
+/// 8 bytes of overhead: class, weight, body size (12) and the encoded properties. The
+/// broker closes the connection (FRAME_ERROR) when this exceeds `frame_max - 8`, so it
+/// is checked before publishing.
+pub(crate) fn header_payload_size(properties: &BasicProperties) -> usize {
+    let encoded = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::with_capacity(256),
+    );
+    // Writing to a Vec cannot fail; should it, nothing fits.
+    12 + encoded.map_or(usize::MAX - 12, |bytes| bytes.len())
+}
+
+/// The largest header payload a frame of `frame_max` bytes carries.
+pub(crate) fn header_room(frame_max: u32) -> usize {
+    // frame_max 0 means "no limit" in AMQP; RabbitMQ never negotiates it.
+    if frame_max == 0 {
+        usize::MAX
+    } else {
+        (frame_max as usize).saturating_sub(8)
+    }
+}
+
+/// The encoded size of one header entry (name and value) in a field table.
+pub(crate) fn header_entry_size(name: &ShortString, value: &AMQPValue) -> usize {
+    let mut table = FieldTable::default();
+    table.insert(name.clone(), value.clone());
+    let encoded = cookie_factory::gen_simple(
+        lapin::types::generation::gen_field_table(&table),
+        Vec::new(),
+    );
+    // Minus the table's own 4-byte length.
+    encoded.map_or(usize::MAX, |bytes| bytes.len().saturating_sub(4))
+}
+
+/// A publish in flight: resolves to how it ended.
+pub(crate) type PendingPublish = Pin<Box<dyn Future<Output = PublishOutcome> + Send>>;
+
+/// The publishing connection and its confirm-mode channel.
 pub(crate) struct Publisher {
-    pub(crate) channel: Channel,
-    pub(crate) output_exchange: ShortString,
-    pub(crate) dead_letter_exchange: ShortString,
-    pub(crate) confirm_timeout: Duration,
-    /// Set while the broker blocks the publishing connection (memory or disk alarm).
-    pub(crate) blocked: Arc<AtomicBool>,
-    /// Where a lost channel is reported, to end the session.
-    pub(crate) lost: tokio::sync::mpsc::Sender<super::BrokerError>,
+    connection: Connection,
+    channel: Channel,
+    confirm_timeout: Duration,
+    /// Set while the broker blocks the connection (memory or disk alarm).
+    blocked: Arc<AtomicBool>,
+    /// Set when the connection failed; the next reopen reconnects.
+    connection_lost: Arc<AtomicBool>,
+    watcher: tokio::task::JoinHandle<()>,
+    health: Health,
 }
 
 impl Publisher {
-    /// Ends the session: the publishing channel is gone (a connection error, or the
-    /// broker closed the channel, e.g. because the output exchange was deleted).
-    pub(crate) fn report_lost(&self) {
-        let _ = self.lost.try_send(super::BrokerError::ChannelLost {
-            role: super::Role::Publisher,
-        });
-    }
-
-    /// Publishes every event, then awaits every confirm: the events of one fanned-out
-    /// body travel together instead of one round trip each.
-    pub(crate) async fn publish_events(
-        &self,
-        events: &[OutgoingEvent],
-        correlation_id: Option<&ShortString>,
-    ) -> Vec<PublishOutcome> {
-        let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            let mut properties = BasicProperties::default()
-                .with_content_type(EVENT_CONTENT_TYPE.into())
-                .with_delivery_mode(PERSISTENT)
-                .with_message_id(event.message_id.as_str().into())
-                .with_type(event.kind.into())
-                .with_timestamp(event.timestamp)
-                .with_app_id(APP_ID.into())
-                .with_headers(text_headers(FieldTable::default(), &event.headers));
-            if let Some(id) = correlation_id {
-                properties = properties.with_correlation_id(id.clone());
-            }
-            pending.push(
-                self.send(
-                    &self.output_exchange,
-                    event.routing_key,
-                    &event.body,
-                    properties,
-                )
-                .await,
-            );
-        }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for confirm in pending {
-            outcomes.push(match confirm {
-                Some(confirm) => self.await_confirm(confirm).await,
-                None => PublishOutcome::Failed,
-            });
-        }
-        outcomes
-    }
-
-    /// Publishes the original body with its original properties and headers, plus the
-    /// dead-letter headers, persistent whatever the original said.
-    pub(crate) async fn publish_dead_letter(
-        &self,
-        dead_letter: &DeadLetter,
-        body: &[u8],
-        original: &BasicProperties,
-    ) -> PublishOutcome {
-        let headers = text_headers(
-            original.headers().clone().unwrap_or_default(),
-            &dead_letter.headers,
+    /// Connects, opens a confirm-mode channel and declares the topology on it.
+    pub(crate) async fn open(
+        settings: &Settings,
+        health: &Health,
+    ) -> Result<Publisher, BrokerError> {
+        let connection = connect(&settings.amqp, Role::Publisher).await?;
+        let blocked = Arc::new(AtomicBool::new(false));
+        let connection_lost = Arc::new(AtomicBool::new(false));
+        let watcher = watch(
+            &connection,
+            blocked.clone(),
+            connection_lost.clone(),
+            health.clone(),
         );
-        let properties = original
-            .clone()
-            .with_headers(headers)
-            .with_delivery_mode(PERSISTENT);
-        match self
-            .send(
-                &self.dead_letter_exchange,
-                &dead_letter.routing_key,
-                body,
-                properties,
-            )
-            .await
-        {
-            Some(confirm) => self.await_confirm(confirm).await,
-            None => PublishOutcome::Failed,
+        let channel = confirm_channel(&connection).await?;
+        declare_topology_with(&channel, settings).await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            confirm_timeout: settings.amqp.confirm_timeout(),
+            blocked,
+            connection_lost,
+            watcher,
+            health: health.clone(),
+        })
+    }
+
+    /// Replaces a channel the broker closed: a new channel on the same connection when
+    /// it is still up, else a new connection. `redeclare` declares the topology again
+    /// (after an exchange went missing).
+    pub(crate) async fn reopen(
+        &mut self,
+        settings: &Settings,
+        redeclare: bool,
+    ) -> Result<(), BrokerError> {
+        let connected =
+            self.connection.status().connected() && !self.connection_lost.load(Ordering::Relaxed);
+        if !connected {
+            let fresh = Publisher::open(settings, &self.health).await?;
+            let stale = std::mem::replace(self, fresh);
+            info!("publishing connection reopened");
+            tokio::spawn(stale.close());
+            return Ok(());
         }
+        let channel = confirm_channel(&self.connection).await?;
+        if redeclare {
+            declare_topology_with(&channel, settings).await?;
+        }
+        self.channel = channel;
+        Ok(())
     }
 
-    async fn send(
-        &self,
-        exchange: &ShortString,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Option<PublisherConfirm> {
-        let options = BasicPublishOptions {
-            // Unroutable is not success: the broker returns it and we requeue.
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        self.channel
-            .basic_publish(
-                exchange.clone(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await
-            .ok()
+    /// Whether the channel can take publishes.
+    pub(crate) fn is_open(&self) -> bool {
+        self.channel.status().connected() && !self.connection_lost.load(Ordering::Relaxed)
     }
 
-    /// Waits for the confirm. The timeout does not run while the broker blocks us: an
-    /// alarm is waited out (holding the delivery) rather than turned into redeliveries
-    /// that would use up its delivery limit.
-    async fn await_confirm(&self, confirm: PublisherConfirm) -> PublishOutcome {
-        let mut confirm = std::pin::pin!(confirm);
-        loop {
-            match tokio::time::timeout(self.confirm_timeout, &mut confirm).await {
-                Ok(Ok(Confirmation::Ack(None))) => return PublishOutcome::Confirmed,
-                // An unroutable mandatory publish is still acked, with the message back.
-                Ok(Ok(Confirmation::Ack(Some(_)))) => return PublishOutcome::Returned,
-                Ok(Ok(Confirmation::Nack(_))) => return PublishOutcome::Nacked,
-                // Confirms were not enabled on the channel: nothing proves it is stored.
-                Ok(Ok(Confirmation::NotRequested)) | Ok(Err(_)) => return PublishOutcome::Failed,
-                Err(_) if self.blocked.load(Ordering::Relaxed) => continue,
-                Err(_) => return PublishOutcome::TimedOut,
+    /// The negotiated largest frame.
+    pub(crate) fn frame_max(&self) -> u32 {
+        self.connection.configuration().frame_max()
+    }
+
+    /// Publishes `message` (`mandatory`) and resolves when it is confirmed, returned,
+    /// nacked, timed out or its channel closed. The frames are handed to the client the
+    /// first time the future is polled: poll it at once to fix the order of publishes.
+    pub(crate) fn publish(&self, message: Arc<AmqpMessage>) -> PendingPublish {
+        let channel = self.channel.clone();
+        let blocked = self.blocked.clone();
+        let timeout = self.confirm_timeout;
+        Box::pin(async move {
+            let options = BasicPublishOptions {
+                // Unroutable is not success: the broker returns it.
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            };
+            let published = channel
+                .basic_publish(
+                    message.exchange.clone(),
+                    message.routing_key.clone(),
+                    options,
+                    &message.body,
+                    message.properties.clone(),
+                )
+                .await;
+            match published {
+                Ok(confirm) => await_confirm(confirm, timeout, &blocked).await,
+                Err(e) => closed(&e),
+            }
+        })
+    }
+
+    /// Closes the connection; a courtesy, bounded, since the broker may be gone.
+    pub(crate) async fn close(self) {
+        self.watcher.abort();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.connection.close(200, "bye".into()),
+        )
+        .await;
+    }
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("opening the publishing channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(BrokerError::amqp("enabling publisher confirms"))?;
+    Ok(channel)
+}
+
+/// Follows the connection's events: blocked and unblocked (alarms) into the flag and
+/// health, a failure into `lost`.
+fn watch(
+    connection: &Connection,
+    blocked: Arc<AtomicBool>,
+    lost: Arc<AtomicBool>,
+    health: Health,
+) -> tokio::task::JoinHandle<()> {
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            match event {
+                Event::Error(e) => {
+                    warn!(error = %e, "publishing connection failed");
+                    lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+                Event::ConnectionBlocked(reason) => {
+                    warn!(%reason, "broker blocked the publishing connection");
+                    blocked.store(true, Ordering::Relaxed);
+                    health.set_blocked(true);
+                }
+                Event::ConnectionUnblocked => {
+                    info!("broker unblocked the publishing connection");
+                    blocked.store(false, Ordering::Relaxed);
+                    health.set_blocked(false);
+                }
+                _ => {}
             }
         }
+    })
+}
+
+/// Waits for the confirm. The timeout does not run while the broker blocks us: an
+/// alarm is waited out (holding the delivery) rather than turned into retries.
+async fn await_confirm(
+    confirm: PublisherConfirm,
+    timeout: Duration,
+    blocked: &AtomicBool,
+) -> PublishOutcome {
+    let mut confirm = std::pin::pin!(confirm);
+    loop {
+        match tokio::time::timeout(timeout, &mut confirm).await {
+            Ok(Ok(Confirmation::Ack(None))) => return PublishOutcome::Confirmed,
+            // An unroutable mandatory publish is still acked, with the message back; the
+            // message is dropped here unlooked-at (it holds personal data).
+            Ok(Ok(Confirmation::Ack(Some(_)))) => return PublishOutcome::Returned,
+            Ok(Ok(Confirmation::Nack(_))) => return PublishOutcome::Nacked,
+            // Confirms not enabled on the channel: nothing proves it is stored.
+            Ok(Ok(Confirmation::NotRequested)) => {
+                return PublishOutcome::Closed {
+                    code: None,
+                    reason: "publisher confirms are not enabled on the channel".into(),
+                };
+            }
+            Ok(Err(e)) => return closed(&e),
+            Err(_) if blocked.load(Ordering::Relaxed) => continue,
+            Err(_) => return PublishOutcome::TimedOut,
+        }
+    }
+}
+
+/// A publish whose channel or connection failed, with the broker's reply code when it
+/// closed it.
+fn closed(error: &lapin::Error) -> PublishOutcome {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => PublishOutcome::Closed {
+            code: Some(amqp.kind().get_id()),
+            reason: amqp.to_string(),
+        },
+        _ => PublishOutcome::Closed {
+            code: None,
+            reason: error.to_string(),
+        },
     }
 }
 
 /// Adds text headers to a table (replacing same-named ones).
-fn text_headers(mut table: FieldTable, headers: &[(&'static str, String)]) -> FieldTable {
+pub(crate) fn text_headers(
+    mut table: FieldTable,
+    headers: &[(&'static str, String)],
+) -> FieldTable {
     for (name, value) in headers {
         table.insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
     }
@@ -166,5 +322,29 @@ pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<St
         AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
         AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_match_the_wire_encoding() {
+        // Flags (2), content type (1 + 16), delivery mode (1).
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        assert_eq!(header_payload_size(&p), 12 + 2 + 17 + 1);
+        // Headers: table length (4), name (1 + 3), type (1), long string (4 + 5).
+        let p = BasicProperties::default().with_headers(text_headers(
+            FieldTable::default(),
+            &[("x-a", "hello".into())],
+        ));
+        assert_eq!(header_payload_size(&p), 12 + 2 + 4 + 4 + 1 + 4 + 5);
+        let entry = header_entry_size(&"x-a".into(), &AMQPValue::LongString("hello".into()));
+        assert_eq!(entry, 4 + 1 + 4 + 5);
+        assert_eq!(header_room(131_072), 131_064);
+        assert_eq!(header_room(0), usize::MAX);
     }
 }

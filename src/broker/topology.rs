@@ -6,8 +6,8 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use super::BrokerError;
-use super::connection::{Role, connect};
+use super::connection::connect;
+use super::error::{BrokerError, Role};
 use crate::config::Settings;
 use crate::delivery::DELIVERY_LIMIT_ROUTING_KEY;
 
@@ -27,7 +27,8 @@ pub async fn declare_topology(settings: &Settings) -> Result<(), BrokerError> {
 ///
 /// - `input.exchange` (topic) and `input.queue` (quorum) bound with `input.binding_key`;
 ///   the queue has `x-delivery-limit` and dead-letters, at least once, to the dead-letter
-///   exchange with routing key `unknown.delivery_limit`.
+///   exchange with routing key `unknown.delivery_limit`; with
+///   `input.single_active_consumer`, also `x-single-active-consumer`.
 /// - `output.unrouted_exchange` (fanout) and `output.unrouted_queue` (quorum) bound to it,
 ///   then `output.exchange` (topic) with it as `alternate-exchange`, so events nobody is
 ///   bound for are kept rather than dropped.
@@ -82,7 +83,11 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
     )
     .await
     .map_err(BrokerError::amqp("declaring the raw exchange"))?;
-    let input_args = raw_queue_arguments(s.input.delivery_limit, &s.dead_letter.exchange);
+    let mut input_args = raw_queue_arguments(s.input.delivery_limit, &s.dead_letter.exchange);
+    if s.input.single_active_consumer {
+        // One consumer at a time, the others standing by: order across replicas.
+        input_args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+    }
     declare_quorum_queue(channel, &s.input.queue, input_args).await?;
     bind(
         channel,

@@ -2,10 +2,11 @@
 //!
 //! - `GET /healthz`: 200 while the process runs (liveness).
 //! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
-//!   reconnecting, draining); the JSON body says which, and carries the counters.
+//!   retrying publishes, isolating a refused publish, draining); the JSON body says which
+//!   and why, and carries the counters.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -20,9 +21,28 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone, Default)]
 pub struct Health(Arc<Shared>);
 
+/// What the worker is doing, as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Opening a broker session (at start, or after a lost connection).
+    #[default]
+    Connecting,
+    /// Taking deliveries.
+    Consuming,
+    /// Publishes are failing transiently: deliveries are held and retried, no new ones
+    /// taken.
+    Retrying,
+    /// The broker closed the publishing channel over a publish: republishing the
+    /// suspects one at a time to find which message it refuses.
+    Isolating,
+    /// Shutting down: finishing what is in flight.
+    Draining,
+}
+
 #[derive(Default)]
 struct Shared {
-    ready: AtomicBool,
+    state: Mutex<(WorkerState, Option<String>)>,
     blocked: AtomicBool,
     consumed: AtomicU64,
     acked: AtomicU64,
@@ -31,13 +51,19 @@ struct Shared {
     requeued: AtomicU64,
     settle_failed: AtomicU64,
     sessions: AtomicU64,
+    publish_retries: AtomicU64,
+    handed_to_broker: AtomicU64,
+    in_flight: AtomicU64,
 }
 
 /// A point-in-time copy of the state.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct HealthSnapshot {
-    /// Consuming from the raw queue.
+    /// Consuming from the raw queue (`state` is `consuming`).
     pub ready: bool,
+    pub state: WorkerState,
+    /// Why, when not consuming: the failure being retried, what is being isolated.
+    pub reason: Option<String>,
     /// The broker blocks the publishing connection (memory or disk alarm).
     pub blocked: bool,
     /// Raw messages received.
@@ -55,11 +81,23 @@ pub struct HealthSnapshot {
     pub settle_failed: u64,
     /// Broker sessions opened (1 + reconnects).
     pub sessions: u64,
+    /// Publishes sent again after a transient failure.
+    pub publish_retries: u64,
+    /// Raw messages whose dead letter could not be published, handed to the raw queue's
+    /// own dead-lettering (`basic.reject` without requeue) instead.
+    pub handed_to_broker: u64,
+    /// Raw messages held now: consumed, not yet settled.
+    pub in_flight: u64,
 }
 
 impl Health {
-    pub fn set_ready(&self, ready: bool) {
-        self.0.ready.store(ready, Ordering::Relaxed);
+    /// What the worker is doing, and why when it is not consuming.
+    pub fn set_state(&self, state: WorkerState, reason: Option<String>) {
+        let mut current = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        *current = (state, reason);
+    }
+    pub fn state(&self) -> WorkerState {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner()).0
     }
     pub fn set_blocked(&self, blocked: bool) {
         self.0.blocked.store(blocked, Ordering::Relaxed);
@@ -67,8 +105,8 @@ impl Health {
     pub fn add_consumed(&self) {
         self.0.consumed.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn add_acked(&self) {
-        self.0.acked.fetch_add(1, Ordering::Relaxed);
+    pub fn add_acked(&self, n: u64) {
+        self.0.acked.fetch_add(n, Ordering::Relaxed);
     }
     pub fn add_events_published(&self, n: u64) {
         self.0.events_published.fetch_add(n, Ordering::Relaxed);
@@ -85,11 +123,23 @@ impl Health {
     pub fn add_session(&self) {
         self.0.sessions.fetch_add(1, Ordering::Relaxed);
     }
+    pub fn add_publish_retries(&self, n: u64) {
+        self.0.publish_retries.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_handed_to_broker(&self) {
+        self.0.handed_to_broker.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn set_in_flight(&self, n: usize) {
+        self.0.in_flight.store(n as u64, Ordering::Relaxed);
+    }
 
     pub fn snapshot(&self) -> HealthSnapshot {
         let s = &self.0;
+        let (state, reason) = s.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
         HealthSnapshot {
-            ready: s.ready.load(Ordering::Relaxed),
+            ready: state == WorkerState::Consuming,
+            state,
+            reason,
             blocked: s.blocked.load(Ordering::Relaxed),
             consumed: s.consumed.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
@@ -98,6 +148,9 @@ impl Health {
             requeued: s.requeued.load(Ordering::Relaxed),
             settle_failed: s.settle_failed.load(Ordering::Relaxed),
             sessions: s.sessions.load(Ordering::Relaxed),
+            publish_retries: s.publish_retries.load(Ordering::Relaxed),
+            handed_to_broker: s.handed_to_broker.load(Ordering::Relaxed),
+            in_flight: s.in_flight.load(Ordering::Relaxed),
         }
     }
 }

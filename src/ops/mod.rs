@@ -1,5 +1,9 @@
-//! Operating the worker: health and readiness over HTTP, and the counters behind them.
+//! Operating the worker: health and readiness over HTTP, the counters behind them, and
+//! the one place that records what became of each raw message.
 
 mod health;
+mod outcome;
 
-pub use health::{Health, HealthSnapshot, serve};
+pub use health::{Health, HealthSnapshot, WorkerState, serve};
+pub use outcome::Outcome;
+pub(crate) use outcome::describe;

@@ -17,7 +17,7 @@ const PDF_REPORT: &str = "USER_PDF_REPORT_GENERATION";
 pub(super) fn map(
     body: Arc<Value>,
     received_at: DateTime<Utc>,
-) -> Result<Vec<CanonicalEvent>, MapError> {
+) -> Result<CanonicalEvent, MapError> {
     let root = fields::as_object(&body, "$".into())?;
     let vendor_type = root.required_str("event")?;
     let order = root.object("order")?;
@@ -50,7 +50,7 @@ pub(super) fn map(
             (
                 Entity {
                     kind: "criminal_search".into(),
-                    id: details.required_id("unique_identifier")?,
+                    id: details.entity_id("unique_identifier")?,
                 },
                 details.opt_text("search_status"),
             )
@@ -63,7 +63,7 @@ pub(super) fn map(
             (
                 Entity {
                     kind: "report".into(),
-                    id: order.required_id("reportUUID")?,
+                    id: order.entity_id("reportUUID")?,
                 },
                 order.opt_text("status"),
             )
@@ -71,13 +71,13 @@ pub(super) fn map(
         _ => (
             Entity {
                 kind: "user".into(),
-                id: order.required_id("userAccessCode")?,
+                id: order.entity_id("userAccessCode")?,
             },
             order.opt_text("status"),
         ),
     };
 
-    Ok(vec![CanonicalEvent::new(EventFacts {
+    Ok(CanonicalEvent::new(EventFacts {
         event_type,
         id,
         time,
@@ -95,5 +95,5 @@ pub(super) fn map(
             tenant: None,
             payload: Arc::clone(&body),
         },
-    })])
+    }))
 }

@@ -1,5 +1,9 @@
 //! Deel: `{data: {meta, resource}, timestamp}` (or the older `{meta, resource}`), where
 //! `resource` may be an array that fans out into one event per element.
+//!
+//! A fanned-out event's `payload` is the body with `resource` narrowed to that event's
+//! own element (a one-element array, in its place; everything else verbatim): a review of
+//! N items costs N small events, not N copies of the whole body.
 
 use std::sync::Arc;
 
@@ -7,20 +11,22 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::fields::{self, Obj, PayloadError, Problem};
-use super::{MapError, uncanonicalizable};
+use super::{MapError, Mapped, uncanonicalizable};
 use crate::canonical::{
     CanonicalEvent, Entity, EventData, EventFacts, EventType, Person, Tenant, Vendor,
     id_from_content,
 };
 
 pub(super) fn map(
-    body: Arc<Value>,
+    mut body: Value,
     received_at: DateTime<Utc>,
-) -> Result<Vec<CanonicalEvent>, MapError> {
+    max_events: usize,
+) -> Result<Mapped, MapError> {
     let root = fields::as_object(&body, "$".into())?;
     // The documented shape wraps meta and resource in `data`; an older one, still seen
     // in integrations, has them at the top.
-    let envelope = if root.has("meta") {
+    let top_level = root.has("meta");
+    let envelope = if top_level {
         root.clone()
     } else {
         root.object("data")?
@@ -30,68 +36,167 @@ pub(super) fn map(
     let event_type = EventType::from_vendor_type(Vendor::Deel, vendor_type)
         .ok_or_else(|| MapError::UnknownEventType(vendor_type.to_owned()))?;
 
-    let time = root.opt_timestamp("timestamp")?.unwrap_or(received_at);
-    let tenant = meta.opt_id("organization_id").map(|id| Tenant {
-        id,
-        name: meta.opt_text("organization_name"),
-    });
-    let simulation = match meta.get("is_simulation") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
-        _ => false,
+    let common = Common {
+        event_type,
+        time: root.opt_timestamp("timestamp")?.unwrap_or(received_at),
+        vendor_event_type: vendor_type.to_owned(),
+        tracking_id: meta.opt_id("tracking_id"),
+        simulation: match meta.get("is_simulation") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.trim().eq_ignore_ascii_case("true"),
+            _ => false,
+        },
+        tenant: meta.opt_id("organization_id").map(|id| Tenant {
+            id,
+            name: meta.opt_text("organization_name"),
+        }),
     };
-    let tracking_id = meta.opt_id("tracking_id");
 
     let resource_path = fields::child_path(&envelope.path, "resource");
-    let resources: Vec<(&Value, String)> = match envelope.get("resource") {
-        None => return Err(envelope.error("resource", Problem::Missing).into()),
-        Some(Value::Array(items)) if items.is_empty() => {
-            return Err(envelope.error("resource", Problem::EmptyArray).into());
-        }
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (item, format!("{resource_path}[{i}]")))
-            .collect(),
-        Some(single) => vec![(single, resource_path)],
-    };
-
-    let mut events = Vec::with_capacity(resources.len());
-    for (value, path) in resources {
-        let resource = fields::as_object(value, path)?;
-        let id = id_from_content(event_type, resource.map)
-            .map_err(uncanonicalizable(resource.path.clone()))?;
-        events.push(CanonicalEvent::new(EventFacts {
-            event_type,
-            id,
-            time,
-            vendor_event_type: vendor_type.to_owned(),
-            vendor_event_id: tracking_id.clone(),
-            simulation,
-            data: EventData {
-                entity: entity(event_type, &resource)?,
-                status: resource.opt_text(match event_type {
-                    EventType::DeelProfileKycChanged => "kyc_status",
-                    _ => "status",
-                }),
-                person: person(event_type, &resource),
-                tenant: tenant.clone(),
-                payload: Arc::clone(&body),
-            },
-        }));
+    if !envelope.has("resource") {
+        return Err(envelope.error("resource", Problem::Missing).into());
     }
-    Ok(events)
+    // Take `resource` out, leaving a `null` in its place so that key order is kept.
+    let Some(slot) = resource_slot(&mut body, top_level) else {
+        return Err(MapError::InvalidPayload(PayloadError {
+            path: resource_path,
+            problem: Problem::Missing,
+        }));
+    };
+    match std::mem::take(slot) {
+        Value::Array(items) if items.is_empty() => Err(PayloadError {
+            path: resource_path,
+            problem: Problem::EmptyArray,
+        }
+        .into()),
+        Value::Array(items) if items.len() > max_events => Err(MapError::TooManyEvents {
+            path: resource_path,
+            count: items.len(),
+            limit: max_events,
+        }),
+        Value::Array(items) => {
+            // Every element is checked (and its id computed) before any event is built,
+            // so a bad element fails the body whatever the output size.
+            let elements = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| element(event_type, item, format!("{resource_path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Mapped::fan_out(FanOut {
+                skeleton: body,
+                top_level,
+                items: items.into_iter(),
+                elements: elements.into_iter(),
+                common,
+            }))
+        }
+        single => {
+            let facts = element(event_type, &single, resource_path)?;
+            if let Some(slot) = resource_slot(&mut body, top_level) {
+                *slot = single;
+            }
+            Ok(Mapped::one(common.event(facts, Arc::new(body))))
+        }
+    }
+}
+
+/// What every event of one body shares.
+struct Common {
+    event_type: EventType,
+    time: DateTime<Utc>,
+    vendor_event_type: String,
+    tracking_id: Option<String>,
+    simulation: bool,
+    tenant: Option<Tenant>,
+}
+
+impl Common {
+    fn event(&self, facts: Element, payload: Arc<Value>) -> CanonicalEvent {
+        CanonicalEvent::new(EventFacts {
+            event_type: self.event_type,
+            id: facts.id,
+            time: self.time,
+            vendor_event_type: self.vendor_event_type.clone(),
+            vendor_event_id: self.tracking_id.clone(),
+            simulation: self.simulation,
+            data: EventData {
+                entity: facts.entity,
+                status: facts.status,
+                person: facts.person,
+                tenant: self.tenant.clone(),
+                payload,
+            },
+        })
+    }
+}
+
+/// What one resource contributes to its event.
+struct Element {
+    id: uuid::Uuid,
+    entity: Entity,
+    status: Option<String>,
+    person: Option<Person>,
+}
+
+fn element(event_type: EventType, value: &Value, path: String) -> Result<Element, PayloadError> {
+    let resource = fields::as_object(value, path)?;
+    let id = id_from_content(event_type, resource.map)
+        .map_err(uncanonicalizable(resource.path.clone()))?;
+    Ok(Element {
+        id,
+        entity: entity(event_type, &resource)?,
+        status: resource.opt_text(match event_type {
+            EventType::DeelProfileKycChanged => "kyc_status",
+            _ => "status",
+        }),
+        person: person(event_type, &resource),
+    })
+}
+
+/// The events of an array `resource`, built one at a time.
+pub(super) struct FanOut {
+    /// The body with a `null` where the array was.
+    skeleton: Value,
+    top_level: bool,
+    items: std::vec::IntoIter<Value>,
+    elements: std::vec::IntoIter<Element>,
+    common: Common,
+}
+
+impl FanOut {
+    pub(super) fn len(&self) -> usize {
+        self.elements.len()
+    }
+
+    pub(super) fn next_event(&mut self) -> Option<CanonicalEvent> {
+        let (item, facts) = (self.items.next()?, self.elements.next()?);
+        let mut payload = self.skeleton.clone();
+        if let Some(slot) = resource_slot(&mut payload, self.top_level) {
+            *slot = Value::Array(vec![item]);
+        }
+        Some(self.common.event(facts, Arc::new(payload)))
+    }
+}
+
+/// `resource` inside the body: `$.resource` in the older shape, else `$.data.resource`.
+fn resource_slot(body: &mut Value, top_level: bool) -> Option<&mut Value> {
+    let envelope = if top_level {
+        body
+    } else {
+        body.get_mut("data")?
+    };
+    envelope.get_mut("resource")
 }
 
 /// The entity kind is the type's entity word; its id is `resource.id`, except a KYC
 /// change (about a profile) and an EOR quote (which has no id of its own in the docs).
 fn entity(event_type: EventType, resource: &Obj<'_>) -> Result<Entity, PayloadError> {
     let (kind, id) = match event_type {
-        EventType::DeelProfileKycChanged => ("profile", resource.required_id("profile_id")?),
+        EventType::DeelProfileKycChanged => ("profile", resource.entity_id("profile_id")?),
         EventType::DeelEorQuoteCreated if !resource.has("id") => {
-            ("contract", resource.required_id("contract_id")?)
+            ("contract", resource.entity_id("contract_id")?)
         }
-        other => (other.entity(), resource.required_id("id")?),
+        other => (other.entity(), resource.entity_id("id")?),
     };
     Ok(Entity {
         kind: kind.to_owned(),

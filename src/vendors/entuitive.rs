@@ -16,7 +16,7 @@ use crate::canonical::{
 pub(super) fn map(
     body: Arc<Value>,
     received_at: DateTime<Utc>,
-) -> Result<Vec<CanonicalEvent>, MapError> {
+) -> Result<CanonicalEvent, MapError> {
     let root = fields::as_object(&body, "$".into())?;
     let (vendor_type, event) = if root.has("event_type") {
         (root.required_str("event_type")?, root.object("data")?)
@@ -70,7 +70,7 @@ pub(super) fn map(
     let id =
         id_from_content(event_type, event.map).map_err(uncanonicalizable(event.path.clone()))?;
 
-    Ok(vec![CanonicalEvent::new(EventFacts {
+    Ok(CanonicalEvent::new(EventFacts {
         event_type,
         id,
         time,
@@ -84,5 +84,5 @@ pub(super) fn map(
             tenant,
             payload: Arc::clone(&body),
         },
-    })])
+    }))
 }

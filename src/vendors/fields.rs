@@ -30,7 +30,14 @@ pub enum Problem {
     EmptyArray,
     NotOneOf(&'static str),
     Uncanonicalizable,
+    /// An id longer than [`MAX_ENTITY_ID_BYTES`]; holds its length in bytes.
+    TooLong(usize),
 }
+
+/// The longest entity id accepted, in bytes. The id becomes the event's `subject` and its
+/// `cloudEvents_subject` header, which must fit an AMQP frame; real vendor ids are a few
+/// dozen bytes.
+pub const MAX_ENTITY_ID_BYTES: usize = 256;
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -46,6 +53,10 @@ impl fmt::Display for Problem {
             Problem::Uncanonicalizable => {
                 f.write_str("holds a number JSON canonicalization (RFC 8785) cannot represent")
             }
+            Problem::TooLong(len) => write!(
+                f,
+                "{len} bytes, over the {MAX_ENTITY_ID_BYTES} allowed for an entity id"
+            ),
         }
     }
 }
@@ -164,6 +175,16 @@ impl<'a> Obj<'a> {
                 .ok_or_else(|| self.wrong_type(key, "a string or number", v))?
                 .ok_or_else(|| self.error(key, Problem::Empty)),
         }
+    }
+
+    /// The id of the entity an event is about, which becomes its `subject`: a required id
+    /// of at most [`MAX_ENTITY_ID_BYTES`].
+    pub fn entity_id(&self, key: &str) -> Result<String, PayloadError> {
+        let id = self.required_id(key)?;
+        if id.len() > MAX_ENTITY_ID_BYTES {
+            return Err(self.error(key, Problem::TooLong(id.len())));
+        }
+        Ok(id)
     }
 
     /// An optional identifier: absent, null, blank or not a string/number reads as `None`.
@@ -304,6 +325,22 @@ mod tests {
         );
         assert_eq!(o.opt_id("obj"), None);
         assert_eq!(o.opt_id("n").as_deref(), Some("112546"));
+    }
+
+    #[test]
+    fn entity_ids_are_bounded_and_the_error_gives_only_the_length() {
+        let at_limit = "x".repeat(MAX_ENTITY_ID_BYTES);
+        let over = "é".repeat(MAX_ENTITY_ID_BYTES / 2 + 1);
+        let body = json!({"ok": at_limit, "long": over});
+        let o = Obj {
+            map: body.as_object().unwrap(),
+            path: "$.data.resource[0]".into(),
+        };
+        assert_eq!(o.entity_id("ok").unwrap().len(), MAX_ENTITY_ID_BYTES);
+        assert_eq!(
+            o.entity_id("long").unwrap_err().to_string(),
+            "$.data.resource[0].long: 258 bytes, over the 256 allowed for an entity id"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::canonical::{CanonicalEvent, Uncanonicalizable, Vendor};
 
-pub use fields::{PayloadError, Problem};
+pub use fields::{MAX_ENTITY_ID_BYTES, PayloadError, Problem};
 
 /// Why a body of a known vendor could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,12 @@ pub(crate) enum MapError {
     /// The vendor type is not in the canonical type table. Holds the type as sent.
     UnknownEventType(String),
     InvalidPayload(PayloadError),
+    /// An array at `path` would fan out into more events than allowed.
+    TooManyEvents {
+        path: String,
+        count: usize,
+        limit: usize,
+    },
 }
 
 impl From<PayloadError> for MapError {
@@ -63,19 +69,61 @@ pub fn detect(body: &Value) -> Option<Vendor> {
     }
 }
 
-/// Maps a body of `vendor` to its canonical events (at least one on success).
+/// Maps a body of `vendor` to its canonical events (at least one on success, at most
+/// `max_events`). Every check that can fail runs here; the events themselves are built
+/// as they are taken from the [`Mapped`], so a fan-out holds one event at a time.
 pub(crate) fn map(
     vendor: Vendor,
     body: Value,
     received_at: DateTime<Utc>,
-) -> Result<Vec<CanonicalEvent>, MapError> {
-    let body = Arc::new(body);
+    max_events: usize,
+) -> Result<Mapped, MapError> {
     match vendor {
-        Vendor::Entuitive => entuitive::map(body, received_at),
-        Vendor::Authenticate => authenticate::map(body, received_at),
-        Vendor::Deel => deel::map(body, received_at),
+        Vendor::Entuitive => entuitive::map(Arc::new(body), received_at).map(Mapped::one),
+        Vendor::Authenticate => authenticate::map(Arc::new(body), received_at).map(Mapped::one),
+        Vendor::Deel => deel::map(body, received_at, max_events),
     }
 }
+
+/// The canonical events of one body, produced one at a time. Building them cannot fail:
+/// [`map`] has checked everything before handing this over.
+pub struct Mapped(Inner);
+
+enum Inner {
+    One(Option<CanonicalEvent>),
+    FanOut(deel::FanOut),
+}
+
+impl Mapped {
+    fn one(event: CanonicalEvent) -> Mapped {
+        Mapped(Inner::One(Some(event)))
+    }
+
+    fn fan_out(events: deel::FanOut) -> Mapped {
+        Mapped(Inner::FanOut(events))
+    }
+}
+
+impl Iterator for Mapped {
+    type Item = CanonicalEvent;
+
+    fn next(&mut self) -> Option<CanonicalEvent> {
+        match &mut self.0 {
+            Inner::One(event) => event.take(),
+            Inner::FanOut(events) => events.next_event(),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.0 {
+            Inner::One(event) => usize::from(event.is_some()),
+            Inner::FanOut(events) => events.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Mapped {}
 
 #[cfg(test)]
 mod tests {

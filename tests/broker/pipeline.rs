@@ -50,6 +50,12 @@ struct Hostile {
     body: Vec<u8>,
     routing_key: &'static str,
     kind: &'static str,
+    /// Whether neighbours' events may arrive twice. Only when the broker closes the
+    /// channel over the hostile publish: the neighbours' publishes in flight on it may or
+    /// may not have been stored (AMQP cannot say which), so they are published again,
+    /// with the same ids. Everywhere else the hostile message is caught before anything
+    /// is published, and neighbours come out exactly once.
+    neighbours_may_repeat: bool,
 }
 
 /// The first `n` characters of a text, for failure messages.
@@ -233,10 +239,11 @@ async fn assert_neighbours_unharmed(
         .collect();
     assert!(strays.is_empty(), "unexpected dead letters: {strays:?}");
 
-    // Each neighbour event exactly once, and no other event.
+    // Each neighbour event exactly once (at least once where the hostile publish closed
+    // the channel under them), and no other event.
     let duplicated: Vec<_> = events.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
-        duplicated.is_empty(),
+        hostile.neighbours_may_repeat || duplicated.is_empty(),
         "events published twice: {duplicated:?}"
     );
     let unexpected: Vec<_> = events
@@ -322,6 +329,7 @@ async fn a_fan_out_bomb_is_one_dead_letter_and_memory_stays_bounded() {
         body: body.clone(),
         routing_key: "deel.too_many_events",
         kind: "too_many_events",
+        neighbours_may_repeat: false,
     };
     let (before, after) = neighbours("fanbomb");
     let all = publish_around(
@@ -372,6 +380,7 @@ async fn an_oversized_entity_id_is_one_dead_letter() {
         body: body.clone(),
         routing_key: "deel.invalid_payload",
         kind: "invalid_payload",
+        neighbours_may_repeat: false,
     };
     let (before, after) = neighbours("bigid");
     let all = publish_around(
@@ -425,6 +434,7 @@ async fn a_raw_user_id_does_not_break_its_dead_letter() {
         body: body.clone(),
         routing_key: "unknown.invalid_json",
         kind: "invalid_json",
+        neighbours_may_repeat: false,
     };
     let properties = raw_properties(&RawWebhook::new(Vec::new(), None, HOSTILE_ID))
         .with_user_id("gateway".into());
@@ -474,6 +484,7 @@ async fn raw_headers_near_the_frame_limit_still_dead_letter() {
         body: body.clone(),
         routing_key: "unknown.invalid_json",
         kind: "invalid_json",
+        neighbours_may_repeat: false,
     };
     let properties = raw_properties_with_header(
         "x-padding",
@@ -524,6 +535,7 @@ async fn a_dead_letter_does_not_expire() {
         body: body.clone(),
         routing_key: "unknown.invalid_json",
         kind: "invalid_json",
+        neighbours_may_repeat: false,
     };
     let properties = raw_properties(&RawWebhook::new(Vec::new(), None, HOSTILE_ID))
         .with_expiration("4000".into());
@@ -763,6 +775,7 @@ async fn a_publish_the_broker_refuses_for_one_message_dead_letters_only_that_mes
         body: body.clone(),
         routing_key: "deel.publish_refused",
         kind: "publish_refused",
+        neighbours_may_repeat: true,
     };
     let (before, after) = neighbours("refused");
     for w in before.iter().chain(&after) {

@@ -1,5 +1,6 @@
 //! Failures the worker must survive without losing a message: a kill -9, connections
-//! closed by the broker, SIGTERM, a deleted queue, a publish that can never succeed.
+//! closed by the broker, SIGTERM, a deleted queue or exchange, a publish that can never
+//! succeed.
 
 use std::time::Duration;
 
@@ -102,12 +103,19 @@ async fn a_cancelled_consumer_resubscribes() {
 }
 
 /// A publish that can never succeed (the alternate exchange has lost its queue, so events
-/// are returned as unroutable) is retried up to the delivery limit; then the broker
-/// dead-letters the raw message, bytes intact. It does not loop forever.
+/// are returned as unroutable) is retried in place for `retry.max_elapsed_secs`, then
+/// rejected; after the delivery limit the broker dead-letters the raw message, bytes
+/// intact. It does not loop forever.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_that_always_fails_ends_in_the_dead_letter_queue() {
     let vhost = TestVhost::new("poison");
-    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__INPUT__DELIVERY_LIMIT", "2")]);
+    let worker = WorkerProcess::start(
+        &vhost,
+        &[
+            ("NORMALIZER__INPUT__DELIVERY_LIMIT", "2"),
+            ("NORMALIZER__RETRY__MAX_ELAPSED_SECS", "1"),
+        ],
+    );
     worker.wait_ready(Duration::from_secs(20));
     let conn = vhost.connect().await;
     let channel = conn.create_channel().await.unwrap();
@@ -146,15 +154,17 @@ async fn a_message_that_always_fails_ends_in_the_dead_letter_queue() {
     assert_eq!(header(&dead[0], "x-gateway").unwrap(), "test-gateway");
     let (_, doc) = worker.readiness();
     assert!(doc["requeued"].as_u64().unwrap() >= 2, "{doc}");
+    // Retried in place between redeliveries, not in a tight loop.
+    assert!(doc["publish_retries"].as_u64().unwrap() >= 2, "{doc}");
     assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);
 }
 
 /// The output exchange is deleted under the worker: the broker closes the publishing
-/// channel at the next publish. The worker restarts its session (re-declaring the
-/// exchange) instead of rejecting deliveries in a loop that would burn their delivery
-/// attempts: every event arrives, nothing is dead-lettered.
+/// channel at the next publish (404). The worker reopens the channel and declares the
+/// topology again, in place, holding its deliveries: no session restart, no delivery
+/// attempt spent, every event arrives, nothing is dead-lettered.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_closed_publishing_channel_restarts_the_session() {
+async fn a_deleted_output_exchange_is_declared_again_in_place() {
     let vhost = TestVhost::new("chanlost");
     let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__INPUT__DELIVERY_LIMIT", "3")]);
     worker.wait_ready(Duration::from_secs(20));
@@ -185,7 +195,7 @@ async fn a_closed_publishing_channel_restarts_the_session() {
         .collect();
     assert_eq!(ids, want.event_ids);
     let (_, doc) = worker.readiness();
-    assert!(doc["sessions"].as_u64().unwrap() >= 2, "{doc}");
+    assert_eq!(doc["sessions"], 1, "{doc}");
     assert_eq!(
         doc["requeued"], 0,
         "no delivery attempt spent on a dead channel: {doc}"

@@ -127,3 +127,54 @@ fn readme_type_table_is_the_code_table() {
         "regenerate with `webhook-normalizer event-types --format markdown`"
     );
 }
+
+/// A body that would fan out into 10,000 events (90 KB in, 900 MB out before bounds)
+/// fails fast with the fan-out limit, printing nothing; a smaller limit on output bytes
+/// stops a legitimate fan-out the same way.
+#[test]
+fn normalize_bounds_fan_out_before_writing_anything() {
+    let items: Vec<_> = (0..10_000).map(|_| serde_json::json!({"id": 1})).collect();
+    let body = serde_json::json!({
+        "data": {"meta": {"event_type": "timesheet.reviewed"}, "resource": items},
+        "timestamp": "2023-05-11T15:12:41.663Z"
+    });
+    let run = |args: &[&str]| {
+        let mut child = bin()
+            .arg("normalize")
+            .args(args)
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: too_many_events: $.data.resource has 10000 elements, over the limit of 1000 events per message\n"
+    );
+
+    let out = run(&[
+        "--max-events-per-message",
+        "20000",
+        "--max-output-bytes",
+        "1048576",
+    ]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.starts_with("error: output_too_large: the canonical events would exceed the output limit of 1048576 bytes at event "),
+        "{stderr}"
+    );
+}

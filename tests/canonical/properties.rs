@@ -200,6 +200,41 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// A fanned-out event carries the body with `resource` narrowed to its own element,
+    /// in its place: put the whole array back and it is the body as sent.
+    #[test]
+    fn fan_out_payloads_narrow_resource_to_their_element_and_keep_the_rest(
+        ids in prop::collection::vec(any::<u32>(), 1..12),
+        extra in arb_json(),
+        top_level in any::<bool>(),
+    ) {
+        let items: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| serde_json::json!({"id": id, "n": i, "status": "approved"}))
+            .collect();
+        let meta = serde_json::json!({"event_type": "timesheet.reviewed", "organization_id": 7});
+        let body = if top_level {
+            serde_json::json!({"meta": meta, "resource": items, "extra": extra})
+        } else {
+            serde_json::json!({"data": {"meta": meta, "resource": items, "extra": extra}, "timestamp": "2024-01-01T00:00:00Z"})
+        };
+        let events = run(&serde_json::to_vec(&body).unwrap(), Some("deel")).unwrap();
+        prop_assert_eq!(events.len(), items.len());
+        let pointer = if top_level { "/resource" } else { "/data/resource" };
+        for (event, item) in events.iter().zip(&items) {
+            let mut payload = (*event.data.payload).clone();
+            prop_assert_eq!(payload.pointer(pointer), Some(&Value::Array(vec![item.clone()])));
+            *payload.pointer_mut(pointer).unwrap() = Value::Array(items.clone());
+            // Equal as values and in key order.
+            prop_assert_eq!(serde_json::to_string(&payload).unwrap(), serde_json::to_string(&body).unwrap());
+        }
+    }
+}
+
 /// Duplicate deliveries of one event, as vendors retry them, keep one id; the ids of all
 /// distinct events among the fixtures differ.
 #[test]
