@@ -132,8 +132,11 @@ impl RawMessage {
 /// What to publish for one raw message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Plan {
-    /// Its canonical events (at least one), in order.
-    Publish(Vec<OutgoingEvent>),
+    /// Its canonical events (at least one), in order, all of one vendor.
+    Publish {
+        vendor: Vendor,
+        events: Vec<OutgoingEvent>,
+    },
     /// The original message, to the dead-letter exchange.
     DeadLetter(DeadLetter),
 }
@@ -241,7 +244,19 @@ fn truncate(s: &str, max: usize) -> &str {
 /// `now` is passed in.
 pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
     match normalize_json(&raw.body, raw.vendor_hint(), raw.received_at(now), limits) {
-        Ok(events) => Plan::Publish(events.into_iter().map(OutgoingEvent::new).collect()),
+        Ok(events) => match events.first() {
+            Some(first) => Plan::Publish {
+                vendor: first.event_type.vendor(),
+                events: events.into_iter().map(OutgoingEvent::new).collect(),
+            },
+            // `normalize_json` never succeeds with no event; kept a dead letter, not a
+            // panic.
+            None => Plan::DeadLetter(DeadLetter::from_error(
+                raw,
+                &NormalizeError::Unserializable { vendor: None },
+                now,
+            )),
+        },
         Err(e) => Plan::DeadLetter(DeadLetter::from_error(raw, &e, now)),
     }
 }
@@ -436,7 +451,11 @@ mod tests {
 
     #[test]
     fn a_mapped_body_is_published_with_the_output_contract() {
-        let Plan::Publish(out) = plan(&raw(PII_UPDATE), &Limits::default(), now()) else {
+        let Plan::Publish {
+            vendor: Vendor::Authenticate,
+            events: out,
+        } = plan(&raw(PII_UPDATE), &Limits::default(), now())
+        else {
             panic!("expected events");
         };
         assert_eq!(out.len(), 1);
@@ -460,7 +479,7 @@ mod tests {
     fn receipt_time_reaches_events_without_a_time() {
         let mut m = raw(br#"{"event_type":"user.deactivated","data":{"email":"a@example.com"}}"#);
         m.received_at_header = Some("2025-05-05T05:05:05Z".into());
-        let Plan::Publish(out) = plan(&m, &Limits::default(), now()) else {
+        let Plan::Publish { events: out, .. } = plan(&m, &Limits::default(), now()) else {
             panic!("expected events");
         };
         let event: CanonicalEvent = serde_json::from_slice(&out[0].body).unwrap();
@@ -532,7 +551,7 @@ mod tests {
             max_output_bytes: 2 * 1024 * 1024,
             ..Limits::default()
         };
-        let Plan::Publish(events) = plan(&raw(&body(3)), &limits, now()) else {
+        let Plan::Publish { events, .. } = plan(&raw(&body(3)), &limits, now()) else {
             panic!("three elements fit");
         };
         assert_eq!(events.len(), 3);

@@ -36,6 +36,7 @@ use tracing::{Span, error, info, info_span, warn};
 
 use super::dead_letter::dead_letter_message;
 use super::publish::{AmqpMessage, PendingPublish, Publisher, header_payload_size, header_room};
+use crate::canonical::Vendor;
 use crate::config::Settings;
 use crate::delivery::{
     DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
@@ -72,7 +73,10 @@ enum PublishState {
 /// What a delivery ends as once its publishes are confirmed.
 #[derive(Debug)]
 enum Fate {
-    Events(usize),
+    Events {
+        count: usize,
+        vendor: Vendor,
+    },
     DeadLetter(DeadLetter),
     /// Its dead letter cannot be published: reject without requeue.
     HandToBroker(String),
@@ -103,6 +107,13 @@ impl Entry {
         self.states
             .iter()
             .any(|s| matches!(s, PublishState::Waiting) || matches!(s, PublishState::Failed(_)))
+    }
+
+    /// Failed at some point and not yet all confirmed: still part of an outage, even
+    /// while its retry is in flight.
+    fn troubled(&self) -> bool {
+        self.failing_since.is_some() && !self.states.iter().all(|s| *s == PublishState::Confirmed)
+            || self.states.contains(&PublishState::Waiting)
     }
 
     /// The first failure that is possibly this message's own.
@@ -247,7 +258,7 @@ impl<'s> Pipeline<'s> {
             original: properties,
             messages: Vec::new(),
             states: Vec::new(),
-            fate: Fate::Events(0),
+            fate: Fate::HandToBroker(String::new()),
             bytes: 0,
             failing_since: None,
         };
@@ -267,7 +278,7 @@ impl<'s> Pipeline<'s> {
         let frame_max = self.publisher.frame_max();
         let room = header_room(frame_max);
         let dead_letter = match planned {
-            Plan::Publish(events) => {
+            Plan::Publish { vendor, events } => {
                 let count = events.len();
                 let correlation_id = entry.original.message_id().clone();
                 let messages: Vec<_> = events
@@ -280,29 +291,20 @@ impl<'s> Pipeline<'s> {
                 });
                 match oversized {
                     None => {
-                        entry.fate = Fate::Events(count);
+                        entry.fate = Fate::Events { count, vendor };
                         entry.set_messages(messages.into_iter().map(Arc::new).collect());
                         return;
                     }
-                    Some((i, size)) => {
-                        let vendor = messages.first().and_then(|m| {
-                            m.routing_key
-                                .as_str()
-                                .split('.')
-                                .next()
-                                .and_then(|v| v.parse().ok())
-                        });
-                        DeadLetter::new(
-                            &entry.raw,
-                            ErrorKind::OutputTooLarge,
-                            vendor,
-                            &format!(
-                                "event {} of {count}: its AMQP properties take {size} bytes, over the {room} the broker's frame_max of {frame_max} allows",
-                                i + 1
-                            ),
-                            Utc::now(),
-                        )
-                    }
+                    Some((i, size)) => DeadLetter::new(
+                        &entry.raw,
+                        ErrorKind::OutputTooLarge,
+                        Some(vendor),
+                        &format!(
+                            "event {} of {count}: its AMQP properties take {size} bytes, over the {room} the broker's frame_max of {frame_max} allows",
+                            i + 1
+                        ),
+                        Utc::now(),
+                    ),
                 }
             }
             Plan::DeadLetter(dead_letter) => dead_letter,
@@ -618,16 +620,11 @@ impl<'s> Pipeline<'s> {
                         ));
                         entry.set_messages(Vec::new());
                     }
-                    Fate::Events(_) => {
-                        let vendor = entry
-                            .messages
-                            .first()
-                            .and_then(|m| m.routing_key.as_str().split('.').next())
-                            .and_then(|v| v.parse().ok());
+                    Fate::Events { vendor, .. } => {
                         let dead_letter = DeadLetter::new(
                             &entry.raw,
                             ErrorKind::PublishRefused,
-                            vendor,
+                            Some(*vendor),
                             &format!("the broker refused an event of this message: {reason}"),
                             now,
                         );
@@ -662,9 +659,9 @@ impl<'s> Pipeline<'s> {
                         requeue: false,
                     }
                 }
-                Fate::Events(events) if all_confirmed => {
+                Fate::Events { count, .. } if all_confirmed => {
                     head.span
-                        .in_scope(|| Outcome::Published { events: *events }.record(&self.health));
+                        .in_scope(|| Outcome::Published { events: *count }.record(&self.health));
                     Settle::Ack { tag: head.tag }
                 }
                 Fate::DeadLetter(dead_letter) if all_confirmed => {
@@ -718,7 +715,7 @@ impl<'s> Pipeline<'s> {
 
     fn end_outage_if_over(&mut self) {
         let Some(outage) = &self.outage else { return };
-        if self.isolation.is_some() || self.entries.iter().any(Entry::unsent) {
+        if self.isolation.is_some() || self.entries.iter().any(Entry::troubled) {
             return;
         }
         info!(
@@ -776,7 +773,7 @@ fn placeholder(seq: u64) -> Entry {
         original: BasicProperties::default(),
         messages: Vec::new(),
         states: Vec::new(),
-        fate: Fate::Events(0),
+        fate: Fate::HandToBroker(String::new()),
         bytes: 0,
         failing_since: None,
     }

@@ -641,10 +641,15 @@ async fn assert_outage_waited_out(
     assert_eq!(queue_depth(channel, "normalizer.raw").await, 0);
 }
 
-/// During the outage itself: nothing dead-lettered, nothing requeued.
-async fn assert_nothing_given_up(channel: &Channel, worker: &mut WorkerProcess) {
+/// During the outage itself: nothing dead-lettered, nothing requeued, and `/readyz` says
+/// the worker is retrying, and why.
+async fn assert_nothing_given_up(channel: &Channel, worker: &mut WorkerProcess, why: &str) {
     assert_alive(worker, "during the outage");
-    let (_, doc) = worker.readiness();
+    let (status, doc) = worker.readiness();
+    assert_eq!(status, 503, "not ready while retrying: {doc}");
+    assert_eq!(doc["state"], "retrying", "{doc}");
+    let reason = doc["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(why), "the reason says why: {doc}");
     assert_eq!(
         queue_depth(channel, "normalizer.dead-letter").await,
         0,
@@ -674,11 +679,26 @@ mod a_ten_second_output_outage_dead_letters_nothing {
             .await
             .unwrap();
         let webhooks = outage_webhooks("returns");
-        publish_raw(&channel, &webhooks).await;
+        let (first, second) = webhooks.split_at(10);
+        publish_raw(&channel, first).await;
 
-        // The outage.
-        std::thread::sleep(Duration::from_secs(10));
-        assert_nothing_given_up(&channel, &mut worker).await;
+        // The outage. Halfway, more raw messages arrive: the worker does not take them (the
+        // broker may still send up to the prefetch ahead; they wait, unprocessed) rather
+        // than piling up work behind the failing ones.
+        std::thread::sleep(Duration::from_secs(5));
+        let consumed = worker.readiness().1["consumed"].as_u64().unwrap();
+        assert!(
+            consumed >= 1 && consumed <= first.len() as u64,
+            "{consumed}"
+        );
+        publish_raw(&channel, second).await;
+        std::thread::sleep(Duration::from_secs(5));
+        assert_nothing_given_up(&channel, &mut worker, "returned as unroutable").await;
+        assert_eq!(
+            worker.readiness().1["consumed"],
+            consumed,
+            "no new delivery taken while retrying"
+        );
         capture_queue(&channel, "test.events", "events.canonical", "#").await;
 
         assert_outage_waited_out(&channel, &mut worker, &webhooks).await;
@@ -732,7 +752,7 @@ mod a_ten_second_output_outage_dead_letters_nothing {
 
         // The outage.
         std::thread::sleep(Duration::from_secs(10));
-        assert_nothing_given_up(&channel, &mut worker).await;
+        assert_nothing_given_up(&channel, &mut worker, "nacked").await;
         channel
             .queue_delete("test.events".into(), Default::default())
             .await
@@ -906,4 +926,204 @@ async fn logs_carry_no_personal_data() {
     let (_, doc) = worker.readiness();
     assert_eq!(doc["acked"], total, "every raw message settled: {doc}");
     assert_eq!(queue_depth(&channel, "normalizer.raw").await, 0);
+}
+
+/// The last resort: a dead letter the broker refuses too (topic permissions forbid its
+/// routing key on the dead-letter exchange) is handed to the raw queue's own
+/// dead-lettering (`basic.reject` without requeue). Nothing is lost: it reaches
+/// `normalizer.dead-letter` as `unknown.delivery_limit` with `x-first-death-reason:
+/// rejected`, bytes intact, while the neighbours come out and nothing restarts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_the_broker_refuses_is_handed_to_the_broker_not_lost() {
+    let vhost = TestVhost::new("dlrefused");
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "set_topic_permissions",
+            "-p",
+            &vhost.name,
+            "guest",
+            "webhooks.dead-letter",
+            r"^(?!unknown\.invalid_json$).*",
+            ".*",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (mut worker, _conn, channel) = start(&vhost).await;
+    let (before, after) = neighbours("dlrefused");
+    let body = b"{not json".to_vec();
+    let all = publish_around(
+        &channel,
+        &before,
+        publish_raw(&channel, &[RawWebhook::new(body.clone(), None, HOSTILE_ID)]),
+        &after,
+    )
+    .await;
+
+    let dead = read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(message_id(&dead[0]), HOSTILE_ID);
+    assert_eq!(dead[0].routing_key.as_str(), "unknown.delivery_limit");
+    assert_eq!(
+        header(&dead[0], "x-first-death-reason").as_deref(),
+        Some("rejected")
+    );
+    assert_eq!(dead[0].data, body);
+
+    // Every neighbour's events (some maybe twice: the refused publish closed the
+    // channel under them).
+    let want = expectations(&all);
+    let mut ids = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !want.event_ids.is_subset(&ids) && Instant::now() < deadline {
+        for d in read_until_quiet(&channel, "test.events", Duration::from_millis(300)).await {
+            ids.insert(message_id(&d));
+        }
+    }
+    assert!(want.event_ids.is_subset(&ids), "every neighbour's events");
+    assert!(ids.is_subset(&want.event_ids), "no other event");
+    assert_alive(&mut worker, "after the refusal");
+    wait_until(Duration::from_secs(10), "everything settled", || {
+        let doc = worker.readiness().1;
+        doc["acked"] == all.len() && doc["handed_to_broker"] == 1
+    });
+    let (_, doc) = worker.readiness();
+    assert_eq!(doc["sessions"], 1, "{doc}");
+    assert_eq!(doc["requeued"], 0, "{doc}");
+    assert_eq!(doc["dead_lettered"], 0, "{doc}");
+}
+
+/// With `input.single_active_consumer`, the raw queue is declared single-active-consumer:
+/// of two worker replicas one consumes, the other stands by, and order holds across
+/// both; when the active one is killed, the standby takes over where it stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_with_single_active_consumer_keep_order_across_a_fail_over() {
+    const UPDATES: usize = 600;
+    let vhost = TestVhost::new("sac");
+    let sac = [("NORMALIZER__INPUT__SINGLE_ACTIVE_CONSUMER", "true")];
+    let first = WorkerProcess::start(&vhost, &sac);
+    first.wait_ready(Duration::from_secs(20));
+    let second = WorkerProcess::start(&vhost, &sac);
+    second.wait_ready(Duration::from_secs(20));
+    assert!(
+        vhost.queue_arguments()["normalizer.raw"].contains(r#"{"x-single-active-consumer",true}"#),
+        "{:?}",
+        vhost.queue_arguments()
+    );
+    let (_conn, channel) = setup(&vhost).await;
+    let template = fixture_json("deel/contract.status.updated.json");
+    let webhooks: Vec<_> = (0..UPDATES)
+        .map(|i| {
+            let mut body = template.clone();
+            body["data"]["resource"]["status"] = format!("s{i:05}").into();
+            RawWebhook::new(
+                serde_json::to_vec(&body).unwrap(),
+                Some("deel"),
+                format!("sac-{i}"),
+            )
+        })
+        .collect();
+    publish_raw(&channel, &webhooks[..UPDATES / 2]).await;
+    let events = read_messages(
+        &channel,
+        "test.events",
+        UPDATES / 2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let consumed = |w: &WorkerProcess| w.readiness().1["consumed"].as_u64().unwrap_or(0);
+    assert_eq!(
+        (consumed(&first), consumed(&second)),
+        ((UPDATES / 2) as u64, 0),
+        "only the first replica consumes"
+    );
+    first.signal("KILL");
+    publish_raw(&channel, &webhooks[UPDATES / 2..]).await;
+    let mut later = read_messages(
+        &channel,
+        "test.events",
+        UPDATES / 2,
+        Duration::from_secs(60),
+    )
+    .await;
+    let mut all = events;
+    all.append(&mut later);
+    let statuses: Vec<String> = all
+        .iter()
+        .map(|d| {
+            let event: Value = serde_json::from_slice(&d.data).unwrap();
+            event["data"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let want: Vec<String> = (0..UPDATES).map(|i| format!("s{i:05}")).collect();
+    assert_eq!(statuses, want);
+    assert_eq!(consumed(&second), (UPDATES / 2) as u64);
+}
+
+/// A broker with a smaller `max_message_size` (RabbitMQ 4.x refuses messages over 16 MiB
+/// by default; this private node, over 64 KiB) refuses the one event that exceeds it,
+/// closing the publishing channel (406). The worker finds which message by republishing
+/// the suspects one at a time and dead-letters that one as `publish_refused` (its raw
+/// body, smaller than the event, fits); the neighbours come out, and the session stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_over_the_brokers_max_message_size_is_one_dead_letter() {
+    let node = PrivateNode::start_with_config("max_message_size = 65536");
+    let url = node.url("guest", "guest", "%2f");
+    let mut worker = WorkerProcess::start_with_url(&url, &[]);
+    worker.wait_ready(Duration::from_secs(30));
+    let conn = Connection::connect(&url, ConnectionProperties::default())
+        .await
+        .expect("test connection");
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+
+    // 65,000 bytes raw (accepted); its event, the body plus the envelope, is over 65,536.
+    let mut big = fixture_json("authenticate/USER_PII_UPDATE__numeric_id.json");
+    let len = serde_json::to_vec(&big).unwrap().len();
+    big["order"]["notes"] = "n".repeat(65_000 - len - 11).into();
+    let body = serde_json::to_vec(&big).unwrap();
+    assert_eq!(body.len(), 65_000);
+    let hostile = Hostile {
+        body: body.clone(),
+        routing_key: "authenticate.publish_refused",
+        kind: "publish_refused",
+        neighbours_may_repeat: true,
+    };
+    let (before, after) = neighbours("maxsize");
+    let all = publish_around(
+        &channel,
+        &before,
+        publish_raw(
+            &channel,
+            &[RawWebhook::new(body, Some("authenticate"), HOSTILE_ID)],
+        ),
+        &after,
+    )
+    .await;
+    let letter = assert_neighbours_unharmed(
+        &channel,
+        &mut worker,
+        &all,
+        &hostile,
+        Duration::from_secs(30),
+    )
+    .await;
+    let detail = header(&letter, "x-normalizer-error").unwrap_or_default();
+    assert!(
+        detail.contains("PRECONDITION") && detail.contains("max size"),
+        "the broker's reason: {detail}"
+    );
 }

@@ -810,7 +810,7 @@ pub fn assert_no_personal_data(logs: &[String]) {
     }
 }
 
-/// A private RabbitMQ node for tests that change broker-wide state (users): its own
+/// A private RabbitMQ node for tests that change broker-wide state (users, limits): its own
 /// directory under /tmp, its own node name and ports, stopped and removed when dropped
 /// (also when the test panicked). It never touches the shared node on 5672.
 pub struct PrivateNode {
@@ -824,6 +824,11 @@ pub struct PrivateNode {
 impl PrivateNode {
     /// Starts the node and waits until it runs (a few seconds).
     pub fn start() -> PrivateNode {
+        PrivateNode::start_with_config("")
+    }
+
+    /// As [`PrivateNode::start`], with `extra` lines added to its `rabbitmq.conf`.
+    pub fn start_with_config(extra: &str) -> PrivateNode {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -848,7 +853,7 @@ impl PrivateNode {
         };
         std::fs::write(
             dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"),
+            format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n{extra}\n"),
         )
         .expect("rabbitmq.conf");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
