@@ -5,6 +5,7 @@
 
 mod flow;
 mod ops;
+mod ordering;
 mod pipeline;
 mod resilience;
 mod support;

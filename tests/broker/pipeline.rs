@@ -58,34 +58,6 @@ struct Hostile {
     neighbours_may_repeat: bool,
 }
 
-/// The first `n` characters of a text, for failure messages.
-fn clip(text: &str, n: usize) -> String {
-    text.chars().take(n).collect()
-}
-
-/// Fails the test at once if the worker has exited, with how it ended and its last logs.
-fn assert_alive(worker: &mut WorkerProcess, during: &str) {
-    if let Some(status) = worker.exit_status() {
-        let logs = worker.logs();
-        let tail: Vec<String> = logs
-            .iter()
-            .rev()
-            .take(3)
-            .rev()
-            .map(|l| clip(l, 300))
-            .collect();
-        panic!("the worker died ({status}) {during}; its last log lines: {tail:#?}");
-    }
-}
-
-fn message_id(d: &Delivery) -> String {
-    d.properties
-        .message_id()
-        .as_ref()
-        .map(|id| id.to_string())
-        .unwrap_or_default()
-}
-
 /// A header's value, whatever its type.
 fn long_header(d: &Delivery, name: &str) -> Option<AMQPValue> {
     d.properties.headers().as_ref()?.inner().get(name).cloned()
@@ -290,14 +262,6 @@ async fn publish_around<F: std::future::Future<Output = ()>>(
     hostile.await;
     publish_raw(channel, after).await;
     before.iter().chain(after).cloned().collect()
-}
-
-fn fixture(path: &str) -> Vec<u8> {
-    std::fs::read(fixtures_dir().join(path)).unwrap()
-}
-
-fn fixture_json(path: &str) -> Value {
-    serde_json::from_slice(&fixture(path)).unwrap()
 }
 
 /// Properties of a raw webhook without a vendor hint, plus one extra header.
@@ -827,53 +791,6 @@ async fn a_publish_the_broker_refuses_for_one_message_dead_letters_only_that_mes
     .await;
 }
 
-/// 2,000 updates of one Deel contract, queued before the worker starts (so it takes them
-/// 256 at a time): their events come out in the order the raw messages were consumed, so
-/// a consumer that keeps the last status per contract ends with the right one.
-#[tokio::test(flavor = "multi_thread")]
-async fn events_come_out_in_the_order_their_raw_messages_were_consumed() {
-    const UPDATES: usize = 2000;
-    let vhost = TestVhost::new("order");
-    declare_topology(&vhost);
-    let (_conn, channel) = setup(&vhost).await;
-    let template = fixture_json("deel/contract.status.updated.json");
-    let webhooks: Vec<_> = (0..UPDATES)
-        .map(|i| {
-            let mut body = template.clone();
-            body["data"]["resource"]["status"] = format!("s{i:05}").into();
-            RawWebhook::new(
-                serde_json::to_vec(&body).unwrap(),
-                Some("deel"),
-                format!("order-{i}"),
-            )
-        })
-        .collect();
-    publish_raw(&channel, &webhooks).await;
-
-    let mut worker = WorkerProcess::start(&vhost, &[]);
-    let events = read_messages(&channel, "test.events", UPDATES, Duration::from_secs(60)).await;
-    assert_alive(&mut worker, "while publishing");
-    let statuses: Vec<String> = events
-        .iter()
-        .map(|d| {
-            let event: Value = serde_json::from_slice(&d.data).unwrap();
-            event["data"]["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    if let Some(i) = (0..UPDATES).find(|&i| statuses[i] != format!("s{i:05}")) {
-        panic!(
-            "event {i} is out of order: status {:?}, expected \"s{i:05}\" (events {}..{}: {:?})",
-            statuses[i],
-            i.saturating_sub(2),
-            (i + 3).min(UPDATES),
-            &statuses[i.saturating_sub(2)..(i + 3).min(UPDATES)]
-        );
-    }
-}
-
 /// At `RUST_LOG=trace`, with every fixture flowing through and the first seconds of
 /// publishes returned as unroutable (lapin logs returned messages), no log line contains
 /// an e-mail address or a person's name from the fixtures.
@@ -1003,76 +920,6 @@ async fn a_dead_letter_the_broker_refuses_is_handed_to_the_broker_not_lost() {
     assert_eq!(doc["dead_lettered"], 0, "{doc}");
 }
 
-/// With `input.single_active_consumer`, the raw queue is declared single-active-consumer:
-/// of two worker replicas one consumes, the other stands by, and order holds across
-/// both; when the active one is killed, the standby takes over where it stopped.
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_with_single_active_consumer_keep_order_across_a_fail_over() {
-    const UPDATES: usize = 600;
-    let vhost = TestVhost::new("sac");
-    let sac = [("NORMALIZER__INPUT__SINGLE_ACTIVE_CONSUMER", "true")];
-    let first = WorkerProcess::start(&vhost, &sac);
-    first.wait_ready(Duration::from_secs(20));
-    let second = WorkerProcess::start(&vhost, &sac);
-    second.wait_ready(Duration::from_secs(20));
-    assert!(
-        vhost.queue_arguments()["normalizer.raw"].contains(r#"{"x-single-active-consumer",true}"#),
-        "{:?}",
-        vhost.queue_arguments()
-    );
-    let (_conn, channel) = setup(&vhost).await;
-    let template = fixture_json("deel/contract.status.updated.json");
-    let webhooks: Vec<_> = (0..UPDATES)
-        .map(|i| {
-            let mut body = template.clone();
-            body["data"]["resource"]["status"] = format!("s{i:05}").into();
-            RawWebhook::new(
-                serde_json::to_vec(&body).unwrap(),
-                Some("deel"),
-                format!("sac-{i}"),
-            )
-        })
-        .collect();
-    publish_raw(&channel, &webhooks[..UPDATES / 2]).await;
-    let events = read_messages(
-        &channel,
-        "test.events",
-        UPDATES / 2,
-        Duration::from_secs(60),
-    )
-    .await;
-    let consumed = |w: &WorkerProcess| w.readiness().1["consumed"].as_u64().unwrap_or(0);
-    assert_eq!(
-        (consumed(&first), consumed(&second)),
-        ((UPDATES / 2) as u64, 0),
-        "only the first replica consumes"
-    );
-    first.signal("KILL");
-    publish_raw(&channel, &webhooks[UPDATES / 2..]).await;
-    let mut later = read_messages(
-        &channel,
-        "test.events",
-        UPDATES / 2,
-        Duration::from_secs(60),
-    )
-    .await;
-    let mut all = events;
-    all.append(&mut later);
-    let statuses: Vec<String> = all
-        .iter()
-        .map(|d| {
-            let event: Value = serde_json::from_slice(&d.data).unwrap();
-            event["data"]["status"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
-    let want: Vec<String> = (0..UPDATES).map(|i| format!("s{i:05}")).collect();
-    assert_eq!(statuses, want);
-    assert_eq!(consumed(&second), (UPDATES / 2) as u64);
-}
-
 /// A broker with a smaller `max_message_size` (RabbitMQ 4.x refuses messages over 16 MiB
 /// by default; this private node, over 64 KiB) refuses the one event that exceeds it,
 /// closing the publishing channel (406). The worker finds which message by republishing
@@ -1080,7 +927,7 @@ async fn replicas_with_single_active_consumer_keep_order_across_a_fail_over() {
 /// body, smaller than the event, fits); the neighbours come out, and the session stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_over_the_brokers_max_message_size_is_one_dead_letter() {
-    let node = PrivateNode::start_with_config("max_message_size = 65536");
+    let node = PrivateNode::start_with("max_message_size = 65536", &[]);
     let url = node.url("guest", "guest", "%2f");
     let mut worker = WorkerProcess::start_with_url(&url, &[]);
     worker.wait_ready(Duration::from_secs(30));

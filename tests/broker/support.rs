@@ -824,11 +824,12 @@ pub struct PrivateNode {
 impl PrivateNode {
     /// Starts the node and waits until it runs (a few seconds).
     pub fn start() -> PrivateNode {
-        PrivateNode::start_with_config("")
+        PrivateNode::start_with("", &[])
     }
 
-    /// As [`PrivateNode::start`], with `extra` lines added to its `rabbitmq.conf`.
-    pub fn start_with_config(extra: &str) -> PrivateNode {
+    /// As [`PrivateNode::start`], with `extra` lines added to its `rabbitmq.conf` and
+    /// `plugins` enabled (those shipped with the broker).
+    pub fn start_with(extra: &str, plugins: &[&str]) -> PrivateNode {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pid = std::process::id();
@@ -856,7 +857,11 @@ impl PrivateNode {
             format!("listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n{extra}\n"),
         )
         .expect("rabbitmq.conf");
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            format!("[{}].\n", plugins.join(",")),
+        )
+        .expect("enabled_plugins");
         let chown = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
             .arg(&dir)
@@ -949,4 +954,43 @@ impl Drop for PrivateNode {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The first `n` characters of a text, for failure messages.
+pub fn clip(text: &str, n: usize) -> String {
+    text.chars().take(n).collect()
+}
+
+/// Fails the test at once if the worker has exited, with how it ended and its last logs.
+pub fn assert_alive(worker: &mut WorkerProcess, during: &str) {
+    if let Some(status) = worker.exit_status() {
+        let logs = worker.logs();
+        let tail: Vec<String> = logs
+            .iter()
+            .rev()
+            .take(3)
+            .rev()
+            .map(|l| clip(l, 300))
+            .collect();
+        panic!("the worker died ({status}) {during}; its last log lines: {tail:#?}");
+    }
+}
+
+/// A delivery's `message_id`, or empty.
+pub fn message_id(d: &Delivery) -> String {
+    d.properties
+        .message_id()
+        .as_ref()
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
+
+/// A fixture's bytes, by path under `tests/fixtures/`.
+pub fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(fixtures_dir().join(path)).unwrap()
+}
+
+/// A fixture, parsed.
+pub fn fixture_json(path: &str) -> Value {
+    serde_json::from_slice(&fixture(path)).unwrap()
 }
