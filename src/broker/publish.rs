@@ -292,9 +292,11 @@ async fn await_confirm(
 /// closed it.
 fn closed(error: &lapin::Error) -> PublishOutcome {
     match error.kind() {
+        // "406 PRECONDITION_FAILED - message size 65582 is larger than ...": the broker's
+        // reply text starts with the code's name.
         lapin::ErrorKind::ProtocolError(amqp) => PublishOutcome::Closed {
             code: Some(amqp.kind().get_id()),
-            reason: amqp.to_string(),
+            reason: format!("{} {}", amqp.kind().get_id(), amqp.get_message()),
         },
         _ => PublishOutcome::Closed {
             code: None,
