@@ -27,16 +27,22 @@ use std::task::Poll;
 
 use chrono::Utc;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::types::ShortString;
 use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
-use tracing::{Span, error, info, info_span, warn};
+use tracing::{info, info_span, warn};
+
+mod entry;
+mod isolation;
+
+use entry::{Entry, Fate, PublishState};
+use isolation::Isolation;
 
 use super::dead_letter::dead_letter_message;
-use super::publish::{AmqpMessage, PendingPublish, Publisher, header_payload_size, header_room};
-use crate::canonical::Vendor;
+use super::publish::{
+    AmqpMessage, PendingPublish, Publisher, header_payload_size, header_room, header_text,
+};
 use crate::config::Settings;
 use crate::delivery::{
     DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
@@ -44,8 +50,6 @@ use crate::delivery::{
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Health, Outcome, WorkerState, describe};
 use crate::redact::SafeName;
-
-use super::publish::header_text;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -57,74 +61,6 @@ pub(crate) struct Decided {
 
 type DecidedFuture = Pin<Box<dyn Future<Output = Decided> + Send>>;
 
-/// Where one AMQP message of a delivery stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum PublishState {
-    /// To be published (a dead letter that replaced the events, say).
-    Waiting,
-    /// Published; `attempt` tells its confirm from a stale one.
-    InFlight {
-        attempt: u64,
-    },
-    Confirmed,
-    Failed(PublishOutcome),
-}
-
-/// What a delivery ends as once its publishes are confirmed.
-#[derive(Debug)]
-enum Fate {
-    Events {
-        count: usize,
-        vendor: Vendor,
-    },
-    DeadLetter(DeadLetter),
-    /// Its dead letter cannot be published: reject without requeue.
-    HandToBroker(String),
-}
-
-/// One raw delivery held by the pipeline.
-struct Entry {
-    seq: u64,
-    tag: u64,
-    span: Span,
-    raw: RawMessage,
-    original: BasicProperties,
-    messages: Vec<Arc<AmqpMessage>>,
-    states: Vec<PublishState>,
-    fate: Fate,
-    bytes: usize,
-    failing_since: Option<Instant>,
-}
-
-impl Entry {
-    fn in_flight(&self) -> bool {
-        self.states
-            .iter()
-            .any(|s| matches!(s, PublishState::InFlight { .. }))
-    }
-
-    fn unsent(&self) -> bool {
-        self.states
-            .iter()
-            .any(|s| matches!(s, PublishState::Waiting) || matches!(s, PublishState::Failed(_)))
-    }
-
-    /// Failed at some point and not yet all confirmed: still part of an outage, even
-    /// while its retry is in flight.
-    fn troubled(&self) -> bool {
-        self.failing_since.is_some() && !self.states.iter().all(|s| *s == PublishState::Confirmed)
-            || self.states.contains(&PublishState::Waiting)
-    }
-
-    /// The first failure that is possibly this message's own.
-    fn refusal(&self) -> Option<&PublishOutcome> {
-        self.states.iter().find_map(|s| match s {
-            PublishState::Failed(o) if o.fault() == Some(Fault::Message) => Some(o),
-            _ => None,
-        })
-    }
-}
-
 /// Publishes are failing: deliveries are held and retried.
 struct Outage {
     since: Instant,
@@ -135,17 +71,6 @@ struct Outage {
     /// An exchange went missing: declare the topology when reopening.
     redeclare: bool,
     last: PublishOutcome,
-}
-
-/// Republishing the suspects of a refused publish one message at a time.
-struct Isolation {
-    /// Suspects not yet tried alone, in order; filled once nothing is in flight.
-    queue: Option<VecDeque<u64>>,
-    /// The suspect being tried alone.
-    current: Option<u64>,
-    suspects: usize,
-    /// Suspects refused again when alone, with the refusal.
-    culprits: Vec<(u64, PublishOutcome)>,
 }
 
 pub(crate) struct Pipeline<'s> {
@@ -431,12 +356,7 @@ impl<'s> Pipeline<'s> {
                     reason = %describe(&decided.outcome),
                     "the broker closed the publishing channel over a publish; republishing the suspects one message at a time"
                 );
-                self.isolation = Some(Isolation {
-                    queue: None,
-                    current: None,
-                    suspects: 0,
-                    culprits: Vec::new(),
-                });
+                self.isolation = Some(Isolation::new());
             }
             _ => {}
         }
@@ -455,30 +375,6 @@ impl<'s> Pipeline<'s> {
             outage.next = Some(now + delay);
         }
         self.report_state();
-    }
-
-    /// During isolation: when the suspect being tried alone is decided, judge it and
-    /// move on to the next.
-    fn step_isolation_if_done(&mut self, seq: u64) {
-        if self.isolation.as_ref().and_then(|iso| iso.current) != Some(seq) {
-            return;
-        }
-        let position = self.position(seq);
-        let entry = position.map(|i| &self.entries[i]);
-        if entry.is_some_and(Entry::in_flight) {
-            return;
-        }
-        let refusal = entry.and_then(Entry::refusal).cloned();
-        let Some(isolation) = &mut self.isolation else {
-            return;
-        };
-        if let Some(refusal) = refusal {
-            isolation.culprits.push((seq, refusal));
-        }
-        isolation.current = None;
-        if let Some(outage) = &mut self.outage {
-            outage.next = Some(Instant::now());
-        }
     }
 
     /// Runs a retry round, or the next isolation step: reopens the channel if it is
@@ -541,104 +437,6 @@ impl<'s> Pipeline<'s> {
             .collect();
         for seq in seqs {
             self.publish_unsent(seq).await;
-        }
-    }
-
-    /// Tries the next suspect alone, or, when all have been tried, settles the verdict.
-    async fn isolation_step(&mut self) {
-        let Some(isolation) = &mut self.isolation else {
-            return;
-        };
-        if isolation.current.is_some() {
-            return;
-        }
-        let queue = isolation.queue.get_or_insert_with(|| {
-            self.entries
-                .iter()
-                .filter(|e| e.refusal().is_some())
-                .map(|e| e.seq)
-                .collect()
-        });
-        if isolation.suspects == 0 {
-            isolation.suspects = queue.len();
-        }
-        match queue.pop_front() {
-            Some(seq) => {
-                isolation.current = Some(seq);
-                self.publish_unsent(seq).await;
-            }
-            None => self.finish_isolation().await,
-        }
-    }
-
-    async fn finish_isolation(&mut self) {
-        let Some(isolation) = self.isolation.take() else {
-            return;
-        };
-        let now = Utc::now();
-        let culprits = isolation.culprits;
-        if culprits.len() >= 2 && culprits.len() == isolation.suspects {
-            let reason = culprits
-                .first()
-                .map(|(_, o)| describe(o))
-                .unwrap_or_default();
-            error!(
-                suspects = isolation.suspects,
-                %reason,
-                "the broker refuses every publish, not one message's: holding them and retrying"
-            );
-            // Retried as transient: a lost permission must not dead-letter the stream.
-            for (seq, _) in &culprits {
-                if let Some(i) = self.position(*seq) {
-                    for state in &mut self.entries[i].states {
-                        if let PublishState::Failed(PublishOutcome::Closed { code, reason }) = state
-                        {
-                            *state = PublishState::Failed(PublishOutcome::Closed {
-                                code: None,
-                                reason: format!(
-                                    "{reason} (refused for every message; code {code:?})"
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-        } else {
-            for (seq, refusal) in culprits {
-                let Some(i) = self.position(seq) else {
-                    continue;
-                };
-                let mut entry = std::mem::replace(&mut self.entries[i], placeholder(seq));
-                let reason = match &refusal {
-                    PublishOutcome::Closed { reason, .. } => reason.clone(),
-                    other => describe(other),
-                };
-                match &entry.fate {
-                    Fate::DeadLetter(_) | Fate::HandToBroker(_) => {
-                        entry.fate = Fate::HandToBroker(format!(
-                            "the broker refused the dead letter: {reason}"
-                        ));
-                        entry.set_messages(Vec::new());
-                    }
-                    Fate::Events { vendor, .. } => {
-                        let dead_letter = DeadLetter::new(
-                            &entry.raw,
-                            ErrorKind::PublishRefused,
-                            Some(*vendor),
-                            &format!("the broker refused an event of this message: {reason}"),
-                            now,
-                        );
-                        self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
-                        self.set_dead_letter(&mut entry, dead_letter);
-                        self.held_bytes += entry.bytes;
-                    }
-                }
-                self.entries[i] = entry;
-            }
-        }
-        info!("isolation done; retrying the rest in order");
-        if let Some(outage) = &mut self.outage {
-            outage.next = Some(Instant::now());
         }
     }
 
@@ -752,29 +550,5 @@ impl<'s> Pipeline<'s> {
                 )),
             ),
         }
-    }
-}
-
-impl Entry {
-    fn set_messages(&mut self, messages: Vec<Arc<AmqpMessage>>) {
-        self.bytes = messages.iter().map(|m| m.body.len()).sum();
-        self.states = vec![PublishState::Waiting; messages.len()];
-        self.messages = messages;
-    }
-}
-
-/// An empty entry standing in while one is rebuilt.
-fn placeholder(seq: u64) -> Entry {
-    Entry {
-        seq,
-        tag: 0,
-        span: Span::none(),
-        raw: RawMessage::default(),
-        original: BasicProperties::default(),
-        messages: Vec::new(),
-        states: Vec::new(),
-        fate: Fate::HandToBroker(String::new()),
-        bytes: 0,
-        failing_since: None,
     }
 }
