@@ -42,7 +42,7 @@ impl fmt::Display for Bare<'_> {
         if self.0.is_plain() {
             f.write_str(self.0.0)
         } else {
-            write!(f, "(a name of {} bytes, not shown)", self.0.0.len())
+            write!(f, "(not shown: {} bytes)", self.0.0.len())
         }
     }
 }
@@ -59,17 +59,17 @@ mod tests {
             (
                 "jane@example.com",
                 "(not shown: 16 bytes, not a plain name)",
-                "(a name of 16 bytes, not shown)",
+                "(not shown: 16 bytes)",
             ),
             (
                 "",
                 "(not shown: 0 bytes, not a plain name)",
-                "(a name of 0 bytes, not shown)",
+                "(not shown: 0 bytes)",
             ),
             (
                 "a\nb",
                 "(not shown: 3 bytes, not a plain name)",
-                "(a name of 3 bytes, not shown)",
+                "(not shown: 3 bytes)",
             ),
         ];
         for (name, quoted, bare) in cases {

@@ -321,7 +321,7 @@ mod tests {
         let note = text(&m.properties, "x-normalizer-dropped-headers").unwrap();
         assert!(!note.contains("jane"), "{note}");
         assert!(
-            note.starts_with("(a name of 16 bytes, not shown) (5022 bytes)"),
+            note.starts_with("(not shown: 16 bytes) (5022 bytes)"),
             "{note}"
         );
     }
