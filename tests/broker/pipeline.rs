@@ -241,6 +241,20 @@ async fn assert_neighbours_unharmed(
     letter
 }
 
+/// Publishes ten neighbours, the hostile message (`publish`, a publishing future), ten
+/// more, and checks with [`assert_neighbours_unharmed`]; returns the hostile dead letter.
+async fn hostile_among_neighbours<F: std::future::Future<Output = ()>>(
+    channel: &Channel,
+    worker: &mut WorkerProcess,
+    tag: &str,
+    hostile: &Hostile,
+    publish: F,
+) -> Delivery {
+    let (before, after) = neighbours(tag);
+    let all = publish_around(channel, &before, publish, &after).await;
+    assert_neighbours_unharmed(channel, worker, &all, hostile, Duration::from_secs(30)).await
+}
+
 /// Starts the worker in the vhost and a test channel with `test.events` bound to
 /// everything.
 async fn start(vhost: &TestVhost) -> (WorkerProcess, Connection, Channel) {
@@ -295,21 +309,12 @@ async fn a_fan_out_bomb_is_one_dead_letter_and_memory_stays_bounded() {
         kind: "too_many_events",
         neighbours_may_repeat: false,
     };
-    let (before, after) = neighbours("fanbomb");
-    let all = publish_around(
-        &channel,
-        &before,
-        publish_raw(&channel, &[RawWebhook::new(body, Some("deel"), HOSTILE_ID)]),
-        &after,
-    )
-    .await;
-
-    let letter = assert_neighbours_unharmed(
+    let letter = hostile_among_neighbours(
         &channel,
         &mut worker,
-        &all,
+        "fanbomb",
         &hostile,
-        Duration::from_secs(30),
+        publish_raw(&channel, &[RawWebhook::new(body, Some("deel"), HOSTILE_ID)]),
     )
     .await;
     let detail = header(&letter, "x-normalizer-error").unwrap_or_default();
@@ -346,21 +351,12 @@ async fn an_oversized_entity_id_is_one_dead_letter() {
         kind: "invalid_payload",
         neighbours_may_repeat: false,
     };
-    let (before, after) = neighbours("bigid");
-    let all = publish_around(
-        &channel,
-        &before,
-        publish_raw(&channel, &[RawWebhook::new(body, Some("deel"), HOSTILE_ID)]),
-        &after,
-    )
-    .await;
-
-    let letter = assert_neighbours_unharmed(
+    let letter = hostile_among_neighbours(
         &channel,
         &mut worker,
-        &all,
+        "bigid",
         &hostile,
-        Duration::from_secs(30),
+        publish_raw(&channel, &[RawWebhook::new(body, Some("deel"), HOSTILE_ID)]),
     )
     .await;
     let detail = header(&letter, "x-normalizer-error").unwrap_or_default();
@@ -402,21 +398,12 @@ async fn a_raw_user_id_does_not_break_its_dead_letter() {
     };
     let properties = raw_properties(&RawWebhook::new(Vec::new(), None, HOSTILE_ID))
         .with_user_id("gateway".into());
-    let (before, after) = neighbours("userid");
-    let all = publish_around(
-        &channel,
-        &before,
-        publish_raw_with(&channel, "webhooks.raw", "gateway", &body, properties),
-        &after,
-    )
-    .await;
-
-    let letter = assert_neighbours_unharmed(
+    let letter = hostile_among_neighbours(
         &channel,
         &mut worker,
-        &all,
+        "userid",
         &hostile,
-        Duration::from_secs(30),
+        publish_raw_with(&channel, "webhooks.raw", "gateway", &body, properties),
     )
     .await;
     assert_eq!(
@@ -454,21 +441,12 @@ async fn raw_headers_near_the_frame_limit_still_dead_letter() {
         "x-padding",
         AMQPValue::LongString("p".repeat(130_900).into()),
     );
-    let (before, after) = neighbours("bighead");
-    let all = publish_around(
-        &channel,
-        &before,
-        publish_raw_with(&channel, "webhooks.raw", "gateway", &body, properties),
-        &after,
-    )
-    .await;
-
-    let letter = assert_neighbours_unharmed(
+    let letter = hostile_among_neighbours(
         &channel,
         &mut worker,
-        &all,
+        "bighead",
         &hostile,
-        Duration::from_secs(30),
+        publish_raw_with(&channel, "webhooks.raw", "gateway", &body, properties),
     )
     .await;
     assert!(
@@ -949,23 +927,15 @@ async fn an_event_over_the_brokers_max_message_size_is_one_dead_letter() {
         kind: "publish_refused",
         neighbours_may_repeat: true,
     };
-    let (before, after) = neighbours("maxsize");
-    let all = publish_around(
+    let letter = hostile_among_neighbours(
         &channel,
-        &before,
+        &mut worker,
+        "maxsize",
+        &hostile,
         publish_raw(
             &channel,
             &[RawWebhook::new(body, Some("authenticate"), HOSTILE_ID)],
         ),
-        &after,
-    )
-    .await;
-    let letter = assert_neighbours_unharmed(
-        &channel,
-        &mut worker,
-        &all,
-        &hostile,
-        Duration::from_secs(30),
     )
     .await;
     let detail = header(&letter, "x-normalizer-error").unwrap_or_default();
