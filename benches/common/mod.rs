@@ -1,0 +1,121 @@
+//! Shared by the end-to-end benchmarks (`throughput`, `output_cost`, `latency`,
+//! `growth`): the raw-message mixes, the broker fixtures (a fresh vhost per run with the
+//! worker's topology), the measured runs of the worker binary and of the passthrough
+//! baselines, the recording of the worker's exact output, and the report helpers.
+//!
+//! Every benchmark executable doubles as the passthrough: re-run as
+//! `EXE --passthrough ...` it becomes the baseline client ([`passthrough`]), so the
+//! baseline is measured as its own process, like the worker.
+
+// Each benchmark uses part of this module.
+#![allow(dead_code)]
+
+pub mod broker;
+pub mod mix;
+pub mod passthrough;
+pub mod procs;
+pub mod recording;
+pub mod report;
+pub mod runs;
+
+use std::time::Duration;
+
+/// The broker, without a vhost.
+pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672";
+/// Prefix of the vhosts these benchmarks create: `wn-bench-{pid}-{n}-{label}`.
+pub const VHOST_PREFIX: &str = "wn-bench-";
+/// Captures everything published to the canonical exchange (bound `#`), in every run,
+/// so the worker's and the baselines' output is stored alike and can be counted or
+/// recorded.
+pub const EVENTS_QUEUE: &str = "bench.events";
+/// The `x-received-at` every raw message carries, as a gateway sets it.
+pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
+/// Giving up on a run that made no progress for this long.
+pub const STALL: Duration = Duration::from_secs(60);
+/// The raw message id of message `seq`: `bench-{seq}`. Ids are how outputs are matched
+/// to raw messages (events carry it as `correlation_id`, dead letters as `message_id`).
+pub fn raw_id(seq: u64) -> String {
+    format!("bench-{seq}")
+}
+
+/// The sequence number in a raw message id made by [`raw_id`].
+pub fn parse_raw_id(id: &str) -> Option<u64> {
+    id.strip_prefix("bench-")?.parse().ok()
+}
+
+/// Benchmark options common to every target: `--bench` (added by cargo) is ignored, a
+/// bare word is cargo's name filter (meant for other benchmarks: the target is skipped
+/// unless its name contains it), `--flag value` pairs are returned.
+pub struct Args {
+    pub skip: bool,
+    pairs: Vec<(String, String)>,
+    usage: String,
+}
+
+impl Args {
+    pub fn parse(target: &str, flags: &[&str], usage: &str) -> Args {
+        let mut skip = false;
+        let mut pairs = Vec::new();
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--bench" {
+                continue;
+            }
+            if let Some(flag) = arg.strip_prefix("--") {
+                assert!(
+                    flags.contains(&flag),
+                    "unknown argument {arg:?}; usage: {usage}"
+                );
+                let value = args
+                    .next()
+                    .unwrap_or_else(|| panic!("{arg} needs a value; usage: {usage}"));
+                pairs.push((flag.to_owned(), value));
+            } else {
+                skip = !target.contains(arg.as_str());
+            }
+        }
+        Args {
+            skip,
+            pairs,
+            usage: usage.to_owned(),
+        }
+    }
+
+    pub fn text(&self, flag: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .rev()
+            .find(|(f, _)| f == flag)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A positive number, or `default`.
+    pub fn number(&self, flag: &str, default: u64) -> u64 {
+        self.text(flag).map_or(default, |v| {
+            v.parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+                panic!("--{flag} needs a positive number; usage: {}", self.usage)
+            })
+        })
+    }
+
+    /// A comma-separated list of positive numbers, or `default`.
+    pub fn numbers(&self, flag: &str, default: &[u64]) -> Vec<u64> {
+        self.text(flag).map_or(default.to_vec(), |v| {
+            v.split(',')
+                .map(|n| {
+                    n.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+                        panic!("--{flag} needs numbers like 1,2,3; usage: {}", self.usage)
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A comma-separated list of words, or `default`.
+    pub fn words(&self, flag: &str, default: &[&str]) -> Vec<String> {
+        self.text(flag).map_or_else(
+            || default.iter().map(|s| (*s).to_owned()).collect(),
+            |v| v.split(',').map(|s| s.trim().to_owned()).collect(),
+        )
+    }
+}

@@ -1,0 +1,289 @@
+//! The measured processes: the worker binary, the passthrough child, and what `/proc`
+//! says about them and about the broker.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The worker binary, `run`ning against a vhost; killed if dropped while still running.
+pub struct WorkerProcess {
+    child: Child,
+    pub health: SocketAddr,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl WorkerProcess {
+    /// Spawns it and waits for the health address it logs at info when it starts (so
+    /// the filter stays at info; per-message lines are debug, except one warn line per
+    /// dead letter).
+    pub fn start(url: &str) -> WorkerProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+            .arg("run")
+            .env("NORMALIZER__AMQP__URL", url)
+            .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
+            .env("NORMALIZER__LOG__FORMAT", "json")
+            .env("NORMALIZER__LOG__FILTER", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("worker starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let (address_tx, address_rx) = mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Ok(v) = serde_json::from_str::<Value>(&line)
+                        && let Some(address) = v.get("address").and_then(Value::as_str)
+                        && let Ok(address) = address.parse::<SocketAddr>()
+                    {
+                        let _ = address_tx.send(address);
+                    }
+                    let mut logs = logs.lock().unwrap();
+                    if logs.len() == 20 {
+                        logs.pop_front();
+                    }
+                    logs.push_back(line);
+                }
+            });
+        }
+        let mut worker = WorkerProcess {
+            child,
+            health: SocketAddr::from(([127, 0, 0, 1], 0)),
+            logs,
+        };
+        match address_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => worker.health = address,
+            Err(_) => panic!(
+                "worker logged no health address; last log lines:\n{}",
+                worker.log_tail()
+            ),
+        }
+        worker
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn readiness(&self) -> Counters {
+        let body = http_get(self.health, "/readyz").unwrap_or_default();
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
+    /// Waits (up to 30 s) until `/readyz` says it is consuming.
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.readiness().ready {
+            self.check_alive(0);
+            assert!(
+                Instant::now() < deadline,
+                "worker not ready; last log lines:\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Panics with its last log lines if it has exited.
+    pub fn check_alive(&mut self, acked: u64) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "worker exited ({status}) at {acked} acked; last log lines:\n{}",
+                self.log_tail()
+            );
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let logs = self.logs.lock().unwrap();
+        logs.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGTERM, then waits for the graceful exit.
+    pub fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "worker exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The counters of `/readyz` these benchmarks read.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(default)]
+pub struct Counters {
+    pub ready: bool,
+    pub consumed: u64,
+    pub acked: u64,
+    pub requeued: u64,
+    pub settle_failed: u64,
+    pub sessions: u64,
+    pub publish_retries: u64,
+    pub in_flight: u64,
+}
+
+/// `GET path` over a plain TCP connection: the response body.
+fn http_get(address: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// The passthrough child (this executable in `--passthrough` mode), whose stdout lines
+/// are read on a thread; killed if dropped while still running.
+pub struct PassthroughProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl PassthroughProcess {
+    pub fn start(args: &[String]) -> PassthroughProcess {
+        let mut child = Command::new(std::env::current_exe().expect("own path"))
+            .arg("--passthrough")
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("passthrough starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        PassthroughProcess { child, lines }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The next line it prints, within `limit`.
+    pub fn line(&mut self, limit: Duration) -> String {
+        match self.lines.recv_timeout(limit) {
+            Ok(line) => line,
+            Err(_) => {
+                let status = self.child.try_wait().ok().flatten();
+                panic!("passthrough printed nothing within {limit:?} (exited: {status:?})");
+            }
+        }
+    }
+
+    /// Waits (bounded) for it to exit, successfully.
+    pub fn wait(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                assert!(status.success(), "passthrough exited with {status}");
+                return;
+            }
+            assert!(Instant::now() < deadline, "passthrough did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PassthroughProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second, for `/proc/*/stat` times.
+pub fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// The local broker's OS process id, asked of the broker itself.
+pub fn broker_pid() -> Option<u32> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "eval", "os:getpid()."])
+        .output()
+        .ok()?;
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_matches('"')
+        .parse()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}/stat"))
+        .exists()
+        .then_some(pid)
+}
+
+/// CPU ticks (`utime` + `stime`) and `VmHWM` (KiB) from a `/proc/{pid}` folder.
+pub fn process_usage(proc_dir: &str) -> (u64, u64) {
+    let stat = std::fs::read_to_string(format!("{proc_dir}/stat")).expect("/proc stat");
+    let used = cpu_ticks(&stat).expect("/proc stat format");
+    let status = std::fs::read_to_string(format!("{proc_dir}/status")).expect("/proc status");
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    (used, peak)
+}
+
+/// CPU ticks of a process, if it exists.
+pub fn pid_ticks(pid: u32) -> Option<u64> {
+    cpu_ticks(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// `utime` + `stime` of a `/proc/{pid}/stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields 14 and 15; counted after the command name, which is in parentheses and may
+    // contain spaces, they are the 12th and 13th.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
