@@ -48,7 +48,7 @@ fn main() {
         return;
     }
     let only = args.words("only", &["size", "fanout", "workers"]);
-    let n = args.number("messages", 8000) as usize;
+    let n = args.number("messages", 16_000) as usize;
     let rounds = args.number("rounds", 2) as usize;
     let sizes = args.numbers("sizes", &[1024, 10 * 1024, 100 * 1024]);
     let elements = args.numbers("elements", &[1, 10, 100]);

@@ -67,6 +67,10 @@ struct Measured {
     max_send_lag: Duration,
     cpu_us: f64,
     broker_cpu_us: f64,
+    /// Worker only, from `/readyz` sampled every 2 ms: the most raw messages held, and
+    /// the longest time its `acked` count stood still while it held some.
+    max_in_flight: Option<u64>,
+    longest_ack_gap: Option<Duration>,
 }
 
 fn main() {
@@ -140,6 +144,8 @@ fn main() {
         "client CPU µs/msg",
         "broker CPU µs/msg",
         "max send lag ms",
+        "worker: max held",
+        "worker: longest ack gap ms",
     ]);
     for rate in &rates {
         for (round, m) in all.iter().filter(|(_, m)| m.rate == *rate) {
@@ -163,6 +169,9 @@ fn main() {
                 f1(m.cpu_us),
                 f1(m.broker_cpu_us),
                 f1(m.max_send_lag.as_secs_f64() * 1e3),
+                m.max_in_flight.map_or("–".into(), |h| h.to_string()),
+                m.longest_ack_gap
+                    .map_or("–".into(), |g| f0(g.as_secs_f64() * 1e3)),
             ]);
         }
     }
@@ -235,6 +244,7 @@ fn measure(
             pid
         }
     };
+    let watcher = worker.as_ref().map(|w| watch(w.health));
     let cpu_before = pid_ticks(pid);
     let broker_before = env.broker_ticks();
     let (sent, arrivals, offered, max_send_lag) = env
@@ -246,6 +256,14 @@ fn measure(
     let broker_cpu_us = env
         .broker_cpu_since(broker_before)
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6 / total as f64);
+    let (max_in_flight, longest_ack_gap) = match watcher {
+        Some((stop, thread)) => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let (held, gap) = thread.join().expect("watcher");
+            (Some(held), Some(gap))
+        }
+        None => (None, None),
+    };
     if let Some(mut w) = worker {
         w.terminate();
     }
@@ -284,7 +302,38 @@ fn measure(
         max_send_lag,
         cpu_us: cpu,
         broker_cpu_us,
+        max_in_flight,
+        longest_ack_gap,
     }
+}
+
+type Watcher = (
+    Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<(u64, Duration)>,
+);
+
+/// Samples the worker's `/readyz` every 2 ms until stopped: the most raw messages it
+/// held, and the longest time `acked` stood still while it held some.
+fn watch(health: std::net::SocketAddr) -> Watcher {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let (mut held, mut gap) = (0, Duration::ZERO);
+        let mut last = (0, Instant::now());
+        while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            let c = common::procs::readiness(health);
+            let now = Instant::now();
+            held = held.max(c.in_flight);
+            if c.acked != last.0 || c.in_flight == 0 {
+                last = (c.acked, now);
+            } else {
+                gap = gap.max(now - last.1);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (held, gap)
+    });
+    (stop, thread)
 }
 
 /// Publishes `total` raw messages at `rate` while consuming the canonical output:

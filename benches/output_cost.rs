@@ -18,7 +18,7 @@
 //!
 //! ```sh
 //! cargo bench --bench output_cost
-//! cargo bench --bench output_cost -- --messages 50000 --rounds 5
+//! cargo bench --bench output_cost -- --messages 50000 --rounds 9
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -46,7 +46,7 @@ fn main() {
         return;
     }
     let n = args.number("messages", 20_000) as usize;
-    let rounds = args.number("rounds", 3) as usize;
+    let rounds = args.number("rounds", 5) as usize;
 
     let env = Env::new();
     let mix = Mix::standard(n);

@@ -76,8 +76,7 @@ impl WorkerProcess {
     }
 
     pub fn readiness(&self) -> Counters {
-        let body = http_get(self.health, "/readyz").unwrap_or_default();
-        serde_json::from_str(&body).unwrap_or_default()
+        readiness(self.health)
     }
 
     /// Waits (up to 30 s) until `/readyz` says it is consuming.
@@ -152,6 +151,12 @@ pub struct Counters {
     pub sessions: u64,
     pub publish_retries: u64,
     pub in_flight: u64,
+}
+
+/// The worker's `/readyz` counters (all zero if it does not answer).
+pub fn readiness(health: SocketAddr) -> Counters {
+    let body = http_get(health, "/readyz").unwrap_or_default();
+    serde_json::from_str(&body).unwrap_or_default()
 }
 
 /// `GET path` over a plain TCP connection: the response body.
