@@ -67,7 +67,7 @@ struct Measured {
     max_send_lag: Duration,
     cpu_us: f64,
     broker_cpu_us: f64,
-    /// Worker only, from `/readyz` sampled every 2 ms: the most raw messages held, and
+    /// Worker only, from `/readyz` sampled every 10 ms: the most raw messages held, and
     /// the longest time its `acked` count stood still while it held some.
     max_in_flight: Option<u64>,
     longest_ack_gap: Option<Duration>,
@@ -312,7 +312,7 @@ type Watcher = (
     std::thread::JoinHandle<(u64, Duration)>,
 );
 
-/// Samples the worker's `/readyz` every 2 ms until stopped: the most raw messages it
+/// Samples the worker's `/readyz` every 10 ms (light enough not to load it) until stopped: the most raw messages it
 /// held, and the longest time `acked` stood still while it held some.
 fn watch(health: std::net::SocketAddr) -> Watcher {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -329,7 +329,7 @@ fn watch(health: std::net::SocketAddr) -> Watcher {
             } else {
                 gap = gap.max(now - last.1);
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(10));
         }
         (held, gap)
     });
