@@ -369,10 +369,35 @@ pub enum Settle {
 /// What goes on the wire for a run of settlements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SettleFrame {
-    /// `basic.ack` with `multiple`: every unsettled delivery up to `tag`.
-    AckUpTo { tag: u64 },
+    /// `basic.ack` with `multiple`: every unsettled delivery up to `tag`; `deliveries`
+    /// of them were settled by this batch.
+    AckUpTo { tag: u64, deliveries: u64 },
     /// `basic.reject` of one delivery.
     Reject { tag: u64, requeue: bool },
+}
+
+/// When settled deliveries go to the broker. Every ack costs the broker a write to the
+/// queue's log, so acks wait to be batched: until `batch` settlements are pending, or
+/// the oldest has waited `wait`. Waiting costs no latency downstream (events are
+/// published before their raw message is settled); it only holds prefetch slots a little
+/// longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckPolicy {
+    pub batch: usize,
+    pub wait: Duration,
+}
+
+impl AckPolicy {
+    /// The worker's policy: 64 deliveries or 1 ms, whichever comes first.
+    pub const DEFAULT: AckPolicy = AckPolicy {
+        batch: 64,
+        wait: Duration::from_millis(1),
+    };
+
+    /// Whether to send the `pending` settlements now; `draining` sends at once.
+    pub fn due(&self, pending: usize, oldest_waited: Duration, draining: bool) -> bool {
+        pending > 0 && (draining || pending >= self.batch || oldest_waited >= self.wait)
+    }
 }
 
 /// Batches settlements: consecutive acks become one `multiple` ack of the highest tag.
@@ -384,8 +409,14 @@ pub fn coalesce(settles: &[Settle]) -> Vec<SettleFrame> {
     for settle in settles {
         match *settle {
             Settle::Ack { tag } => match frames.last_mut() {
-                Some(SettleFrame::AckUpTo { tag: last }) => *last = (*last).max(tag),
-                _ => frames.push(SettleFrame::AckUpTo { tag }),
+                Some(SettleFrame::AckUpTo {
+                    tag: last,
+                    deliveries,
+                }) => {
+                    *last = (*last).max(tag);
+                    *deliveries += 1;
+                }
+                _ => frames.push(SettleFrame::AckUpTo { tag, deliveries: 1 }),
             },
             Settle::Reject { tag, requeue } => frames.push(SettleFrame::Reject { tag, requeue }),
         }
@@ -645,15 +676,36 @@ mod tests {
     }
 
     #[test]
+    fn settlements_wait_for_a_batch_or_a_millisecond_unless_draining() {
+        let policy = AckPolicy::DEFAULT;
+        let ms = Duration::from_millis;
+        let cases = [
+            (0, ms(5), true, false),
+            (1, ms(0), false, false),
+            (63, Duration::from_micros(999), false, false),
+            (64, ms(0), false, true),
+            (1, ms(1), false, true),
+            (1, ms(0), true, true),
+        ];
+        for (pending, waited, draining, due) in cases {
+            assert_eq!(
+                policy.due(pending, waited, draining),
+                due,
+                "{pending} pending, {waited:?}, draining {draining}"
+            );
+        }
+    }
+
+    #[test]
     fn consecutive_acks_become_one_multiple_ack_and_rejects_end_a_batch() {
         use Settle::*;
-        let ack = |tag| SettleFrame::AckUpTo { tag };
+        let ack = |tag, deliveries| SettleFrame::AckUpTo { tag, deliveries };
         let cases: [(&[Settle], Vec<SettleFrame>); 5] = [
             (&[], vec![]),
-            (&[Ack { tag: 1 }], vec![ack(1)]),
+            (&[Ack { tag: 1 }], vec![ack(1, 1)]),
             (
                 &[Ack { tag: 1 }, Ack { tag: 2 }, Ack { tag: 3 }],
-                vec![ack(3)],
+                vec![ack(3, 3)],
             ),
             (
                 &[
@@ -667,12 +719,12 @@ mod tests {
                     Ack { tag: 8 },
                 ],
                 vec![
-                    ack(5),
+                    ack(5, 2),
                     SettleFrame::Reject {
                         tag: 6,
                         requeue: true,
                     },
-                    ack(8),
+                    ack(8, 2),
                 ],
             ),
             (

@@ -150,6 +150,7 @@ pub struct Counters {
     pub settle_failed: u64,
     pub sessions: u64,
     pub publish_retries: u64,
+    pub ack_frames: u64,
     pub in_flight: u64,
 }
 

@@ -71,7 +71,7 @@ pub struct Run {
     pub requeued: u64,
     pub publish_retries: u64,
     pub reconnects: u64,
-    /// Passthrough: ack frames it sent.
+    /// Ack frames sent (the worker's from `/readyz`).
     pub ack_frames: Option<u64>,
 }
 
@@ -193,6 +193,7 @@ impl Env {
                         run.wall = started.elapsed();
                         run.requeued = counters.iter().map(|c| c.requeued).sum();
                         run.publish_retries = counters.iter().map(|c| c.publish_retries).sum();
+                        run.ack_frames = Some(counters.iter().map(|c| c.ack_frames).sum());
                         run.reconnects =
                             counters.iter().map(|c| c.sessions.saturating_sub(1)).sum();
                         break;

@@ -5,9 +5,11 @@
 mod connection;
 mod dead_letter;
 mod error;
+mod ordered;
 mod pipeline;
 mod publish;
 mod session;
+mod settler;
 mod topology;
 
 pub use connection::connect;

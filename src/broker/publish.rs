@@ -3,7 +3,6 @@
 //! frame before they are sent; each publish `mandatory`, each confirm awaited.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -95,9 +94,6 @@ pub(crate) fn header_entry_size(name: &ShortString, value: &AMQPValue) -> usize 
     encoded.map_or(usize::MAX, |bytes| bytes.len().saturating_sub(4))
 }
 
-/// A publish in flight: resolves to how it ended.
-pub(crate) type PendingPublish = Pin<Box<dyn Future<Output = PublishOutcome> + Send>>;
-
 /// The publishing connection and its confirm-mode channel.
 pub(crate) struct Publisher {
     connection: Connection,
@@ -177,11 +173,14 @@ impl Publisher {
     /// Publishes `message` (`mandatory`) and resolves when it is confirmed, returned,
     /// nacked, timed out or its channel closed. The frames are handed to the client the
     /// first time the future is polled: poll it at once to fix the order of publishes.
-    pub(crate) fn publish(&self, message: Arc<AmqpMessage>) -> PendingPublish {
+    pub(crate) fn publish(
+        &self,
+        message: Arc<AmqpMessage>,
+    ) -> impl Future<Output = PublishOutcome> + Send + 'static {
         let channel = self.channel.clone();
         let blocked = self.blocked.clone();
         let timeout = self.confirm_timeout;
-        Box::pin(async move {
+        async move {
             let options = BasicPublishOptions {
                 // Unroutable is not success: the broker returns it.
                 mandatory: true,
@@ -200,7 +199,7 @@ impl Publisher {
                 Ok(confirm) => await_confirm(confirm, timeout, &blocked).await,
                 Err(e) => closed(&e),
             }
-        })
+        }
     }
 
     /// Closes the connection; a courtesy, bounded, since the broker may be gone.

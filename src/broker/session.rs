@@ -1,14 +1,12 @@
 //! One broker session: the consuming connection and its consumer, the publishing side,
-//! the task that settles deliveries, and the loop that feeds the pipeline until shutdown
-//! or until the consuming connection is lost (the only failure that ends a session:
-//! without it, no delivery can be settled).
+//! and the loop that feeds the pipeline and settles what it decides, until shutdown or
+//! until the consuming connection is lost (the only failure that ends a session: without
+//! it, no delivery can be settled).
 
 use std::time::Duration;
 
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions,
-};
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer, Event};
 use tokio::sync::mpsc;
@@ -20,8 +18,8 @@ use super::connection::connect;
 use super::error::{BrokerError, Role};
 use super::pipeline::Pipeline;
 use super::publish::Publisher;
+use super::settler::Settler;
 use crate::config::Settings;
-use crate::delivery::{Settle, SettleFrame, coalesce};
 use crate::ops::{Health, WorkerState};
 
 /// How a session ended.
@@ -41,7 +39,6 @@ pub struct Session {
     consumer_tag: String,
     publisher: Publisher,
     failures: mpsc::Receiver<BrokerError>,
-    failure_tx: mpsc::Sender<BrokerError>,
     watcher: tokio::task::JoinHandle<()>,
 }
 
@@ -53,7 +50,7 @@ impl Session {
         let publisher = Publisher::open(settings, health).await?;
         let connection = connect(&settings.amqp, Role::Consumer).await?;
         let (failure_tx, failures) = mpsc::channel(4);
-        let watcher = watch_consumer_connection(&connection, failure_tx.clone());
+        let watcher = watch_consumer_connection(&connection, failure_tx);
         let channel = connection
             .create_channel()
             .await
@@ -82,7 +79,6 @@ impl Session {
             consumer_tag,
             publisher,
             failures,
-            failure_tx,
             watcher,
         })
     }
@@ -97,12 +93,8 @@ impl Session {
         shutdown: &CancellationToken,
         health: &Health,
     ) -> SessionEnd {
-        let (settle_tx, settler) = spawn_settler(
-            self.channel.clone(),
-            health.clone(),
-            self.failure_tx.clone(),
-        );
-        let mut pipeline = Pipeline::new(settings, self.publisher, settle_tx, health.clone());
+        let mut pipeline = Pipeline::new(settings, self.publisher, health.clone());
+        let mut settler = Settler::new(self.channel.clone(), health.clone());
         health.set_state(WorkerState::Consuming, None);
         info!(queue = %settings.input.queue, prefetch = settings.input.prefetch, "consuming");
 
@@ -110,6 +102,7 @@ impl Session {
         let end = loop {
             let can_take = drain_deadline.is_none() && pipeline.can_take();
             let retry_at = pipeline.retry_at();
+            let settle_at = settler.due_at();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if drain_deadline.is_none() => {
@@ -123,7 +116,14 @@ impl Session {
                 }
                 Some(failure) = self.failures.recv() => break SessionEnd::Failed(failure),
                 Some(decided) = pipeline.next_decided() => pipeline.on_decided(decided),
+                Some(written) = settler.next_written() => {
+                    if let Err(failure) = written {
+                        break SessionEnd::Failed(failure);
+                    }
+                }
                 _ = sleep_until(retry_at), if retry_at.is_some() => pipeline.retry().await,
+                // Settlements waited long enough: sent below.
+                _ = sleep_until(settle_at), if settle_at.is_some() => {}
                 next = self.consumer.next(), if can_take => match next {
                     Some(Ok(delivery)) => pipeline.admit(delivery).await,
                     Some(Err(e)) => break SessionEnd::Failed(BrokerError::Amqp {
@@ -141,7 +141,13 @@ impl Session {
                     break SessionEnd::Shutdown;
                 }
             }
+            // Settle everything already decided; acks go out in batches.
+            pipeline.drain_decided();
             pipeline.advance();
+            settler.queue(pipeline.take_settled());
+            if let Err(failure) = settler.send_due(drain_deadline.is_some()).await {
+                break SessionEnd::Failed(failure);
+            }
             if drain_deadline.is_some() && pipeline.held() == 0 {
                 break SessionEnd::Shutdown;
             }
@@ -154,12 +160,9 @@ impl Session {
             None,
         );
 
-        // Closing the settle queue lets the settler send what it has, then stop.
         let publisher = pipeline.into_publisher();
-        if tokio::time::timeout(Duration::from_secs(5), settler)
-            .await
-            .is_err()
-        {
+        // After a failure the channel is usually gone; settling is then best effort.
+        if !settler.finish(Duration::from_secs(5)).await && matches!(end, SessionEnd::Shutdown) {
             warn!("settling deliveries did not finish; they will be redelivered");
         }
         self.watcher.abort();
@@ -200,57 +203,4 @@ fn watch_consumer_connection(
             }
         }
     })
-}
-
-/// Sends settlements on the consuming channel in the order the pipeline makes them,
-/// batching whatever has queued up meanwhile ([`coalesce`]): under load many acks
-/// become one `multiple` ack, and an idle worker acks at once. Ends when the pipeline
-/// drops its sender, or at the first failure (the consuming channel is gone: the
-/// session ends and the broker requeues what was not settled).
-fn spawn_settler(
-    channel: Channel,
-    health: Health,
-    failures: mpsc::Sender<BrokerError>,
-) -> (mpsc::UnboundedSender<Settle>, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Settle>();
-    let task = tokio::spawn(async move {
-        let mut batch = Vec::new();
-        while let Some(first) = rx.recv().await {
-            batch.clear();
-            batch.push(first);
-            while let Ok(next) = rx.try_recv() {
-                batch.push(next);
-            }
-            for frame in coalesce(&batch) {
-                let sent = match frame {
-                    SettleFrame::AckUpTo { tag } => {
-                        channel
-                            .basic_ack(tag, BasicAckOptions { multiple: true })
-                            .await
-                    }
-                    SettleFrame::Reject { tag, requeue } => {
-                        channel
-                            .basic_reject(tag, BasicRejectOptions { requeue })
-                            .await
-                    }
-                };
-                if let Err(e) = sent {
-                    health.add_settle_failed();
-                    let _ = failures
-                        .send(BrokerError::Amqp {
-                            what: "settling deliveries".into(),
-                            source: e,
-                        })
-                        .await;
-                    return;
-                }
-            }
-            let acked = batch
-                .iter()
-                .filter(|s| matches!(s, Settle::Ack { .. }))
-                .count();
-            health.add_acked(acked as u64);
-        }
-    });
-    (tx, task)
 }

@@ -52,6 +52,7 @@ struct Shared {
     settle_failed: AtomicU64,
     sessions: AtomicU64,
     publish_retries: AtomicU64,
+    ack_frames: AtomicU64,
     handed_to_broker: AtomicU64,
     in_flight: AtomicU64,
 }
@@ -83,6 +84,9 @@ pub struct HealthSnapshot {
     pub sessions: u64,
     /// Publishes sent again after a transient failure.
     pub publish_retries: u64,
+    /// `basic.ack` frames sent; each acknowledges every settled raw message before it
+    /// (`multiple`), so `acked / ack_frames` is the mean batch.
+    pub ack_frames: u64,
     /// Raw messages whose dead letter could not be published, handed to the raw queue's
     /// own dead-lettering (`basic.reject` without requeue) instead.
     pub handed_to_broker: u64,
@@ -105,8 +109,10 @@ impl Health {
     pub fn add_consumed(&self) {
         self.0.consumed.fetch_add(1, Ordering::Relaxed);
     }
+    /// One `basic.ack` frame written, acknowledging `n` raw messages.
     pub fn add_acked(&self, n: u64) {
         self.0.acked.fetch_add(n, Ordering::Relaxed);
+        self.0.ack_frames.fetch_add(1, Ordering::Relaxed);
     }
     pub fn add_events_published(&self, n: u64) {
         self.0.events_published.fetch_add(n, Ordering::Relaxed);
@@ -149,6 +155,7 @@ impl Health {
             settle_failed: s.settle_failed.load(Ordering::Relaxed),
             sessions: s.sessions.load(Ordering::Relaxed),
             publish_retries: s.publish_retries.load(Ordering::Relaxed),
+            ack_frames: s.ack_frames.load(Ordering::Relaxed),
             handed_to_broker: s.handed_to_broker.load(Ordering::Relaxed),
             in_flight: s.in_flight.load(Ordering::Relaxed),
         }

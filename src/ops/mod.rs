@@ -5,5 +5,5 @@ mod health;
 mod outcome;
 
 pub use health::{Health, HealthSnapshot, WorkerState, serve};
-pub use outcome::Outcome;
 pub(crate) use outcome::describe;
+pub use outcome::{Delivery, Outcome};

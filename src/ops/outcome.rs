@@ -1,13 +1,33 @@
-//! What became of one raw message, counted and logged in one place. Called inside the
-//! delivery's span (which carries its tag and gateway message id), so the fields are
-//! not repeated here.
+//! What became of one raw message, counted and logged in one place, inside a span of
+//! the delivery that carries its tag and the gateway's message id (shown only when it
+//! looks like an id).
 
 use std::time::Duration;
 
-use tracing::{debug, error, warn};
+use tracing::{Level, Span, debug, error, info_span, warn};
 
 use super::Health;
 use crate::delivery::{DeadLetter, PublishOutcome};
+use crate::redact::SafeName;
+
+/// Which raw message an outcome is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The delivery tag on the consuming channel.
+    pub tag: u64,
+    /// The gateway's `message_id`, when it set one.
+    pub message_id: Option<&'a str>,
+}
+
+impl Delivery<'_> {
+    fn span(&self) -> Span {
+        info_span!(
+            "delivery",
+            tag = self.tag,
+            message_id = %SafeName(self.message_id.unwrap_or_default()).bare(),
+        )
+    }
+}
 
 /// How one raw message was settled.
 #[derive(Debug)]
@@ -27,13 +47,19 @@ pub enum Outcome<'a> {
 }
 
 impl Outcome<'_> {
-    /// Counts and logs the outcome.
-    pub fn record(&self, health: &Health) {
-        match self {
-            Outcome::Published { events } => {
-                health.add_events_published(*events as u64);
-                debug!(events, "published");
+    /// Counts and logs the outcome. The span is made only when the log is written: the
+    /// common outcome, published, logs at debug.
+    pub fn record(&self, health: &Health, delivery: Delivery<'_>) {
+        if let Outcome::Published { events } = self {
+            health.add_events_published(*events as u64);
+            if tracing::enabled!(Level::DEBUG) {
+                delivery.span().in_scope(|| debug!(events, "published"));
             }
+            return;
+        }
+        let _entered = delivery.span().entered();
+        match self {
+            Outcome::Published { .. } => {}
             Outcome::DeadLettered(dead_letter) => {
                 health.add_dead_lettered();
                 warn!(

@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use lapin::BasicProperties;
 use tokio::time::Instant;
-use tracing::Span;
 
 use crate::broker::publish::AmqpMessage;
 use crate::canonical::Vendor;
 use crate::delivery::{DeadLetter, Fault, PublishOutcome, RawMessage};
+use crate::ops::Delivery;
 
 /// Where one AMQP message of a delivery stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,6 @@ pub(super) enum Fate {
 pub(super) struct Entry {
     pub(super) seq: u64,
     pub(super) tag: u64,
-    pub(super) span: Span,
     pub(super) raw: RawMessage,
     pub(super) original: BasicProperties,
     pub(super) messages: Vec<Arc<AmqpMessage>>,
@@ -51,6 +50,14 @@ pub(super) struct Entry {
 }
 
 impl Entry {
+    /// Who the delivery is, for its outcome's log.
+    pub(super) fn delivery(&self) -> Delivery<'_> {
+        Delivery {
+            tag: self.tag,
+            message_id: self.original.message_id().as_ref().map(|id| id.as_str()),
+        }
+    }
+
     pub(super) fn in_flight(&self) -> bool {
         self.states
             .iter()
@@ -92,7 +99,6 @@ pub(super) fn placeholder(seq: u64) -> Entry {
     Entry {
         seq,
         tag: 0,
-        span: Span::none(),
         raw: RawMessage::default(),
         original: BasicProperties::default(),
         messages: Vec::new(),

@@ -26,12 +26,12 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use chrono::Utc;
+use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::message::Delivery;
 use lapin::types::ShortString;
-use tokio::sync::mpsc;
 use tokio::time::{Duration, Instant};
-use tracing::{info, info_span, warn};
+use tracing::{info, warn};
 
 mod entry;
 mod isolation;
@@ -40,16 +40,14 @@ use entry::{Entry, Fate, PublishState};
 use isolation::Isolation;
 
 use super::dead_letter::dead_letter_message;
-use super::publish::{
-    AmqpMessage, PendingPublish, Publisher, header_payload_size, header_room, header_text,
-};
+use super::ordered;
+use super::publish::{AmqpMessage, Publisher, header_payload_size, header_room, header_text};
 use crate::config::Settings;
 use crate::delivery::{
     DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
 };
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Health, Outcome, WorkerState, describe};
-use crate::redact::SafeName;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -80,7 +78,8 @@ pub(crate) struct Pipeline<'s> {
     output_exchange: ShortString,
     dead_letter_exchange: ShortString,
     publisher: Publisher,
-    settle: mpsc::UnboundedSender<Settle>,
+    /// Settlements made and not yet handed to the settler, in order.
+    settled: Vec<Settle>,
     health: Health,
     entries: VecDeque<Entry>,
     next_seq: u64,
@@ -95,7 +94,6 @@ impl<'s> Pipeline<'s> {
     pub(crate) fn new(
         settings: &'s Settings,
         publisher: Publisher,
-        settle: mpsc::UnboundedSender<Settle>,
         health: Health,
     ) -> Pipeline<'s> {
         Pipeline {
@@ -109,7 +107,7 @@ impl<'s> Pipeline<'s> {
             output_exchange: settings.output.exchange.as_str().into(),
             dead_letter_exchange: settings.dead_letter.exchange.as_str().into(),
             publisher,
-            settle,
+            settled: Vec::new(),
             health,
             entries: VecDeque::new(),
             next_seq: 0,
@@ -147,6 +145,19 @@ impl<'s> Pipeline<'s> {
         self.decided.next().await
     }
 
+    /// Records every publish already decided, without waiting: confirms arrive in
+    /// bursts, and settling a whole burst at once makes one `multiple` ack of it.
+    pub(crate) fn drain_decided(&mut self) {
+        while let Some(Some(decided)) = self.decided.next().now_or_never() {
+            self.on_decided(decided);
+        }
+    }
+
+    /// The settlements made since the last call, in order.
+    pub(crate) fn take_settled(&mut self) -> Vec<Settle> {
+        std::mem::take(&mut self.settled)
+    }
+
     /// Takes a delivery: plans it, bounds it, and publishes it (unless publishes are
     /// failing, in which case it waits its turn).
     pub(crate) async fn admit(&mut self, delivery: Delivery) {
@@ -159,12 +170,6 @@ impl<'s> Pipeline<'s> {
             properties,
             ..
         } = delivery;
-        let message_id = properties.message_id().as_ref().map(|id| id.to_string());
-        let span = info_span!(
-            "delivery",
-            tag = delivery_tag,
-            message_id = %SafeName(message_id.as_deref().unwrap_or_default()).bare(),
-        );
         let raw = RawMessage {
             body: data,
             exchange: exchange.to_string(),
@@ -178,7 +183,6 @@ impl<'s> Pipeline<'s> {
         let mut entry = Entry {
             seq,
             tag: delivery_tag,
-            span,
             raw,
             original: properties,
             messages: Vec::new(),
@@ -283,27 +287,21 @@ impl<'s> Pipeline<'s> {
             self.health.add_publish_retries(1);
         }
         entry.states[index] = PublishState::InFlight { attempt };
-        let mut publish: PendingPublish = self.publisher.publish(entry.messages[index].clone());
-        // The first poll hands the frames to the client: publishes go out in the order
-        // they are started here, whatever order their confirms come back in.
-        let first = std::future::poll_fn(|cx| Poll::Ready(publish.as_mut().poll(cx))).await;
-        let decided: DecidedFuture = match first {
-            Poll::Ready(outcome) => Box::pin(std::future::ready(Decided {
+        let publish = self.publisher.publish(entry.messages[index].clone());
+        let mut decided: DecidedFuture = Box::pin(async move {
+            Decided {
                 seq,
                 index,
                 attempt,
-                outcome,
-            })),
-            Poll::Pending => Box::pin(async move {
-                Decided {
-                    seq,
-                    index,
-                    attempt,
-                    outcome: publish.await,
-                }
-            }),
-        };
-        self.decided.push(decided);
+                outcome: publish.await,
+            }
+        });
+        // Publishes go out in the order they are started here, whatever order their
+        // confirms come back in.
+        match ordered::start(&mut decided).await {
+            Poll::Ready(decided) => self.on_decided(decided),
+            Poll::Pending => self.decided.push(decided),
+        }
     }
 
     fn position(&self, seq: u64) -> Option<usize> {
@@ -450,21 +448,18 @@ impl<'s> Pipeline<'s> {
             let all_confirmed = head.states.iter().all(|s| *s == PublishState::Confirmed);
             let settle = match &head.fate {
                 Fate::HandToBroker(why) => {
-                    head.span
-                        .in_scope(|| Outcome::HandedToBroker { why }.record(&self.health));
+                    Outcome::HandedToBroker { why }.record(&self.health, head.delivery());
                     Settle::Reject {
                         tag: head.tag,
                         requeue: false,
                     }
                 }
                 Fate::Events { count, .. } if all_confirmed => {
-                    head.span
-                        .in_scope(|| Outcome::Published { events: *count }.record(&self.health));
+                    Outcome::Published { events: *count }.record(&self.health, head.delivery());
                     Settle::Ack { tag: head.tag }
                 }
                 Fate::DeadLetter(dead_letter) if all_confirmed => {
-                    head.span
-                        .in_scope(|| Outcome::DeadLettered(dead_letter).record(&self.health));
+                    Outcome::DeadLettered(dead_letter).record(&self.health, head.delivery());
                     Settle::Ack { tag: head.tag }
                 }
                 _ => {
@@ -487,22 +482,18 @@ impl<'s> Pipeline<'s> {
                             _ => None,
                         })
                         .unwrap_or(PublishOutcome::TimedOut);
-                    head.span.in_scope(|| {
-                        Outcome::Requeued {
-                            failing_for,
-                            last: &last,
-                        }
-                        .record(&self.health)
-                    });
+                    Outcome::Requeued {
+                        failing_for,
+                        last: &last,
+                    }
+                    .record(&self.health, head.delivery());
                     Settle::Reject {
                         tag: head.tag,
                         requeue: true,
                     }
                 }
             };
-            // The receiver lives as long as the session; if it is gone, so is the
-            // consuming channel, and the broker requeues the delivery.
-            let _ = self.settle.send(settle);
+            self.settled.push(settle);
             if let Some(done) = self.entries.pop_front() {
                 self.held_bytes = self.held_bytes.saturating_sub(done.bytes);
             }
