@@ -46,7 +46,7 @@ use common::report::{Table, f0, f1, f2, median, percentile};
 use common::runs::{Env, Side};
 use common::{Args, EVENTS_QUEUE, STALL, parse_raw_id};
 
-const USAGE: &str = "cargo bench --bench latency -- [--rates 1000,3000,5000] [--warmup SECS] [--window SECS] [--templates N] [--rounds R]";
+const USAGE: &str = "cargo bench --bench latency -- [--rates 1000,3000,5000] [--warmup SECS] [--window SECS] [--templates N] [--rounds R] [--cpus shared|split]";
 
 struct Settings {
     warmup: Duration,
@@ -79,7 +79,7 @@ fn main() {
     }
     let args = Args::parse(
         "latency",
-        &["rates", "warmup", "window", "templates", "rounds"],
+        &["rates", "warmup", "window", "templates", "rounds", "cpus"],
         USAGE,
     );
     if args.skip {
@@ -94,6 +94,7 @@ fn main() {
     let rounds = args.number("rounds", 1) as usize;
 
     let env = Env::new();
+    let _split = common::split_cpus(&args, &env);
     let mix = Mix::standard(templates);
     eprintln!("recording the worker's output for {templates} raw messages");
     let (file, recording, _) = env.record(&mix, "latency");
@@ -122,9 +123,14 @@ fn main() {
 
     println!();
     println!(
-        "## latency: warm-up {} s, window {} s per rate and side, {rounds} round(s)",
+        "## latency: warm-up {} s, window {} s per rate and side, {rounds} round(s), CPUs {}",
         settings.warmup.as_secs(),
-        settings.window.as_secs()
+        settings.window.as_secs(),
+        if _split.is_some() {
+            "split (broker on CPU 0 alone)"
+        } else {
+            "shared"
+        }
     );
     println!();
     println!(

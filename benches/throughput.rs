@@ -41,13 +41,14 @@ use common::report::{f1, rate_ratio, runs_table};
 use common::runs::{Env, Side, alternate};
 use common::{Args, recording};
 
-const USAGE: &str = "cargo bench --bench throughput -- [--messages N] [--rounds R]";
+const USAGE: &str =
+    "cargo bench --bench throughput -- [--messages N] [--rounds R] [--cpus shared|split]";
 
 fn main() {
     if child_main() {
         return;
     }
-    let args = Args::parse("throughput", &["messages", "rounds"], USAGE);
+    let args = Args::parse("throughput", &["messages", "rounds", "cpus"], USAGE);
     if args.skip {
         return;
     }
@@ -55,6 +56,7 @@ fn main() {
     let rounds = args.number("rounds", 3) as usize;
 
     let env = Env::new();
+    let _split = common::split_cpus(&args, &env);
     let mix = Mix::standard(n);
     eprintln!("{n} raw messages per run, {rounds} rounds; recording the worker's output");
     let (file, recording, recorded) = env.record(&mix, "throughput");
@@ -68,8 +70,13 @@ fn main() {
 
     println!();
     println!(
-        "## throughput: {n} raw messages per run, {rounds} rounds alternating, prefetch {}",
-        env.settings.input.prefetch
+        "## throughput: {n} raw messages per run, {rounds} rounds alternating, prefetch {}, CPUs {}",
+        env.settings.input.prefetch,
+        if _split.is_some() {
+            "split (broker on CPU 0 alone)"
+        } else {
+            "shared"
+        }
     );
     println!();
     println!(

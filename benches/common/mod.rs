@@ -43,6 +43,17 @@ pub fn parse_raw_id(id: &str) -> Option<u64> {
     id.strip_prefix("bench-")?.parse().ok()
 }
 
+/// `--cpus split` pins the broker to CPU 0 and this benchmark (and what it starts) to
+/// the others, for as long as the returned guard lives; `--cpus shared` (the default)
+/// leaves both where the OS puts them.
+pub fn split_cpus(args: &Args, env: &runs::Env) -> Option<procs::SplitCpus> {
+    match args.text("cpus").unwrap_or("shared") {
+        "shared" => None,
+        "split" => procs::SplitCpus::apply(env.broker_pid?),
+        other => panic!("--cpus takes shared or split, not {other:?}"),
+    }
+}
+
 /// Benchmark options common to every target: `--bench` (added by cargo) is ignored, a
 /// bare word is cargo's name filter (meant for other benchmarks: the target is skipped
 /// unless its name contains it), `--flag value` pairs are returned.

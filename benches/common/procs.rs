@@ -293,3 +293,64 @@ fn cpu_ticks(stat: &str) -> Option<u64> {
     let stime: u64 = fields.next()?.parse().ok()?;
     Some(utime + stime)
 }
+
+/// `--cpus split`: the broker on CPU 0 alone, this benchmark and the processes it starts
+/// (the measured clients) on the other CPUs, as when the broker runs on a machine of its
+/// own. Both affinities are restored when this is dropped (a failed run included).
+pub struct SplitCpus {
+    broker_pid: u32,
+    broker_mask: String,
+    own_mask: String,
+}
+
+impl SplitCpus {
+    /// Splits the CPUs; `None` (with a note) when there are fewer than two, or `taskset`
+    /// fails.
+    pub fn apply(broker_pid: u32) -> Option<SplitCpus> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if cpus < 2 {
+            eprintln!("--cpus split needs at least 2 CPUs; running shared");
+            return None;
+        }
+        let own = std::process::id();
+        let split = SplitCpus {
+            broker_pid,
+            broker_mask: affinity(broker_pid)?,
+            own_mask: affinity(own)?,
+        };
+        let others = format!("1-{}", cpus - 1);
+        let ok = taskset(&["-apc", "0", &broker_pid.to_string()])
+            && taskset(&["-apc", &others, &own.to_string()]);
+        if !ok {
+            eprintln!("taskset failed; running shared");
+            return None;
+        }
+        eprintln!("CPUs split: the broker on CPU 0, the clients on CPUs {others}");
+        Some(split)
+    }
+}
+
+impl Drop for SplitCpus {
+    fn drop(&mut self) {
+        taskset(&["-ap", &self.broker_mask, &self.broker_pid.to_string()]);
+        taskset(&["-ap", &self.own_mask, &std::process::id().to_string()]);
+    }
+}
+
+/// A process's CPU mask, as `taskset -p` prints it (hex).
+fn affinity(pid: u32) -> Option<String> {
+    let out = Command::new("taskset")
+        .args(["-p", &pid.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Some(text.rsplit(": ").next()?.trim().to_owned())
+}
+
+fn taskset(args: &[&str]) -> bool {
+    Command::new("taskset")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

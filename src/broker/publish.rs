@@ -39,14 +39,18 @@ impl AmqpMessage {
         exchange: &ShortString,
         correlation_id: Option<&ShortString>,
     ) -> AmqpMessage {
+        let mut headers = FieldTable::default();
+        for (name, value) in event.headers {
+            headers.insert(name.into(), AMQPValue::LongString(value.into()));
+        }
         let mut properties = BasicProperties::default()
             .with_content_type(EVENT_CONTENT_TYPE.into())
             .with_delivery_mode(PERSISTENT)
-            .with_message_id(event.message_id.as_str().into())
+            .with_message_id(event.message_id.into())
             .with_type(event.event_type.into())
             .with_timestamp(event.timestamp)
             .with_app_id(APP_ID.into())
-            .with_headers(text_headers(FieldTable::default(), &event.headers));
+            .with_headers(headers);
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id.clone());
         }
@@ -70,6 +74,37 @@ pub(crate) fn header_payload_size(properties: &BasicProperties) -> usize {
     );
     // Writing to a Vec cannot fail; should it, nothing fits.
     12 + encoded.map_or(usize::MAX - 12, |bytes| bytes.len())
+}
+
+/// [`header_payload_size`] found without encoding, for the common case of properties
+/// whose headers are all text (the worker's events): `None` when a header holds another
+/// type, whose size only the encoder knows.
+pub(crate) fn header_payload_bound(properties: &BasicProperties) -> Option<usize> {
+    let short = |s: &Option<ShortString>| s.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    let mut size = 12 + 2 // class, weight, body size; property flags
+        + short(properties.content_type())
+        + short(properties.content_encoding())
+        + short(properties.correlation_id())
+        + short(properties.reply_to())
+        + short(properties.expiration())
+        + short(properties.message_id())
+        + short(properties.kind())
+        + short(properties.user_id())
+        + short(properties.app_id())
+        + short(properties.cluster_id())
+        + properties.delivery_mode().map_or(0, |_| 1)
+        + properties.priority().map_or(0, |_| 1)
+        + properties.timestamp().map_or(0, |_| 8);
+    if let Some(headers) = properties.headers() {
+        size += 4;
+        for (name, value) in headers.inner() {
+            let AMQPValue::LongString(text) = value else {
+                return None;
+            };
+            size += 1 + name.as_str().len() + 1 + 4 + text.len();
+        }
+    }
+    Some(size)
 }
 
 /// The largest header payload a frame of `frame_max` bytes carries.
@@ -329,6 +364,37 @@ pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::{Plan, RawMessage, plan};
+    use crate::normalize::Limits;
+
+    /// The cheap bound is exact for what the worker publishes: every fixture's events.
+    #[test]
+    fn the_header_bound_is_exact_for_every_fixture_event() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let now = chrono::Utc::now();
+        let mut checked = 0;
+        for vendor in ["entuitive", "authenticate", "deel"] {
+            for entry in std::fs::read_dir(root.join(vendor)).unwrap() {
+                let raw = RawMessage {
+                    body: std::fs::read(entry.unwrap().path()).unwrap(),
+                    vendor_header: Some(vendor.into()),
+                    ..RawMessage::default()
+                };
+                let Plan::Publish { events, .. } = plan(&raw, &Limits::default(), now) else {
+                    continue;
+                };
+                for event in events {
+                    let m = AmqpMessage::event(event, &"x".into(), Some(&"gw-1".into()));
+                    assert_eq!(
+                        header_payload_bound(&m.properties),
+                        Some(header_payload_size(&m.properties))
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 39, "{checked}");
+    }
 
     #[test]
     fn header_sizes_match_the_wire_encoding() {
@@ -343,9 +409,15 @@ mod tests {
             &[("x-a", "hello".into())],
         ));
         assert_eq!(header_payload_size(&p), 12 + 2 + 4 + 4 + 1 + 4 + 5);
+        assert!(header_payload_bound(&p).unwrap() >= header_payload_size(&p));
         let entry = header_entry_size(&"x-a".into(), &AMQPValue::LongString("hello".into()));
         assert_eq!(entry, 4 + 1 + 4 + 5);
         assert_eq!(header_room(131_072), 131_064);
+        let table = FieldTable::from(std::collections::BTreeMap::from([(
+            "n".into(),
+            AMQPValue::LongLongInt(1),
+        )]));
+        assert_eq!(header_payload_bound(&p.with_headers(table)), None);
         assert_eq!(header_room(0), usize::MAX);
     }
 }

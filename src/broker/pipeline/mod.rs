@@ -41,7 +41,9 @@ use isolation::Isolation;
 
 use super::dead_letter::dead_letter_message;
 use super::ordered;
-use super::publish::{AmqpMessage, Publisher, header_payload_size, header_room, header_text};
+use super::publish::{
+    AmqpMessage, Publisher, header_payload_bound, header_payload_size, header_room, header_text,
+};
 use crate::config::Settings;
 use crate::delivery::{
     DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
@@ -214,7 +216,11 @@ impl<'s> Pipeline<'s> {
                     .into_iter()
                     .map(|e| AmqpMessage::event(e, &self.output_exchange, correlation_id.as_ref()))
                     .collect();
+                // Measured exactly only when the cheap bound does not settle it.
                 let oversized = messages.iter().enumerate().find_map(|(i, m)| {
+                    if header_payload_bound(&m.properties).is_some_and(|b| b <= room) {
+                        return None;
+                    }
                     let size = header_payload_size(&m.properties);
                     (size > room).then_some((i, size))
                 });
