@@ -2,11 +2,11 @@
 //! passthrough republishes the worker's recorded output (see `throughput`) in four
 //! variants, alternating, same run:
 //!
-//! - `exact`: as the worker published it;
-//! - `subject-only`: without the five `cloudEvents_*` headers that repeat what the
-//!   message already says (`_id` = `message_id`, `_type` = `type` and the routing key,
-//!   `_specversion` = the constant `1.0`, `_source` = the vendor prefix of the type,
-//!   `_time` = the body's `time`); `cloudEvents_subject` kept;
+//! - `exact`: as the worker publishes it (one header, `cloudEvents_subject`);
+//! - `all-headers`: with the five `cloudEvents_*` headers the worker used to send too,
+//!   which repeat what the message already says (`_id` = `message_id`, `_type` =
+//!   `type` and the routing key, `_specversion` = the constant `1.0`, `_source` = the
+//!   vendor prefix of the type, `_time` = the body's `time`);
 //! - `no-headers`: without any headers;
 //! - `half-body`: event bodies cut to their first half (the broker does not parse them).
 //!

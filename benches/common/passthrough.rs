@@ -4,7 +4,7 @@
 //!
 //! - `bare`: publishes each raw message's body and properties unchanged to the
 //!   canonical exchange: what moving the input bytes through the broker costs.
-//! - `exact`, `subject-only`, `no-headers`, `half-body` (the same-output passthrough):
+//! - `exact`, `all-headers`, `no-headers`, `half-body` (the same-output passthrough):
 //!   publishes, for each raw message, what the worker published for it (from the
 //!   recording: exchange, routing key, body, every property and header), precomputed;
 //!   the variants alter the recorded events before the run (see [`Variant`]).
@@ -36,7 +36,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
 
 use super::broker::connect;
@@ -50,11 +50,11 @@ use super::recording::{Output, Recording};
 pub enum Variant {
     /// As the worker published them.
     Exact,
-    /// Without the five `cloudEvents_*` headers that repeat other properties or the
-    /// body (`_id` = `message_id`, `_type` = `type` and routing key, `_specversion` =
-    /// `1.0`, `_source` = the type's vendor, `_time` = the body's `time`); only
-    /// `cloudEvents_subject` is kept.
-    SubjectOnly,
+    /// With the five `cloudEvents_*` headers the worker used to send besides
+    /// `cloudEvents_subject`, rebuilt from the event: `_id` (= `message_id`), `_type`
+    /// (= `type` and the routing key), `_source` (the type's vendor), `_time` (the
+    /// body's `time`), `_specversion` (`1.0`).
+    AllHeaders,
     /// Without any headers.
     NoHeaders,
     /// Bodies cut to their first half (the broker does not parse them).
@@ -64,7 +64,7 @@ pub enum Variant {
 impl Variant {
     pub const ALL: [Variant; 4] = [
         Variant::Exact,
-        Variant::SubjectOnly,
+        Variant::AllHeaders,
         Variant::NoHeaders,
         Variant::HalfBody,
     ];
@@ -72,7 +72,7 @@ impl Variant {
     pub fn name(self) -> &'static str {
         match self {
             Variant::Exact => "exact",
-            Variant::SubjectOnly => "subject-only",
+            Variant::AllHeaders => "all-headers",
             Variant::NoHeaders => "no-headers",
             Variant::HalfBody => "half-body",
         }
@@ -87,17 +87,29 @@ impl Variant {
         let mut out = event.clone();
         match self {
             Variant::Exact => {}
-            Variant::SubjectOnly => {
-                let mut kept = FieldTable::default();
-                if let Some(headers) = event.properties.headers() {
-                    for (name, value) in headers.inner() {
-                        let name = name.as_str();
-                        if !name.starts_with("cloudEvents_") || name == "cloudEvents_subject" {
-                            kept.insert(name.into(), value.clone());
-                        }
-                    }
+            Variant::AllHeaders => {
+                let p = &event.properties;
+                let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.to_string());
+                let event_type = text(p.kind()).unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&event.body).unwrap_or_default();
+                let mut headers = p.headers().clone().unwrap_or_default();
+                for (name, value) in [
+                    ("cloudEvents_specversion", "1.0".to_owned()),
+                    ("cloudEvents_id", text(p.message_id()).unwrap_or_default()),
+                    (
+                        "cloudEvents_source",
+                        format!("/vendors/{}", event_type.split('.').next().unwrap_or("")),
+                    ),
+                    ("cloudEvents_type", event_type.clone()),
+                    (
+                        "cloudEvents_time",
+                        body["time"].as_str().unwrap_or_default().to_owned(),
+                    ),
+                ] {
+                    headers.insert(name.into(), AMQPValue::LongString(value.into()));
                 }
-                out.properties = without_headers(&event.properties).with_headers(kept);
+                out.properties = p.clone().with_headers(headers);
             }
             Variant::NoHeaders => out.properties = without_headers(&event.properties),
             Variant::HalfBody => out.body = Arc::new(event.body[..event.body.len() / 2].to_vec()),
