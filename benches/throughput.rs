@@ -123,8 +123,10 @@ fn main() {
         let acks: Vec<String> = round
             .iter()
             .filter_map(|r| {
+                // A worker that does not count its ack frames reports 0.
                 r.ack_frames
-                    .map(|a| format!("{} {:.1}", r.side.name(), r.n as f64 / a.max(1) as f64))
+                    .filter(|a| *a > 0)
+                    .map(|a| format!("{} {:.1}", r.side.name(), r.n as f64 / a as f64))
             })
             .collect();
         println!(

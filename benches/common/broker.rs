@@ -48,7 +48,7 @@ impl Vhost {
     /// queue bound `#` to the canonical exchange.
     pub async fn with_topology(label: &str, settings: &Settings) -> Vhost {
         let vhost = Vhost::create(label);
-        let topology = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        let topology = Command::new(super::worker_binary())
             .arg("topology")
             .env("NORMALIZER__AMQP__URL", vhost.url())
             .env("NORMALIZER__LOG__FILTER", "warn")

@@ -32,6 +32,15 @@ pub const EVENTS_QUEUE: &str = "bench.events";
 pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
 /// Giving up on a run that made no progress for this long.
 pub const STALL: Duration = Duration::from_secs(60);
+/// The worker binary the benchmarks measure: this checkout's, or the one named by
+/// `WEBHOOK_NORMALIZER_BENCH_WORKER` (to compare another build, such as an older
+/// commit's, against the same baselines in the same run).
+pub fn worker_binary() -> std::path::PathBuf {
+    std::env::var_os("WEBHOOK_NORMALIZER_BENCH_WORKER")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_webhook-normalizer").into())
+}
+
 /// The raw message id of message `seq`: `bench-{seq}`. Ids are how outputs are matched
 /// to raw messages (events carry it as `correlation_id`, dead letters as `message_id`).
 pub fn raw_id(seq: u64) -> String {

@@ -23,7 +23,7 @@ impl WorkerProcess {
     /// the filter stays at info; per-message lines are debug, except one warn line per
     /// dead letter).
     pub fn start(url: &str) -> WorkerProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        let mut child = Command::new(super::worker_binary())
             .arg("run")
             .env("NORMALIZER__AMQP__URL", url)
             .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
