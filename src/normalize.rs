@@ -244,10 +244,6 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn vendor(&self) -> Vendor {
-        self.vendor
-    }
-
     fn unserializable(&self) -> NormalizeError {
         NormalizeError::Unserializable {
             vendor: Some(self.vendor),

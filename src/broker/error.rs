@@ -48,8 +48,6 @@ pub enum BrokerError {
     ConsumerCancelled,
     #[error("{role} connection failed: {reason}")]
     ConnectionLost { role: Role, reason: String },
-    #[error("the {role} channel was closed")]
-    ChannelLost { role: Role },
 }
 
 impl BrokerError {

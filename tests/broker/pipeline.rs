@@ -712,24 +712,7 @@ mod a_ten_second_output_outage_dead_letters_nothing {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publish_the_broker_refuses_for_one_message_dead_letters_only_that_message() {
     let vhost = TestVhost::new("refused");
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "set_topic_permissions",
-            "-p",
-            &vhost.name,
-            "guest",
-            "events.canonical",
-            r"^(?!deel\.contract\.terminated$).*",
-            ".*",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vhost.refuse_writes_except("events.canonical", r"^(?!deel\.contract\.terminated$).*");
     let (mut worker, _conn, channel) = start(&vhost).await;
 
     let body = fixture("deel/contract.terminated.json");
@@ -831,24 +814,7 @@ async fn logs_carry_no_personal_data() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_letter_the_broker_refuses_is_handed_to_the_broker_not_lost() {
     let vhost = TestVhost::new("dlrefused");
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "-q",
-            "set_topic_permissions",
-            "-p",
-            &vhost.name,
-            "guest",
-            "webhooks.dead-letter",
-            r"^(?!unknown\.invalid_json$).*",
-            ".*",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    vhost.refuse_writes_except("webhooks.dead-letter", r"^(?!unknown\.invalid_json$).*");
     let (mut worker, _conn, channel) = start(&vhost).await;
     let (before, after) = neighbours("dlrefused");
     let body = b"{not json".to_vec();

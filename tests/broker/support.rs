@@ -89,6 +89,21 @@ impl TestVhost {
         ]);
     }
 
+    /// Topic permissions for `guest` in this vhost: on `exchange`, publishes only to
+    /// routing keys matching `write` (anything else closes the channel, 403).
+    pub fn refuse_writes_except(&self, exchange: &str, write: &str) {
+        rabbitmqctl(&[
+            "-q",
+            "set_topic_permissions",
+            "-p",
+            &self.name,
+            "guest",
+            exchange,
+            write,
+            ".*",
+        ]);
+    }
+
     /// `name` and `arguments` of each queue, as rabbitmqctl prints them.
     pub fn queue_arguments(&self) -> HashMap<String, String> {
         let out = rabbitmqctl(&[
