@@ -82,6 +82,9 @@ pub mod headers {
     pub const ORIGINAL_DELIVERY_COUNT: &str = "x-original-delivery-count";
     /// Which raw headers were dropped to fit the broker's frame, and why.
     pub const DROPPED_HEADERS: &str = "x-normalizer-dropped-headers";
+    /// Header entries whose name repeated an earlier one in the same table, as sent:
+    /// an array of `{name, value}` tables (`name` is the entry's path).
+    pub const DUPLICATE_HEADERS: &str = "x-normalizer-duplicate-headers";
 }
 
 /// A raw webhook delivery as the broker glue hands it over: only what the decision needs,
@@ -97,6 +100,10 @@ pub struct RawMessage {
     pub received_at_header: Option<String>,
     /// The AMQP `timestamp` property (seconds since the epoch).
     pub timestamp: Option<u64>,
+    /// What was wrong with the message's properties as they came off the wire (each
+    /// naming a property, never its value); any makes it an `invalid_properties` dead
+    /// letter.
+    pub property_problems: Vec<String>,
 }
 
 impl RawMessage {
@@ -239,6 +246,16 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Normalizes a raw message and says what to publish for it, within `limits`. Pure:
 /// `now` is passed in.
 pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
+    if !raw.property_problems.is_empty() {
+        let detail = raw.property_problems.join("; ");
+        return Plan::DeadLetter(DeadLetter::new(
+            raw,
+            ErrorKind::InvalidProperties,
+            None,
+            &detail,
+            now,
+        ));
+    }
     match normalize_json(&raw.body, raw.vendor_hint(), raw.received_at(now), limits) {
         Ok(events) => match events.first() {
             Some(first) => Plan::Publish {

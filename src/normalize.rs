@@ -38,7 +38,8 @@ impl Default for Limits {
 
 /// The machine-readable kind of a dead letter. Its string is part of the public
 /// contract: dead-letter routing keys and headers carry it. `normalize` produces all but
-/// [`ErrorKind::PublishRefused`], which only the worker can observe.
+/// [`ErrorKind::InvalidProperties`] and [`ErrorKind::PublishRefused`], which only the
+/// worker can observe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -55,10 +56,13 @@ pub enum ErrorKind {
     /// The broker refused a publish of this message for good (it closed the channel:
     /// access refused, precondition failed, frame error).
     PublishRefused,
+    /// The message's AMQP properties could not be taken as sent: a short string that is
+    /// not UTF-8, headers nested too deep or not parseable, a repeated `x-vendor`.
+    InvalidProperties,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::InvalidJson,
         ErrorKind::BodyTooLarge,
         ErrorKind::UnknownVendor,
@@ -67,6 +71,7 @@ impl ErrorKind {
         ErrorKind::TooManyEvents,
         ErrorKind::OutputTooLarge,
         ErrorKind::PublishRefused,
+        ErrorKind::InvalidProperties,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -79,6 +84,7 @@ impl ErrorKind {
             ErrorKind::TooManyEvents => "too_many_events",
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::PublishRefused => "publish_refused",
+            ErrorKind::InvalidProperties => "invalid_properties",
         }
     }
 }
@@ -474,7 +480,8 @@ mod tests {
                 "invalid_payload",
                 "too_many_events",
                 "output_too_large",
-                "publish_refused"
+                "publish_refused",
+                "invalid_properties"
             ]
         );
         for k in ErrorKind::ALL {

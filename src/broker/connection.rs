@@ -5,11 +5,21 @@ use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties};
 
 use super::error::{BrokerError, Role};
+use super::wire::{CheckedTokio, WireReports};
 use crate::config::AmqpSettings;
 
 /// Connects with the configured heartbeat and timeout (a `heartbeat` or
 /// `connection_timeout` in the URI's query wins).
 pub async fn connect(amqp: &AmqpSettings, role: Role) -> Result<Connection, BrokerError> {
+    connect_checked(amqp, role, WireReports::default()).await
+}
+
+/// [`connect`], filing what its frame checks find in `reports` (see [`super::wire`]).
+pub async fn connect_checked(
+    amqp: &AmqpSettings,
+    role: Role,
+    reports: WireReports,
+) -> Result<Connection, BrokerError> {
     // Validated at start; the parser's error text could quote the password, so it is
     // not passed on.
     let mut uri: AMQPUri = amqp
@@ -31,7 +41,9 @@ pub async fn connect(amqp: &AmqpSettings, role: Role) -> Result<Connection, Brok
         .get_or_insert(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("webhook-normalizer {role} {}", std::process::id()).into());
-    match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties)).await {
+    let runtime = async_rs::Runtime::new(CheckedTokio::current(reports));
+    let connecting = Connection::connect_uri_with_runtime(uri, properties, runtime);
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connection)) => Ok(connection),
         Ok(Err(source)) => Err(BrokerError::Connect {
             role,

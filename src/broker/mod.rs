@@ -11,6 +11,7 @@ mod publish;
 mod session;
 mod settler;
 mod topology;
+pub mod wire;
 
 pub use connection::connect;
 pub use error::{BrokerError, Role};

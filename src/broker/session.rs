@@ -14,11 +14,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::connection::connect;
+use super::connection::connect_checked;
 use super::error::{BrokerError, Role};
 use super::pipeline::Pipeline;
 use super::publish::Publisher;
 use super::settler::Settler;
+use super::wire::WireReports;
 use crate::config::Settings;
 use crate::ops::{Health, WorkerState};
 
@@ -37,6 +38,8 @@ pub struct Session {
     channel: Channel,
     consumer: Consumer,
     consumer_tag: String,
+    /// What the consuming connection's frame checks found, by channel and delivery tag.
+    reports: WireReports,
     publisher: Publisher,
     failures: mpsc::Receiver<BrokerError>,
     watcher: tokio::task::JoinHandle<()>,
@@ -48,7 +51,8 @@ impl Session {
     /// lapin closes a dropped connection.
     pub async fn open(settings: &Settings, health: &Health) -> Result<Session, BrokerError> {
         let publisher = Publisher::open(settings, health).await?;
-        let connection = connect(&settings.amqp, Role::Consumer).await?;
+        let reports = WireReports::default();
+        let connection = connect_checked(&settings.amqp, Role::Consumer, reports.clone()).await?;
         let (failure_tx, failures) = mpsc::channel(4);
         let watcher = watch_consumer_connection(&connection, failure_tx);
         let channel = connection
@@ -77,6 +81,7 @@ impl Session {
             channel,
             consumer,
             consumer_tag,
+            reports,
             publisher,
             failures,
             watcher,
@@ -125,7 +130,10 @@ impl Session {
                 // Settlements waited long enough: sent below.
                 _ = sleep_until(settle_at), if settle_at.is_some() => {}
                 next = self.consumer.next(), if can_take => match next {
-                    Some(Ok(delivery)) => pipeline.admit(delivery).await,
+                    Some(Ok(delivery)) => {
+                        let report = self.reports.take(self.channel.id(), delivery.delivery_tag);
+                        pipeline.admit(delivery, report).await;
+                    }
                     Some(Err(e)) => break SessionEnd::Failed(BrokerError::Amqp {
                         what: "consuming".into(),
                         source: e,

@@ -7,5 +7,7 @@ mod flow;
 mod ops;
 mod ordering;
 mod pipeline;
+mod properties;
+mod raw_amqp;
 mod resilience;
 mod support;

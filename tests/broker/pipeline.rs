@@ -27,7 +27,7 @@ use crate::support::*;
 const NEIGHBOURS_EACH_SIDE: usize = 10;
 
 /// The hostile message's `message_id`, which its dead letter carries.
-const HOSTILE_ID: &str = "hostile";
+pub(crate) const HOSTILE_ID: &str = "hostile";
 
 /// Ten valid webhooks to publish before the hostile one and ten after, each normalizable
 /// and distinct (their own tags).
@@ -46,20 +46,20 @@ fn neighbours(tag: &str) -> (Vec<RawWebhook>, Vec<RawWebhook>) {
 
 /// What the hostile message must become: one dead letter with this routing key and
 /// error kind, carrying this body.
-struct Hostile {
-    body: Vec<u8>,
-    routing_key: &'static str,
-    kind: &'static str,
+pub(crate) struct Hostile {
+    pub(crate) body: Vec<u8>,
+    pub(crate) routing_key: &'static str,
+    pub(crate) kind: &'static str,
     /// Whether neighbours' events may arrive twice. Only when the broker closes the
     /// channel over the hostile publish: the neighbours' publishes in flight on it may or
     /// may not have been stored (AMQP cannot say which), so they are published again,
     /// with the same ids. Everywhere else the hostile message is caught before anything
     /// is published, and neighbours come out exactly once.
-    neighbours_may_repeat: bool,
+    pub(crate) neighbours_may_repeat: bool,
 }
 
 /// A header's value, whatever its type.
-fn long_header(d: &Delivery, name: &str) -> Option<AMQPValue> {
+pub(crate) fn long_header(d: &Delivery, name: &str) -> Option<AMQPValue> {
     d.properties.headers().as_ref()?.inner().get(name).cloned()
 }
 
@@ -243,7 +243,7 @@ async fn assert_neighbours_unharmed(
 
 /// Publishes ten neighbours, the hostile message (`publish`, a publishing future), ten
 /// more, and checks with [`assert_neighbours_unharmed`]; returns the hostile dead letter.
-async fn hostile_among_neighbours<F: std::future::Future<Output = ()>>(
+pub(crate) async fn hostile_among_neighbours<F: std::future::Future<Output = ()>>(
     channel: &Channel,
     worker: &mut WorkerProcess,
     tag: &str,
@@ -257,7 +257,7 @@ async fn hostile_among_neighbours<F: std::future::Future<Output = ()>>(
 
 /// Starts the worker in the vhost and a test channel with `test.events` bound to
 /// everything.
-async fn start(vhost: &TestVhost) -> (WorkerProcess, Connection, Channel) {
+pub(crate) async fn start(vhost: &TestVhost) -> (WorkerProcess, Connection, Channel) {
     let worker = WorkerProcess::start(vhost, &[]);
     worker.wait_ready(Duration::from_secs(20));
     let (conn, channel) = setup(vhost).await;

@@ -44,6 +44,7 @@ use super::ordered;
 use super::publish::{
     AmqpMessage, Publisher, header_payload_bound, header_payload_size, header_room, header_text,
 };
+use super::wire::WireReport;
 use crate::config::Settings;
 use crate::delivery::{
     DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
@@ -162,7 +163,8 @@ impl<'s> Pipeline<'s> {
 
     /// Takes a delivery: plans it, bounds it, and publishes it (unless publishes are
     /// failing, in which case it waits its turn).
-    pub(crate) async fn admit(&mut self, delivery: Delivery) {
+    /// `report` is what the frame checks changed in the delivery's frames, if anything.
+    pub(crate) async fn admit(&mut self, delivery: Delivery, report: Option<WireReport>) {
         self.health.add_consumed();
         let Delivery {
             delivery_tag,
@@ -172,6 +174,10 @@ impl<'s> Pipeline<'s> {
             properties,
             ..
         } = delivery;
+        let (properties, property_problems) = match report {
+            Some(report) => report.apply(properties),
+            None => (properties, Vec::new()),
+        };
         let raw = RawMessage {
             body: data,
             exchange: exchange.to_string(),
@@ -179,6 +185,7 @@ impl<'s> Pipeline<'s> {
             vendor_header: header_text(&properties, headers::VENDOR),
             received_at_header: header_text(&properties, headers::RECEIVED_AT),
             timestamp: *properties.timestamp(),
+            property_problems,
         };
         let seq = self.next_seq;
         self.next_seq += 1;

@@ -1,0 +1,21 @@
+//! What the broker sends, checked before the AMQP client parses it.
+//!
+//! A publisher controls a raw message's properties, and the broker delivers them as it
+//! received them. The client's parser cannot take every one of them: header tables
+//! nested a few thousand deep overflow its stack (the process aborts), and a short string
+//! that is not UTF-8 fails the frame (the connection drops). Either way every neighbour
+//! in flight pays, on every redelivery. So the client reads its socket through a
+//! [`CheckedStream`], which rewrites such frames into ones it accepts and files a
+//! [`WireReport`] for the message; the session dead-letters that message alone as
+//! `invalid_properties`. What the client accepts is in `docs/raw-message-contract.md`.
+
+mod frames;
+mod properties;
+mod reports;
+mod runtime;
+mod stream;
+
+pub use properties::{MAX_NESTING, WireReport};
+pub use reports::WireReports;
+pub use runtime::CheckedTokio;
+pub use stream::CheckedStream;
