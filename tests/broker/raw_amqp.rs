@@ -11,8 +11,10 @@ pub mod prop {
     pub const CONTENT_TYPE: usize = 0;
     pub const HEADERS: usize = 2;
     pub const DELIVERY_MODE: usize = 3;
+    pub const CORRELATION_ID: usize = 5;
     pub const MESSAGE_ID: usize = 8;
     pub const TYPE: usize = 10;
+    pub const APP_ID: usize = 12;
 }
 
 /// A basic-class property list, each property as its encoded bytes.
@@ -126,18 +128,15 @@ pub mod value {
     }
 }
 
-/// Publishes one message with exactly these frames to `exchange` in `vhost` on the broker
-/// at `addr` (as guest), mandatory and with a publisher confirm. `Ok` once the broker
-/// acked it and did not return it; `Err` says what the broker did instead. Blocking.
-pub fn publish(
-    addr: &str,
-    vhost: &str,
-    exchange: &str,
-    routing_key: &[u8],
-    properties: &RawProperties,
-    body: &[u8],
-) -> Result<(), String> {
-    let run = || -> Result<(), String> {
+/// One connection and channel, in confirm mode, publishing frames exactly as given.
+pub struct RawPublisher {
+    socket: TcpStream,
+    frame_max: u32,
+}
+
+impl RawPublisher {
+    /// Connects to the broker at `addr` as guest and opens channel 1 on `vhost`.
+    pub fn connect(addr: &str, vhost: &str) -> Result<RawPublisher, String> {
         let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
         s.set_read_timeout(Some(Duration::from_secs(20)))
             .map_err(|e| e.to_string())?;
@@ -170,45 +169,87 @@ pub fn publish(
         select.push(0);
         send(&mut s, 1, 1, &select)?;
         expect_method(&mut s, 85, 11)?;
+        Ok(RawPublisher {
+            socket: s,
+            frame_max,
+        })
+    }
 
+    /// The frame size the broker allows.
+    pub fn frame_max(&self) -> u32 {
+        self.frame_max
+    }
+
+    /// Publishes one message (mandatory) and waits for its confirm. `Err` says what the
+    /// broker did instead of acking; after a close the publisher is unusable.
+    pub fn publish(
+        &mut self,
+        exchange: &str,
+        routing_key: &[u8],
+        properties: &RawProperties,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let s = &mut self.socket;
         let mut publish = method(60, 40);
         publish.extend_from_slice(&0u16.to_be_bytes());
         publish.extend(short_string(exchange.as_bytes()));
         publish.extend(short_string(routing_key));
         publish.push(1); // mandatory
-        send(&mut s, 1, 1, &publish)?;
+        send(s, 1, 1, &publish)?;
         let mut header = Vec::new();
         header.extend_from_slice(&60u16.to_be_bytes());
         header.extend_from_slice(&0u16.to_be_bytes());
         header.extend_from_slice(&(body.len() as u64).to_be_bytes());
         header.extend(properties.encode());
-        send(&mut s, 2, 1, &header)?;
-        let chunk = (frame_max as usize).saturating_sub(8).max(1);
+        send(s, 2, 1, &header)?;
+        let chunk = (self.frame_max as usize).saturating_sub(8).max(1);
         for part in body.chunks(chunk) {
-            send(&mut s, 3, 1, part)?;
+            send(s, 3, 1, part)?;
         }
+        let mut returned = false;
         loop {
-            let (kind, _, payload) = read_frame(&mut s)?;
+            let (kind, _, payload) = read_frame(s)?;
             if kind != 1 {
                 continue;
             }
-            match (class_method(&payload)?, payload.len()) {
-                ((60, 80), _) => break,
-                ((60, 50), _) => return Err("returned: unroutable".to_owned()),
-                ((60, 120), _) => return Err("nacked".to_owned()),
-                ((20, 40) | (10, 50), _) => return Err(close_text(&payload)),
+            match class_method(&payload)? {
+                (60, 80) if returned => return Err("returned: unroutable".to_owned()),
+                (60, 80) => return Ok(()),
+                (60, 50) => returned = true,
+                (60, 120) => return Err("nacked".to_owned()),
+                (20, 40) | (10, 50) => return Err(close_text(&payload)),
                 _ => {}
             }
         }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(mut self) {
         let mut close = method(10, 50);
         close.extend_from_slice(&200u16.to_be_bytes());
         close.extend(short_string(b""));
         close.extend_from_slice(&[0, 0, 0, 0]);
-        send(&mut s, 1, 0, &close)?;
-        let _ = expect_method(&mut s, 10, 51);
-        Ok(())
-    };
-    run()
+        if send(&mut self.socket, 1, 0, &close).is_ok() {
+            let _ = expect_method(&mut self.socket, 10, 51);
+        }
+    }
+}
+
+/// Publishes one message with exactly these frames to `exchange` in `vhost` on the broker
+/// at `addr` (as guest), mandatory and with a publisher confirm. `Ok` once the broker
+/// acked it and did not return it; `Err` says what the broker did instead. Blocking.
+pub fn publish(
+    addr: &str,
+    vhost: &str,
+    exchange: &str,
+    routing_key: &[u8],
+    properties: &RawProperties,
+    body: &[u8],
+) -> Result<(), String> {
+    let mut publisher = RawPublisher::connect(addr, vhost)?;
+    publisher.publish(exchange, routing_key, properties, body)?;
+    publisher.close();
+    Ok(())
 }
 
 fn method(class: u16, method: u16) -> Vec<u8> {
