@@ -23,18 +23,17 @@ pub struct FrameFilter {
     reports: WireReports,
     /// Per channel: the delivery tag of the message whose frames come next, if any.
     next_message: HashMap<u16, Option<u64>>,
+    /// A method or header frame split across reads, gathered (reused).
+    gathered: Vec<u8>,
 }
 
 #[derive(Debug)]
 enum State {
     /// Reading a frame's head.
     Head { head: [u8; FRAME_HEAD], have: usize },
-    /// Gathering a method or content header frame: payload and end octet.
-    Whole {
-        head: [u8; FRAME_HEAD],
-        frame: Vec<u8>,
-        need: usize,
-    },
+    /// Gathering a method or content header frame (payload and end octet) in
+    /// `gathered`.
+    Whole { head: [u8; FRAME_HEAD], need: usize },
     /// Passing on this many more bytes of the current frame.
     Pass { left: usize },
     /// Not AMQP frames (the broker answered our protocol header with its own): passed on
@@ -51,6 +50,7 @@ impl FrameFilter {
             },
             reports,
             next_message: HashMap::new(),
+            gathered: Vec::new(),
         }
     }
 
@@ -102,32 +102,42 @@ impl FrameFilter {
                         let head = *head;
                         let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]);
                         let size = size as usize;
-                        self.state = if matches!(head[0], FRAME_METHOD | FRAME_HEADER)
-                            && size <= MAX_CHECKED_FRAME
-                        {
-                            State::Whole {
-                                head,
-                                frame: Vec::with_capacity(size + 1),
-                                need: size + 1,
-                            }
-                        } else {
+                        let checked = matches!(head[0], FRAME_METHOD | FRAME_HEADER)
+                            && size <= MAX_CHECKED_FRAME;
+                        if !checked {
                             out.extend_from_slice(&head);
-                            State::Pass { left: size + 1 }
-                        };
+                            self.state = State::Pass { left: size + 1 };
+                        } else if input.len() > size {
+                            // The whole frame is here: checked in place.
+                            self.state = State::Head {
+                                head: [0; FRAME_HEAD],
+                                have: 0,
+                            };
+                            let (frame, rest) = input.split_at(size + 1);
+                            self.finish(head, frame, out);
+                            input = rest;
+                        } else {
+                            self.gathered.clear();
+                            self.state = State::Whole {
+                                head,
+                                need: size + 1,
+                            };
+                        }
                     }
                 }
-                State::Whole { head, frame, need } => {
-                    let n = (*need - frame.len()).min(input.len());
-                    frame.extend_from_slice(&input[..n]);
+                State::Whole { head, need } => {
+                    let n = (*need - self.gathered.len()).min(input.len());
+                    self.gathered.extend_from_slice(&input[..n]);
                     input = &input[n..];
-                    if frame.len() == *need {
+                    if self.gathered.len() == *need {
                         let head = *head;
-                        let frame = std::mem::take(frame);
                         self.state = State::Head {
                             head: [0; FRAME_HEAD],
                             have: 0,
                         };
+                        let frame = std::mem::take(&mut self.gathered);
                         self.finish(head, &frame, out);
+                        self.gathered = frame;
                     }
                 }
             }

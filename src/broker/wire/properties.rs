@@ -19,7 +19,6 @@
 //!   them.
 
 use std::collections::HashSet;
-use std::fmt::Write as _;
 
 use crate::redact::SafeName;
 
@@ -199,7 +198,7 @@ pub fn check_content_header(payload: &[u8]) -> Checked {
             }
             Encoding::Table => {
                 let start = out.len();
-                match table_value(&mut cur, &mut out, name, 1, &mut report) {
+                match table_value(&mut cur, &mut out, &Path::Property(name), 1, &mut report) {
                     Ok(()) => {
                         changed |= !report.is_empty();
                         Some(())
@@ -254,41 +253,79 @@ fn skip_table(cur: &mut Cursor<'_>) -> Option<()> {
 /// A field table or array whose structure the client could not parse; where.
 struct Malformed(String);
 
+/// Where a value is, rendered only when a report names it: `headers.trace[2].id`.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Property(&'a str),
+    Key(&'a Path<'a>, &'a [u8]),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Property(name) => f.write_str(name),
+            Path::Key(parent, key) => {
+                let key = String::from_utf8_lossy(key);
+                write!(f, "{parent}.{}", SafeName(&key).bare())
+            }
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// Tables with more keys than this look for repeats in a hash set instead of a scan.
+const SCANNED_KEYS: usize = 16;
+
 /// Copies a field table (length and entries) from `cur` to `out`, made safe.
 fn table_value(
     cur: &mut Cursor<'_>,
     out: &mut Vec<u8>,
-    path: &str,
+    path: &Path<'_>,
     depth: usize,
     report: &mut WireReport,
 ) -> Result<(), Malformed> {
+    let malformed = || Malformed(path.to_string());
     cur.mark();
-    let len = cur.u32().ok_or_else(|| Malformed(path.to_owned()))?;
-    let body = cur
-        .take(len as usize)
-        .ok_or_else(|| Malformed(path.to_owned()))?;
+    let len = cur.u32().ok_or_else(malformed)?;
+    let body = cur.take(len as usize).ok_or_else(malformed)?;
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut inner = Cursor::new(body);
-    let mut seen: HashSet<Vec<u8>> = HashSet::new();
+    // The keys kept so far, as they were written (ranges of `out`).
+    let mut kept: Vec<(usize, usize)> = Vec::new();
+    let mut many: Option<HashSet<Vec<u8>>> = None;
     while !inner.rest().is_empty() {
+        let raw_key = inner.peek_short_string().ok_or_else(malformed)?;
         let key_start = out.len();
-        let mut key_report = WireReport::default();
-        short_string(&mut inner, out, path, &mut key_report)
-            .ok_or_else(|| Malformed(path.to_owned()))?;
-        let key = out[key_start + 1..].to_vec();
-        let key_path = entry_path(path, &key);
-        for problem in &mut key_report.problems {
-            *problem = format!("{key_path}: name is not UTF-8");
+        let fixed = short_string_into(&mut inner, out).ok_or_else(malformed)?;
+        let key_path = Path::Key(path, raw_key);
+        if fixed {
+            report
+                .problems
+                .push(format!("{key_path}: name is not UTF-8"));
         }
-        report.merge(key_report);
-        if seen.insert(key) {
-            field_value(&mut inner, out, &key_path, depth, report)?;
-        } else {
+        let key = (key_start + 1, out.len());
+        let repeated = match &mut many {
+            Some(set) => !set.insert(out[key.0..key.1].to_vec()),
+            None => {
+                let repeated = kept.iter().any(|&(s, e)| out[s..e] == out[key.0..key.1]);
+                if !repeated {
+                    kept.push(key);
+                    if kept.len() > SCANNED_KEYS {
+                        many = Some(kept.iter().map(|&(s, e)| out[s..e].to_vec()).collect());
+                    }
+                }
+                repeated
+            }
+        };
+        if repeated {
             out.truncate(key_start);
             let mut value = Vec::new();
             field_value(&mut inner, &mut value, &key_path, depth, report)?;
-            report.duplicates.push((key_path, value));
+            report.duplicates.push((key_path.to_string(), value));
+        } else {
+            field_value(&mut inner, out, &key_path, depth, report)?;
         }
     }
     let written = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
@@ -300,21 +337,19 @@ fn table_value(
 fn array_value(
     cur: &mut Cursor<'_>,
     out: &mut Vec<u8>,
-    path: &str,
+    path: &Path<'_>,
     depth: usize,
     report: &mut WireReport,
 ) -> Result<(), Malformed> {
-    let len = cur.u32().ok_or_else(|| Malformed(path.to_owned()))?;
-    let body = cur
-        .take(len as usize)
-        .ok_or_else(|| Malformed(path.to_owned()))?;
+    let malformed = || Malformed(path.to_string());
+    let len = cur.u32().ok_or_else(malformed)?;
+    let body = cur.take(len as usize).ok_or_else(malformed)?;
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
     let mut inner = Cursor::new(body);
     let mut index = 0usize;
     while !inner.rest().is_empty() {
-        let item = format!("{path}[{index}]");
-        field_value(&mut inner, out, &item, depth, report)?;
+        field_value(&mut inner, out, &Path::Index(path, index), depth, report)?;
         index += 1;
     }
     let written = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
@@ -327,11 +362,11 @@ fn array_value(
 fn field_value(
     cur: &mut Cursor<'_>,
     out: &mut Vec<u8>,
-    path: &str,
+    path: &Path<'_>,
     depth: usize,
     report: &mut WireReport,
 ) -> Result<(), Malformed> {
-    let malformed = || Malformed(path.to_owned());
+    let malformed = || Malformed(path.to_string());
     let kind = cur.u8().ok_or_else(malformed)?;
     let fixed = match kind {
         b'V' => Some(0),
@@ -374,14 +409,6 @@ fn field_value(
     copy(cur, out, n).ok_or_else(malformed)
 }
 
-/// `path.key`, the key shown only when it is a plain name.
-fn entry_path(path: &str, key: &[u8]) -> String {
-    let key = String::from_utf8_lossy(key);
-    let mut s = String::with_capacity(path.len() + key.len() + 1);
-    let _ = write!(s, "{path}.{}", SafeName(&key).bare());
-    s
-}
-
 /// Copies a short string, made valid UTF-8 (reported under `name`) without growing.
 fn short_string(
     cur: &mut Cursor<'_>,
@@ -389,18 +416,25 @@ fn short_string(
     name: &str,
     report: &mut WireReport,
 ) -> Option<()> {
+    if short_string_into(cur, out)? {
+        report.problems.push(format!("{name}: not UTF-8"));
+    }
+    Some(())
+}
+
+/// Copies a short string, made valid UTF-8 without growing; `true` when it had to be.
+fn short_string_into(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<bool> {
     let len = cur.u8()?;
     let bytes = cur.take(len as usize)?;
     if std::str::from_utf8(bytes).is_ok() {
         out.push(len);
         out.extend_from_slice(bytes);
-        return Some(());
+        return Some(false);
     }
     let fixed = lossy_within(bytes);
     out.push(u8::try_from(fixed.len()).unwrap_or(u8::MAX));
     out.extend_from_slice(fixed.as_bytes());
-    report.problems.push(format!("{name}: not UTF-8"));
-    Some(())
+    Some(true)
 }
 
 /// `bytes` as UTF-8 with U+FFFD for each invalid sequence, cut at a character boundary
@@ -461,6 +495,12 @@ impl<'a> Cursor<'a> {
 
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// The bytes of the short string at the current position, without moving.
+    fn peek_short_string(&self) -> Option<&'a [u8]> {
+        let len = *self.buf.get(self.pos)? as usize;
+        self.buf.get(self.pos + 1..self.pos + 1 + len)
     }
 
     /// Remembers the current position (the start of a table).
