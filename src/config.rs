@@ -19,6 +19,7 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "NORMALIZER__";
 
 const MIB: usize = 1024 * 1024;
+const HOUR_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,24 +244,33 @@ impl Settings {
                 "IPv6 literal hosts are not supported by the AMQP client; use a host name",
             );
         }
-        if self.amqp.heartbeat_secs == 0 {
-            return reject("amqp.heartbeat_secs", "must be at least 1");
-        }
-        if self.amqp.connect_timeout_secs == 0 {
-            return reject("amqp.connect_timeout_secs", "must be at least 1");
-        }
-        if self.amqp.confirm_timeout_secs == 0 {
-            return reject("amqp.confirm_timeout_secs", "must be at least 1");
-        }
-        if self.amqp.reconnect_initial_ms == 0 {
-            return reject("amqp.reconnect_initial_ms", "must be at least 1");
-        }
-        if self.amqp.reconnect_max_ms < self.amqp.reconnect_initial_ms {
-            return reject(
-                "amqp.reconnect_max_ms",
-                "must be at least amqp.reconnect_initial_ms",
-            );
-        }
+        // Durations are bounded: beyond an hour (a day for the retry budget) a value is a
+        // mistake, and u64::MAX seconds overflows `Instant` arithmetic.
+        within(
+            "amqp.heartbeat_secs",
+            self.amqp.heartbeat_secs.into(),
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "amqp.connect_timeout_secs",
+            self.amqp.connect_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "amqp.confirm_timeout_secs",
+            self.amqp.confirm_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        backoff_range(
+            ("amqp.reconnect_initial_ms", self.amqp.reconnect_initial_ms),
+            ("amqp.reconnect_max_ms", self.amqp.reconnect_max_ms),
+        )?;
         if self.input.prefetch == 0 {
             return reject(
                 "input.prefetch",
@@ -320,15 +330,24 @@ impl Settings {
                 "must be at least limits.max_output_bytes",
             );
         }
-        if self.retry.initial_ms == 0 {
-            return reject("retry.initial_ms", "must be at least 1");
-        }
-        if self.retry.max_ms < self.retry.initial_ms {
-            return reject("retry.max_ms", "must be at least retry.initial_ms");
-        }
-        if self.retry.max_elapsed_secs > 24 * 3600 {
-            return reject("retry.max_elapsed_secs", "must be at most 86400");
-        }
+        backoff_range(
+            ("retry.initial_ms", self.retry.initial_ms),
+            ("retry.max_ms", self.retry.max_ms),
+        )?;
+        within(
+            "retry.max_elapsed_secs",
+            self.retry.max_elapsed_secs,
+            0,
+            24 * HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "shutdown.drain_timeout_secs",
+            self.shutdown.drain_timeout_secs,
+            0,
+            HOUR_SECS,
+            "seconds",
+        )?;
         Ok(())
     }
 
@@ -339,6 +358,43 @@ impl Settings {
             max_output_bytes: self.limits.max_output_bytes,
         }
     }
+}
+
+/// Refuses `value` outside `lo..=hi`, naming the key and the range.
+fn within(key: &'static str, value: u64, lo: u64, hi: u64, unit: &str) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Rejected {
+            key,
+            problem: format!("{value} is out of range: must be between {lo} and {hi} ({unit})"),
+        })
+    }
+}
+
+/// A backoff's first and longest delay, in milliseconds: `1 <= initial <= max <= 1 hour`.
+fn backoff_range(
+    (initial_key, initial): (&'static str, u64),
+    (max_key, max): (&'static str, u64),
+) -> Result<(), ConfigError> {
+    let hour_ms = HOUR_SECS * 1000;
+    if max < initial || max > hour_ms {
+        return Err(ConfigError::Rejected {
+            key: max_key,
+            problem: format!(
+                "{max} is out of range: must be between {initial_key} ({initial}) and {hour_ms} (milliseconds)"
+            ),
+        });
+    }
+    if initial == 0 {
+        return Err(ConfigError::Rejected {
+            key: initial_key,
+            problem: format!(
+                "0 is out of range: must be between 1 and {max_key} ({max}) (milliseconds)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl AmqpSettings {
@@ -465,6 +521,125 @@ mod tests {
         assert!(e.to_string().starts_with("retry.max_ms: "), "{e}");
         let e = load_env(&[("NORMALIZER__AMQP__SURPRISE", "1")]).unwrap_err();
         assert!(e.to_string().contains("surprise"), "{e}");
+    }
+
+    /// Every duration is bounded: an absurd value (up to u64::MAX, which used to overflow
+    /// `Duration`/`Instant` arithmetic and panic) is refused naming the key and the range.
+    #[test]
+    fn durations_out_of_range_name_the_key_and_the_range() {
+        let max = u64::MAX.to_string();
+        let cases: [(&str, &str, &str, &str); 12] = [
+            (
+                "SHUTDOWN__DRAIN_TIMEOUT_SECS",
+                &max,
+                "shutdown.drain_timeout_secs",
+                "between 0 and 3600",
+            ),
+            (
+                "SHUTDOWN__DRAIN_TIMEOUT_SECS",
+                "3601",
+                "shutdown.drain_timeout_secs",
+                "between 0 and 3600",
+            ),
+            (
+                "AMQP__HEARTBEAT_SECS",
+                "3601",
+                "amqp.heartbeat_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONNECT_TIMEOUT_SECS",
+                &max,
+                "amqp.connect_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONFIRM_TIMEOUT_SECS",
+                &max,
+                "amqp.confirm_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONFIRM_TIMEOUT_SECS",
+                "0",
+                "amqp.confirm_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__RECONNECT_INITIAL_MS",
+                "0",
+                "amqp.reconnect_initial_ms",
+                "between 1 and amqp.reconnect_max_ms (30000)",
+            ),
+            (
+                "AMQP__RECONNECT_MAX_MS",
+                &max,
+                "amqp.reconnect_max_ms",
+                "and 3600000",
+            ),
+            (
+                "RETRY__INITIAL_MS",
+                "0",
+                "retry.initial_ms",
+                "between 1 and retry.max_ms (5000)",
+            ),
+            ("RETRY__MAX_MS", &max, "retry.max_ms", "and 3600000"),
+            (
+                "RETRY__MAX_ELAPSED_SECS",
+                &max,
+                "retry.max_elapsed_secs",
+                "between 0 and 86400",
+            ),
+            (
+                "INPUT__DELIVERY_LIMIT",
+                "0",
+                "input.delivery_limit",
+                "at least 1",
+            ),
+        ];
+        for (var, value, key, range) in cases {
+            let e = load_env(&[(&format!("{ENV_PREFIX}{var}"), value)])
+                .expect_err(&format!("{var}={value} must be refused"))
+                .to_string();
+            assert!(e.starts_with(&format!("{key}: ")), "{var}={value}: {e}");
+            assert!(e.contains(range), "{var}={value}: {e}");
+        }
+        // The ends of each range are accepted.
+        let s = load_env(&[
+            ("NORMALIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS", "0"),
+            ("NORMALIZER__AMQP__HEARTBEAT_SECS", "3600"),
+            ("NORMALIZER__AMQP__CONFIRM_TIMEOUT_SECS", "3600"),
+            ("NORMALIZER__AMQP__RECONNECT_MAX_MS", "3600000"),
+            ("NORMALIZER__RETRY__MAX_MS", "3600000"),
+            ("NORMALIZER__RETRY__MAX_ELAPSED_SECS", "86400"),
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown.drain_timeout(), Duration::ZERO);
+        assert_eq!(s.retry.max(), Duration::from_secs(3600));
+    }
+
+    /// The same from a file, where TOML's integers are signed 64-bit: a value beyond them
+    /// is a TOML error, still naming the key.
+    #[test]
+    fn durations_out_of_range_in_a_file_name_the_key() {
+        for (value, wants) in [
+            ("9223372036854775807", "between 0 and 3600"),
+            ("18446744073709551615", ""),
+            ("-1", ""),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file(
+                    "normalizer.toml",
+                    &format!("[shutdown]\ndrain_timeout_secs = {value}\n"),
+                )?;
+                let e = Settings::load(Some(Path::new("normalizer.toml")))
+                    .expect_err(value)
+                    .to_string();
+                assert!(e.contains("drain_timeout_secs"), "{value}: {e}");
+                assert!(e.contains(wants), "{value}: {e}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

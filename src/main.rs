@@ -188,7 +188,10 @@ async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
     let http = tokio::spawn(ops::serve(listener, health.clone(), http_shutdown.clone()));
     tokio::spawn(watch_signals(shutdown.clone()));
 
-    let hard_deadline = settings.shutdown.drain_timeout() + Duration::from_secs(15);
+    let hard_deadline = settings
+        .shutdown
+        .drain_timeout()
+        .saturating_add(Duration::from_secs(15));
     let deadline = {
         let shutdown = shutdown.clone();
         async move {

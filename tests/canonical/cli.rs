@@ -1,12 +1,88 @@
 //! The offline `normalize` and `event-types` commands, run as a user would.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::{RECEIVED_AT, fixtures_dir};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+}
+
+/// The binary as `run` or `topology` would start in production, with no broker to
+/// reach (port 1 refuses at once) and the health port free; no `RUST_LOG` of the
+/// caller's.
+fn worker(command: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = bin();
+    c.arg(command)
+        .env(
+            "NORMALIZER__AMQP__URL",
+            "amqp://guest:s3cret@127.0.0.1:1/%2f",
+        )
+        .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs the command to its end, failing the test (not hanging it) after `within`.
+fn finish(mut command: Command, within: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(within).unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("command did not finish within {within:?}");
+    })
+}
+
+/// Exit 78 (EX_CONFIG) with one line on stderr naming `key`, no panic, no password.
+fn assert_config_error(out: &Output, key: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.starts_with("error: configuration: "), "{err}");
+    assert!(err.contains(key), "{key} not named: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// Durations that used to overflow `Duration`/`Instant` arithmetic and panic (exit 101)
+/// are refused at start.
+#[test]
+fn absurd_durations_are_configuration_errors() {
+    for (var, key) in [
+        (
+            "NORMALIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS",
+            "shutdown.drain_timeout_secs",
+        ),
+        ("NORMALIZER__RETRY__MAX_MS", "retry.max_ms"),
+        (
+            "NORMALIZER__AMQP__CONFIRM_TIMEOUT_SECS",
+            "amqp.confirm_timeout_secs",
+        ),
+    ] {
+        let max = u64::MAX.to_string();
+        let out = finish(worker("run", &[(var, &max)]), Duration::from_secs(30));
+        assert_config_error(&out, key);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("must be between"),
+            "{var}"
+        );
+    }
+    let out = finish(
+        worker("run", &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "0")]),
+        Duration::from_secs(30),
+    );
+    assert_config_error(&out, "limits.max_body_bytes");
 }
 
 #[test]
