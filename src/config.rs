@@ -304,6 +304,9 @@ impl Settings {
                 "must differ from output.exchange",
             );
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return reject("log.filter", &format!("not a log filter: {e}"));
+        }
         // RabbitMQ's largest message is 128 MiB (3.x) and 16 MiB by default (4.x).
         let limits = &self.limits;
         if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * MIB {
@@ -640,6 +643,13 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn an_invalid_log_filter_names_log_filter() {
+        let e = load_env(&[("NORMALIZER__LOG__FILTER", "info,[[[")]).unwrap_err();
+        assert!(e.to_string().starts_with("log.filter: "), "{e}");
+        assert!(load_env(&[("NORMALIZER__LOG__FILTER", "webhook_normalizer=debug,warn")]).is_ok());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tracing::{error, info, warn};
 use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::normalize_json;
 use webhook_normalizer::ops::{self, Health};
+use webhook_normalizer::telemetry::TelemetryError;
 use webhook_normalizer::{EventType, Limits, broker, telemetry, worker};
 
 #[global_allocator]
@@ -99,17 +100,17 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
 fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().command {
         Command::Run { config } => {
-            let Some(settings) = load_settings(config.as_deref())? else {
-                return Ok(ExitCode::from(EXIT_CONFIG));
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
             };
-            telemetry::init(&settings.log, io::stderr)?;
             tokio::runtime::Runtime::new()?.block_on(run_worker(settings))
         }
         Command::Topology { config } => {
-            let Some(settings) = load_settings(config.as_deref())? else {
-                return Ok(ExitCode::from(EXIT_CONFIG));
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
             };
-            telemetry::init(&settings.log, io::stderr)?;
             let runtime = tokio::runtime::Runtime::new()?;
             match runtime.block_on(broker::declare_topology(&settings)) {
                 Ok(()) => {
@@ -162,14 +163,21 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Loads the settings; on an invalid configuration prints why (naming the key) and
-/// returns `None`.
-fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Option<Settings>> {
-    match Settings::load(file) {
-        Ok(settings) => Ok(Some(settings)),
-        Err(e) => {
-            eprintln!("error: configuration: {e}");
-            Ok(None)
+/// Loads the settings and installs logging. An invalid configuration (a setting, or
+/// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
+/// returned.
+fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    let configuration_error = |e: &dyn std::fmt::Display| {
+        eprintln!("error: configuration: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    };
+    let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
+    match telemetry::init(&settings.log, io::stderr) {
+        Ok(()) => Ok(settings),
+        Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
+        Err(e @ TelemetryError::Install(_)) => {
+            eprintln!("error: {e}");
+            Err(ExitCode::FAILURE)
         }
     }
 }

@@ -3,7 +3,7 @@
 //! whatever the filter says (see [`from_dependency_that_logs_messages`]).
 
 use tracing::Metadata;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, ParseError, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -11,18 +11,24 @@ use tracing_subscriber::{Layer, fmt};
 
 use crate::config::{LogFormat, LogSettings};
 
+/// Why logging could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A filter that does not parse: a configuration error, named by where it came from
+    /// (`log.filter` or `RUST_LOG`).
+    #[error("{key}: {problem}")]
+    InvalidFilter { key: &'static str, problem: String },
+    #[error("cannot install the log subscriber: {0}")]
+    Install(String),
+}
+
 /// Installs the global subscriber writing to `writer` (stderr in the binary). `RUST_LOG`,
 /// when set, replaces the configured filter.
-pub fn init<W>(settings: &LogSettings, writer: W) -> anyhow::Result<()>
+pub fn init<W>(settings: &LogSettings, writer: W) -> Result<(), TelemetryError>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(env) if !env.trim().is_empty() => EnvFilter::try_new(env)?,
-        _ => {
-            EnvFilter::try_new(&settings.filter).map_err(|e| anyhow::anyhow!("log.filter: {e}"))?
-        }
-    };
+    let filter = filter(settings, std::env::var_os("RUST_LOG"))?;
     let filter = filter.and(filter_fn(|meta| !from_dependency_that_logs_messages(meta)));
     let layer = fmt::layer().with_writer(writer).with_target(false);
     let layer = match settings.format {
@@ -32,7 +38,33 @@ where
     tracing_subscriber::registry()
         .with(layer)
         .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot install the log subscriber: {e}"))
+        .map_err(|e| TelemetryError::Install(e.to_string()))
+}
+
+/// The filter: `rust_log` (the `RUST_LOG` variable) when set and not blank, else
+/// `log.filter`.
+pub fn filter(
+    settings: &LogSettings,
+    rust_log: Option<std::ffi::OsString>,
+) -> Result<EnvFilter, TelemetryError> {
+    let invalid = |key| {
+        move |e: ParseError| TelemetryError::InvalidFilter {
+            key,
+            problem: format!("not a log filter: {e}"),
+        }
+    };
+    match rust_log {
+        Some(env) if !env.to_string_lossy().trim().is_empty() => {
+            let env = env
+                .into_string()
+                .map_err(|_| TelemetryError::InvalidFilter {
+                    key: "RUST_LOG",
+                    problem: "not UTF-8".into(),
+                })?;
+            EnvFilter::try_new(env).map_err(invalid("RUST_LOG"))
+        }
+        _ => EnvFilter::try_new(&settings.filter).map_err(invalid("log.filter")),
+    }
 }
 
 /// The AMQP client logs whole messages: a returned publish at WARN (body and headers,
@@ -42,4 +74,28 @@ where
 pub fn from_dependency_that_logs_messages(meta: &Metadata<'_>) -> bool {
     let krate = meta.target().split("::").next().unwrap_or_default();
     krate == "lapin" || krate.starts_with("amq_protocol")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(filter: &str) -> LogSettings {
+        LogSettings {
+            format: LogFormat::Text,
+            filter: filter.into(),
+        }
+    }
+
+    #[test]
+    fn rust_log_wins_and_each_source_is_named_when_invalid() {
+        let ok = settings("info");
+        assert!(filter(&ok, None).is_ok());
+        assert!(filter(&ok, Some(" ".into())).is_ok());
+        assert!(filter(&ok, Some("webhook_normalizer=debug".into())).is_ok());
+        let e = filter(&ok, Some("[[[".into())).unwrap_err().to_string();
+        assert!(e.starts_with("RUST_LOG: not a log filter"), "{e}");
+        let e = filter(&settings("[[["), None).unwrap_err().to_string();
+        assert!(e.starts_with("log.filter: not a log filter"), "{e}");
+    }
 }

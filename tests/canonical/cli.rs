@@ -254,3 +254,21 @@ fn normalize_bounds_fan_out_before_writing_anything() {
         "{stderr}"
     );
 }
+
+/// A log filter that does not parse is a configuration error naming where it came from:
+/// `log.filter`, or `RUST_LOG`, which wins over it.
+#[test]
+fn an_invalid_log_filter_is_a_configuration_error() {
+    for command in ["run", "topology"] {
+        let out = finish(
+            worker(command, &[("NORMALIZER__LOG__FILTER", "info,[[[")]),
+            Duration::from_secs(30),
+        );
+        assert_config_error(&out, "log.filter");
+        let out = finish(
+            worker(command, &[("RUST_LOG", "info,[[[")]),
+            Duration::from_secs(30),
+        );
+        assert_config_error(&out, "RUST_LOG");
+    }
+}
