@@ -15,7 +15,7 @@ use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::normalize_json;
 use webhook_normalizer::ops::{self, Health};
 use webhook_normalizer::telemetry::TelemetryError;
-use webhook_normalizer::{EventType, Limits, broker, telemetry, worker};
+use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -131,7 +131,21 @@ fn main() -> anyhow::Result<ExitCode> {
             max_output_bytes,
             file,
         } => {
-            let body = read_input(file.as_deref())?;
+            let body = match read_input(file.as_deref(), max_body_bytes)? {
+                Input::Body(body) => body,
+                Input::TooLarge { size } => {
+                    let kind = ErrorKind::BodyTooLarge;
+                    match size {
+                        Some(size) => eprintln!(
+                            "error: {kind}: body is {size} bytes, over the limit of {max_body_bytes}"
+                        ),
+                        None => eprintln!(
+                            "error: {kind}: body is over the limit of {max_body_bytes} bytes (reading stopped there)"
+                        ),
+                    }
+                    return Ok(ExitCode::from(EXIT_DATA_ERROR));
+                }
+            };
             let limits = Limits {
                 max_body_bytes,
                 max_events_per_message,
@@ -237,21 +251,46 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
-    match file {
-        None => read_stdin(),
-        Some(p) if p.as_os_str() == "-" => read_stdin(),
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
-    }
+/// The body `normalize` reads, or the fact that it is over the limit.
+enum Input {
+    Body(Vec<u8>),
+    /// Over the limit; `size` when known without reading (a regular file).
+    TooLarge {
+        size: Option<u64>,
+    },
 }
 
-fn read_stdin() -> anyhow::Result<Vec<u8>> {
+/// Reads the body from `file` (`-` or nothing: stdin), at most `limit + 1` bytes: enough
+/// to know it is over the limit without reading, or holding, an endless stream or a
+/// huge file. A regular file is measured before it is read.
+fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<Input> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let (reader, name): (Box<dyn Read>, String) = match file {
+        None => (Box::new(io::stdin().lock()), "stdin".into()),
+        Some(p) if p.as_os_str() == "-" => (Box::new(io::stdin().lock()), "stdin".into()),
+        Some(p) => {
+            let file =
+                std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+            if let Ok(meta) = file.metadata()
+                && meta.is_file()
+                && meta.len() > limit
+            {
+                return Ok(Input::TooLarge {
+                    size: Some(meta.len()),
+                });
+            }
+            (Box::new(file), p.display().to_string())
+        }
+    };
     let mut body = Vec::new();
-    io::stdin()
-        .lock()
+    reader
+        .take(limit.saturating_add(1))
         .read_to_end(&mut body)
-        .context("cannot read stdin")?;
-    Ok(body)
+        .with_context(|| format!("cannot read {name}"))?;
+    if body.len() as u64 > limit {
+        return Ok(Input::TooLarge { size: None });
+    }
+    Ok(Input::Body(body))
 }
 
 fn print_event_types(format: TableFormat) -> anyhow::Result<()> {

@@ -272,3 +272,53 @@ fn an_invalid_log_filter_is_a_configuration_error() {
         assert_config_error(&out, "RUST_LOG");
     }
 }
+
+/// `normalize` reads at most one byte more than `--max-body-bytes`, then refuses: an
+/// endless stdin or file (`/dev/zero`) ends promptly with `body_too_large` instead of
+/// being read into memory. The timeout detects a reader that does not stop; it is not a
+/// performance bound.
+#[test]
+fn normalize_stops_reading_past_the_size_limit() {
+    let zero = || std::fs::File::open("/dev/zero").unwrap();
+    let mut from_stdin = bin();
+    from_stdin
+        .args(["normalize", "--max-body-bytes", "1024", "-"])
+        .stdin(zero());
+    let mut from_file = bin();
+    from_file
+        .args(["normalize", "--max-body-bytes", "1024", "/dev/zero"])
+        .stdin(Stdio::null());
+    for command in [from_stdin, from_file] {
+        let out = finish(command, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(65));
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            String::from_utf8(out.stderr).unwrap(),
+            "error: body_too_large: body is over the limit of 1024 bytes (reading stopped there)\n"
+        );
+    }
+}
+
+/// A regular file over the limit is refused by its size, which the message gives, without
+/// reading it.
+#[test]
+fn normalize_refuses_a_large_file_by_its_size() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-large-body.json");
+    // Sparse: 10 GiB that take no disk.
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(10 << 30)
+        .unwrap();
+    let mut command = bin();
+    command
+        .args(["normalize", "--max-body-bytes", "1024"])
+        .arg(&path)
+        .stdin(Stdio::null());
+    let out = finish(command, Duration::from_secs(10));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: body_too_large: body is 10737418240 bytes, over the limit of 1024\n"
+    );
+}
