@@ -62,14 +62,15 @@ enum Command {
         /// Receipt time (RFC 3339), used when the body carries no time; default: now.
         #[arg(long, value_parser = parse_rfc3339)]
         received_at: Option<DateTime<Utc>>,
-        /// Largest body accepted, in bytes.
-        #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+        /// Largest body accepted, in bytes (at least 1). No more than this and one byte
+        /// is read.
+        #[arg(long, default_value_t = Limits::default().max_body_bytes, value_parser = at_least_1)]
         max_body_bytes: usize,
-        /// Most events one body may fan out into.
-        #[arg(long, default_value_t = Limits::default().max_events_per_message)]
+        /// Most events one body may fan out into (at least 1).
+        #[arg(long, default_value_t = Limits::default().max_events_per_message, value_parser = at_least_1)]
         max_events_per_message: usize,
-        /// Most bytes of event JSON one body may make, all its events together.
-        #[arg(long, default_value_t = Limits::default().max_output_bytes)]
+        /// Most bytes of event JSON one body may make, all its events together (at least 1).
+        #[arg(long, default_value_t = Limits::default().max_output_bytes, value_parser = at_least_1)]
         max_output_bytes: usize,
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
@@ -89,6 +90,15 @@ enum TableFormat {
     Json,
     /// A Markdown table.
     Markdown,
+}
+
+/// A limit: 0 would refuse every body.
+fn at_least_1(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; must be a whole number, at least 1")),
+    }
 }
 
 fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {

@@ -322,3 +322,25 @@ fn normalize_refuses_a_large_file_by_its_size() {
         "error: body_too_large: body is 10737418240 bytes, over the limit of 1024\n"
     );
 }
+
+/// A limit of 0 would refuse every body: a usage error (exit 2, as for every bad
+/// argument), naming the option. The same limits in the configuration file are
+/// configuration errors (exit 78; `absurd_durations_are_configuration_errors`).
+#[test]
+fn zero_limits_are_usage_errors() {
+    for option in [
+        "--max-body-bytes",
+        "--max-events-per-message",
+        "--max-output-bytes",
+    ] {
+        let mut command = bin();
+        command
+            .args(["normalize", option, "0", "-"])
+            .stdin(Stdio::null());
+        let out = finish(command, Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option}: {err}");
+        assert!(out.stdout.is_empty());
+        assert!(err.contains(option) && err.contains("at least 1"), "{err}");
+    }
+}
