@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::normalize::normalize_json;
+use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
 use webhook_normalizer::telemetry::TelemetryError;
 use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker};
@@ -165,25 +165,14 @@ fn main() -> anyhow::Result<ExitCode> {
             // Serialized (and bounded) before anything is printed: an error prints nothing
             // on stdout.
             match normalize_json(&body, vendor.as_deref(), received_at, &limits) {
-                Ok(events) => {
-                    let mut out = io::stdout().lock();
-                    for event in &events {
-                        out.write_all(&event.json)?;
-                        out.write_all(b"\n")?;
-                    }
-                    out.flush()?;
-                    Ok(ExitCode::SUCCESS)
-                }
+                Ok(events) => written_to_stdout(print_events(&events)),
                 Err(e) => {
                     eprintln!("error: {}: {e}", e.kind());
                     Ok(ExitCode::from(EXIT_DATA_ERROR))
                 }
             }
         }
-        Command::EventTypes { format } => {
-            print_event_types(format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
     }
 }
 
@@ -303,7 +292,27 @@ fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<In
     Ok(Input::Body(body))
 }
 
-fn print_event_types(format: TableFormat) -> anyhow::Result<()> {
+/// The end of a command that wrote to stdout. A reader that went away
+/// (`event-types | head -1`) has what it wanted: the command ends quietly with success.
+fn written_to_stdout(written: io::Result<()>) -> anyhow::Result<ExitCode> {
+    match written {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+    }
+}
+
+/// JSON Lines.
+fn print_events(events: &[EventJson]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for event in events {
+        out.write_all(&event.json)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+fn print_event_types(format: TableFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if let TableFormat::Markdown = format {
         out.write_all(webhook_normalizer::canonical::markdown_table().as_bytes())?;
@@ -316,7 +325,8 @@ fn print_event_types(format: TableFormat) -> anyhow::Result<()> {
                 "type": t,
                 "subject": t.subject_rule(),
             });
-            serde_json::to_writer(&mut out, &row)?;
+            // An I/O error comes back as itself, so a broken pipe is still one.
+            serde_json::to_writer(&mut out, &row).map_err(io::Error::from)?;
             out.write_all(b"\n")?;
         }
     } else {

@@ -344,3 +344,59 @@ fn zero_limits_are_usage_errors() {
         assert!(err.contains(option) && err.contains("at least 1"), "{err}");
     }
 }
+
+/// Runs the command with its stdout a pipe whose reader is gone (`… | head -1` after
+/// head has exited); its output is large or written line by line, so it meets the
+/// closed pipe whatever the timing.
+fn with_closed_stdout(mut command: Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command did not finish within 30 s");
+        })
+}
+
+/// `event-types | head -1`: a reader that stops reading is not an error. Every command
+/// that writes to stdout ends quietly with exit 0.
+#[test]
+fn a_closed_stdout_ends_quietly_with_success() {
+    let fan_out: Vec<_> = (0..1000).map(|i| serde_json::json!({"id": i})).collect();
+    let body = serde_json::json!({
+        "data": {"meta": {"event_type": "timesheet.reviewed"}, "resource": fan_out},
+        "timestamp": "2023-05-11T15:12:41.663Z"
+    });
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-fan-out.json");
+    std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+
+    let mut commands: Vec<Command> = ["text", "json", "markdown"]
+        .into_iter()
+        .map(|format| {
+            let mut c = bin();
+            c.args(["event-types", "--format", format]);
+            c
+        })
+        .collect();
+    let mut normalize = bin();
+    normalize.arg("normalize").arg(&path);
+    commands.push(normalize);
+    let mut help = bin();
+    help.arg("--help");
+    commands.push(help);
+    for command in commands {
+        let what = format!("{:?}", command.get_args().collect::<Vec<_>>());
+        let out = with_closed_stdout(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{what}: {err}");
+        assert!(err.is_empty(), "{what}: {err}");
+    }
+}
