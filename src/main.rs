@@ -107,8 +107,26 @@ fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("not an RFC 3339 date-time: {e}"))
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}`: the causes on one line. Never `{:?}`, which appends a stack trace
+            // whenever RUST_BACKTRACE or RUST_LIB_BACKTRACE is set: these are the user's
+            // errors (a missing file, a port in use), not bugs.
+            report(format_args!("error: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes one line to stderr. Unlike `eprintln!`, does not panic when stderr is gone.
+fn report(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "{message}");
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { config } => {
             let settings = match configure(config.as_deref()) {
                 Ok(settings) => settings,
@@ -146,12 +164,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 Input::TooLarge { size } => {
                     let kind = ErrorKind::BodyTooLarge;
                     match size {
-                        Some(size) => eprintln!(
+                        Some(size) => report(format_args!(
                             "error: {kind}: body is {size} bytes, over the limit of {max_body_bytes}"
-                        ),
-                        None => eprintln!(
+                        )),
+                        None => report(format_args!(
                             "error: {kind}: body is over the limit of {max_body_bytes} bytes (reading stopped there)"
-                        ),
+                        )),
                     }
                     return Ok(ExitCode::from(EXIT_DATA_ERROR));
                 }
@@ -167,7 +185,7 @@ fn main() -> anyhow::Result<ExitCode> {
             match normalize_json(&body, vendor.as_deref(), received_at, &limits) {
                 Ok(events) => written_to_stdout(print_events(&events)),
                 Err(e) => {
-                    eprintln!("error: {}: {e}", e.kind());
+                    report(format_args!("error: {}: {e}", e.kind()));
                     Ok(ExitCode::from(EXIT_DATA_ERROR))
                 }
             }
@@ -181,7 +199,7 @@ fn main() -> anyhow::Result<ExitCode> {
 /// returned.
 fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
     let configuration_error = |e: &dyn std::fmt::Display| {
-        eprintln!("error: configuration: {e}");
+        report(format_args!("error: configuration: {e}"));
         ExitCode::from(EXIT_CONFIG)
     };
     let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
@@ -189,7 +207,7 @@ fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
         Ok(()) => Ok(settings),
         Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
         Err(e @ TelemetryError::Install(_)) => {
-            eprintln!("error: {e}");
+            report(format_args!("error: {e}"));
             Err(ExitCode::FAILURE)
         }
     }

@@ -400,3 +400,47 @@ fn a_closed_stdout_ends_quietly_with_success() {
         assert!(err.is_empty(), "{what}: {err}");
     }
 }
+
+/// User errors are one line on stderr, never a stack trace, even with the backtrace
+/// variables many development machines set.
+#[test]
+fn user_errors_never_print_backtraces() {
+    let backtraces = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];
+    let mut missing_file = bin();
+    missing_file
+        .args(["normalize", "/nonexistent/body.json"])
+        .envs(backtraces)
+        .stdin(Stdio::null());
+    let out = finish(missing_file, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot read /nonexistent/body.json: No such file or directory (os error 2)\n"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let mut command = worker("run", &[("NORMALIZER__HTTP__LISTEN", &listen)]);
+    command.envs(backtraces);
+    let out = finish(command, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: http.listen: "), "{err}");
+    assert!(
+        !err.contains("acktrace") && !err.contains("Caused by"),
+        "{err}"
+    );
+
+    for config_error in [
+        worker("run", &[("NORMALIZER__INPUT__PREFETCH", "0")]),
+        worker("topology", &[("RUST_LOG", "[[[")]),
+    ] {
+        let mut command = config_error;
+        command.envs(backtraces);
+        let out = finish(command, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
