@@ -1,6 +1,6 @@
 //! The `webhook-normalizer` binary: parses arguments and hands over to the library.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -203,7 +203,11 @@ fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
         ExitCode::from(EXIT_CONFIG)
     };
     let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
-    match telemetry::init(&settings.log, io::stderr) {
+    let colour = telemetry::colour_wanted(
+        io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    match telemetry::init(&settings.log, io::stderr, colour) {
         Ok(()) => Ok(settings),
         Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
         Err(e @ TelemetryError::Install(_)) => {

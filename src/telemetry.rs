@@ -2,6 +2,8 @@
 //! values, the AMQP URI is always masked, and the AMQP client's own logs are dropped
 //! whatever the filter says (see [`from_dependency_that_logs_messages`]).
 
+use std::ffi::OsStr;
+
 use tracing::Metadata;
 use tracing_subscriber::filter::{EnvFilter, FilterExt, ParseError, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
@@ -22,15 +24,19 @@ pub enum TelemetryError {
     Install(String),
 }
 
-/// Installs the global subscriber writing to `writer` (stderr in the binary). `RUST_LOG`,
-/// when set, replaces the configured filter.
-pub fn init<W>(settings: &LogSettings, writer: W) -> Result<(), TelemetryError>
+/// Installs the global subscriber writing to `writer` (stderr in the binary), text logs
+/// in ANSI colours only if `colour` (see [`colour_wanted`]). `RUST_LOG`, when set,
+/// replaces the configured filter.
+pub fn init<W>(settings: &LogSettings, writer: W, colour: bool) -> Result<(), TelemetryError>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let filter = filter(settings, std::env::var_os("RUST_LOG"))?;
     let filter = filter.and(filter_fn(|meta| !from_dependency_that_logs_messages(meta)));
-    let layer = fmt::layer().with_writer(writer).with_target(false);
+    let layer = fmt::layer()
+        .with_writer(writer)
+        .with_target(false)
+        .with_ansi(colour);
     let layer = match settings.format {
         LogFormat::Text => layer.with_filter(filter).boxed(),
         LogFormat::Json => layer.json().flatten_event(true).with_filter(filter).boxed(),
@@ -67,6 +73,13 @@ pub fn filter(
     }
 }
 
+/// Whether text logs are coloured: only for a terminal (a file or a log collector's pipe
+/// would keep the escape codes), and never when `NO_COLOR` is set and not empty
+/// (<https://no-color.org>).
+pub fn colour_wanted(to_terminal: bool, no_color: Option<&OsStr>) -> bool {
+    to_terminal && no_color.is_none_or(OsStr::is_empty)
+}
+
 /// The AMQP client logs whole messages: a returned publish at WARN (body and headers,
 /// with the person's e-mail and name), deliveries in errors while a consumer shuts down,
 /// every frame at TRACE. Its failures reach us as errors, which we log ourselves without
@@ -85,6 +98,16 @@ mod tests {
             format: LogFormat::Text,
             filter: filter.into(),
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour_wanted(true, None));
+        assert!(colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!colour_wanted(true, Some(OsStr::new("0"))));
+        assert!(!colour_wanted(false, None));
+        assert!(!colour_wanted(false, Some(OsStr::new(""))));
     }
 
     #[test]

@@ -444,3 +444,16 @@ fn user_errors_never_print_backtraces() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+/// Text logs to a file or pipe carry no ANSI colour codes (the test's stderr pipe is not
+/// a terminal). The choice for a terminal, and `NO_COLOR`, are unit-tested in telemetry.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let mut command = worker("topology", &[("NORMALIZER__LOG__FORMAT", "text")]);
+    command.env_remove("NO_COLOR");
+    let out = finish(command, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("cannot declare the topology"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
