@@ -1,6 +1,7 @@
 //! The `webhook-normalizer` binary: parses arguments and hands over to the library.
 
 use std::io::{self, IsTerminal, Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -132,7 +133,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
-            tokio::runtime::Runtime::new()?.block_on(run_worker(settings))
+            let health_addrs = match settings.http.listen.resolve() {
+                Ok(addrs) => addrs,
+                Err(e) => return Ok(configuration_error(&e)),
+            };
+            tokio::runtime::Runtime::new()?.block_on(run_worker(settings, &health_addrs))
         }
         Command::Topology { config } => {
             let settings = match configure(config.as_deref()) {
@@ -194,14 +199,16 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Prints an invalid configuration's message (which names the key): EX_CONFIG.
+fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
+    report(format_args!("error: configuration: {e}"));
+    ExitCode::from(EXIT_CONFIG)
+}
+
 /// Loads the settings and installs logging. An invalid configuration (a setting, or
 /// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
 /// returned.
 fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
-    let configuration_error = |e: &dyn std::fmt::Display| {
-        report(format_args!("error: configuration: {e}"));
-        ExitCode::from(EXIT_CONFIG)
-    };
     let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
     let colour = telemetry::colour_wanted(
         io::stderr().is_terminal(),
@@ -219,16 +226,23 @@ fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
 
 /// Runs the worker and the health endpoints until a signal, then drains and exits 0. If
 /// the drain overruns its deadline by more than a grace period, exits 1 rather than hang.
-async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
     let health = Health::default();
 
-    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+    let listeners = ops::listen(health_addrs)
         .await
-        .with_context(|| format!("http.listen: cannot listen on {}", settings.http.listen))?;
-    info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
-    let http = tokio::spawn(ops::serve(listener, health.clone(), http_shutdown.clone()));
+        .context("http.listen: cannot listen")?;
+    let mut http = Vec::new();
+    for listener in listeners {
+        info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
+        http.push(tokio::spawn(ops::serve(
+            listener,
+            health.clone(),
+            http_shutdown.clone(),
+        )));
+    }
     tokio::spawn(watch_signals(shutdown.clone()));
 
     let hard_deadline = settings
@@ -250,7 +264,8 @@ async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
         }
     };
     http_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(http)).await;
     Ok(code)
 }
 

@@ -457,3 +457,68 @@ fn text_logs_to_a_pipe_have_no_colour_codes() {
     assert!(err.contains("cannot declare the topology"), "{err}");
     assert!(!err.contains('\u{1b}'), "{err:?}");
 }
+
+/// `GET path` over plain HTTP/1.0: the status code.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `http.listen` may name a host: the worker listens on what it resolves to (here
+/// `localhost`, so 127.0.0.1). Garbage is still a configuration error.
+#[test]
+fn health_endpoints_listen_on_a_host_name() {
+    use std::io::BufRead;
+    let mut child = worker(
+        "run",
+        &[
+            ("NORMALIZER__HTTP__LISTEN", "localhost:0"),
+            ("NORMALIZER__LOG__FORMAT", "json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut addresses: Vec<std::net::SocketAddr> = Vec::new();
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        seen.push(line.clone());
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if log["message"] == "health endpoints on /healthz and /readyz" {
+            addresses.push(log["address"].as_str().unwrap().parse().unwrap());
+        } else if log["message"] == "starting" {
+            break;
+        }
+    }
+    let ipv4: Vec<std::net::SocketAddr> =
+        addresses.iter().copied().filter(|a| a.is_ipv4()).collect();
+    let status = ipv4.first().map(|a| http_status(*a, "/healthz"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ipv4.len(), 1, "{seen:#?}");
+    assert!(ipv4[0].ip().is_loopback());
+    assert_eq!(status, Some(200));
+
+    let out = finish(
+        worker("run", &[("NORMALIZER__HTTP__LISTEN", "localhost")]),
+        Duration::from_secs(30),
+    );
+    assert_config_error(&out, "http.listen");
+}
