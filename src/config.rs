@@ -313,6 +313,25 @@ impl Settings {
                     "amqps:// needs TLS, which this build does not include; use amqp://",
                 );
             }
+            // `amqp://host/` is not the default vhost: the path after the `/` is the
+            // vhost's name, here empty, and RabbitMQ refuses every connection to it.
+            Ok(uri) if uri.vhost.is_empty() => {
+                // The URI as it should be, password masked: `%2f` after the `/`.
+                let masked = self.amqp.url.masked();
+                let path = masked
+                    .find("://")
+                    .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j + 1))
+                    .unwrap_or(masked.len());
+                return reject(
+                    "amqp.url",
+                    &format!(
+                        "a trailing `/` names the empty vhost, which RabbitMQ never has; the \
+                         default vhost `/` is written `%2f` ({}%2f{}), or leave the path out",
+                        &masked[..path],
+                        &masked[path..]
+                    ),
+                );
+            }
             Ok(_) => {}
         }
         // The client library's URI parser turns an IPv6 literal host into "localhost".
@@ -792,6 +811,34 @@ mod tests {
             let e = load_env(&[("NORMALIZER__AMQP__URL", url)]).unwrap_err();
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    /// A trailing `/` names the empty vhost, which RabbitMQ never has: every connection
+    /// would be refused. Said at start, with the way to name the default vhost.
+    #[test]
+    fn a_trailing_slash_naming_the_empty_vhost_is_refused() {
+        for url in [
+            "amqp://guest:s3cret@127.0.0.1:5672/",
+            "amqp://guest:s3cret@rabbit/?heartbeat=5",
+        ] {
+            let e = load_env(&[("NORMALIZER__AMQP__URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("amqp.url: "), "{e}");
+            assert!(e.contains("empty vhost") && e.contains("%2f"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        let e = load_env(&[("NORMALIZER__AMQP__URL", "amqp://guest:s3cret@rabbit:5672/")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(amqp://guest:****@rabbit:5672/%2f)"), "{e}");
+        for url in [
+            "amqp://guest:s3cret@127.0.0.1:5672/%2f",
+            "amqp://guest:s3cret@127.0.0.1:5672",
+            "amqp://guest:s3cret@127.0.0.1:5672/prod",
+        ] {
+            assert!(load_env(&[("NORMALIZER__AMQP__URL", url)]).is_ok(), "{url}");
         }
     }
 

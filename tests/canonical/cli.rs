@@ -522,3 +522,21 @@ fn health_endpoints_listen_on_a_host_name() {
     );
     assert_config_error(&out, "http.listen");
 }
+
+/// `amqp.url` ending in `/` names the empty vhost, which RabbitMQ never has: refused at
+/// start with the way to name the default one, and without the password.
+#[test]
+fn an_amqp_url_naming_the_empty_vhost_is_refused_at_start() {
+    for command in ["run", "topology"] {
+        let out = finish(
+            worker(
+                command,
+                &[("NORMALIZER__AMQP__URL", "amqp://guest:s3cret@127.0.0.1:1/")],
+            ),
+            Duration::from_secs(10),
+        );
+        assert_config_error(&out, "amqp.url");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("empty vhost") && err.contains("%2f"), "{err}");
+    }
+}
