@@ -540,16 +540,30 @@ impl ShutdownSettings {
 }
 
 /// figment's message with the key path, which it already names ("for key
-/// `default.input.prefetch`"); its "default." profile prefix is dropped.
+/// `default.input.prefetch`"); its "default." profile prefix is dropped. Where the value
+/// came from follows: the file (a TOML syntax error has no key path, only a line) or
+/// the environment variable.
 fn describe_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
             let what = e.kind.to_string();
-            if key.is_empty() {
-                what
-            } else {
-                format!("{key}: {what}")
+            let what = what.trim_end();
+            let origin = match e.metadata.as_ref().map(|m| (m.source.as_ref(), &m.name)) {
+                Some((Some(figment::Source::File(file)), _)) => Some(file.display().to_string()),
+                Some((_, name)) if name.ends_with("environment variable(s)") && !key.is_empty() => {
+                    Some(format!(
+                        "{ENV_PREFIX}{}",
+                        e.path.join("__").to_ascii_uppercase()
+                    ))
+                }
+                _ => None,
+            };
+            match (key.is_empty(), origin) {
+                (true, Some(origin)) => format!("{origin}: {what}"),
+                (true, None) => what.to_owned(),
+                (false, Some(origin)) => format!("{key}: {what} (in {origin})"),
+                (false, None) => format!("{key}: {what}"),
             }
         })
         .collect::<Vec<_>>()
@@ -799,6 +813,31 @@ mod tests {
             let e = load_env(&[("NORMALIZER__HTTP__LISTEN", garbage)]).unwrap_err();
             assert!(e.to_string().starts_with("http.listen: "), "{garbage}: {e}");
         }
+    }
+
+    /// A figment error says where the bad value came from: the file (a TOML syntax error
+    /// has no key to name) or the environment variable.
+    #[test]
+    fn errors_name_the_file_or_variable_they_come_from() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("broken.toml", "[amqp\n")?;
+            let e = Settings::load(Some(Path::new("broken.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("broken.toml"), "{e}");
+            jail.create_file("typo.toml", "[input]\nprefetch = \"many\"\n")?;
+            let e = Settings::load(Some(Path::new("typo.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("input.prefetch: "), "{e}");
+            assert!(e.contains("typo.toml"), "{e}");
+            Ok(())
+        });
+        let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "many")]).unwrap_err();
+        assert!(e.to_string().starts_with("input.prefetch: "), "{e}");
+        assert!(e.to_string().contains("NORMALIZER__INPUT__PREFETCH"), "{e}");
+        let e = load_env(&[("NORMALIZER__AMQP__SURPRISE", "1")]).unwrap_err();
+        assert!(e.to_string().contains("NORMALIZER__AMQP__SURPRISE"), "{e}");
     }
 
     #[test]
