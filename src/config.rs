@@ -2,7 +2,7 @@
 //! `NORMALIZER__{SECTION}__{KEY}` environment variables over both; validated once at start.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "NORMALIZER__";
 
 const MIB: usize = 1024 * 1024;
+const HOUR_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +92,94 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
+}
+
+/// `host:port` for the health endpoints: an IPv4 address, a bracketed IPv6 address or a
+/// host name, resolved when the worker starts ([`ListenAddr::resolve`]). Checked for
+/// form only when loaded, so a setting naming a host resolves where the worker runs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ListenAddr {
+    host: String,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// The addresses to listen on: each one the host resolves to, in the resolver's
+    /// order, without duplicates (`localhost` is often both 127.0.0.1 and ::1). Failure
+    /// to resolve is an error naming `http.listen`.
+    pub fn resolve(&self) -> Result<Vec<SocketAddr>, ConfigError> {
+        let host = self.host.trim_start_matches('[').trim_end_matches(']');
+        let resolved = (host, self.port)
+            .to_socket_addrs()
+            .map_err(|e| ConfigError::Rejected {
+                key: "http.listen",
+                problem: format!("cannot resolve {}: {e}", self.host),
+            })?;
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for addr in resolved {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(ConfigError::Rejected {
+                key: "http.listen",
+                problem: format!("{} resolves to no address", self.host),
+            });
+        }
+        Ok(addrs)
+    }
+}
+
+impl TryFrom<String> for ListenAddr {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ListenAddr, String> {
+        const FORM: &str = "expected host:port, e.g. 127.0.0.1:9090, [::1]:9090 or localhost:9090";
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            let host = match addr {
+                SocketAddr::V4(a) => a.ip().to_string(),
+                SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            };
+            return Ok(ListenAddr {
+                host,
+                port: addr.port(),
+            });
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("{text:?} has no port; {FORM}"));
+        };
+        let Ok(port) = port.parse::<u16>() else {
+            return Err(format!("{port:?} is not a port (0 to 65535); {FORM}"));
+        };
+        // A host name (RFC 1123 labels; `_` tolerated); an IP address parsed above.
+        let is_name = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !is_name {
+            return Err(format!("{host:?} is not a host name or IP address; {FORM}"));
+        }
+        Ok(ListenAddr {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -225,6 +313,25 @@ impl Settings {
                     "amqps:// needs TLS, which this build does not include; use amqp://",
                 );
             }
+            // `amqp://host/` is not the default vhost: the path after the `/` is the
+            // vhost's name, here empty, and RabbitMQ refuses every connection to it.
+            Ok(uri) if uri.vhost.is_empty() => {
+                // The URI as it should be, password masked: `%2f` after the `/`.
+                let masked = self.amqp.url.masked();
+                let path = masked
+                    .find("://")
+                    .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j + 1))
+                    .unwrap_or(masked.len());
+                return reject(
+                    "amqp.url",
+                    &format!(
+                        "a trailing `/` names the empty vhost, which RabbitMQ never has; the \
+                         default vhost `/` is written `%2f` ({}%2f{}), or leave the path out",
+                        &masked[..path],
+                        &masked[path..]
+                    ),
+                );
+            }
             Ok(_) => {}
         }
         // The client library's URI parser turns an IPv6 literal host into "localhost".
@@ -243,24 +350,33 @@ impl Settings {
                 "IPv6 literal hosts are not supported by the AMQP client; use a host name",
             );
         }
-        if self.amqp.heartbeat_secs == 0 {
-            return reject("amqp.heartbeat_secs", "must be at least 1");
-        }
-        if self.amqp.connect_timeout_secs == 0 {
-            return reject("amqp.connect_timeout_secs", "must be at least 1");
-        }
-        if self.amqp.confirm_timeout_secs == 0 {
-            return reject("amqp.confirm_timeout_secs", "must be at least 1");
-        }
-        if self.amqp.reconnect_initial_ms == 0 {
-            return reject("amqp.reconnect_initial_ms", "must be at least 1");
-        }
-        if self.amqp.reconnect_max_ms < self.amqp.reconnect_initial_ms {
-            return reject(
-                "amqp.reconnect_max_ms",
-                "must be at least amqp.reconnect_initial_ms",
-            );
-        }
+        // Durations are bounded: beyond an hour (a day for the retry budget) a value is a
+        // mistake, and u64::MAX seconds overflows `Instant` arithmetic.
+        within(
+            "amqp.heartbeat_secs",
+            self.amqp.heartbeat_secs.into(),
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "amqp.connect_timeout_secs",
+            self.amqp.connect_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "amqp.confirm_timeout_secs",
+            self.amqp.confirm_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        backoff_range(
+            ("amqp.reconnect_initial_ms", self.amqp.reconnect_initial_ms),
+            ("amqp.reconnect_max_ms", self.amqp.reconnect_max_ms),
+        )?;
         if self.input.prefetch == 0 {
             return reject(
                 "input.prefetch",
@@ -294,6 +410,9 @@ impl Settings {
                 "must differ from output.exchange",
             );
         }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return reject("log.filter", &format!("not a log filter: {e}"));
+        }
         // RabbitMQ's largest message is 128 MiB (3.x) and 16 MiB by default (4.x).
         let limits = &self.limits;
         if limits.max_body_bytes == 0 || limits.max_body_bytes > 16 * MIB {
@@ -320,15 +439,24 @@ impl Settings {
                 "must be at least limits.max_output_bytes",
             );
         }
-        if self.retry.initial_ms == 0 {
-            return reject("retry.initial_ms", "must be at least 1");
-        }
-        if self.retry.max_ms < self.retry.initial_ms {
-            return reject("retry.max_ms", "must be at least retry.initial_ms");
-        }
-        if self.retry.max_elapsed_secs > 24 * 3600 {
-            return reject("retry.max_elapsed_secs", "must be at most 86400");
-        }
+        backoff_range(
+            ("retry.initial_ms", self.retry.initial_ms),
+            ("retry.max_ms", self.retry.max_ms),
+        )?;
+        within(
+            "retry.max_elapsed_secs",
+            self.retry.max_elapsed_secs,
+            0,
+            24 * HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "shutdown.drain_timeout_secs",
+            self.shutdown.drain_timeout_secs,
+            0,
+            HOUR_SECS,
+            "seconds",
+        )?;
         Ok(())
     }
 
@@ -339,6 +467,43 @@ impl Settings {
             max_output_bytes: self.limits.max_output_bytes,
         }
     }
+}
+
+/// Refuses `value` outside `lo..=hi`, naming the key and the range.
+fn within(key: &'static str, value: u64, lo: u64, hi: u64, unit: &str) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::Rejected {
+            key,
+            problem: format!("{value} is out of range: must be between {lo} and {hi} ({unit})"),
+        })
+    }
+}
+
+/// A backoff's first and longest delay, in milliseconds: `1 <= initial <= max <= 1 hour`.
+fn backoff_range(
+    (initial_key, initial): (&'static str, u64),
+    (max_key, max): (&'static str, u64),
+) -> Result<(), ConfigError> {
+    let hour_ms = HOUR_SECS * 1000;
+    if max < initial || max > hour_ms {
+        return Err(ConfigError::Rejected {
+            key: max_key,
+            problem: format!(
+                "{max} is out of range: must be between {initial_key} ({initial}) and {hour_ms} (milliseconds)"
+            ),
+        });
+    }
+    if initial == 0 {
+        return Err(ConfigError::Rejected {
+            key: initial_key,
+            problem: format!(
+                "0 is out of range: must be between 1 and {max_key} ({max}) (milliseconds)"
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl AmqpSettings {
@@ -375,16 +540,30 @@ impl ShutdownSettings {
 }
 
 /// figment's message with the key path, which it already names ("for key
-/// `default.input.prefetch`"); its "default." profile prefix is dropped.
+/// `default.input.prefetch`"); its "default." profile prefix is dropped. Where the value
+/// came from follows: the file (a TOML syntax error has no key path, only a line) or
+/// the environment variable.
 fn describe_figment_error(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
             let what = e.kind.to_string();
-            if key.is_empty() {
-                what
-            } else {
-                format!("{key}: {what}")
+            let what = what.trim_end();
+            let origin = match e.metadata.as_ref().map(|m| (m.source.as_ref(), &m.name)) {
+                Some((Some(figment::Source::File(file)), _)) => Some(file.display().to_string()),
+                Some((_, name)) if name.ends_with("environment variable(s)") && !key.is_empty() => {
+                    Some(format!(
+                        "{ENV_PREFIX}{}",
+                        e.path.join("__").to_ascii_uppercase()
+                    ))
+                }
+                _ => None,
+            };
+            match (key.is_empty(), origin) {
+                (true, Some(origin)) => format!("{origin}: {what}"),
+                (true, None) => what.to_owned(),
+                (false, Some(origin)) => format!("{key}: {what} (in {origin})"),
+                (false, None) => format!("{key}: {what}"),
             }
         })
         .collect::<Vec<_>>()
@@ -467,6 +646,200 @@ mod tests {
         assert!(e.to_string().contains("surprise"), "{e}");
     }
 
+    /// Every duration is bounded: an absurd value (up to u64::MAX, which used to overflow
+    /// `Duration`/`Instant` arithmetic and panic) is refused naming the key and the range.
+    #[test]
+    fn durations_out_of_range_name_the_key_and_the_range() {
+        let max = u64::MAX.to_string();
+        let cases: [(&str, &str, &str, &str); 12] = [
+            (
+                "SHUTDOWN__DRAIN_TIMEOUT_SECS",
+                &max,
+                "shutdown.drain_timeout_secs",
+                "between 0 and 3600",
+            ),
+            (
+                "SHUTDOWN__DRAIN_TIMEOUT_SECS",
+                "3601",
+                "shutdown.drain_timeout_secs",
+                "between 0 and 3600",
+            ),
+            (
+                "AMQP__HEARTBEAT_SECS",
+                "3601",
+                "amqp.heartbeat_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONNECT_TIMEOUT_SECS",
+                &max,
+                "amqp.connect_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONFIRM_TIMEOUT_SECS",
+                &max,
+                "amqp.confirm_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__CONFIRM_TIMEOUT_SECS",
+                "0",
+                "amqp.confirm_timeout_secs",
+                "between 1 and 3600",
+            ),
+            (
+                "AMQP__RECONNECT_INITIAL_MS",
+                "0",
+                "amqp.reconnect_initial_ms",
+                "between 1 and amqp.reconnect_max_ms (30000)",
+            ),
+            (
+                "AMQP__RECONNECT_MAX_MS",
+                &max,
+                "amqp.reconnect_max_ms",
+                "and 3600000",
+            ),
+            (
+                "RETRY__INITIAL_MS",
+                "0",
+                "retry.initial_ms",
+                "between 1 and retry.max_ms (5000)",
+            ),
+            ("RETRY__MAX_MS", &max, "retry.max_ms", "and 3600000"),
+            (
+                "RETRY__MAX_ELAPSED_SECS",
+                &max,
+                "retry.max_elapsed_secs",
+                "between 0 and 86400",
+            ),
+            (
+                "INPUT__DELIVERY_LIMIT",
+                "0",
+                "input.delivery_limit",
+                "at least 1",
+            ),
+        ];
+        for (var, value, key, range) in cases {
+            let e = load_env(&[(&format!("{ENV_PREFIX}{var}"), value)])
+                .expect_err(&format!("{var}={value} must be refused"))
+                .to_string();
+            assert!(e.starts_with(&format!("{key}: ")), "{var}={value}: {e}");
+            assert!(e.contains(range), "{var}={value}: {e}");
+        }
+        // The ends of each range are accepted.
+        let s = load_env(&[
+            ("NORMALIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS", "0"),
+            ("NORMALIZER__AMQP__HEARTBEAT_SECS", "3600"),
+            ("NORMALIZER__AMQP__CONFIRM_TIMEOUT_SECS", "3600"),
+            ("NORMALIZER__AMQP__RECONNECT_MAX_MS", "3600000"),
+            ("NORMALIZER__RETRY__MAX_MS", "3600000"),
+            ("NORMALIZER__RETRY__MAX_ELAPSED_SECS", "86400"),
+        ])
+        .unwrap();
+        assert_eq!(s.shutdown.drain_timeout(), Duration::ZERO);
+        assert_eq!(s.retry.max(), Duration::from_secs(3600));
+    }
+
+    /// The same from a file, where TOML's integers are signed 64-bit: a value beyond them
+    /// is a TOML error, still naming the key.
+    #[test]
+    fn durations_out_of_range_in_a_file_name_the_key() {
+        for (value, wants) in [
+            ("9223372036854775807", "between 0 and 3600"),
+            ("18446744073709551615", ""),
+            ("-1", ""),
+        ] {
+            figment::Jail::expect_with(|jail| {
+                jail.create_file(
+                    "normalizer.toml",
+                    &format!("[shutdown]\ndrain_timeout_secs = {value}\n"),
+                )?;
+                let e = Settings::load(Some(Path::new("normalizer.toml")))
+                    .expect_err(value)
+                    .to_string();
+                assert!(e.contains("drain_timeout_secs"), "{value}: {e}");
+                assert!(e.contains(wants), "{value}: {e}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn an_invalid_log_filter_names_log_filter() {
+        let e = load_env(&[("NORMALIZER__LOG__FILTER", "info,[[[")]).unwrap_err();
+        assert!(e.to_string().starts_with("log.filter: "), "{e}");
+        assert!(load_env(&[("NORMALIZER__LOG__FILTER", "webhook_normalizer=debug,warn")]).is_ok());
+    }
+
+    /// `http.listen` takes `host:port` with a host name, resolved when the worker starts,
+    /// as well as IP addresses; anything else is refused naming the key.
+    #[test]
+    fn http_listen_takes_a_host_name_and_refuses_garbage() {
+        let s = load_env(&[("NORMALIZER__HTTP__LISTEN", "localhost:9090")]).unwrap();
+        assert_eq!(s.http.listen.to_string(), "localhost:9090");
+        let addrs = s.http.listen.resolve().unwrap();
+        assert!(
+            addrs.contains(&"127.0.0.1:9090".parse().unwrap()),
+            "{addrs:?}"
+        );
+        for ok in [
+            "127.0.0.1:0",
+            "0.0.0.0:9090",
+            "[::1]:9090",
+            "health-1.internal:9090",
+        ] {
+            assert!(
+                load_env(&[("NORMALIZER__HTTP__LISTEN", ok)]).is_ok(),
+                "{ok}"
+            );
+        }
+        let literal = load_env(&[("NORMALIZER__HTTP__LISTEN", "[::1]:9090")]).unwrap();
+        assert_eq!(
+            literal.http.listen.resolve().unwrap(),
+            ["[::1]:9090".parse().unwrap()]
+        );
+        for garbage in [
+            "nowhere",
+            "localhost:",
+            ":9090",
+            "localhost:99999",
+            "localhost:http",
+            "local host:9090",
+            "http://localhost:9090",
+            "::1:9090",
+            "[::1:9090",
+        ] {
+            let e = load_env(&[("NORMALIZER__HTTP__LISTEN", garbage)]).unwrap_err();
+            assert!(e.to_string().starts_with("http.listen: "), "{garbage}: {e}");
+        }
+    }
+
+    /// A figment error says where the bad value came from: the file (a TOML syntax error
+    /// has no key to name) or the environment variable.
+    #[test]
+    fn errors_name_the_file_or_variable_they_come_from() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("broken.toml", "[amqp\n")?;
+            let e = Settings::load(Some(Path::new("broken.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("broken.toml"), "{e}");
+            jail.create_file("typo.toml", "[input]\nprefetch = \"many\"\n")?;
+            let e = Settings::load(Some(Path::new("typo.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("input.prefetch: "), "{e}");
+            assert!(e.contains("typo.toml"), "{e}");
+            Ok(())
+        });
+        let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "many")]).unwrap_err();
+        assert!(e.to_string().starts_with("input.prefetch: "), "{e}");
+        assert!(e.to_string().contains("NORMALIZER__INPUT__PREFETCH"), "{e}");
+        let e = load_env(&[("NORMALIZER__AMQP__SURPRISE", "1")]).unwrap_err();
+        assert!(e.to_string().contains("NORMALIZER__AMQP__SURPRISE"), "{e}");
+    }
+
     #[test]
     fn bad_url_errors_never_show_the_password() {
         for url in [
@@ -477,6 +850,34 @@ mod tests {
             let e = load_env(&[("NORMALIZER__AMQP__URL", url)]).unwrap_err();
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    /// A trailing `/` names the empty vhost, which RabbitMQ never has: every connection
+    /// would be refused. Said at start, with the way to name the default vhost.
+    #[test]
+    fn a_trailing_slash_naming_the_empty_vhost_is_refused() {
+        for url in [
+            "amqp://guest:s3cret@127.0.0.1:5672/",
+            "amqp://guest:s3cret@rabbit/?heartbeat=5",
+        ] {
+            let e = load_env(&[("NORMALIZER__AMQP__URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("amqp.url: "), "{e}");
+            assert!(e.contains("empty vhost") && e.contains("%2f"), "{e}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
+        let e = load_env(&[("NORMALIZER__AMQP__URL", "amqp://guest:s3cret@rabbit:5672/")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(amqp://guest:****@rabbit:5672/%2f)"), "{e}");
+        for url in [
+            "amqp://guest:s3cret@127.0.0.1:5672/%2f",
+            "amqp://guest:s3cret@127.0.0.1:5672",
+            "amqp://guest:s3cret@127.0.0.1:5672/prod",
+        ] {
+            assert!(load_env(&[("NORMALIZER__AMQP__URL", url)]).is_ok(), "{url}");
         }
     }
 

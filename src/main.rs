@@ -1,6 +1,7 @@
 //! The `webhook-normalizer` binary: parses arguments and hands over to the library.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,9 +13,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::normalize::normalize_json;
+use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
-use webhook_normalizer::{EventType, Limits, broker, telemetry, worker};
+use webhook_normalizer::telemetry::TelemetryError;
+use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -61,14 +63,15 @@ enum Command {
         /// Receipt time (RFC 3339), used when the body carries no time; default: now.
         #[arg(long, value_parser = parse_rfc3339)]
         received_at: Option<DateTime<Utc>>,
-        /// Largest body accepted, in bytes.
-        #[arg(long, default_value_t = Limits::default().max_body_bytes)]
+        /// Largest body accepted, in bytes (at least 1). No more than this and one byte
+        /// is read.
+        #[arg(long, default_value_t = Limits::default().max_body_bytes, value_parser = at_least_1)]
         max_body_bytes: usize,
-        /// Most events one body may fan out into.
-        #[arg(long, default_value_t = Limits::default().max_events_per_message)]
+        /// Most events one body may fan out into (at least 1).
+        #[arg(long, default_value_t = Limits::default().max_events_per_message, value_parser = at_least_1)]
         max_events_per_message: usize,
-        /// Most bytes of event JSON one body may make, all its events together.
-        #[arg(long, default_value_t = Limits::default().max_output_bytes)]
+        /// Most bytes of event JSON one body may make, all its events together (at least 1).
+        #[arg(long, default_value_t = Limits::default().max_output_bytes, value_parser = at_least_1)]
         max_output_bytes: usize,
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
@@ -90,26 +93,57 @@ enum TableFormat {
     Markdown,
 }
 
+/// A limit: 0 would refuse every body.
+fn at_least_1(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}; must be a whole number, at least 1")),
+    }
+}
+
 fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("not an RFC 3339 date-time: {e}"))
 }
 
-fn main() -> anyhow::Result<ExitCode> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}`: the causes on one line. Never `{:?}`, which appends a stack trace
+            // whenever RUST_BACKTRACE or RUST_LIB_BACKTRACE is set: these are the user's
+            // errors (a missing file, a port in use), not bugs.
+            report(format_args!("error: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Writes one line to stderr. Unlike `eprintln!`, does not panic when stderr is gone.
+fn report(message: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr().lock(), "{message}");
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
         Command::Run { config } => {
-            let Some(settings) = load_settings(config.as_deref())? else {
-                return Ok(ExitCode::from(EXIT_CONFIG));
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
             };
-            telemetry::init(&settings.log, io::stderr)?;
-            tokio::runtime::Runtime::new()?.block_on(run_worker(settings))
+            let health_addrs = match settings.http.listen.resolve() {
+                Ok(addrs) => addrs,
+                Err(e) => return Ok(configuration_error(&e)),
+            };
+            tokio::runtime::Runtime::new()?.block_on(run_worker(settings, &health_addrs))
         }
         Command::Topology { config } => {
-            let Some(settings) = load_settings(config.as_deref())? else {
-                return Ok(ExitCode::from(EXIT_CONFIG));
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
             };
-            telemetry::init(&settings.log, io::stderr)?;
             let runtime = tokio::runtime::Runtime::new()?;
             match runtime.block_on(broker::declare_topology(&settings)) {
                 Ok(()) => {
@@ -130,7 +164,21 @@ fn main() -> anyhow::Result<ExitCode> {
             max_output_bytes,
             file,
         } => {
-            let body = read_input(file.as_deref())?;
+            let body = match read_input(file.as_deref(), max_body_bytes)? {
+                Input::Body(body) => body,
+                Input::TooLarge { size } => {
+                    let kind = ErrorKind::BodyTooLarge;
+                    match size {
+                        Some(size) => report(format_args!(
+                            "error: {kind}: body is {size} bytes, over the limit of {max_body_bytes}"
+                        )),
+                        None => report(format_args!(
+                            "error: {kind}: body is over the limit of {max_body_bytes} bytes (reading stopped there)"
+                        )),
+                    }
+                    return Ok(ExitCode::from(EXIT_DATA_ERROR));
+                }
+            };
             let limits = Limits {
                 max_body_bytes,
                 max_events_per_message,
@@ -140,55 +188,67 @@ fn main() -> anyhow::Result<ExitCode> {
             // Serialized (and bounded) before anything is printed: an error prints nothing
             // on stdout.
             match normalize_json(&body, vendor.as_deref(), received_at, &limits) {
-                Ok(events) => {
-                    let mut out = io::stdout().lock();
-                    for event in &events {
-                        out.write_all(&event.json)?;
-                        out.write_all(b"\n")?;
-                    }
-                    out.flush()?;
-                    Ok(ExitCode::SUCCESS)
-                }
+                Ok(events) => written_to_stdout(print_events(&events)),
                 Err(e) => {
-                    eprintln!("error: {}: {e}", e.kind());
+                    report(format_args!("error: {}: {e}", e.kind()));
                     Ok(ExitCode::from(EXIT_DATA_ERROR))
                 }
             }
         }
-        Command::EventTypes { format } => {
-            print_event_types(format)?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
     }
 }
 
-/// Loads the settings; on an invalid configuration prints why (naming the key) and
-/// returns `None`.
-fn load_settings(file: Option<&std::path::Path>) -> anyhow::Result<Option<Settings>> {
-    match Settings::load(file) {
-        Ok(settings) => Ok(Some(settings)),
-        Err(e) => {
-            eprintln!("error: configuration: {e}");
-            Ok(None)
+/// Prints an invalid configuration's message (which names the key): EX_CONFIG.
+fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
+    report(format_args!("error: configuration: {e}"));
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Loads the settings and installs logging. An invalid configuration (a setting, or
+/// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
+/// returned.
+fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
+    let colour = telemetry::colour_wanted(
+        io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    match telemetry::init(&settings.log, io::stderr, colour) {
+        Ok(()) => Ok(settings),
+        Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
+        Err(e @ TelemetryError::Install(_)) => {
+            report(format_args!("error: {e}"));
+            Err(ExitCode::FAILURE)
         }
     }
 }
 
 /// Runs the worker and the health endpoints until a signal, then drains and exits 0. If
 /// the drain overruns its deadline by more than a grace period, exits 1 rather than hang.
-async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     let http_shutdown = CancellationToken::new();
     let health = Health::default();
 
-    let listener = tokio::net::TcpListener::bind(settings.http.listen)
+    let listeners = ops::listen(health_addrs)
         .await
-        .with_context(|| format!("http.listen: cannot listen on {}", settings.http.listen))?;
-    info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
-    let http = tokio::spawn(ops::serve(listener, health.clone(), http_shutdown.clone()));
+        .context("http.listen: cannot listen")?;
+    let mut http = Vec::new();
+    for listener in listeners {
+        info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
+        http.push(tokio::spawn(ops::serve(
+            listener,
+            health.clone(),
+            http_shutdown.clone(),
+        )));
+    }
     tokio::spawn(watch_signals(shutdown.clone()));
 
-    let hard_deadline = settings.shutdown.drain_timeout() + Duration::from_secs(15);
+    let hard_deadline = settings
+        .shutdown
+        .drain_timeout()
+        .saturating_add(Duration::from_secs(15));
     let deadline = {
         let shutdown = shutdown.clone();
         async move {
@@ -204,7 +264,8 @@ async fn run_worker(settings: Settings) -> anyhow::Result<ExitCode> {
         }
     };
     http_shutdown.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), http).await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(http)).await;
     Ok(code)
 }
 
@@ -226,24 +287,69 @@ async fn watch_signals(shutdown: CancellationToken) {
     std::process::exit(130);
 }
 
-fn read_input(file: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
-    match file {
-        None => read_stdin(),
-        Some(p) if p.as_os_str() == "-" => read_stdin(),
-        Some(p) => std::fs::read(p).with_context(|| format!("cannot read {}", p.display())),
+/// The body `normalize` reads, or the fact that it is over the limit.
+enum Input {
+    Body(Vec<u8>),
+    /// Over the limit; `size` when known without reading (a regular file).
+    TooLarge {
+        size: Option<u64>,
+    },
+}
+
+/// Reads the body from `file` (`-` or nothing: stdin), at most `limit + 1` bytes: enough
+/// to know it is over the limit without reading, or holding, an endless stream or a
+/// huge file. A regular file is measured before it is read.
+fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<Input> {
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let (reader, name): (Box<dyn Read>, String) = match file {
+        None => (Box::new(io::stdin().lock()), "stdin".into()),
+        Some(p) if p.as_os_str() == "-" => (Box::new(io::stdin().lock()), "stdin".into()),
+        Some(p) => {
+            let file =
+                std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+            if let Ok(meta) = file.metadata()
+                && meta.is_file()
+                && meta.len() > limit
+            {
+                return Ok(Input::TooLarge {
+                    size: Some(meta.len()),
+                });
+            }
+            (Box::new(file), p.display().to_string())
+        }
+    };
+    let mut body = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut body)
+        .with_context(|| format!("cannot read {name}"))?;
+    if body.len() as u64 > limit {
+        return Ok(Input::TooLarge { size: None });
+    }
+    Ok(Input::Body(body))
+}
+
+/// The end of a command that wrote to stdout. A reader that went away
+/// (`event-types | head -1`) has what it wanted: the command ends quietly with success.
+fn written_to_stdout(written: io::Result<()>) -> anyhow::Result<ExitCode> {
+    match written {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
     }
 }
 
-fn read_stdin() -> anyhow::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    io::stdin()
-        .lock()
-        .read_to_end(&mut body)
-        .context("cannot read stdin")?;
-    Ok(body)
+/// JSON Lines.
+fn print_events(events: &[EventJson]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for event in events {
+        out.write_all(&event.json)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
 }
 
-fn print_event_types(format: TableFormat) -> anyhow::Result<()> {
+fn print_event_types(format: TableFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if let TableFormat::Markdown = format {
         out.write_all(webhook_normalizer::canonical::markdown_table().as_bytes())?;
@@ -256,7 +362,8 @@ fn print_event_types(format: TableFormat) -> anyhow::Result<()> {
                 "type": t,
                 "subject": t.subject_rule(),
             });
-            serde_json::to_writer(&mut out, &row)?;
+            // An I/O error comes back as itself, so a broken pipe is still one.
+            serde_json::to_writer(&mut out, &row).map_err(io::Error::from)?;
             out.write_all(b"\n")?;
         }
     } else {

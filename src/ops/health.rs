@@ -5,6 +5,8 @@
 //!   retrying publishes, isolating a refused publish, draining); the JSON body says which
 //!   and why, and carries the counters.
 
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +18,7 @@ use axum::routing::get;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// Shared state the worker updates and the HTTP endpoints read. Cheap to clone.
 #[derive(Clone, Default)]
@@ -162,6 +165,50 @@ impl Health {
     }
 }
 
+/// Listens on every address `http.listen` resolved to ([`ListenAddr::resolve`]). With
+/// port 0 the first address picks a free port and the others take the same one. An
+/// address this host cannot listen on for want of it (`::1` where IPv6 is off) is skipped
+/// with a warning; a port in use or not permitted is an error, and so is listening
+/// nowhere.
+///
+/// [`ListenAddr::resolve`]: crate::config::ListenAddr::resolve
+pub async fn listen(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    let mut picked_port = None;
+    let mut skipped = Vec::new();
+    for &addr in addrs {
+        let mut addr = addr;
+        if let Some(port) = picked_port.filter(|_| addr.port() == 0) {
+            addr.set_port(port);
+        }
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                picked_port.get_or_insert(listener.local_addr()?.port());
+                listeners.push(listener);
+            }
+            Err(e) => {
+                let e = io::Error::new(e.kind(), format!("{addr}: {e}"));
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
+                ) {
+                    return Err(e);
+                }
+                skipped.push(e);
+            }
+        }
+    }
+    if listeners.is_empty() {
+        return Err(skipped.into_iter().next().unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on")
+        }));
+    }
+    for e in skipped {
+        warn!(error = %e, "cannot listen on this address of http.listen; skipped");
+    }
+    Ok(listeners)
+}
+
 /// Serves the endpoints on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
@@ -188,4 +235,37 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
     // `raw_value` for the whole build.
     let body = serde_json::to_string(&snapshot).unwrap_or_default();
     (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn listens_on_every_address_with_one_port() {
+        // 192.0.2.1 (TEST-NET-1) is no address of this host: skipped, since another binds.
+        let listeners = listen(&addrs(&["127.0.0.1:0", "192.0.2.1:0", "127.0.0.2:0"]))
+            .await
+            .unwrap();
+        let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(bound.len(), 2, "{bound:?}");
+        assert_ne!(bound[0].port(), 0);
+        assert_eq!(bound[0].port(), bound[1].port());
+    }
+
+    #[tokio::test]
+    async fn listening_nowhere_or_on_a_taken_port_is_an_error() {
+        let e = listen(&addrs(&["192.0.2.1:0"])).await.unwrap_err();
+        assert!(e.to_string().starts_with("192.0.2.1:0: "), "{e}");
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = listen(&addrs(&["192.0.2.1:0", &format!("127.0.0.1:{port}")]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    }
 }

@@ -4,6 +4,6 @@
 mod health;
 mod outcome;
 
-pub use health::{Health, HealthSnapshot, WorkerState, serve};
+pub use health::{Health, HealthSnapshot, WorkerState, listen, serve};
 pub(crate) use outcome::describe;
 pub use outcome::{Delivery, Outcome};

@@ -1,12 +1,88 @@
 //! The offline `normalize` and `event-types` commands, run as a user would.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use crate::{RECEIVED_AT, fixtures_dir};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+}
+
+/// The binary as `run` or `topology` would start in production, with no broker to
+/// reach (port 1 refuses at once) and the health port free; no `RUST_LOG` of the
+/// caller's.
+fn worker(command: &str, env: &[(&str, &str)]) -> Command {
+    let mut c = bin();
+    c.arg(command)
+        .env(
+            "NORMALIZER__AMQP__URL",
+            "amqp://guest:s3cret@127.0.0.1:1/%2f",
+        )
+        .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs the command to its end, failing the test (not hanging it) after `within`.
+fn finish(mut command: Command, within: Duration) -> Output {
+    let child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(within).unwrap_or_else(|_| {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        panic!("command did not finish within {within:?}");
+    })
+}
+
+/// Exit 78 (EX_CONFIG) with one line on stderr naming `key`, no panic, no password.
+fn assert_config_error(out: &Output, key: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    assert!(err.starts_with("error: configuration: "), "{err}");
+    assert!(err.contains(key), "{key} not named: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+}
+
+/// Durations that used to overflow `Duration`/`Instant` arithmetic and panic (exit 101)
+/// are refused at start.
+#[test]
+fn absurd_durations_are_configuration_errors() {
+    for (var, key) in [
+        (
+            "NORMALIZER__SHUTDOWN__DRAIN_TIMEOUT_SECS",
+            "shutdown.drain_timeout_secs",
+        ),
+        ("NORMALIZER__RETRY__MAX_MS", "retry.max_ms"),
+        (
+            "NORMALIZER__AMQP__CONFIRM_TIMEOUT_SECS",
+            "amqp.confirm_timeout_secs",
+        ),
+    ] {
+        let max = u64::MAX.to_string();
+        let out = finish(worker("run", &[(var, &max)]), Duration::from_secs(30));
+        assert_config_error(&out, key);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("must be between"),
+            "{var}"
+        );
+    }
+    let out = finish(
+        worker("run", &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "0")]),
+        Duration::from_secs(30),
+    );
+    assert_config_error(&out, "limits.max_body_bytes");
 }
 
 #[test]
@@ -177,4 +253,290 @@ fn normalize_bounds_fan_out_before_writing_anything() {
         stderr.starts_with("error: output_too_large: the canonical events would exceed the output limit of 1048576 bytes at event "),
         "{stderr}"
     );
+}
+
+/// A log filter that does not parse is a configuration error naming where it came from:
+/// `log.filter`, or `RUST_LOG`, which wins over it.
+#[test]
+fn an_invalid_log_filter_is_a_configuration_error() {
+    for command in ["run", "topology"] {
+        let out = finish(
+            worker(command, &[("NORMALIZER__LOG__FILTER", "info,[[[")]),
+            Duration::from_secs(30),
+        );
+        assert_config_error(&out, "log.filter");
+        let out = finish(
+            worker(command, &[("RUST_LOG", "info,[[[")]),
+            Duration::from_secs(30),
+        );
+        assert_config_error(&out, "RUST_LOG");
+    }
+}
+
+/// `normalize` reads at most one byte more than `--max-body-bytes`, then refuses: an
+/// endless stdin or file (`/dev/zero`) ends promptly with `body_too_large` instead of
+/// being read into memory. The timeout detects a reader that does not stop; it is not a
+/// performance bound.
+#[test]
+fn normalize_stops_reading_past_the_size_limit() {
+    let zero = || std::fs::File::open("/dev/zero").unwrap();
+    let mut from_stdin = bin();
+    from_stdin
+        .args(["normalize", "--max-body-bytes", "1024", "-"])
+        .stdin(zero());
+    let mut from_file = bin();
+    from_file
+        .args(["normalize", "--max-body-bytes", "1024", "/dev/zero"])
+        .stdin(Stdio::null());
+    for command in [from_stdin, from_file] {
+        let out = finish(command, Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(65));
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            String::from_utf8(out.stderr).unwrap(),
+            "error: body_too_large: body is over the limit of 1024 bytes (reading stopped there)\n"
+        );
+    }
+}
+
+/// A regular file over the limit is refused by its size, which the message gives, without
+/// reading it.
+#[test]
+fn normalize_refuses_a_large_file_by_its_size() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-large-body.json");
+    // Sparse: 10 GiB that take no disk.
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(10 << 30)
+        .unwrap();
+    let mut command = bin();
+    command
+        .args(["normalize", "--max-body-bytes", "1024"])
+        .arg(&path)
+        .stdin(Stdio::null());
+    let out = finish(command, Duration::from_secs(10));
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(out.status.code(), Some(65));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: body_too_large: body is 10737418240 bytes, over the limit of 1024\n"
+    );
+}
+
+/// A limit of 0 would refuse every body: a usage error (exit 2, as for every bad
+/// argument), naming the option. The same limits in the configuration file are
+/// configuration errors (exit 78; `absurd_durations_are_configuration_errors`).
+#[test]
+fn zero_limits_are_usage_errors() {
+    for option in [
+        "--max-body-bytes",
+        "--max-events-per-message",
+        "--max-output-bytes",
+    ] {
+        let mut command = bin();
+        command
+            .args(["normalize", option, "0", "-"])
+            .stdin(Stdio::null());
+        let out = finish(command, Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{option}: {err}");
+        assert!(out.stdout.is_empty());
+        assert!(err.contains(option) && err.contains("at least 1"), "{err}");
+    }
+}
+
+/// Runs the command with its stdout a pipe whose reader is gone (`… | head -1` after
+/// head has exited); its output is large or written line by line, so it meets the
+/// closed pipe whatever the timing.
+fn with_closed_stdout(mut command: Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("command did not finish within 30 s");
+        })
+}
+
+/// `event-types | head -1`: a reader that stops reading is not an error. Every command
+/// that writes to stdout ends quietly with exit 0.
+#[test]
+fn a_closed_stdout_ends_quietly_with_success() {
+    let fan_out: Vec<_> = (0..1000).map(|i| serde_json::json!({"id": i})).collect();
+    let body = serde_json::json!({
+        "data": {"meta": {"event_type": "timesheet.reviewed"}, "resource": fan_out},
+        "timestamp": "2023-05-11T15:12:41.663Z"
+    });
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("cli-fan-out.json");
+    std::fs::write(&path, serde_json::to_vec(&body).unwrap()).unwrap();
+
+    let mut commands: Vec<Command> = ["text", "json", "markdown"]
+        .into_iter()
+        .map(|format| {
+            let mut c = bin();
+            c.args(["event-types", "--format", format]);
+            c
+        })
+        .collect();
+    let mut normalize = bin();
+    normalize.arg("normalize").arg(&path);
+    commands.push(normalize);
+    let mut help = bin();
+    help.arg("--help");
+    commands.push(help);
+    for command in commands {
+        let what = format!("{:?}", command.get_args().collect::<Vec<_>>());
+        let out = with_closed_stdout(command);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{what}: {err}");
+        assert!(err.is_empty(), "{what}: {err}");
+    }
+}
+
+/// User errors are one line on stderr, never a stack trace, even with the backtrace
+/// variables many development machines set.
+#[test]
+fn user_errors_never_print_backtraces() {
+    let backtraces = [("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")];
+    let mut missing_file = bin();
+    missing_file
+        .args(["normalize", "/nonexistent/body.json"])
+        .envs(backtraces)
+        .stdin(Stdio::null());
+    let out = finish(missing_file, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: cannot read /nonexistent/body.json: No such file or directory (os error 2)\n"
+    );
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let mut command = worker("run", &[("NORMALIZER__HTTP__LISTEN", &listen)]);
+    command.envs(backtraces);
+    let out = finish(command, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: http.listen: "), "{err}");
+    assert!(
+        !err.contains("acktrace") && !err.contains("Caused by"),
+        "{err}"
+    );
+
+    for config_error in [
+        worker("run", &[("NORMALIZER__INPUT__PREFETCH", "0")]),
+        worker("topology", &[("RUST_LOG", "[[[")]),
+    ] {
+        let mut command = config_error;
+        command.envs(backtraces);
+        let out = finish(command, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// Text logs to a file or pipe carry no ANSI colour codes (the test's stderr pipe is not
+/// a terminal). The choice for a terminal, and `NO_COLOR`, are unit-tested in telemetry.
+#[test]
+fn text_logs_to_a_pipe_have_no_colour_codes() {
+    let mut command = worker("topology", &[("NORMALIZER__LOG__FORMAT", "text")]);
+    command.env_remove("NO_COLOR");
+    let out = finish(command, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{err}");
+    assert!(err.contains("cannot declare the topology"), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err:?}");
+}
+
+/// `GET path` over plain HTTP/1.0: the status code.
+fn http_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// `http.listen` may name a host: the worker listens on what it resolves to (here
+/// `localhost`, so 127.0.0.1). Garbage is still a configuration error.
+#[test]
+fn health_endpoints_listen_on_a_host_name() {
+    use std::io::BufRead;
+    let mut child = worker(
+        "run",
+        &[
+            ("NORMALIZER__HTTP__LISTEN", "localhost:0"),
+            ("NORMALIZER__LOG__FORMAT", "json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut addresses: Vec<std::net::SocketAddr> = Vec::new();
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        seen.push(line.clone());
+        let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if log["message"] == "health endpoints on /healthz and /readyz" {
+            addresses.push(log["address"].as_str().unwrap().parse().unwrap());
+        } else if log["message"] == "starting" {
+            break;
+        }
+    }
+    let ipv4: Vec<std::net::SocketAddr> =
+        addresses.iter().copied().filter(|a| a.is_ipv4()).collect();
+    let status = ipv4.first().map(|a| http_status(*a, "/healthz"));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ipv4.len(), 1, "{seen:#?}");
+    assert!(ipv4[0].ip().is_loopback());
+    assert_eq!(status, Some(200));
+
+    let out = finish(
+        worker("run", &[("NORMALIZER__HTTP__LISTEN", "localhost")]),
+        Duration::from_secs(30),
+    );
+    assert_config_error(&out, "http.listen");
+}
+
+/// `amqp.url` ending in `/` names the empty vhost, which RabbitMQ never has: refused at
+/// start with the way to name the default one, and without the password.
+#[test]
+fn an_amqp_url_naming_the_empty_vhost_is_refused_at_start() {
+    for command in ["run", "topology"] {
+        let out = finish(
+            worker(
+                command,
+                &[("NORMALIZER__AMQP__URL", "amqp://guest:s3cret@127.0.0.1:1/")],
+            ),
+            Duration::from_secs(10),
+        );
+        assert_config_error(&out, "amqp.url");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("empty vhost") && err.contains("%2f"), "{err}");
+    }
 }
