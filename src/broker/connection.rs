@@ -30,9 +30,12 @@ pub async fn connect_checked(
             role,
             reason: "amqp.url is not an AMQP URI".into(),
         })?;
+    // The vhost as a URL names it (`/` is `%2f`), so the default one does not read `//`.
     let target = format!(
         "{}:{}/{}",
-        uri.authority.host, uri.authority.port, uri.vhost
+        uri.authority.host,
+        uri.authority.port,
+        uri.vhost.replace('%', "%25").replace('/', "%2f")
     );
     uri.query.heartbeat.get_or_insert(amqp.heartbeat_secs);
     let timeout = amqp.connect_timeout();
