@@ -8,4 +8,6 @@ mod ops;
 mod ordering;
 mod pipeline;
 mod resilience;
-mod support;
+
+/// The test kit (`testkit/`), by the name these tests import it under.
+use testkit as support;

@@ -4,14 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use testkit::*;
 
 /// One broker-wide disturbance at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
