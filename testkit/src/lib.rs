@@ -10,6 +10,41 @@
 //!   come of them ([`expected`], [`assert_nothing_lost`]); publishing
 //!   ([`publish_raw`]) and reading ([`read_messages`], [`read_until_quiet`]).
 //! - [`assert_no_personal_data`] in the worker's logs.
+//!
+//! # Private nodes
+//!
+//! A test that changes broker-wide state (alarms, restarts, clusters, listeners, users,
+//! policies, limits) runs on a [`PrivateNode`], never on the shared broker that
+//! developers and other tests use. Starting one takes about 6 s, so few tests should.
+//!
+//! ```no_run
+//! use testkit::{PrivateNode, TestVhost, WorkerProcess, free_port};
+//!
+//! let mut node = PrivateNode::start_with("max_message_size = 65536", &[]);
+//! node.rabbitmqctl(&["set_vm_memory_high_watermark", "0.0001"]);
+//! let worker = WorkerProcess::start_with_url(&node.amqp_url(), &[]);
+//! node.restart(); // same name, ports and data
+//! // A listener of a test's own needs a port: `listeners.ssl.1 = 127.0.0.1:{free_port()}`.
+//! # let _ = (worker, free_port());
+//! ```
+//!
+//! - [`PrivateNode::start`], [`PrivateNode::start_with`]`(conf lines, plugins)`: its own
+//!   node name (`wn-{pid}-{n}-{random}@localhost`), AMQP and distribution ports (from
+//!   [`free_port`], retried on other ports if taken meanwhile), and a directory under
+//!   the temporary directory handed to the `rabbitmq` user (so the tests run as root,
+//!   as CI does). A node that does not start fails the test with the end of its log.
+//! - [`PrivateNode::amqp_url`] (guest on `/`), [`PrivateNode::url`],
+//!   [`PrivateNode::name`] (for `rabbitmqctl -n` or a cluster peer),
+//!   [`PrivateNode::port`], [`PrivateNode::dir`].
+//! - [`PrivateNode::rabbitmqctl`] (asserts success), [`PrivateNode::try_rabbitmqctl`],
+//!   [`PrivateNode::eval`], [`PrivateNode::add_user`].
+//! - [`PrivateNode::stop`] and [`PrivateNode::restart`]: data, name and ports kept.
+//! - Cleanup, however the test ends: each node has a reaper, a small shell process in a
+//!   process group of its own, that waits for the end of a pipe from the test process.
+//!   Dropping the node (also while a test panics) closes the pipe and waits for the
+//!   reaper; a test process that dies (Ctrl-C, SIGKILL, an abort) closes it too. The
+//!   reaper then stops the node (`rabbitmqctl stop`), kills it by its pid file if that
+//!   fails, and removes its directory.
 
 mod broker;
 mod http;
@@ -25,7 +60,7 @@ use std::time::{Duration, Instant};
 pub use broker::{BROKER, TestVhost, rabbitmqctl};
 pub use http::http_get;
 pub use personal_data::{assert_no_personal_data, personal_data_in_fixtures};
-pub use private_node::PrivateNode;
+pub use private_node::{PrivateNode, free_port};
 pub use publish::{publish_raw, publish_raw_with};
 pub use read::{
     assert_nothing_lost, capture_queue, header, message_id, queue_depth, read_messages,
