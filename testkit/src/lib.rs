@@ -10,6 +10,8 @@
 //!   come of them ([`expected`], [`assert_nothing_lost`]); publishing
 //!   ([`publish_raw`]) and reading ([`read_messages`], [`read_until_quiet`]).
 //! - [`assert_no_personal_data`] in the worker's logs.
+//! - [`SharedBrokerWatch`]: fails a test that blocked the shared broker's publishers or
+//!   left its broker-wide state ([`BrokerWideState`]) other than it found it.
 //!
 //! # Private nodes
 //!
@@ -47,6 +49,7 @@
 //!   fails, and removes its directory.
 
 mod broker;
+mod broker_wide;
 mod http;
 mod personal_data;
 mod private_node;
@@ -58,6 +61,7 @@ mod worker;
 use std::time::{Duration, Instant};
 
 pub use broker::{BROKER, TestVhost, rabbitmqctl};
+pub use broker_wide::{BrokerWideState, SharedBrokerWatch};
 pub use http::http_get;
 pub use personal_data::{assert_no_personal_data, personal_data_in_fixtures};
 pub use private_node::{PrivateNode, free_port};

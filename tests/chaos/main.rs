@@ -1,6 +1,8 @@
 //! Tests that disturb the whole broker (alarms). Cargo runs test binaries one after
 //! another, so these never overlap the parallel tests in `tests/broker/`; within this
 //! binary a lock runs them one at a time, and each restores the broker however it ends.
+//! Each also watches the shared broker ([`SharedBrokerWatch`]): its publishers must never
+//! be blocked and its broker-wide settings must be as they were.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -74,6 +76,7 @@ fn alarm_active() -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_alarm_is_waited_out_without_redeliveries() {
     let _serial = SERIAL.lock().await;
+    let watch = SharedBrokerWatch::start().await;
     let vhost = TestVhost::new("alarm");
     declare_topology(&vhost);
     let (_conn, channel) = setup(&vhost).await;
@@ -101,6 +104,7 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
     assert_eq!(doc["requeued"], 0, "{doc}");
     assert_eq!(doc["blocked"], false, "{doc}");
     assert_eq!(doc["acked"], 300, "{doc}");
+    watch.assert_untouched().await;
 }
 
 /// SIGTERM while deliveries are held by an alarm: the worker waits to drain them (up to
@@ -109,6 +113,7 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once_without_loss() {
     let _serial = SERIAL.lock().await;
+    let watch = SharedBrokerWatch::start().await;
     let vhost = TestVhost::new("signal2");
     declare_topology(&vhost);
     let (_conn, channel) = setup(&vhost).await;
@@ -131,4 +136,5 @@ async fn a_second_signal_exits_at_once_without_loss() {
     let next = WorkerProcess::start(&vhost, &[]);
     next.wait_ready(Duration::from_secs(20));
     assert_nothing_lost(&channel, &webhooks).await;
+    watch.assert_untouched().await;
 }
