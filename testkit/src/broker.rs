@@ -36,22 +36,31 @@ pub struct TestVhost {
     node: Option<String>,
 }
 
+/// Prefix of the vhosts tests create: `wn-test-{pid}-{n}-{label}`.
+const TEST_PREFIX: &str = "wn-test-";
+
 impl TestVhost {
-    /// A vhost on the shared broker.
-    pub fn new(test: &str) -> TestVhost {
-        TestVhost::create(test, BROKER.to_owned(), None)
+    /// A vhost on the shared broker, `wn-test-{pid}-{n}-{label}`.
+    pub fn new(label: &str) -> TestVhost {
+        TestVhost::create(TEST_PREFIX, label, BROKER.to_owned(), None)
     }
 
     /// A vhost on a private node (which must outlive it).
-    pub fn on(node: &PrivateNode, test: &str) -> TestVhost {
+    pub fn on(node: &PrivateNode, label: &str) -> TestVhost {
         let broker = format!("amqp://guest:guest@127.0.0.1:{}", node.port());
-        TestVhost::create(test, broker, Some(node.name().to_owned()))
+        TestVhost::create(TEST_PREFIX, label, broker, Some(node.name().to_owned()))
     }
 
-    fn create(test: &str, broker: String, node: Option<String>) -> TestVhost {
+    /// A vhost on the shared broker named `{prefix}{pid}-{n}-{label}`: a benchmark's,
+    /// whose leftovers [`delete_stale_vhosts`] finds by the pid.
+    pub fn with_prefix(prefix: &str, label: &str) -> TestVhost {
+        TestVhost::create(prefix, label, BROKER.to_owned(), None)
+    }
+
+    fn create(prefix: &str, label: &str, broker: String, node: Option<String>) -> TestVhost {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let name = format!(
-            "wn-test-{test}-{}-{}",
+            "{prefix}{}-{}-{label}",
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
@@ -75,9 +84,7 @@ impl TestVhost {
     }
 
     pub async fn connect(&self) -> Connection {
-        Connection::connect(&self.url(), ConnectionProperties::default())
-            .await
-            .expect("test connection")
+        connect(&self.url()).await
     }
 
     /// `rabbitmqctl` on the vhost's broker, asserted to succeed.
@@ -140,6 +147,34 @@ impl Drop for TestVhost {
         if let Some(node) = &self.node {
             command.args(["-n", node]);
         }
-        let _ = command.args(["delete_vhost", &self.name]).output();
+        let deleted = command.args(["delete_vhost", &self.name]).output();
+        if !deleted.is_ok_and(|o| o.status.success()) {
+            eprintln!("warning: could not delete vhost {}", self.name);
+        }
+    }
+}
+
+/// An AMQP connection to `url`.
+pub async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connects to RabbitMQ (is it running?)")
+}
+
+/// Deletes the shared broker's vhosts named `{prefix}{pid}-…` whose process no longer
+/// exists (killed by a signal, which skips their guards).
+pub fn delete_stale_vhosts(prefix: &str) {
+    let out = rabbitmqctl(&["-q", "list_vhosts", "--no-table-headers", "name"]);
+    for name in String::from_utf8_lossy(&out.stdout).lines().map(str::trim) {
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !pid.is_empty() && !std::path::Path::new("/proc").join(pid).exists() {
+            eprintln!("deleting vhost {name}, left by an interrupted run");
+            rabbitmqctl(&["-q", "delete_vhost", name]);
+        }
     }
 }

@@ -36,6 +36,13 @@ impl RawWebhook {
 /// The receipt time every test webhook carries in `x-received-at`.
 pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
 
+/// [`RECEIVED_AT`] as a time.
+pub fn received_at() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(RECEIVED_AT)
+        .expect("RECEIVED_AT is RFC 3339")
+        .with_timezone(&Utc)
+}
+
 /// The properties a gateway gives a raw webhook: its message id, JSON content type,
 /// persistent, and headers `x-received-at`, `x-gateway` and (when known) `x-vendor`.
 pub fn raw_properties(w: &RawWebhook) -> BasicProperties {
@@ -132,10 +139,7 @@ pub fn webhook_mix(n: usize, tag: &str) -> Vec<RawWebhook> {
 
 /// What the library says should come out of one raw webhook.
 pub fn expected(w: &RawWebhook) -> Result<Vec<CanonicalEvent>, NormalizeError> {
-    let at: DateTime<Utc> = DateTime::parse_from_rfc3339(RECEIVED_AT)
-        .unwrap()
-        .with_timezone(&Utc);
-    normalize(&w.body, w.vendor, at, &Limits::default())
+    normalize(&w.body, w.vendor, received_at(), &Limits::default())
 }
 
 /// Per input: the event ids it must produce, or the dead-letter routing key it must get.

@@ -1,6 +1,7 @@
 //! The worker binary as a child process: started against a vhost, its health port read,
 //! its logs kept, signalled, measured, killed when dropped.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,64 +42,69 @@ pub fn worker_binary() -> PathBuf {
     binary
 }
 
-/// The worker binary running against a test vhost.
-pub struct WorkerProcess {
-    child: Child,
-    pub health: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
+/// How to start the worker: [`WorkerProcess::builder`]. Its base: `webhook-normalizer
+/// run` against the URL, health on a free port, JSON logs, `RUST_LOG` removed.
+pub struct WorkerBuilder {
+    binary: Option<PathBuf>,
+    url: String,
+    env: Vec<(String, String)>,
+    address_space: Option<u64>,
+    keep_log_lines: Option<usize>,
 }
 
-impl WorkerProcess {
-    /// Starts `webhook-normalizer run` with the vhost's URL, health on a free port, JSON
-    /// logs, and `env` on top.
-    pub fn start(vhost: &TestVhost, env: &[(&str, &str)]) -> WorkerProcess {
-        WorkerProcess::launch(&vhost.url(), env, None)
+impl WorkerBuilder {
+    /// Another build of the worker than [`worker_binary`] (a benchmark comparing an
+    /// older commit's).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
     }
 
-    /// Like [`WorkerProcess::start`], against any broker URL (another node, another
-    /// user).
-    pub fn start_with_url(url: &str, env: &[(&str, &str)]) -> WorkerProcess {
-        WorkerProcess::launch(url, env, None)
+    /// An environment variable, e.g. a `NORMALIZER__…` setting.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
-    /// Like [`WorkerProcess::start`], but the binary runs under `prlimit --as=BYTES`: an
-    /// allocation beyond that address space fails and the worker aborts, instead of a
-    /// runaway worker taking the machine's memory.
-    pub fn start_with_address_space_limit(
-        vhost: &TestVhost,
-        env: &[(&str, &str)],
-        bytes: u64,
-    ) -> WorkerProcess {
-        WorkerProcess::launch(&vhost.url(), env, Some(bytes))
+    /// Runs the binary under `prlimit --as=BYTES`: an allocation beyond that address
+    /// space fails and the worker aborts, instead of a runaway worker taking the
+    /// machine's memory.
+    pub fn address_space_limit(mut self, bytes: u64) -> Self {
+        self.address_space = Some(bytes);
+        self
     }
 
-    fn launch(url: &str, env: &[(&str, &str)], address_space: Option<u64>) -> WorkerProcess {
-        let binary = worker_binary();
+    /// Keeps only the last `n` log lines (for long runs); all by default.
+    pub fn keep_log_lines(mut self, n: usize) -> Self {
+        self.keep_log_lines = Some(n);
+        self
+    }
+
+    /// Spawns it and waits (up to 30 s) for the health address it logs when it starts.
+    pub fn start(self) -> WorkerProcess {
+        let binary = self.binary.unwrap_or_else(worker_binary);
         // prlimit sets the limit and execs the binary: the child's pid is the worker's.
-        let mut command = match address_space {
+        let mut command = match self.address_space {
             Some(bytes) => {
                 let mut c = Command::new("prlimit");
                 c.arg(format!("--as={bytes}")).arg("--").arg(&binary);
                 c
             }
-            None => Command::new(binary),
+            None => Command::new(&binary),
         };
         command
             .arg("run")
-            .env("NORMALIZER__AMQP__URL", url)
+            .env("NORMALIZER__AMQP__URL", &self.url)
             .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
             .env("NORMALIZER__LOG__FORMAT", "json")
-            .env("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "100")
-            .env("NORMALIZER__AMQP__RECONNECT_MAX_MS", "1000")
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
+            .stderr(Stdio::piped())
+            .envs(self.env);
         let mut child = command.spawn().expect("worker starts");
         let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(VecDeque::new()));
+        let keep = self.keep_log_lines.unwrap_or(usize::MAX);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         {
             let logs = logs.clone();
@@ -115,18 +121,79 @@ impl WorkerProcess {
                     {
                         let _ = addr_tx.send(addr);
                     }
-                    logs.lock().unwrap().push(line);
+                    let mut logs = logs.lock().unwrap();
+                    if logs.len() == keep {
+                        logs.pop_front();
+                    }
+                    logs.push_back(line);
                 }
             });
         }
-        let health = addr_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("worker logs its health address");
-        WorkerProcess {
+        let mut worker = WorkerProcess {
             child,
-            health,
+            health: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+        };
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(address) => worker.health = address,
+            Err(_) => panic!(
+                "worker logged no health address; last log lines:\n{}",
+                worker.log_tail(20)
+            ),
         }
+        worker
+    }
+}
+
+/// The worker binary as a child process; killed if dropped while still running.
+pub struct WorkerProcess {
+    child: Child,
+    pub health: SocketAddr,
+    logs: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl WorkerProcess {
+    /// Starts the worker against the vhost, with the tests' settings (reconnecting
+    /// after 100 ms, at most 1 s apart) and `env` on top.
+    pub fn start(vhost: &TestVhost, env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::for_tests(&vhost.url(), env).start()
+    }
+
+    /// Like [`WorkerProcess::start`], against any broker URL (another node, another
+    /// user).
+    pub fn start_with_url(url: &str, env: &[(&str, &str)]) -> WorkerProcess {
+        WorkerProcess::for_tests(url, env).start()
+    }
+
+    /// Like [`WorkerProcess::start`], under an address-space limit
+    /// ([`WorkerBuilder::address_space_limit`]).
+    pub fn start_with_address_space_limit(
+        vhost: &TestVhost,
+        env: &[(&str, &str)],
+        bytes: u64,
+    ) -> WorkerProcess {
+        WorkerProcess::for_tests(&vhost.url(), env)
+            .address_space_limit(bytes)
+            .start()
+    }
+
+    /// The worker against `url`, with nothing but the base settings
+    /// ([`WorkerBuilder`]).
+    pub fn builder(url: &str) -> WorkerBuilder {
+        WorkerBuilder {
+            binary: None,
+            url: url.to_owned(),
+            env: Vec::new(),
+            address_space: None,
+            keep_log_lines: None,
+        }
+    }
+
+    fn for_tests(url: &str, env: &[(&str, &str)]) -> WorkerBuilder {
+        let builder = WorkerProcess::builder(url)
+            .env("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "100")
+            .env("NORMALIZER__AMQP__RECONNECT_MAX_MS", "1000");
+        env.iter().fold(builder, |b, (k, v)| b.env(k, v))
     }
 
     /// `GET path` on the health port: (status, body).
@@ -144,12 +211,25 @@ impl WorkerProcess {
         wait_until(within, "worker ready", || self.readiness().0 == 200);
     }
 
+    /// Its log lines so far (the last ones only, with
+    /// [`WorkerBuilder::keep_log_lines`]).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
+        self.logs.lock().unwrap().iter().cloned().collect()
     }
 
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
+    /// The last `n` log lines, one a line, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let logs = self.logs.lock().unwrap();
+        let skip = logs.len().saturating_sub(n);
+        logs.iter()
+            .skip(skip)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, signal: &str) {
@@ -180,6 +260,18 @@ impl WorkerProcess {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM in /proc/{pid}/status (has the worker exited?)")
+    }
+
+    /// SIGTERM, then waits (up to 60 s) for the graceful exit, which must succeed.
+    pub fn terminate(&mut self) {
+        self.signal("TERM");
+        let code = self.wait_exit(Duration::from_secs(60));
+        assert_eq!(
+            code,
+            Some(0),
+            "worker exited with {code:?} after SIGTERM; last log lines:\n{}",
+            self.log_tail(20)
+        );
     }
 
     /// Waits for the process to exit; its exit code (None when killed by a signal).
