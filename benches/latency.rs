@@ -37,10 +37,12 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 
-use common::broker::{RAW_ROUTING_KEY, connect, raw_properties};
+use testkit::connect;
+
+use common::broker::{RAW_ROUTING_KEY, raw_properties};
 use common::mix::Mix;
 use common::passthrough::{Variant, child_main};
-use common::procs::{PassthroughProcess, WorkerProcess, pid_ticks};
+use common::procs::{PassthroughProcess, pid_ticks, start_worker};
 use common::recording::{Recording, RecordingFile};
 use common::report::{Table, f0, f1, f2, median, percentile};
 use common::runs::{Env, Side};
@@ -227,8 +229,8 @@ fn measure(
     let mut passthrough = None;
     let pid = match side {
         Side::Worker(_) => {
-            let mut w = WorkerProcess::start(&url);
-            w.wait_ready();
+            let w = start_worker(&url);
+            w.wait_ready(Duration::from_secs(30));
             let pid = w.pid();
             worker = Some(w);
             pid

@@ -12,14 +12,13 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::hint::black_box;
-use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use testkit::{fixtures_dir, received_at};
 use webhook_normalizer::{Limits, normalize};
 
 fn bodies() -> Vec<(Vec<u8>, Option<&'static str>)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let root = fixtures_dir();
     let at = received_at();
     let mut out = Vec::new();
     for vendor in ["entuitive", "authenticate", "deel"] {
@@ -38,12 +37,6 @@ fn bodies() -> Vec<(Vec<u8>, Option<&'static str>)> {
         }
     }
     out
-}
-
-fn received_at() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-01-02T03:04:05Z")
-        .expect("time")
-        .with_timezone(&Utc)
 }
 
 fn bench(c: &mut Criterion) {

@@ -2,13 +2,10 @@
 //! `tests/fixtures/`, and what the worker should make of them.
 
 use std::collections::HashSet;
-use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use serde_json::Value;
+use testkit::{fixtures_dir, received_at};
 use webhook_normalizer::{ErrorKind, Limits, normalize};
-
-use super::RECEIVED_AT;
 
 /// A raw webhook as a gateway publishes it; its id is `bench-{index}` ([`super::raw_id`]).
 pub struct RawWebhook {
@@ -32,7 +29,7 @@ impl Mix {
     /// normalizes. Each message is made distinct (its own event ids) by rewriting its
     /// identifying field; every other one carries `x-vendor`.
     pub fn standard(n: usize) -> Mix {
-        let root = fixtures();
+        let root = fixtures_dir();
         let at = received_at();
         let mut good = Vec::new();
         let mut bad = Vec::new();
@@ -87,7 +84,7 @@ impl Mix {
     pub fn padded(n: usize, size: usize) -> Mix {
         let template = parse(
             &std::fs::read(
-                fixtures().join("authenticate/CRIMINAL_REQUEST_STATUS_UPDATE__realistic.json"),
+                fixtures_dir().join("authenticate/CRIMINAL_REQUEST_STATUS_UPDATE__realistic.json"),
             )
             .expect("fixture"),
         );
@@ -114,7 +111,7 @@ impl Mix {
     /// entries: one canonical event per element.
     pub fn fan_out(n: usize, elements: usize) -> Mix {
         let template = parse(
-            &std::fs::read(fixtures().join("deel/timesheet.reviewed__two_items.json"))
+            &std::fs::read(fixtures_dir().join("deel/timesheet.reviewed__two_items.json"))
                 .expect("fixture"),
         );
         let bodies = (0..n)
@@ -190,18 +187,8 @@ impl Mix {
     }
 }
 
-fn fixtures() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn parse(bytes: &[u8]) -> Value {
     serde_json::from_slice(bytes).expect("fixture is JSON")
-}
-
-pub fn received_at() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(RECEIVED_AT)
-        .expect("time")
-        .with_timezone(&Utc)
 }
 
 /// Rewrites the field the vendor's stable id depends on: Deel `resource.id` (each

@@ -1,7 +1,8 @@
 //! Shared by the end-to-end benchmarks (`throughput`, `output_cost`, `latency`,
 //! `growth`): the raw-message mixes, the broker fixtures (a fresh vhost per run with the
 //! worker's topology), the measured runs of the worker binary and of the passthrough
-//! baselines, the recording of the worker's exact output, and the report helpers.
+//! baselines, the recording of the worker's exact output, and the report helpers. Vhosts,
+//! the worker process, HTTP and publishing come from the test kit (`testkit/`).
 //!
 //! Every benchmark executable doubles as the passthrough: re-run as
 //! `EXE --passthrough ...` it becomes the baseline client ([`passthrough`]), so the
@@ -20,16 +21,12 @@ pub mod runs;
 
 use std::time::Duration;
 
-/// The broker, without a vhost.
-pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672";
 /// Prefix of the vhosts these benchmarks create: `wn-bench-{pid}-{n}-{label}`.
 pub const VHOST_PREFIX: &str = "wn-bench-";
 /// Captures everything published to the canonical exchange (bound `#`), in every run,
 /// so the worker's and the baselines' output is stored alike and can be counted or
 /// recorded.
 pub const EVENTS_QUEUE: &str = "bench.events";
-/// The `x-received-at` every raw message carries, as a gateway sets it.
-pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
 /// Giving up on a run that made no progress for this long.
 pub const STALL: Duration = Duration::from_secs(60);
 /// The worker binary the benchmarks measure: this checkout's, or the one named by

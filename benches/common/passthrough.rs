@@ -38,8 +38,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel};
+use testkit::connect;
 
-use super::broker::connect;
 use super::parse_raw_id;
 use super::procs::process_usage;
 use super::recording::{Output, Recording};

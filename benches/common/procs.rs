@@ -1,142 +1,24 @@
-//! The measured processes: the worker binary, the passthrough child, and what `/proc`
-//! says about them and about the broker.
+//! The measured processes: the worker binary (the test kit's [`WorkerProcess`]), the
+//! passthrough child, and what `/proc` says about them and about the broker.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use testkit::{WorkerProcess, http_get};
 
-/// The worker binary, `run`ning against a vhost; killed if dropped while still running.
-pub struct WorkerProcess {
-    child: Child,
-    pub health: SocketAddr,
-    logs: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl WorkerProcess {
-    /// Spawns it and waits for the health address it logs at info when it starts (so
-    /// the filter stays at info; per-message lines are debug, except one warn line per
-    /// dead letter).
-    pub fn start(url: &str) -> WorkerProcess {
-        let mut child = Command::new(super::worker_binary())
-            .arg("run")
-            .env("NORMALIZER__AMQP__URL", url)
-            .env("NORMALIZER__HTTP__LISTEN", "127.0.0.1:0")
-            .env("NORMALIZER__LOG__FORMAT", "json")
-            .env("NORMALIZER__LOG__FILTER", "info")
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("worker starts");
-        let stderr = child.stderr.take().expect("stderr");
-        let logs = Arc::new(Mutex::new(VecDeque::new()));
-        let (address_tx, address_rx) = mpsc::channel();
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Ok(v) = serde_json::from_str::<Value>(&line)
-                        && let Some(address) = v.get("address").and_then(Value::as_str)
-                        && let Ok(address) = address.parse::<SocketAddr>()
-                    {
-                        let _ = address_tx.send(address);
-                    }
-                    let mut logs = logs.lock().unwrap();
-                    if logs.len() == 20 {
-                        logs.pop_front();
-                    }
-                    logs.push_back(line);
-                }
-            });
-        }
-        let mut worker = WorkerProcess {
-            child,
-            health: SocketAddr::from(([127, 0, 0, 1], 0)),
-            logs,
-        };
-        match address_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(address) => worker.health = address,
-            Err(_) => panic!(
-                "worker logged no health address; last log lines:\n{}",
-                worker.log_tail()
-            ),
-        }
-        worker
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    pub fn readiness(&self) -> Counters {
-        readiness(self.health)
-    }
-
-    /// Waits (up to 30 s) until `/readyz` says it is consuming.
-    pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.readiness().ready {
-            self.check_alive(0);
-            assert!(
-                Instant::now() < deadline,
-                "worker not ready; last log lines:\n{}",
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Panics with its last log lines if it has exited.
-    pub fn check_alive(&mut self, acked: u64) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "worker exited ({status}) at {acked} acked; last log lines:\n{}",
-                self.log_tail()
-            );
-        }
-    }
-
-    pub fn log_tail(&self) -> String {
-        let logs = self.logs.lock().unwrap();
-        logs.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// SIGTERM, then waits for the graceful exit.
-    pub fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                assert!(status.success(), "worker exited with {status}");
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "worker did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for WorkerProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// The worker binary (this checkout's, or [`super::worker_binary`]'s), `run`ning
+/// against a vhost at log level info: per-message lines are debug, except one warn line
+/// per dead letter, so the filter stays at info; the last 20 lines are kept.
+pub fn start_worker(url: &str) -> WorkerProcess {
+    WorkerProcess::builder(url)
+        .binary(super::worker_binary())
+        .env("NORMALIZER__LOG__FILTER", "info")
+        .keep_log_lines(20)
+        .start()
 }
 
 /// The counters of `/readyz` these benchmarks read.
@@ -156,22 +38,8 @@ pub struct Counters {
 
 /// The worker's `/readyz` counters (all zero if it does not answer).
 pub fn readiness(health: SocketAddr) -> Counters {
-    let body = http_get(health, "/readyz").unwrap_or_default();
+    let (_, body) = http_get(health, "/readyz");
     serde_json::from_str(&body).unwrap_or_default()
-}
-
-/// `GET path` over a plain TCP connection: the response body.
-fn http_get(address: SocketAddr, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
 }
 
 /// The passthrough child (this executable in `--passthrough` mode), whose stdout lines

@@ -15,8 +15,8 @@ use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use serde_json::Value;
+use testkit::connect;
 
-use super::broker::connect;
 use super::{EVENTS_QUEUE, parse_raw_id};
 use webhook_normalizer::config::Settings;
 

@@ -16,14 +16,16 @@ use std::time::{Duration, Instant};
 
 use webhook_normalizer::config::Settings;
 
-use super::STALL;
-use super::broker::{Vhost, delete_stale_vhosts, preload, stored};
+use testkit::{TestVhost, assert_alive, delete_stale_vhosts};
+
+use super::broker::{preload, stored, vhost_with_topology};
 use super::mix::Mix;
 use super::passthrough::Variant;
 use super::procs::{
-    PassthroughProcess, WorkerProcess, broker_pid, clock_ticks, pid_ticks, process_usage,
+    PassthroughProcess, broker_pid, clock_ticks, pid_ticks, process_usage, readiness, start_worker,
 };
 use super::recording::{Recording, RecordingFile};
+use super::{STALL, VHOST_PREFIX};
 
 /// What drains the queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,7 +111,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        delete_stale_vhosts();
+        delete_stale_vhosts(VHOST_PREFIX);
         let env = Env {
             settings: Settings::load(None).expect("the worker's settings load"),
             runtime: tokio::runtime::Builder::new_multi_thread()
@@ -127,9 +129,9 @@ impl Env {
     }
 
     /// A vhost of its own with the worker's topology and the capture queue.
-    pub fn vhost(&self, label: &str) -> Vhost {
+    pub fn vhost(&self, label: &str) -> TestVhost {
         self.runtime
-            .block_on(Vhost::with_topology(label, &self.settings))
+            .block_on(vhost_with_topology(label, &self.settings))
     }
 
     /// A worker run over `mix` whose output is then read back: the recording the
@@ -158,7 +160,7 @@ impl Env {
         self.drain(&vhost, mix, side, recording.map(|r| r.path.as_path()))
     }
 
-    fn drain(&self, vhost: &Vhost, mix: &Mix, side: Side, recording: Option<&Path>) -> Run {
+    fn drain(&self, vhost: &TestVhost, mix: &Mix, side: Side, recording: Option<&Path>) -> Run {
         let url = vhost.url();
         self.runtime.block_on(preload(&url, &self.settings, mix));
         let n = mix.len();
@@ -184,10 +186,10 @@ impl Env {
         let mut workers = Vec::new();
         match side {
             Side::Worker(k) => {
-                workers = (0..k).map(|_| WorkerProcess::start(&url)).collect();
+                workers = (0..k).map(|_| start_worker(&url)).collect();
                 let mut progress = (0, Instant::now());
                 loop {
-                    let counters: Vec<_> = workers.iter().map(|w| w.readiness()).collect();
+                    let counters: Vec<_> = workers.iter().map(|w| readiness(w.health)).collect();
                     let acked: u64 = counters.iter().map(|c| c.acked).sum();
                     if acked >= n {
                         run.wall = started.elapsed();
@@ -202,7 +204,7 @@ impl Env {
                         run.consuming_after = Some(started.elapsed());
                     }
                     for w in &mut workers {
-                        w.check_alive(acked);
+                        assert_alive(w, &format!("at {acked} acked"));
                     }
                     if acked != progress.0 {
                         progress = (acked, Instant::now());
@@ -210,7 +212,7 @@ impl Env {
                     assert!(
                         progress.1.elapsed() < STALL,
                         "worker stalled at {acked} of {n} acked; last log lines:\n{}",
-                        workers[0].log_tail()
+                        workers[0].log_tail(20)
                     );
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -11,4 +11,6 @@ mod pipeline;
 mod properties;
 mod raw_amqp;
 mod resilience;
-mod support;
+
+/// The test kit (`testkit/`), by the name these tests import it under.
+use testkit as support;

@@ -1,74 +1,55 @@
-//! Tests that disturb the whole broker (alarms). Cargo runs test binaries one after
-//! another, so these never overlap the parallel tests in `tests/broker/`; within this
-//! binary a lock runs them one at a time, and each restores the broker however it ends.
+//! Tests that disturb the whole broker (alarms), each on a RabbitMQ node of its own
+//! ([`PrivateNode`]): the shared broker's publishers never block. Each also watches the
+//! shared broker ([`SharedBrokerWatch`]): its publishers must never be blocked and its
+//! broker-wide settings must be as they were.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../broker/support.rs"]
-#[allow(dead_code)]
-mod support;
-
-use std::process::Command;
 use std::time::Duration;
 
-use support::*;
+use testkit::*;
 
-/// One broker-wide disturbance at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A memory alarm on the broker, cleared (to the watermark found before) when dropped.
-struct MemoryAlarm {
-    restore_to: String,
+/// A memory alarm on a private node, cleared when dropped: the watermark goes back to
+/// what it was, in the same form (relative, or absolute in bytes).
+struct MemoryAlarm<'a> {
+    node: &'a PrivateNode,
+    restore_to: Vec<String>,
 }
 
-impl MemoryAlarm {
-    fn raise() -> MemoryAlarm {
-        let current = Command::new("rabbitmqctl")
-            .args([
-                "-q",
-                "eval",
-                "vm_memory_monitor:get_vm_memory_high_watermark().",
-            ])
-            .output()
-            .unwrap();
-        let current = String::from_utf8_lossy(&current.stdout).trim().to_owned();
-        // A relative watermark prints as a float; anything else: RabbitMQ's default.
-        let restore_to = if current.parse::<f64>().is_ok() {
-            current
-        } else {
-            "0.4".to_owned()
+impl MemoryAlarm<'_> {
+    fn raise(node: &PrivateNode) -> MemoryAlarm<'_> {
+        let current = node.eval("vm_memory_monitor:get_vm_memory_high_watermark().");
+        // `0.4`, or `{absolute,2000000000}`.
+        let restore_to = match current
+            .strip_prefix("{absolute,")
+            .and_then(|b| b.strip_suffix('}'))
+        {
+            Some(bytes) => vec!["absolute".to_owned(), bytes.to_owned()],
+            None => vec![current],
         };
-        let alarm = MemoryAlarm { restore_to };
-        set_watermark("0.0001");
-        wait_until(Duration::from_secs(20), "the memory alarm", alarm_active);
+        let alarm = MemoryAlarm { node, restore_to };
+        node.rabbitmqctl(&["set_vm_memory_high_watermark", "0.0001"]);
+        wait_until(Duration::from_secs(20), "the memory alarm", || {
+            alarm_active(node)
+        });
         alarm
     }
 }
 
-impl Drop for MemoryAlarm {
+impl Drop for MemoryAlarm<'_> {
     fn drop(&mut self) {
-        set_watermark(&self.restore_to);
+        let restore: Vec<&str> = self.restore_to.iter().map(String::as_str).collect();
+        self.node
+            .rabbitmqctl(&[&["set_vm_memory_high_watermark"], &restore[..]].concat());
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while alarm_active() && std::time::Instant::now() < deadline {
+        while alarm_active(self.node) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-fn set_watermark(value: &str) {
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", "set_vm_memory_high_watermark", value])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn alarm_active() -> bool {
-    let out = Command::new("rabbitmq-diagnostics")
-        .args(["-q", "alarms"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).contains("Memory alarm")
+fn alarm_active(node: &PrivateNode) -> bool {
+    node.eval("rabbit_alarm:get_alarms().") != "[]"
 }
 
 /// During a memory alarm the broker blocks the worker's publishing connection. The
@@ -77,8 +58,9 @@ fn alarm_active() -> bool {
 /// everything once the alarm clears.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_alarm_is_waited_out_without_redeliveries() {
-    let _serial = SERIAL.lock().await;
-    let vhost = TestVhost::new("alarm");
+    let watch = SharedBrokerWatch::start().await;
+    let node = PrivateNode::start();
+    let vhost = TestVhost::on(&node, "alarm");
     declare_topology(&vhost);
     let (_conn, channel) = setup(&vhost).await;
     let webhooks = webhook_mix(300, "alarm");
@@ -86,7 +68,7 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
 
     let worker;
     {
-        let _alarm = MemoryAlarm::raise();
+        let _alarm = MemoryAlarm::raise(&node);
         worker = WorkerProcess::start(&vhost, &[("NORMALIZER__AMQP__CONFIRM_TIMEOUT_SECS", "1")]);
         wait_until(
             Duration::from_secs(20),
@@ -105,6 +87,7 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
     assert_eq!(doc["requeued"], 0, "{doc}");
     assert_eq!(doc["blocked"], false, "{doc}");
     assert_eq!(doc["acked"], 300, "{doc}");
+    watch.assert_untouched().await;
 }
 
 /// SIGTERM while deliveries are held by an alarm: the worker waits to drain them (up to
@@ -112,14 +95,15 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
 /// deliveries go back to the queue for the next worker.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_signal_exits_at_once_without_loss() {
-    let _serial = SERIAL.lock().await;
-    let vhost = TestVhost::new("signal2");
+    let watch = SharedBrokerWatch::start().await;
+    let node = PrivateNode::start();
+    let vhost = TestVhost::on(&node, "signal2");
     declare_topology(&vhost);
     let (_conn, channel) = setup(&vhost).await;
     let webhooks = webhook_mix(100, "signal2");
     publish_raw(&channel, &webhooks).await;
     {
-        let _alarm = MemoryAlarm::raise();
+        let _alarm = MemoryAlarm::raise(&node);
         let mut worker = WorkerProcess::start(&vhost, &[]);
         wait_until(
             Duration::from_secs(20),
@@ -135,4 +119,5 @@ async fn a_second_signal_exits_at_once_without_loss() {
     let next = WorkerProcess::start(&vhost, &[]);
     next.wait_ready(Duration::from_secs(20));
     assert_nothing_lost(&channel, &webhooks).await;
+    watch.assert_untouched().await;
 }
