@@ -12,6 +12,9 @@
 //!   come of them ([`expected`], [`assert_nothing_lost`]); publishing
 //!   ([`publish_raw`], [`publish_confirmed`]) and reading ([`read_messages`],
 //!   [`read_until_quiet`]).
+//! - [`raw_amqp`]: a publisher writing AMQP frames byte by byte, for properties no
+//!   client library sends (short strings not UTF-8, headers nested thousands deep,
+//!   repeated keys).
 //! - [`assert_no_personal_data`] in the worker's logs.
 //! - [`SharedBrokerWatch`]: fails a test that blocked the shared broker's publishers or
 //!   left its broker-wide state ([`BrokerWideState`]) other than it found it.
@@ -57,6 +60,7 @@ mod http;
 mod personal_data;
 mod private_node;
 mod publish;
+pub mod raw_amqp;
 mod read;
 mod webhooks;
 mod worker;

@@ -20,7 +20,7 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
 use crate::pipeline::start;
-use crate::raw_amqp::{RawProperties, RawPublisher, prop, table, value};
+use crate::support::raw_amqp::{RawProperties, RawPublisher, prop, table, value};
 use crate::support::*;
 
 /// What was done to a message's properties, and so what must become of it.

@@ -9,7 +9,6 @@ mod ops;
 mod ordering;
 mod pipeline;
 mod properties;
-mod raw_amqp;
 mod resilience;
 
 /// The test kit (`testkit/`), by the name these tests import it under.

@@ -9,7 +9,7 @@ use lapin::message::Delivery;
 use lapin::types::AMQPValue;
 
 use crate::pipeline::{HOSTILE_ID, Hostile, hostile_among_neighbours, long_header, start};
-use crate::raw_amqp::{self, RawProperties, prop, table, value};
+use crate::support::raw_amqp::{self, RawProperties, prop, table, value};
 use crate::support::*;
 
 /// A Deel webhook that normalizes: only its properties are hostile.
