@@ -85,6 +85,20 @@ pub use worker::{
     WorkerBuilder, WorkerProcess, assert_alive, declare_topology, wait_for_progress, worker_binary,
 };
 
+/// Waits for a spawned child to end and collects its output, failing the test (not
+/// hanging it) after `within`, when the child is killed.
+pub fn output_within(child: std::process::Child, within: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().expect("child output")));
+    rx.recv_timeout(within).unwrap_or_else(|_| {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+        panic!("command did not finish within {within:?}");
+    })
+}
+
 /// Polls `check` every 50 ms until it holds; fails the test after `within`.
 pub fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;

@@ -293,6 +293,39 @@ fn fuzz_id(d: &Delivery, is_event: bool) -> Option<String> {
     }
 }
 
+/// What came out, by fuzz id.
+#[derive(Default)]
+struct Seen {
+    /// Event ids per raw message.
+    events: BTreeMap<String, BTreeSet<String>>,
+    dead: BTreeMap<String, Vec<Delivery>>,
+    /// Outputs that carry no fuzz id.
+    untracked: usize,
+}
+
+impl Seen {
+    /// Takes the next event or dead letter, or nothing within 200 ms.
+    async fn take_next(&mut self, events: &mut lapin::Consumer, dead: &mut lapin::Consumer) {
+        tokio::select! {
+            Some(d) = events.next() => {
+                let d = d.expect("reading events");
+                match fuzz_id(&d, true) {
+                    Some(id) => { self.events.entry(id).or_default().insert(message_id(&d)); }
+                    None => self.untracked += 1,
+                }
+            }
+            Some(d) = dead.next() => {
+                let d = d.expect("reading dead letters");
+                match fuzz_id(&d, false) {
+                    Some(id) => self.dead.entry(id).or_default().push(d),
+                    None => self.untracked += 1,
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn random_raw_messages_are_each_accounted_for_and_the_worker_stays_up() {
     let (seed, count) = settings();
@@ -363,58 +396,28 @@ async fn random_raw_messages_are_each_accounted_for_and_the_worker_stays_up() {
 
     let mut events_in = take_from(&channel, "test.events").await;
     let mut dead_in = take_from(&channel, "normalizer.dead-letter").await;
-    let mut events: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let mut dead: BTreeMap<String, Vec<Delivery>> = BTreeMap::new();
-    let mut untracked = 0usize;
+    let mut seen = Seen::default();
     let deadline = Instant::now() + Duration::from_secs(60 + count as u64 / 20);
-    let done = |events: &BTreeMap<String, BTreeSet<String>>,
-                dead: &BTreeMap<String, Vec<Delivery>>| {
-        want_dead.keys().all(|id| dead.contains_key(id))
+    let done = |seen: &Seen| {
+        want_dead.keys().all(|id| seen.dead.contains_key(id))
             && want_events
                 .iter()
-                .all(|(id, ids)| events.get(id).is_some_and(|got| ids.is_subset(got)))
+                .all(|(id, ids)| seen.events.get(id).is_some_and(|got| ids.is_subset(got)))
     };
-    while !done(&events, &dead) && Instant::now() < deadline {
-        tokio::select! {
-            Some(d) = events_in.next() => {
-                let d = d.expect("reading events");
-                match fuzz_id(&d, true) {
-                    Some(id) => { events.entry(id).or_default().insert(message_id(&d)); }
-                    None => untracked += 1,
-                }
-            }
-            Some(d) = dead_in.next() => {
-                let d = d.expect("reading dead letters");
-                match fuzz_id(&d, false) {
-                    Some(id) => dead.entry(id).or_default().push(d),
-                    None => untracked += 1,
-                }
-            }
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-        }
+    while !done(&seen) && Instant::now() < deadline {
+        seen.take_next(&mut events_in, &mut dead_in).await;
         assert_alive(&mut worker, "while fuzzed messages were in flight");
     }
     // A moment more for duplicates and strays.
     let quiet_until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < quiet_until {
-        tokio::select! {
-            Some(d) = events_in.next() => {
-                let d = d.expect("reading events");
-                match fuzz_id(&d, true) {
-                    Some(id) => { events.entry(id).or_default().insert(message_id(&d)); }
-                    None => untracked += 1,
-                }
-            }
-            Some(d) = dead_in.next() => {
-                let d = d.expect("reading dead letters");
-                match fuzz_id(&d, false) {
-                    Some(id) => dead.entry(id).or_default().push(d),
-                    None => untracked += 1,
-                }
-            }
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-        }
+        seen.take_next(&mut events_in, &mut dead_in).await;
     }
+    let Seen {
+        events,
+        dead,
+        untracked,
+    } = seen;
 
     let mut failures = Vec::new();
     for c in &published {

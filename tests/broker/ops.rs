@@ -16,14 +16,7 @@ fn finish(mut command: Command) -> std::process::Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command did not finish within 30 s");
-        })
+    output_within(child, Duration::from_secs(30))
 }
 
 /// `topology` declares every exchange, queue and binding with the documented arguments,

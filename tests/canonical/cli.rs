@@ -36,13 +36,7 @@ fn finish(mut command: Command, within: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    rx.recv_timeout(within).unwrap_or_else(|_| {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        panic!("command did not finish within {within:?}");
-    })
+    testkit::output_within(child, within)
 }
 
 /// Exit 78 (EX_CONFIG) with one line on stderr naming `key`, no panic, no password.
@@ -356,14 +350,7 @@ fn with_closed_stdout(mut command: Command) -> Output {
         .spawn()
         .unwrap();
     drop(child.stdout.take());
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()));
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("command did not finish within 30 s");
-        })
+    testkit::output_within(child, Duration::from_secs(30))
 }
 
 /// `event-types | head -1`: a reader that stops reading is not an error. Every command

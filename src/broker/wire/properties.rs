@@ -285,52 +285,47 @@ fn table_value(
     depth: usize,
     report: &mut WireReport,
 ) -> Result<(), Malformed> {
-    let malformed = || Malformed(path.to_string());
     cur.mark();
-    let len = cur.u32().ok_or_else(malformed)?;
-    let body = cur.take(len as usize).ok_or_else(malformed)?;
-    let len_at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    let mut inner = Cursor::new(body);
-    // The keys kept so far, as they were written (ranges of `out`).
-    let mut kept: Vec<(usize, usize)> = Vec::new();
-    let mut many: Option<HashSet<Vec<u8>>> = None;
-    while !inner.rest().is_empty() {
-        let raw_key = inner.peek_short_string().ok_or_else(malformed)?;
-        let key_start = out.len();
-        let fixed = short_string_into(&mut inner, out).ok_or_else(malformed)?;
-        let key_path = Path::Key(path, raw_key);
-        if fixed {
-            report
-                .problems
-                .push(format!("{key_path}: name is not UTF-8"));
-        }
-        let key = (key_start + 1, out.len());
-        let repeated = match &mut many {
-            Some(set) => !set.insert(out[key.0..key.1].to_vec()),
-            None => {
-                let repeated = kept.iter().any(|&(s, e)| out[s..e] == out[key.0..key.1]);
-                if !repeated {
-                    kept.push(key);
-                    if kept.len() > SCANNED_KEYS {
-                        many = Some(kept.iter().map(|&(s, e)| out[s..e].to_vec()).collect());
-                    }
-                }
-                repeated
+    within_length(cur, out, path, |inner, out| {
+        // The keys kept so far, as they were written (ranges of `out`).
+        let mut kept: Vec<(usize, usize)> = Vec::new();
+        let mut many: Option<HashSet<Vec<u8>>> = None;
+        while !inner.rest().is_empty() {
+            let malformed = || Malformed(path.to_string());
+            let raw_key = inner.peek_short_string().ok_or_else(malformed)?;
+            let key_start = out.len();
+            let fixed = short_string_into(inner, out).ok_or_else(malformed)?;
+            let key_path = Path::Key(path, raw_key);
+            if fixed {
+                report
+                    .problems
+                    .push(format!("{key_path}: name is not UTF-8"));
             }
-        };
-        if repeated {
-            out.truncate(key_start);
-            let mut value = Vec::new();
-            field_value(&mut inner, &mut value, &key_path, depth, report)?;
-            report.duplicates.push((key_path.to_string(), value));
-        } else {
-            field_value(&mut inner, out, &key_path, depth, report)?;
+            let key = (key_start + 1, out.len());
+            let repeated = match &mut many {
+                Some(set) => !set.insert(out[key.0..key.1].to_vec()),
+                None => {
+                    let repeated = kept.iter().any(|&(s, e)| out[s..e] == out[key.0..key.1]);
+                    if !repeated {
+                        kept.push(key);
+                        if kept.len() > SCANNED_KEYS {
+                            many = Some(kept.iter().map(|&(s, e)| out[s..e].to_vec()).collect());
+                        }
+                    }
+                    repeated
+                }
+            };
+            if repeated {
+                out.truncate(key_start);
+                let mut value = Vec::new();
+                field_value(inner, &mut value, &key_path, depth, report)?;
+                report.duplicates.push((key_path.to_string(), value));
+            } else {
+                field_value(inner, out, &key_path, depth, report)?;
+            }
         }
-    }
-    let written = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
-    out[len_at..len_at + 4].copy_from_slice(&written.to_be_bytes());
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Copies a field array (length and values) from `cur` to `out`, made safe.
@@ -341,17 +336,30 @@ fn array_value(
     depth: usize,
     report: &mut WireReport,
 ) -> Result<(), Malformed> {
+    within_length(cur, out, path, |inner, out| {
+        let mut index = 0usize;
+        while !inner.rest().is_empty() {
+            field_value(inner, out, &Path::Index(path, index), depth, report)?;
+            index += 1;
+        }
+        Ok(())
+    })
+}
+
+/// Reads a `u32` length and that many bytes from `cur`; `copy` writes them (made safe)
+/// to `out` after a length that is then set to what it wrote.
+fn within_length(
+    cur: &mut Cursor<'_>,
+    out: &mut Vec<u8>,
+    path: &Path<'_>,
+    copy: impl FnOnce(&mut Cursor<'_>, &mut Vec<u8>) -> Result<(), Malformed>,
+) -> Result<(), Malformed> {
     let malformed = || Malformed(path.to_string());
     let len = cur.u32().ok_or_else(malformed)?;
     let body = cur.take(len as usize).ok_or_else(malformed)?;
     let len_at = out.len();
     out.extend_from_slice(&[0; 4]);
-    let mut inner = Cursor::new(body);
-    let mut index = 0usize;
-    while !inner.rest().is_empty() {
-        field_value(&mut inner, out, &Path::Index(path, index), depth, report)?;
-        index += 1;
-    }
+    copy(&mut Cursor::new(body), out)?;
     let written = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
     out[len_at..len_at + 4].copy_from_slice(&written.to_be_bytes());
     Ok(())
