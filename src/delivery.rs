@@ -122,18 +122,58 @@ impl RawMessage {
     }
 
     /// When the webhook was received: `x-received-at` if it parses, else the AMQP
-    /// timestamp, else `now`.
+    /// timestamp, else `now`. A source that RFC 3339 cannot write in UTC (a year outside
+    /// 0000 to 9999, a leap second) is passed over like one that does not parse: it
+    /// would become the `time` of events whose body has none.
     pub fn received_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        self.received_at_header
-            .as_deref()
-            .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|| {
-                let secs = i64::try_from(self.timestamp?).ok()?;
-                Utc.timestamp_opt(secs, 0).single()
-            })
-            .unwrap_or(now)
+        self.receipt_time().0.unwrap_or(now)
     }
+
+    /// The receipt time the message carries, if any source is usable, and the sources
+    /// that were present but passed over on the way (for the broker glue to log).
+    pub fn receipt_time(&self) -> (Option<DateTime<Utc>>, Vec<PassedOver>) {
+        let mut passed_over = Vec::new();
+        if let Some(header) = self.received_at_header.as_deref() {
+            match DateTime::parse_from_rfc3339(header.trim()) {
+                Ok(t) if rfc3339_utc::writable(&t.with_timezone(&Utc)) => {
+                    return (Some(t.with_timezone(&Utc)), passed_over);
+                }
+                Ok(_) => passed_over.push(PassedOver {
+                    source: headers::RECEIVED_AT,
+                    why: "outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)",
+                }),
+                Err(_) => passed_over.push(PassedOver {
+                    source: headers::RECEIVED_AT,
+                    why: "not an RFC 3339 date-time",
+                }),
+            }
+        }
+        if let Some(secs) = self.timestamp {
+            let time = i64::try_from(secs)
+                .ok()
+                .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
+                .filter(rfc3339_utc::writable);
+            match time {
+                Some(t) => return (Some(t), passed_over),
+                // 1.7e12 seconds, say, is the year 55840: a gateway that wrote
+                // milliseconds.
+                None => passed_over.push(PassedOver {
+                    source: "timestamp",
+                    why: "after the year 9999 read as seconds (milliseconds sent?)",
+                }),
+            }
+        }
+        (None, passed_over)
+    }
+}
+
+/// A receipt-time source a message carried but [`RawMessage::received_at`] did not use.
+/// Names the source, never its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassedOver {
+    /// `x-received-at` or `timestamp` (the AMQP property).
+    pub source: &'static str,
+    pub why: &'static str,
 }
 
 /// What to publish for one raw message.
@@ -491,6 +531,26 @@ mod tests {
         assert_eq!(m.received_at(now()).timestamp(), 1_700_000_000);
         m.timestamp = Some(u64::MAX);
         assert_eq!(m.received_at(now()), now());
+    }
+
+    #[test]
+    fn receipt_times_rfc3339_cannot_write_are_passed_over() {
+        let mut m = raw(b"{}");
+        // A gateway's millisecond timestamp is year 55840 read as seconds.
+        m.timestamp = Some(1_700_000_000_000);
+        assert_eq!(m.received_at(now()), now());
+        for header in [
+            "0000-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59-14:00",
+            "2025-01-01T00:00:60Z",
+            "2016-12-31T23:59:60Z",
+        ] {
+            m.received_at_header = Some(header.into());
+            m.timestamp = Some(1_700_000_000);
+            assert_eq!(m.received_at(now()).timestamp(), 1_700_000_000, "{header}");
+            m.timestamp = Some(1_700_000_000_000);
+            assert_eq!(m.received_at(now()), now(), "{header}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::canonical::{CanonicalEvent, EventType, Vendor};
+use crate::canonical::{CanonicalEvent, EventType, Vendor, rfc3339_utc};
 use crate::redact::SafeName;
 use crate::vendors::{self, MapError, Mapped, PayloadError};
 
@@ -138,6 +138,15 @@ pub enum NormalizeError {
         at: usize,
         events: usize,
     },
+    /// The receipt time handed in cannot be written in RFC 3339 (see
+    /// [`rfc3339_utc::writable`]), so it cannot be any event's `time`. The worker and the
+    /// `normalize` command only hand in writable ones; a variant rather than a `time`
+    /// that breaks the schema, and checked whether or not the body has a time of its own,
+    /// so that the same arguments always fail the same way.
+    #[error(
+        "the receipt time is outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)"
+    )]
+    UnwritableReceivedAt { vendor: Option<Vendor> },
     /// A mapped event could not be written as JSON. Not expected to happen; a variant
     /// rather than a panic so that even a bug dead-letters instead of losing the message.
     #[error("the canonical event could not be serialized")]
@@ -153,9 +162,9 @@ impl NormalizeError {
                 ErrorKind::UnknownVendor
             }
             NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
-            NormalizeError::InvalidPayload { .. } | NormalizeError::Unserializable { .. } => {
-                ErrorKind::InvalidPayload
-            }
+            NormalizeError::InvalidPayload { .. }
+            | NormalizeError::UnwritableReceivedAt { .. }
+            | NormalizeError::Unserializable { .. } => ErrorKind::InvalidPayload,
             NormalizeError::TooManyEvents { .. } => ErrorKind::TooManyEvents,
             NormalizeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
         }
@@ -166,6 +175,7 @@ impl NormalizeError {
         match self {
             NormalizeError::BodyTooLarge { vendor, .. }
             | NormalizeError::InvalidJson { vendor, .. }
+            | NormalizeError::UnwritableReceivedAt { vendor }
             | NormalizeError::Unserializable { vendor } => *vendor,
             NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => None,
             NormalizeError::UnknownEventType { vendor, .. }
@@ -180,7 +190,9 @@ impl NormalizeError {
 ///
 /// `vendor_hint` is the vendor key from the gateway (`x-vendor` header or routing key);
 /// blank counts as absent, and without one the vendor is detected from the envelope's
-/// shape. `received_at` is used as `time` for events whose body carries none.
+/// shape. `received_at` is used as `time` for events whose body carries none; it must be
+/// one RFC 3339 can write in UTC (years 0000 to 9999, no leap second), or the body is
+/// refused whatever it holds.
 ///
 /// On success there is at least one event (Deel array resources give one per element),
 /// and all of them together serialize to at most `limits.max_output_bytes`.
@@ -290,6 +302,9 @@ pub fn events(
             )
         }
     };
+    if !rfc3339_utc::writable(&received_at) {
+        return Err(NormalizeError::UnwritableReceivedAt { vendor: hinted });
+    }
     if body.len() > limits.max_body_bytes {
         return Err(NormalizeError::BodyTooLarge {
             vendor: hinted,
@@ -451,6 +466,24 @@ mod tests {
         let mut body = "[".repeat(100_000);
         body.push_str(&"]".repeat(100_000));
         assert_eq!(err(body.as_bytes(), None).kind(), ErrorKind::InvalidJson);
+    }
+
+    #[test]
+    fn a_receipt_time_rfc3339_cannot_write_is_never_emitted() {
+        // Entuitive `user.deactivated` carries no time: the receipt time is its `time`.
+        let body = br#"{"event_type":"user.deactivated","data":{"email":"a@b.c"}}"#;
+        let year_55840 = DateTime::from_timestamp(1_700_000_000_000, 0).unwrap();
+        let year_minus_1 = DateTime::parse_from_rfc3339("0000-01-01T00:00:00+14:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for received_at in [year_55840, year_minus_1, leap] {
+            let result = normalize(body, None, received_at, &Limits::default());
+            let e = result.map(|events| events[0].time_rfc3339()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::canonical::rfc3339_utc;
+
 /// A field that could not be read, located by its JSON path (`$.data.resource.id`).
 ///
 /// The message says what was expected and what JSON type was found, never the value:
@@ -27,6 +29,8 @@ pub enum Problem {
     },
     Empty,
     NotATimestamp,
+    /// A date-time RFC 3339 cannot write once in UTC (see [`rfc3339_utc::writable`]).
+    NotWritableTime,
     EmptyArray,
     NotOneOf(&'static str),
     Uncanonicalizable,
@@ -48,6 +52,9 @@ impl fmt::Display for Problem {
             }
             Problem::Empty => f.write_str("is empty"),
             Problem::NotATimestamp => f.write_str("not an RFC 3339 date-time with a UTC offset"),
+            Problem::NotWritableTime => f.write_str(
+                "a date-time outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)",
+            ),
             Problem::EmptyArray => f.write_str("empty array: no event to emit"),
             Problem::NotOneOf(allowed) => write!(f, "expected one of {allowed}"),
             Problem::Uncanonicalizable => {
@@ -207,7 +214,7 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::String(s)) => parse_timestamp(s)
                 .map(Some)
-                .ok_or_else(|| self.error(key, Problem::NotATimestamp)),
+                .map_err(|problem| self.error(key, problem)),
             Some(other) => Err(self.wrong_type(key, "a string", other)),
         }
     }
@@ -229,8 +236,18 @@ fn id_text(value: &Value) -> Option<Option<String>> {
 /// Parses an RFC 3339 timestamp, repairing what vendors are known to send: a space
 /// inside the time (`2024-09-05T08:32:51. 658Z`, in Deel's docs and API), a space for
 /// the `T`, and `+0000` offsets. A timestamp without an offset is refused rather than
-/// guessed.
-pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
+/// guessed, and so is one RFC 3339 cannot write in UTC (a year outside 0000 to 9999
+/// once the offset is applied, a leap second), since it would become the event's `time`.
+pub fn parse_timestamp(raw: &str) -> Result<DateTime<Utc>, Problem> {
+    let t = parse_offset_time(raw).ok_or(Problem::NotATimestamp)?;
+    if rfc3339_utc::writable(&t) {
+        Ok(t)
+    } else {
+        Err(Problem::NotWritableTime)
+    }
+}
+
+fn parse_offset_time(raw: &str) -> Option<DateTime<Utc>> {
     let trimmed = raw.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(trimmed) {
         return Some(t.with_timezone(&Utc));
@@ -272,7 +289,7 @@ mod tests {
             ("2024-09-05t08:32:51z", "2024-09-05T08:32:51Z"),
         ];
         for (raw, want) in cases {
-            assert_eq!(parse_timestamp(raw), Some(utc(want)), "{raw:?}");
+            assert_eq!(parse_timestamp(raw), Ok(utc(want)), "{raw:?}");
         }
     }
 
@@ -286,8 +303,35 @@ mod tests {
             "2024-13-05T08:32:51Z",
             "1725525171",
         ] {
-            assert_eq!(parse_timestamp(raw), None, "{raw:?}");
+            assert_eq!(parse_timestamp(raw), Err(Problem::NotATimestamp), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn timestamps_rfc3339_cannot_write_in_utc_are_refused() {
+        for raw in [
+            "0000-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59-14:00",
+            // Signed and long years only get through the repair, with a `+0000` offset.
+            "-0001-06-01T00:00:00+0000",
+            "+12345-06-01T00:00:00. 5+0000",
+            "2024-09-05T08:32:60Z",
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:60.5Z",
+        ] {
+            assert_eq!(
+                parse_timestamp(raw),
+                Err(Problem::NotWritableTime),
+                "{raw:?}"
+            );
+        }
+        for raw in ["-0001-06-01T00:00:00Z", "+12345-06-01T00:00:00Z"] {
+            assert!(parse_timestamp(raw).is_err(), "{raw:?}");
+        }
+        assert_eq!(
+            parse_timestamp("0000-01-01T14:00:00+14:00"),
+            Ok(utc("0000-01-01T00:00:00Z"))
+        );
     }
 
     #[test]

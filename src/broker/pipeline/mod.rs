@@ -31,7 +31,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::message::Delivery;
 use lapin::types::ShortString;
 use tokio::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod entry;
 mod isolation;
@@ -187,6 +187,16 @@ impl<'s> Pipeline<'s> {
             timestamp: *properties.timestamp(),
             property_problems,
         };
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for passed_over in raw.receipt_time().1 {
+                debug!(
+                    tag = delivery_tag,
+                    source = passed_over.source,
+                    why = passed_over.why,
+                    "receipt time passed over; the next source is used"
+                );
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut entry = Entry {

@@ -1,0 +1,122 @@
+//! Hostile input (issue 7): bodies built to break the contract's promises about times,
+//! detection, duplicate keys, nesting and subjects. Each test names what it guards.
+
+use serde_json::{Value, json};
+use webhook_normalizer::{ErrorKind, canonical::JSON_SCHEMA};
+
+use crate::run;
+
+fn validator() -> jsonschema::Validator {
+    jsonschema::validator_for(&serde_json::from_str::<Value>(JSON_SCHEMA).unwrap()).unwrap()
+}
+
+/// A Deel, an Authenticate and an Entuitive body whose time field holds `time`, with the
+/// JSON path of that field.
+fn bodies_with_time(time: &str) -> Vec<(Value, &'static str)> {
+    vec![
+        (
+            json!({
+                "data": {"meta": {"event_type": "contract.terminated"}, "resource": {"id": "3r6j5pp"}},
+                "timestamp": time
+            }),
+            "$.timestamp",
+        ),
+        (
+            json!({"id": "e-1", "event": "USER_PII_UPDATE", "eventDate": time, "order": {"userAccessCode": "u-1"}}),
+            "$.eventDate",
+        ),
+        (
+            json!({"event_type": "user.updated", "data": {"email": "a@b.c", "updated_on": time}}),
+            "$.data.updated_on",
+        ),
+        (
+            json!({"event_type": "user.created", "data": {"email": "a@b.c", "created_on": time}}),
+            "$.data.created_on",
+        ),
+    ]
+}
+
+/// Times chrono reads but RFC 3339 cannot write in UTC: years before 0000 or after 9999
+/// once the offset is applied, the forms Deel's repair would let through, and leap
+/// seconds (at any minute, and at the end of a day).
+const UNWRITABLE_TIMES: [&str; 7] = [
+    "0000-01-01T00:00:00+14:00",
+    "9999-12-31T23:59:59-14:00",
+    "-0001-06-01T00:00:00Z",
+    "+12345-06-01T00:00:00Z",
+    "2024-09-05T08:32:60Z",
+    "2024-09-05T10:32:60+02:00",
+    "2016-12-31T23:59:60Z",
+];
+
+#[test]
+fn body_times_rfc3339_cannot_write_are_invalid_payload_naming_the_path() {
+    for time in UNWRITABLE_TIMES {
+        for (body, path) in bodies_with_time(time) {
+            let result = run(&serde_json::to_vec(&body).unwrap(), None);
+            let e = match result {
+                Ok(events) => panic!(
+                    "{time:?} at {path} was emitted as {}",
+                    events[0].time_rfc3339()
+                ),
+                Err(e) => e,
+            };
+            assert_eq!(
+                e.kind(),
+                ErrorKind::InvalidPayload,
+                "{time:?} at {path}: {e}"
+            );
+            let detail = e.to_string();
+            assert!(detail.starts_with(&format!("{path}: ")), "{detail}");
+            assert!(!detail.contains(time), "{detail}");
+        }
+    }
+}
+
+#[test]
+fn body_times_at_the_edges_of_rfc3339_are_kept() {
+    let validator = validator();
+    let cases = [
+        ("0000-01-01T00:00:00Z", "0000-01-01T00:00:00Z"),
+        ("0000-01-01T14:00:00+14:00", "0000-01-01T00:00:00Z"),
+        (
+            "9999-12-31T23:59:59.999999999Z",
+            "9999-12-31T23:59:59.999999999Z",
+        ),
+        ("9999-12-31T09:59:59-14:00", "9999-12-31T23:59:59Z"),
+        ("2024-09-05T08:32:59. 658Z", "2024-09-05T08:32:59.658Z"),
+    ];
+    for (time, want) in cases {
+        for (body, path) in bodies_with_time(time) {
+            let events = run(&serde_json::to_vec(&body).unwrap(), None)
+                .unwrap_or_else(|e| panic!("{time:?} at {path}: {e}"));
+            assert_eq!(events[0].time_rfc3339(), want, "{time:?} at {path}");
+            let json = serde_json::to_value(&events[0]).unwrap();
+            assert!(validator.is_valid(&json), "{time:?} at {path}");
+        }
+    }
+}
+
+#[test]
+fn the_schema_refuses_times_rfc3339_cannot_write() {
+    let validator = validator();
+    let body = std::fs::read(crate::fixtures_dir().join("deel/contract.created.json")).unwrap();
+    let good = serde_json::to_value(&run(&body, None).unwrap()[0]).unwrap();
+    assert!(validator.is_valid(&good));
+    for time in [
+        "-0001-12-31T10:00:00Z",
+        "+10000-01-01T09:59:59Z",
+        "55840-06-01T00:00:00Z",
+        "2024-09-05T08:32:60Z",
+        "2016-12-31T23:59:60Z",
+        "2024-13-05T08:32:51Z",
+        "2024-09-05T24:00:00Z",
+        "2024-09-05T08:60:00Z",
+        "2024-09-05T08:32:51.Z",
+        "2024-09-05T08:32:51.1234567890Z",
+    ] {
+        let mut bad = good.clone();
+        bad["time"] = time.into();
+        assert!(!validator.is_valid(&bad), "schema accepted time {time:?}");
+    }
+}
