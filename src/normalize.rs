@@ -115,9 +115,15 @@ pub enum NormalizeError {
     #[error("vendor hint {} is not a vendor key (expected entuitive, authenticate or deel)", SafeName(.hint))]
     UnknownVendorHint { hint: String },
     #[error(
-        "the body fits no vendor's envelope (Deel data.meta, Authenticate event and order, Entuitive event_type and data or compliance_status_items)"
+        "the body fits no vendor's envelope (Deel data.meta beside data.resource, Authenticate event and order, Entuitive event_type and data or compliance_status_items)"
     )]
     UnknownShape,
+    /// The body fits the envelopes of several vendors; which is not guessed.
+    #[error(
+        "the body fits the envelopes of more than one vendor ({}): name the vendor with a hint",
+        .vendors.iter().map(|v| v.key()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousShape { vendors: Vec<Vendor> },
     #[error("{vendor} event type {} is not in the canonical type table", SafeName(.event_type))]
     UnknownEventType { vendor: Vendor, event_type: String },
     #[error("{error}")]
@@ -158,9 +164,9 @@ impl NormalizeError {
         match self {
             NormalizeError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             NormalizeError::InvalidJson { .. } => ErrorKind::InvalidJson,
-            NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => {
-                ErrorKind::UnknownVendor
-            }
+            NormalizeError::UnknownVendorHint { .. }
+            | NormalizeError::UnknownShape
+            | NormalizeError::AmbiguousShape { .. } => ErrorKind::UnknownVendor,
             NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
             NormalizeError::InvalidPayload { .. }
             | NormalizeError::UnwritableReceivedAt { .. }
@@ -177,7 +183,9 @@ impl NormalizeError {
             | NormalizeError::InvalidJson { vendor, .. }
             | NormalizeError::UnwritableReceivedAt { vendor }
             | NormalizeError::Unserializable { vendor } => *vendor,
-            NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => None,
+            NormalizeError::UnknownVendorHint { .. }
+            | NormalizeError::UnknownShape
+            | NormalizeError::AmbiguousShape { .. } => None,
             NormalizeError::UnknownEventType { vendor, .. }
             | NormalizeError::InvalidPayload { vendor, .. }
             | NormalizeError::TooManyEvents { vendor, .. }
@@ -316,9 +324,23 @@ pub fn events(
         vendor: hinted,
         detail,
     })?;
-    let vendor = hinted
-        .or_else(|| vendors::detect(&value))
-        .ok_or(NormalizeError::UnknownShape)?;
+    let vendor = match hinted {
+        Some(vendor) => vendor,
+        None => {
+            let shapes = vendors::shapes(&value);
+            match shapes.only() {
+                Some(vendor) => vendor,
+                None if shapes.vendors().next().is_none() => {
+                    return Err(NormalizeError::UnknownShape);
+                }
+                None => {
+                    return Err(NormalizeError::AmbiguousShape {
+                        vendors: shapes.vendors().collect(),
+                    });
+                }
+            }
+        }
+    };
     let mapped = vendors::map(vendor, value, received_at, limits.max_events_per_message).map_err(
         |e| match e {
             MapError::UnknownEventType(event_type) => {

@@ -2,7 +2,7 @@
 //! detection, duplicate keys, nesting and subjects. Each test names what it guards.
 
 use serde_json::{Value, json};
-use webhook_normalizer::{ErrorKind, canonical::JSON_SCHEMA};
+use webhook_normalizer::{ErrorKind, Vendor, canonical::JSON_SCHEMA};
 
 use crate::run;
 
@@ -119,4 +119,35 @@ fn the_schema_refuses_times_rfc3339_cannot_write() {
         bad["time"] = time.into();
         assert!(!validator.is_valid(&bad), "schema accepted time {time:?}");
     }
+}
+
+/// Detection needs each vendor's own envelope: an Entuitive user with an empty `meta`
+/// object is not a Deel body.
+#[test]
+fn an_entuitive_body_with_a_meta_object_is_detected_as_entuitive() {
+    let body = br#"{"event_type":"user.updated","data":{"email":"a@b.c","meta":{}}}"#;
+    let hinted = run(body, Some("entuitive")).unwrap();
+    let detected = run(body, None).unwrap_or_else(|e| panic!("{}: {e}", e.kind()));
+    assert_eq!(detected, hinted);
+    assert_eq!(detected[0].vendor, Vendor::Entuitive);
+}
+
+/// A body that fits two vendors' envelopes is refused rather than guessed at, and says
+/// which, so that the gateway can name the vendor.
+#[test]
+fn a_body_that_fits_two_envelopes_is_unknown_vendor_naming_both() {
+    let body =
+        br#"{"event_type":"user.updated","data":{"email":"a@b.c","meta":{},"resource":{"id":1}}}"#;
+    let e = run(body, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::UnknownVendor);
+    assert_eq!(e.vendor(), None);
+    let detail = e.to_string();
+    assert!(
+        detail.contains("entuitive") && detail.contains("deel"),
+        "{detail}"
+    );
+    assert_eq!(
+        run(body, Some("entuitive")).unwrap()[0].vendor,
+        Vendor::Entuitive
+    );
 }
