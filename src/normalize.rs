@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::body;
 use crate::canonical::{CanonicalEvent, EventType, Vendor, rfc3339_utc};
 use crate::redact::SafeName;
 use crate::vendors::{self, MapError, Mapped, PayloadError};
@@ -407,15 +408,10 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// Parses JSON, tolerating a UTF-8 byte-order mark (some gateways add one). The error
-/// text is serde_json's syntax message and position, which never quotes the input.
-fn parse_json(body: &[u8]) -> Result<Value, String> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => e.to_string(),
-        // Not reachable when parsing into a Value; kept generic so no value can leak.
-        _ => format!("not valid JSON at line {} column {}", e.line(), e.column()),
-    })
+/// Parses the body strictly ([`body::parse`]: no repeated keys), tolerating a UTF-8
+/// byte-order mark (some gateways add one).
+fn parse_json(raw: &[u8]) -> Result<Value, String> {
+    body::parse(raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw))
 }
 
 #[cfg(test)]

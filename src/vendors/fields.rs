@@ -80,7 +80,9 @@ pub fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// Appends `key` to a JSON path: `.key` when it is an identifier, `['key']` otherwise.
+/// Appends `key` to a JSON path: `.key` when it is an identifier, `['key']` otherwise,
+/// with `\`, `'` and control characters escaped (`\u{a}`), so that a key from the body
+/// cannot break the line or header the path ends up in.
 pub fn child_path(parent: &str, key: &str) -> String {
     let plain = key
         .bytes()
@@ -90,8 +92,23 @@ pub fn child_path(parent: &str, key: &str) -> String {
     if plain {
         format!("{parent}.{key}")
     } else {
-        let escaped = key.replace('\\', "\\\\").replace('\'', "\\'");
-        format!("{parent}['{escaped}']")
+        let mut path = String::with_capacity(parent.len() + key.len() + 4);
+        path.push_str(parent);
+        path.push_str("['");
+        for c in key.chars() {
+            match c {
+                '\\' | '\'' => {
+                    path.push('\\');
+                    path.push(c);
+                }
+                c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                    path.extend(c.escape_unicode());
+                }
+                c => path.push(c),
+            }
+        }
+        path.push_str("']");
+        path
     }
 }
 
@@ -344,6 +361,11 @@ mod tests {
         assert_eq!(child_path("$", "9lives"), "$['9lives']");
         assert_eq!(child_path("$", "it's"), "$['it\\'s']");
         assert_eq!(child_path("$", ""), "$['']");
+        assert_eq!(child_path("$", "a\\b"), "$['a\\\\b']");
+        assert_eq!(
+            child_path("$", "a\r\nb\u{2028}"),
+            "$['a\\u{d}\\u{a}b\\u{2028}']"
+        );
     }
 
     #[test]

@@ -151,3 +151,69 @@ fn a_body_that_fits_two_envelopes_is_unknown_vendor_naming_both() {
         Vendor::Entuitive
     );
 }
+
+/// A value planted in bodies that must never reach an error detail.
+const MARKER: &str = "Jane Marker <jane@marker.example>";
+
+/// A repeated key anywhere would make `payload` something other than the body as sent
+/// (the last value would win): the body is refused, naming the repeated key's path.
+#[test]
+fn duplicate_keys_anywhere_are_invalid_json_naming_the_path() {
+    let deel = |resource: &str| {
+        format!(
+            r#"{{"data":{{"meta":{{"event_type":"timesheet.reviewed"}},"resource":{resource}}},"timestamp":"2023-05-11T15:12:41.663Z"}}"#
+        )
+    };
+    let cases = [
+        (
+            format!(
+                r#"{{"id":"1","event":"USER_PII_UPDATE","event":"{MARKER}","order":{{"userAccessCode":"u"}}}}"#
+            ),
+            "$.event",
+        ),
+        (
+            format!(
+                r#"{{"id":"{MARKER}","event":"USER_PII_UPDATE","order":{{"userAccessCode":"u"}},"id":"2"}}"#
+            ),
+            "$.id",
+        ),
+        (
+            deel(&format!(
+                r#"[{{"id":1}},{{"id":2,"note":"{MARKER}","id":3}}]"#
+            )),
+            "$.data.resource[1].id",
+        ),
+        (
+            deel(&format!(
+                r#"[{{"id":1,"third party_name":"{MARKER}","third party_name":"{MARKER}"}}]"#
+            )),
+            "$.data.resource[0]['third party_name']",
+        ),
+        // The same key, once escaped: equal once read.
+        (
+            format!(
+                r#"{{"event_type":"user.created","data":{{"email":"{MARKER}","\u0065mail":"b@c.d"}}}}"#
+            ),
+            "$.data.email",
+        ),
+        (
+            format!(
+                r#"{{"event_type":"user.created","data":{{"email":"a@b.c","x":[[{{"k":{{}},"k":"{MARKER}"}}]]}}}}"#
+            ),
+            "$.data.x[0][0].k",
+        ),
+    ];
+    for (body, path) in cases {
+        for hint in [None, Some("deel")] {
+            let e = match run(body.as_bytes(), hint) {
+                Ok(events) => panic!("{path}: emitted {:?}", events[0].data.payload),
+                Err(e) => e,
+            };
+            assert_eq!(e.kind(), ErrorKind::InvalidJson, "{path}: {e}");
+            assert_eq!(e.vendor(), hint.map(|_| Vendor::Deel));
+            let detail = e.to_string();
+            assert!(detail.starts_with(&format!("{path}: ")), "{detail}");
+            assert!(!detail.contains("Marker"), "{detail}");
+        }
+    }
+}
