@@ -1,6 +1,6 @@
-//! A webhook body parsed strictly: JSON in which no object repeats a key, kept exactly
-//! as sent (key order, numbers as written). Pure; errors give positions and paths,
-//! never text from the body.
+//! A webhook body parsed strictly: JSON in which no object repeats a key, nested at
+//! most 128 deep, kept exactly as sent (key order, numbers as written). Pure; errors
+//! give positions and paths, never text from the body.
 //!
 //! serde_json's own `Value` keeps the last of two equal keys, so `payload` would no
 //! longer be the body as sent, and a reader and the vendor could disagree on a field.
@@ -19,6 +19,9 @@ use crate::vendors::fields::child_path;
 pub fn parse(body: &[u8]) -> Result<Value, String> {
     let mut state = State::default();
     let mut de = serde_json::Deserializer::from_slice(body);
+    // serde_json's own limit refuses 128 levels already; ours (which also bounds the
+    // recursion, refusing level 129 before descending into it) is the documented one.
+    de.disable_recursion_limit();
     let parsed = Node { state: &mut state }
         .deserialize(&mut de)
         .and_then(|value| de.end().map(|()| value));
@@ -26,6 +29,11 @@ pub fn parse(body: &[u8]) -> Result<Value, String> {
         Some(Refusal::DuplicateKey) => format!(
             "{}: the same key twice in one object (duplicate keys are refused)",
             state.path()
+        ),
+        Some(Refusal::TooDeep) => format!(
+            "nested deeper than {MAX_DEPTH} arrays and objects at line {} column {}",
+            e.line(),
+            e.column()
         ),
         None => match e.classify() {
             // serde_json's syntax messages give a position and never quote the input.
@@ -39,16 +47,23 @@ pub fn parse(body: &[u8]) -> Result<Value, String> {
 /// a number that is not a plain `u64`/`i64`: a map of this one key to the number's text.
 const NUMBER_TOKEN: &str = "$serde_json::private::Number";
 
-/// Why the parse was stopped by us (not by a syntax error), and where: the path is
-/// collected on the way out, innermost step first, so the happy path builds none.
+/// The deepest nesting of arrays and objects read: a body's top-level object is level 1.
+pub const MAX_DEPTH: usize = 128;
+
+/// How deep the parse is, why it was stopped by us (not by a syntax error), and where:
+/// a repeated key's path is collected on the way out, innermost step first, so the
+/// happy path builds none.
 #[derive(Default)]
 struct State {
+    /// Arrays and objects around the value being read.
+    depth: usize,
     refused: Option<Refusal>,
     trail: Vec<Step>,
 }
 
 enum Refusal {
     DuplicateKey,
+    TooDeep,
 }
 
 enum Step {
@@ -65,9 +80,19 @@ impl State {
 
     /// Records that the error coming out of a child happened at `step`.
     fn passed_through(&mut self, step: Step) {
-        if self.refused.is_some() {
+        if matches!(self.refused, Some(Refusal::DuplicateKey)) {
             self.trail.push(step);
         }
+    }
+
+    /// Goes one array or object deeper, refusing level [`MAX_DEPTH`] + 1.
+    fn enter<E: de::Error>(&mut self) -> Result<(), E> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            self.refused = Some(Refusal::TooDeep);
+            return Err(E::custom("refused"));
+        }
+        Ok(())
     }
 
     fn path(&self) -> String {
@@ -121,6 +146,7 @@ impl Node<'_> {
                 }
             }
         }
+        self.state.depth -= 1;
         Ok(Value::Object(object))
     }
 }
@@ -169,11 +195,15 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Value, A::Error> {
+        self.state.enter()?;
         let mut items = Vec::new();
         loop {
             match seq.next_element_seed(self.child()) {
                 Ok(Some(item)) => items.push(item),
-                Ok(None) => return Ok(Value::Array(items)),
+                Ok(None) => {
+                    self.state.depth -= 1;
+                    return Ok(Value::Array(items));
+                }
                 Err(e) => {
                     self.state.passed_through(Step::Index(items.len()));
                     return Err(e);
@@ -184,26 +214,36 @@ impl<'de> Visitor<'de> for Node<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Value, A::Error> {
         let Some(first_key) = map.next_key::<String>()? else {
+            self.state.enter()?;
+            self.state.depth -= 1;
             return Ok(Value::Object(Map::new()));
         };
         if first_key == NUMBER_TOKEN {
             // A number, or a body's own object with this odd key: serde_json hands a
             // number's text over as an owned `String`, and a string in the body always
-            // as `&str`, which tells them apart.
+            // as `&str`, which tells them apart. Read one level down (as an object's
+            // value would be) and checked once it is known to be an object.
+            self.state.depth += 1;
             match map.next_value_seed(FirstValue(self.child())) {
                 Ok(First::NumberText(text)) => {
+                    self.state.depth -= 1;
                     return text
                         .parse::<Number>()
                         .map(Value::Number)
                         .map_err(de::Error::custom);
                 }
-                Ok(First::Value(value)) => return self.object(map, first_key, value),
+                Ok(First::Value(value)) => {
+                    self.state.depth -= 1;
+                    self.state.enter()?;
+                    return self.object(map, first_key, value);
+                }
                 Err(e) => {
                     self.state.passed_through(Step::Key(first_key));
                     return Err(e);
                 }
             }
         }
+        self.state.enter()?;
         match map.next_value_seed(self.child()) {
             Ok(value) => self.object(map, first_key, value),
             Err(e) => {
@@ -336,6 +376,41 @@ mod tests {
         assert_eq!(
             refused(r#"{"a":"secret""#),
             "EOF while parsing an object at line 1 column 13"
+        );
+    }
+
+    /// `depth` arrays and objects, alternating, around `leaf`.
+    fn nested(depth: usize, leaf: &str) -> String {
+        let mut body = String::new();
+        for level in 0..depth {
+            body.push_str(if level % 2 == 0 { "[" } else { "{\"k\":" });
+        }
+        body.push_str(leaf);
+        for level in (0..depth).rev() {
+            body.push(if level % 2 == 0 { ']' } else { '}' });
+        }
+        body
+    }
+
+    #[test]
+    fn nesting_128_deep_is_read_and_deeper_is_refused() {
+        for leaf in ["1", "1.5", "\"s\"", "[]", "{}"] {
+            // An empty array or object is a level of its own.
+            let inner = usize::from(leaf == "[]" || leaf == "{}");
+            let at_limit = nested(MAX_DEPTH - inner, leaf);
+            let value = parse(at_limit.as_bytes()).unwrap_or_else(|e| panic!("{leaf}: {e}"));
+            assert_eq!(value.to_string(), at_limit, "{leaf}");
+            let over = nested(MAX_DEPTH + 1 - inner, leaf);
+            let e = refused(&over);
+            assert!(
+                e.starts_with("nested deeper than 128 arrays and objects at line 1 column "),
+                "{leaf}: {e}"
+            );
+        }
+        let e = refused(&"[".repeat(100_000));
+        assert_eq!(
+            e,
+            "nested deeper than 128 arrays and objects at line 1 column 129"
         );
     }
 

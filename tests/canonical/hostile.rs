@@ -217,3 +217,23 @@ fn duplicate_keys_anywhere_are_invalid_json_naming_the_path() {
         }
     }
 }
+
+/// "Deeper than 128 is refused" (README): a body nested exactly 128 deep maps, one
+/// level more is `invalid_json`.
+#[test]
+fn a_body_nested_128_deep_maps_and_129_is_invalid_json() {
+    // The top object, `data` and `resource` are three levels; `deep` adds the rest.
+    let body = |depth: usize| {
+        let arrays = depth - 3;
+        format!(
+            r#"{{"data":{{"meta":{{"event_type":"contract.created"}},"resource":{{"id":"c-1","deep":{}1.5{}}}}}}}"#,
+            "[".repeat(arrays),
+            "]".repeat(arrays)
+        )
+    };
+    let events = run(body(128).as_bytes(), None).unwrap_or_else(|e| panic!("128: {e}"));
+    assert_eq!(events[0].subject, "contract/c-1");
+    let e = run(body(129).as_bytes(), None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidJson);
+    assert!(e.to_string().starts_with("nested deeper than 128"), "{e}");
+}
