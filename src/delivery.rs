@@ -94,8 +94,8 @@ pub struct RawMessage {
     pub body: Vec<u8>,
     pub exchange: String,
     pub routing_key: String,
-    /// The `x-vendor` header, when present as text.
-    pub vendor_header: Option<String>,
+    /// The `x-vendor` header.
+    pub vendor_header: VendorHeader,
     /// The `x-received-at` header, when present as text.
     pub received_at_header: Option<String>,
     /// The AMQP `timestamp` property (seconds since the epoch).
@@ -108,14 +108,13 @@ pub struct RawMessage {
 
 impl RawMessage {
     /// The vendor hint: `x-vendor` when set, else the routing key's first word when it is a
-    /// vendor key (`deel`, `deel.webhook`), else none (the body's shape decides).
+    /// vendor key (`deel`, `deel.webhook`), else none (the body's shape decides). An
+    /// `x-vendor` that is not text is no hint: [`plan`] dead-letters the message.
     pub fn vendor_hint(&self) -> Option<&str> {
-        if let Some(v) = self
-            .vendor_header
-            .as_deref()
-            .filter(|v| !v.trim().is_empty())
-        {
-            return Some(v);
+        if let VendorHeader::Text(v) = &self.vendor_header {
+            if !v.trim().is_empty() {
+                return Some(v);
+            }
         }
         let first = self.routing_key.split('.').next().unwrap_or_default();
         first.parse::<Vendor>().is_ok().then_some(first)
@@ -165,6 +164,21 @@ impl RawMessage {
         }
         (None, passed_over)
     }
+}
+
+/// The `x-vendor` header as it came.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VendorHeader {
+    #[default]
+    Absent,
+    /// A long or short string, or a byte array (read as UTF-8, invalid sequences
+    /// replaced).
+    Text(String),
+    /// Any other AMQP field type: which (`an integer`, `a table`, …), never the value.
+    /// The raw-message contract makes it an `unknown_vendor` dead letter, like text that
+    /// is no vendor key: guessing the vendor from the body instead would ignore what
+    /// the gateway meant to say.
+    NotText(&'static str),
 }
 
 /// A receipt-time source a message carried but [`RawMessage::received_at`] did not use.
@@ -291,6 +305,19 @@ pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
         return Plan::DeadLetter(DeadLetter::new(
             raw,
             ErrorKind::InvalidProperties,
+            None,
+            &detail,
+            now,
+        ));
+    }
+    if let VendorHeader::NotText(found) = raw.vendor_header {
+        let detail = format!(
+            "header {} is {found}, not text: expected a vendor key (entuitive, authenticate or deel)",
+            headers::VENDOR
+        );
+        return Plan::DeadLetter(DeadLetter::new(
+            raw,
+            ErrorKind::UnknownVendor,
             None,
             &detail,
             now,
@@ -510,9 +537,11 @@ mod tests {
         assert_eq!(m.vendor_hint(), Some("Deel"));
         m.routing_key = "deelx".into();
         assert_eq!(m.vendor_hint(), None);
-        m.vendor_header = Some("authenticate".into());
+        m.vendor_header = VendorHeader::Text("authenticate".into());
         assert_eq!(m.vendor_hint(), Some("authenticate"));
-        m.vendor_header = Some("   ".into());
+        m.vendor_header = VendorHeader::Text("   ".into());
+        assert_eq!(m.vendor_hint(), None);
+        m.vendor_header = VendorHeader::NotText("an integer");
         assert_eq!(m.vendor_hint(), None);
     }
 
@@ -592,9 +621,11 @@ mod tests {
             ..Limits::default()
         };
         let mut big = raw(&[b' '; 201]);
-        big.vendor_header = Some("deel".into());
+        big.vendor_header = VendorHeader::Text("deel".into());
         let mut bad_hint = raw(PII_UPDATE);
-        bad_hint.vendor_header = Some("stripe".into());
+        bad_hint.vendor_header = VendorHeader::Text("stripe".into());
+        let mut not_text = raw(PII_UPDATE);
+        not_text.vendor_header = VendorHeader::NotText("a table");
         let cases = [
             (
                 raw(b"{nope"),
@@ -603,6 +634,7 @@ mod tests {
             ),
             (big, "deel.body_too_large", ErrorKind::BodyTooLarge),
             (bad_hint, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
+            (not_text, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
             (
                 raw(b"{\"hello\":1}"),
                 "unknown.unknown_vendor",
