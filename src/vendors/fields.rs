@@ -36,6 +36,9 @@ pub enum Problem {
     Uncanonicalizable,
     /// An id longer than [`MAX_ENTITY_ID_BYTES`]; holds its length in bytes.
     TooLong(usize),
+    /// An entity id holding a control character or a line separator (see
+    /// [`Obj::entity_id`]).
+    ControlCharacter,
 }
 
 /// The longest entity id accepted, in bytes. The id becomes the event's `subject` and its
@@ -63,6 +66,9 @@ impl fmt::Display for Problem {
             Problem::TooLong(len) => write!(
                 f,
                 "{len} bytes, over the {MAX_ENTITY_ID_BYTES} allowed for an entity id"
+            ),
+            Problem::ControlCharacter => f.write_str(
+                "holds a control character or line separator, not allowed in an entity id",
             ),
         }
     }
@@ -202,11 +208,21 @@ impl<'a> Obj<'a> {
     }
 
     /// The id of the entity an event is about, which becomes its `subject`: a required id
-    /// of at most [`MAX_ENTITY_ID_BYTES`].
+    /// of at most [`MAX_ENTITY_ID_BYTES`], with no control character (U+0000 to U+001F,
+    /// U+007F to U+009F) and no line or paragraph separator (U+2028, U+2029). The subject
+    /// is a header and a log field, where a line break could forge a line; and those are
+    /// the characters a JSON Schema `.` (ECMAScript) does not match, which the schema's
+    /// `subject` pattern says too.
     pub fn entity_id(&self, key: &str) -> Result<String, PayloadError> {
         let id = self.required_id(key)?;
         if id.len() > MAX_ENTITY_ID_BYTES {
             return Err(self.error(key, Problem::TooLong(id.len())));
+        }
+        if id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
+            return Err(self.error(key, Problem::ControlCharacter));
         }
         Ok(id)
     }

@@ -237,3 +237,90 @@ fn a_body_nested_128_deep_maps_and_129_is_invalid_json() {
     assert_eq!(e.kind(), ErrorKind::InvalidJson);
     assert!(e.to_string().starts_with("nested deeper than 128"), "{e}");
 }
+
+/// An entity id becomes `subject` (and a header): one with a control character (or a
+/// line separator) would fail the schema's `subject` pattern and could break a line in
+/// a consumer's log. The body is refused naming the field, never showing the id.
+#[test]
+fn entity_ids_with_control_characters_are_invalid_payload_naming_the_path() {
+    let validator = validator();
+    for bad in [
+        "a\nb",
+        "a\rb",
+        "a\tb",
+        "a\u{0}b",
+        "a\u{7f}b",
+        "a\u{85}b",
+        "a\u{2028}b",
+        "a\u{2029}b",
+    ] {
+        let id = format!("{bad}-{MARKER}");
+        let cases = [
+            (
+                json!({"data": {"meta": {"event_type": "contract.created"}, "resource": {"id": id}}}),
+                "$.data.resource.id",
+            ),
+            (
+                json!({"data": {"meta": {"event_type": "timesheet.reviewed"}, "resource": [{"id": 1}, {"id": id}]}}),
+                "$.data.resource[1].id",
+            ),
+            (
+                json!({"id": "e-1", "event": "USER_PII_UPDATE", "order": {"userAccessCode": id}}),
+                "$.order.userAccessCode",
+            ),
+            (
+                json!({"id": "e-1", "event": "CRIMINAL_REQUEST_STATUS_UPDATE", "order": {"orderDetails": {"unique_identifier": id}}}),
+                "$.order.orderDetails.unique_identifier",
+            ),
+        ];
+        for (body, path) in cases {
+            let e = match run(&serde_json::to_vec(&body).unwrap(), None) {
+                Ok(events) => {
+                    let json = serde_json::to_value(events.last().unwrap()).unwrap();
+                    panic!(
+                        "{bad:?} at {path}: emitted subject {:?} (schema valid: {})",
+                        json["subject"],
+                        validator.is_valid(&json)
+                    );
+                }
+                Err(e) => e,
+            };
+            assert_eq!(
+                e.kind(),
+                ErrorKind::InvalidPayload,
+                "{bad:?} at {path}: {e}"
+            );
+            let detail = e.to_string();
+            assert!(detail.starts_with(&format!("{path}: ")), "{detail}");
+            assert!(!detail.contains("Marker"), "{detail}");
+        }
+    }
+}
+
+/// The schema says the same: no control character or line separator in `subject` or
+/// `data.entity.id`.
+#[test]
+fn the_schema_refuses_control_characters_in_subject_and_entity_id() {
+    let validator = validator();
+    let body = std::fs::read(crate::fixtures_dir().join("deel/contract.created.json")).unwrap();
+    let good = serde_json::to_value(&run(&body, None).unwrap()[0]).unwrap();
+    for bad in [
+        "a\nb",
+        "a\tb",
+        "a\u{0}b",
+        "a\u{7f}b",
+        "a\u{85}b",
+        "a\u{2028}b",
+    ] {
+        let mut subject = good.clone();
+        subject["subject"] = format!("contract/{bad}").into();
+        assert!(!validator.is_valid(&subject), "subject {bad:?}");
+        let mut id = good.clone();
+        id["data"]["entity"]["id"] = bad.into();
+        assert!(!validator.is_valid(&id), "entity id {bad:?}");
+    }
+    let mut unicode = good;
+    unicode["subject"] = "contract/é-€-😀 x".into();
+    unicode["data"]["entity"]["id"] = "é-€-😀 x".into();
+    assert!(validator.is_valid(&unicode));
+}
