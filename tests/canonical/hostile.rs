@@ -218,24 +218,39 @@ fn duplicate_keys_anywhere_are_invalid_json_naming_the_path() {
     }
 }
 
-/// "Deeper than 128 is refused" (README): a body nested exactly 128 deep maps, one
-/// level more is `invalid_json`.
-#[test]
-fn a_body_nested_128_deep_maps_and_129_is_invalid_json() {
+/// A Deel body nested `depth` arrays and objects deep (its top level is the first).
+fn deel_nested(depth: usize) -> String {
     // The top object, `data` and `resource` are three levels; `deep` adds the rest.
-    let body = |depth: usize| {
-        let arrays = depth - 3;
-        format!(
-            r#"{{"data":{{"meta":{{"event_type":"contract.created"}},"resource":{{"id":"c-1","deep":{}1.5{}}}}}}}"#,
-            "[".repeat(arrays),
-            "]".repeat(arrays)
-        )
-    };
-    let events = run(body(128).as_bytes(), None).unwrap_or_else(|e| panic!("128: {e}"));
+    let arrays = depth - 3;
+    format!(
+        r#"{{"data":{{"meta":{{"event_type":"contract.created"}},"resource":{{"id":"c-1","deep":{}1.5{}}}}}}}"#,
+        "[".repeat(arrays),
+        "]".repeat(arrays)
+    )
+}
+
+/// The deepest body accepted makes events that serde_json, with its default recursion
+/// limit (127 levels read), can read: an event holds the body two levels down
+/// (`data.payload`).
+#[test]
+fn events_of_the_deepest_body_accepted_are_readable_by_serde_json_defaults() {
+    let depth = webhook_normalizer::body::MAX_DEPTH;
+    let events =
+        run(deel_nested(depth).as_bytes(), None).unwrap_or_else(|e| panic!("{depth}: {e}"));
+    let json = serde_json::to_vec(&events[0]).unwrap();
+    serde_json::from_slice::<Value>(&json).unwrap_or_else(|e| panic!("body {depth} deep: {e}"));
+    serde_json::from_slice::<webhook_normalizer::CanonicalEvent>(&json).unwrap();
+}
+
+/// README: nesting "deeper than 125" is `invalid_json`: a body 125 deep maps, 126 does
+/// not.
+#[test]
+fn a_body_nested_125_deep_maps_and_126_is_invalid_json() {
+    let events = run(deel_nested(125).as_bytes(), None).unwrap_or_else(|e| panic!("125: {e}"));
     assert_eq!(events[0].subject, "contract/c-1");
-    let e = run(body(129).as_bytes(), None).unwrap_err();
+    let e = run(deel_nested(126).as_bytes(), None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidJson);
-    assert!(e.to_string().starts_with("nested deeper than 128"), "{e}");
+    assert!(e.to_string().starts_with("nested deeper than 125"), "{e}");
 }
 
 /// An entity id becomes `subject` (and a header): one with a control character (or a
