@@ -94,8 +94,8 @@ pub struct RawMessage {
     pub body: Vec<u8>,
     pub exchange: String,
     pub routing_key: String,
-    /// The `x-vendor` header, when present as text.
-    pub vendor_header: Option<String>,
+    /// The `x-vendor` header.
+    pub vendor_header: VendorHeader,
     /// The `x-received-at` header, when present as text.
     pub received_at_header: Option<String>,
     /// The AMQP `timestamp` property (seconds since the epoch).
@@ -108,32 +108,86 @@ pub struct RawMessage {
 
 impl RawMessage {
     /// The vendor hint: `x-vendor` when set, else the routing key's first word when it is a
-    /// vendor key (`deel`, `deel.webhook`), else none (the body's shape decides).
+    /// vendor key (`deel`, `deel.webhook`), else none (the body's shape decides). An
+    /// `x-vendor` that is not text is no hint: [`plan`] dead-letters the message.
     pub fn vendor_hint(&self) -> Option<&str> {
-        if let Some(v) = self
-            .vendor_header
-            .as_deref()
-            .filter(|v| !v.trim().is_empty())
-        {
-            return Some(v);
+        if let VendorHeader::Text(v) = &self.vendor_header {
+            if !v.trim().is_empty() {
+                return Some(v);
+            }
         }
         let first = self.routing_key.split('.').next().unwrap_or_default();
         first.parse::<Vendor>().is_ok().then_some(first)
     }
 
     /// When the webhook was received: `x-received-at` if it parses, else the AMQP
-    /// timestamp, else `now`.
+    /// timestamp, else `now`. A source that RFC 3339 cannot write in UTC (a year outside
+    /// 0000 to 9999, a leap second) is passed over like one that does not parse: it
+    /// would become the `time` of events whose body has none.
     pub fn received_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        self.received_at_header
-            .as_deref()
-            .and_then(|s| DateTime::parse_from_rfc3339(s.trim()).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|| {
-                let secs = i64::try_from(self.timestamp?).ok()?;
-                Utc.timestamp_opt(secs, 0).single()
-            })
-            .unwrap_or(now)
+        self.receipt_time().0.unwrap_or(now)
     }
+
+    /// The receipt time the message carries, if any source is usable, and the sources
+    /// that were present but passed over on the way (for the broker glue to log).
+    pub fn receipt_time(&self) -> (Option<DateTime<Utc>>, Vec<PassedOver>) {
+        let mut passed_over = Vec::new();
+        if let Some(header) = self.received_at_header.as_deref() {
+            match DateTime::parse_from_rfc3339(header.trim()) {
+                Ok(t) if rfc3339_utc::writable(&t.with_timezone(&Utc)) => {
+                    return (Some(t.with_timezone(&Utc)), passed_over);
+                }
+                Ok(_) => passed_over.push(PassedOver {
+                    source: headers::RECEIVED_AT,
+                    why: "outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)",
+                }),
+                Err(_) => passed_over.push(PassedOver {
+                    source: headers::RECEIVED_AT,
+                    why: "not an RFC 3339 date-time",
+                }),
+            }
+        }
+        if let Some(secs) = self.timestamp {
+            let time = i64::try_from(secs)
+                .ok()
+                .and_then(|secs| Utc.timestamp_opt(secs, 0).single())
+                .filter(rfc3339_utc::writable);
+            match time {
+                Some(t) => return (Some(t), passed_over),
+                // 1.7e12 seconds, say, is the year 55840: a gateway that wrote
+                // milliseconds.
+                None => passed_over.push(PassedOver {
+                    source: "timestamp",
+                    why: "after the year 9999 read as seconds (milliseconds sent?)",
+                }),
+            }
+        }
+        (None, passed_over)
+    }
+}
+
+/// The `x-vendor` header as it came.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VendorHeader {
+    #[default]
+    Absent,
+    /// A long or short string, or a byte array (read as UTF-8, invalid sequences
+    /// replaced).
+    Text(String),
+    /// Any other AMQP field type: which (`an integer`, `a table`, …), never the value.
+    /// The raw-message contract makes it an `unknown_vendor` dead letter, like text that
+    /// is no vendor key: guessing the vendor from the body instead would ignore what
+    /// the gateway meant to say.
+    NotText(&'static str),
+}
+
+/// A receipt-time source a message carried but [`RawMessage::received_at`] did not use.
+/// Names the source, never its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassedOver {
+    /// `x-received-at` or `timestamp` (the AMQP property).
+    pub source: &'static str,
+    pub why: &'static str,
 }
 
 /// What to publish for one raw message.
@@ -251,6 +305,19 @@ pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
         return Plan::DeadLetter(DeadLetter::new(
             raw,
             ErrorKind::InvalidProperties,
+            None,
+            &detail,
+            now,
+        ));
+    }
+    if let VendorHeader::NotText(found) = raw.vendor_header {
+        let detail = format!(
+            "header {} is {found}, not text: expected a vendor key (entuitive, authenticate or deel)",
+            headers::VENDOR
+        );
+        return Plan::DeadLetter(DeadLetter::new(
+            raw,
+            ErrorKind::UnknownVendor,
             None,
             &detail,
             now,
@@ -470,9 +537,11 @@ mod tests {
         assert_eq!(m.vendor_hint(), Some("Deel"));
         m.routing_key = "deelx".into();
         assert_eq!(m.vendor_hint(), None);
-        m.vendor_header = Some("authenticate".into());
+        m.vendor_header = VendorHeader::Text("authenticate".into());
         assert_eq!(m.vendor_hint(), Some("authenticate"));
-        m.vendor_header = Some("   ".into());
+        m.vendor_header = VendorHeader::Text("   ".into());
+        assert_eq!(m.vendor_hint(), None);
+        m.vendor_header = VendorHeader::NotText("an integer");
         assert_eq!(m.vendor_hint(), None);
     }
 
@@ -491,6 +560,26 @@ mod tests {
         assert_eq!(m.received_at(now()).timestamp(), 1_700_000_000);
         m.timestamp = Some(u64::MAX);
         assert_eq!(m.received_at(now()), now());
+    }
+
+    #[test]
+    fn receipt_times_rfc3339_cannot_write_are_passed_over() {
+        let mut m = raw(b"{}");
+        // A gateway's millisecond timestamp is year 55840 read as seconds.
+        m.timestamp = Some(1_700_000_000_000);
+        assert_eq!(m.received_at(now()), now());
+        for header in [
+            "0000-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59-14:00",
+            "2025-01-01T00:00:60Z",
+            "2016-12-31T23:59:60Z",
+        ] {
+            m.received_at_header = Some(header.into());
+            m.timestamp = Some(1_700_000_000);
+            assert_eq!(m.received_at(now()).timestamp(), 1_700_000_000, "{header}");
+            m.timestamp = Some(1_700_000_000_000);
+            assert_eq!(m.received_at(now()), now(), "{header}");
+        }
     }
 
     #[test]
@@ -532,9 +621,11 @@ mod tests {
             ..Limits::default()
         };
         let mut big = raw(&[b' '; 201]);
-        big.vendor_header = Some("deel".into());
+        big.vendor_header = VendorHeader::Text("deel".into());
         let mut bad_hint = raw(PII_UPDATE);
-        bad_hint.vendor_header = Some("stripe".into());
+        bad_hint.vendor_header = VendorHeader::Text("stripe".into());
+        let mut not_text = raw(PII_UPDATE);
+        not_text.vendor_header = VendorHeader::NotText("a table");
         let cases = [
             (
                 raw(b"{nope"),
@@ -543,6 +634,7 @@ mod tests {
             ),
             (big, "deel.body_too_large", ErrorKind::BodyTooLarge),
             (bad_hint, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
+            (not_text, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
             (
                 raw(b"{\"hello\":1}"),
                 "unknown.unknown_vendor",

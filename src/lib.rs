@@ -8,6 +8,7 @@
 //!   -> broker pipeline             one task: deliveries in consumption order
 //!      -> delivery::plan           RawMessage -> bounded events to publish, or a dead letter
 //!         -> normalize             size limit, JSON parse, vendor detection, bounds
+//!            -> body               strict JSON: no repeated keys
 //!         -> vendors::{entuitive, authenticate, deel}
 //!                                  pure mapping of one vendor's envelope
 //!         -> canonical::CanonicalEvent
@@ -20,16 +21,18 @@
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema).
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
 //! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
+//! - [`body`]: the strict JSON reader of webhook bodies.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
 //!   schedule, ack batching), and the delivery policy.
 //! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //!
-//! `canonical`, `vendors`, `normalize`, `delivery` and `redact` are pure: no I/O, no
+//! `canonical`, `vendors`, `body`, `normalize`, `delivery` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
+pub mod body;
 pub mod broker;
 pub mod canonical;
 pub mod config;

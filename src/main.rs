@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
@@ -102,10 +103,15 @@ fn at_least_1(s: &str) -> Result<usize, String> {
     }
 }
 
+/// A receipt time: RFC 3339, and one it can write in UTC, since it may become `time`.
 fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(s)
+    let t = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("not an RFC 3339 date-time: {e}"))
+        .map_err(|e| format!("not an RFC 3339 date-time: {e}"))?;
+    if !rfc3339_utc::writable(&t) {
+        return Err("outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)".into());
+    }
+    Ok(t)
 }
 
 fn main() -> ExitCode {

@@ -8,7 +8,8 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::canonical::{CanonicalEvent, EventType, Vendor};
+use crate::body;
+use crate::canonical::{CanonicalEvent, EventType, Vendor, rfc3339_utc};
 use crate::redact::SafeName;
 use crate::vendors::{self, MapError, Mapped, PayloadError};
 
@@ -115,9 +116,15 @@ pub enum NormalizeError {
     #[error("vendor hint {} is not a vendor key (expected entuitive, authenticate or deel)", SafeName(.hint))]
     UnknownVendorHint { hint: String },
     #[error(
-        "the body fits no vendor's envelope (Deel data.meta, Authenticate event and order, Entuitive event_type and data or compliance_status_items)"
+        "the body fits no vendor's envelope (Deel data.meta beside data.resource, Authenticate event and order, Entuitive event_type and data or compliance_status_items)"
     )]
     UnknownShape,
+    /// The body fits the envelopes of several vendors; which is not guessed.
+    #[error(
+        "the body fits the envelopes of more than one vendor ({}): name the vendor with a hint",
+        .vendors.iter().map(|v| v.key()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousShape { vendors: Vec<Vendor> },
     #[error("{vendor} event type {} is not in the canonical type table", SafeName(.event_type))]
     UnknownEventType { vendor: Vendor, event_type: String },
     #[error("{error}")]
@@ -138,6 +145,15 @@ pub enum NormalizeError {
         at: usize,
         events: usize,
     },
+    /// The receipt time handed in cannot be written in RFC 3339 (see
+    /// [`rfc3339_utc::writable`]), so it cannot be any event's `time`. The worker and the
+    /// `normalize` command only hand in writable ones; a variant rather than a `time`
+    /// that breaks the schema, and checked whether or not the body has a time of its own,
+    /// so that the same arguments always fail the same way.
+    #[error(
+        "the receipt time is outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)"
+    )]
+    UnwritableReceivedAt { vendor: Option<Vendor> },
     /// A mapped event could not be written as JSON. Not expected to happen; a variant
     /// rather than a panic so that even a bug dead-letters instead of losing the message.
     #[error("the canonical event could not be serialized")]
@@ -149,13 +165,13 @@ impl NormalizeError {
         match self {
             NormalizeError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
             NormalizeError::InvalidJson { .. } => ErrorKind::InvalidJson,
-            NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => {
-                ErrorKind::UnknownVendor
-            }
+            NormalizeError::UnknownVendorHint { .. }
+            | NormalizeError::UnknownShape
+            | NormalizeError::AmbiguousShape { .. } => ErrorKind::UnknownVendor,
             NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
-            NormalizeError::InvalidPayload { .. } | NormalizeError::Unserializable { .. } => {
-                ErrorKind::InvalidPayload
-            }
+            NormalizeError::InvalidPayload { .. }
+            | NormalizeError::UnwritableReceivedAt { .. }
+            | NormalizeError::Unserializable { .. } => ErrorKind::InvalidPayload,
             NormalizeError::TooManyEvents { .. } => ErrorKind::TooManyEvents,
             NormalizeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
         }
@@ -166,8 +182,11 @@ impl NormalizeError {
         match self {
             NormalizeError::BodyTooLarge { vendor, .. }
             | NormalizeError::InvalidJson { vendor, .. }
+            | NormalizeError::UnwritableReceivedAt { vendor }
             | NormalizeError::Unserializable { vendor } => *vendor,
-            NormalizeError::UnknownVendorHint { .. } | NormalizeError::UnknownShape => None,
+            NormalizeError::UnknownVendorHint { .. }
+            | NormalizeError::UnknownShape
+            | NormalizeError::AmbiguousShape { .. } => None,
             NormalizeError::UnknownEventType { vendor, .. }
             | NormalizeError::InvalidPayload { vendor, .. }
             | NormalizeError::TooManyEvents { vendor, .. }
@@ -180,7 +199,9 @@ impl NormalizeError {
 ///
 /// `vendor_hint` is the vendor key from the gateway (`x-vendor` header or routing key);
 /// blank counts as absent, and without one the vendor is detected from the envelope's
-/// shape. `received_at` is used as `time` for events whose body carries none.
+/// shape. `received_at` is used as `time` for events whose body carries none; it must be
+/// one RFC 3339 can write in UTC (years 0000 to 9999, no leap second), or the body is
+/// refused whatever it holds.
 ///
 /// On success there is at least one event (Deel array resources give one per element),
 /// and all of them together serialize to at most `limits.max_output_bytes`.
@@ -290,6 +311,9 @@ pub fn events(
             )
         }
     };
+    if !rfc3339_utc::writable(&received_at) {
+        return Err(NormalizeError::UnwritableReceivedAt { vendor: hinted });
+    }
     if body.len() > limits.max_body_bytes {
         return Err(NormalizeError::BodyTooLarge {
             vendor: hinted,
@@ -301,9 +325,23 @@ pub fn events(
         vendor: hinted,
         detail,
     })?;
-    let vendor = hinted
-        .or_else(|| vendors::detect(&value))
-        .ok_or(NormalizeError::UnknownShape)?;
+    let vendor = match hinted {
+        Some(vendor) => vendor,
+        None => {
+            let shapes = vendors::shapes(&value);
+            match shapes.only() {
+                Some(vendor) => vendor,
+                None if shapes.vendors().next().is_none() => {
+                    return Err(NormalizeError::UnknownShape);
+                }
+                None => {
+                    return Err(NormalizeError::AmbiguousShape {
+                        vendors: shapes.vendors().collect(),
+                    });
+                }
+            }
+        }
+    };
     let mapped = vendors::map(vendor, value, received_at, limits.max_events_per_message).map_err(
         |e| match e {
             MapError::UnknownEventType(event_type) => {
@@ -370,15 +408,10 @@ impl std::io::Write for ByteCount {
     }
 }
 
-/// Parses JSON, tolerating a UTF-8 byte-order mark (some gateways add one). The error
-/// text is serde_json's syntax message and position, which never quotes the input.
-fn parse_json(body: &[u8]) -> Result<Value, String> {
-    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => e.to_string(),
-        // Not reachable when parsing into a Value; kept generic so no value can leak.
-        _ => format!("not valid JSON at line {} column {}", e.line(), e.column()),
-    })
+/// Parses the body strictly ([`body::parse`]: no repeated keys), tolerating a UTF-8
+/// byte-order mark (some gateways add one).
+fn parse_json(raw: &[u8]) -> Result<Value, String> {
+    body::parse(raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw))
 }
 
 #[cfg(test)]
@@ -451,6 +484,24 @@ mod tests {
         let mut body = "[".repeat(100_000);
         body.push_str(&"]".repeat(100_000));
         assert_eq!(err(body.as_bytes(), None).kind(), ErrorKind::InvalidJson);
+    }
+
+    #[test]
+    fn a_receipt_time_rfc3339_cannot_write_is_never_emitted() {
+        // Entuitive `user.deactivated` carries no time: the receipt time is its `time`.
+        let body = br#"{"event_type":"user.deactivated","data":{"email":"a@b.c"}}"#;
+        let year_55840 = DateTime::from_timestamp(1_700_000_000_000, 0).unwrap();
+        let year_minus_1 = DateTime::parse_from_rfc3339("0000-01-01T00:00:00+14:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        let leap = DateTime::parse_from_rfc3339("2016-12-31T23:59:60Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        for received_at in [year_55840, year_minus_1, leap] {
+            let result = normalize(body, None, received_at, &Limits::default());
+            let e = result.map(|events| events[0].time_rfc3339()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        }
     }
 
     #[test]

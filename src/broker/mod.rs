@@ -8,6 +8,7 @@ mod error;
 mod ordered;
 mod pipeline;
 mod publish;
+mod raw;
 mod session;
 mod settler;
 mod topology;

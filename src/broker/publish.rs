@@ -377,7 +377,7 @@ mod tests {
             for entry in std::fs::read_dir(root.join(vendor)).unwrap() {
                 let raw = RawMessage {
                     body: std::fs::read(entry.unwrap().path()).unwrap(),
-                    vendor_header: Some(vendor.into()),
+                    vendor_header: crate::delivery::VendorHeader::Text(vendor.into()),
                     ..RawMessage::default()
                 };
                 let Plan::Publish { events, .. } = plan(&raw, &Limits::default(), now) else {

@@ -173,7 +173,26 @@ impl CanonicalEvent {
 
 /// RFC 3339 in UTC with a `Z`, keeping as many fractional digits as are non-zero.
 pub mod rfc3339_utc {
+    use chrono::{Datelike, Timelike};
+
     use super::*;
+
+    /// Whether RFC 3339 can write `t` in UTC: a year of four digits (0000 to 9999) and a
+    /// second of 00 to 59. Every `time` we emit passes; times that do not are refused
+    /// where they come in (a body's time is `invalid_payload`, a receipt time from the
+    /// gateway is passed over).
+    ///
+    /// chrono holds more than RFC 3339 writes, and writes it anyway: years beyond four
+    /// digits (`-0001-12-31T10:00:00Z` for `0000-01-01T00:00:00+14:00`, `+10000-…`)
+    /// and leap seconds, which its parser accepts at *any* minute (`08:32:60`) and keeps
+    /// through offset conversion. Leap seconds are refused rather than accepted at
+    /// `23:59:60Z` only: vendors stamp events with Unix time, which has no leap seconds,
+    /// so a `:60` is a broken clock, not a real one; none has been inserted since 2016
+    /// and they are to be abolished by 2035; and common consumers (JavaScript `Date`,
+    /// Python `datetime`) cannot read one.
+    pub fn writable(t: &DateTime<Utc>) -> bool {
+        (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
+    }
 
     pub fn format(t: &DateTime<Utc>) -> String {
         t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
@@ -188,9 +207,15 @@ pub mod rfc3339_utc {
         if !s.ends_with('Z') {
             return Err(serde::de::Error::custom("time must be UTC with a Z"));
         }
-        DateTime::parse_from_rfc3339(&s)
+        let t = DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+            .map_err(serde::de::Error::custom)?;
+        if !writable(&t) {
+            return Err(serde::de::Error::custom(
+                "time must be in the years 0000 to 9999 with a second of 00 to 59",
+            ));
+        }
+        Ok(t)
     }
 }
 

@@ -6,6 +6,8 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use crate::canonical::rfc3339_utc;
+
 /// A field that could not be read, located by its JSON path (`$.data.resource.id`).
 ///
 /// The message says what was expected and what JSON type was found, never the value:
@@ -27,11 +29,16 @@ pub enum Problem {
     },
     Empty,
     NotATimestamp,
+    /// A date-time RFC 3339 cannot write once in UTC (see [`rfc3339_utc::writable`]).
+    NotWritableTime,
     EmptyArray,
     NotOneOf(&'static str),
     Uncanonicalizable,
     /// An id longer than [`MAX_ENTITY_ID_BYTES`]; holds its length in bytes.
     TooLong(usize),
+    /// An entity id holding a control character or a line separator (see
+    /// [`Obj::entity_id`]).
+    ControlCharacter,
 }
 
 /// The longest entity id accepted, in bytes. The id becomes the event's `subject` and its
@@ -48,6 +55,9 @@ impl fmt::Display for Problem {
             }
             Problem::Empty => f.write_str("is empty"),
             Problem::NotATimestamp => f.write_str("not an RFC 3339 date-time with a UTC offset"),
+            Problem::NotWritableTime => f.write_str(
+                "a date-time outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)",
+            ),
             Problem::EmptyArray => f.write_str("empty array: no event to emit"),
             Problem::NotOneOf(allowed) => write!(f, "expected one of {allowed}"),
             Problem::Uncanonicalizable => {
@@ -56,6 +66,9 @@ impl fmt::Display for Problem {
             Problem::TooLong(len) => write!(
                 f,
                 "{len} bytes, over the {MAX_ENTITY_ID_BYTES} allowed for an entity id"
+            ),
+            Problem::ControlCharacter => f.write_str(
+                "holds a control character or line separator, not allowed in an entity id",
             ),
         }
     }
@@ -73,7 +86,9 @@ pub fn type_name(value: &Value) -> &'static str {
     }
 }
 
-/// Appends `key` to a JSON path: `.key` when it is an identifier, `['key']` otherwise.
+/// Appends `key` to a JSON path: `.key` when it is an identifier, `['key']` otherwise,
+/// with `\`, `'` and control characters escaped (`\u{a}`), so that a key from the body
+/// cannot break the line or header the path ends up in.
 pub fn child_path(parent: &str, key: &str) -> String {
     let plain = key
         .bytes()
@@ -83,8 +98,23 @@ pub fn child_path(parent: &str, key: &str) -> String {
     if plain {
         format!("{parent}.{key}")
     } else {
-        let escaped = key.replace('\\', "\\\\").replace('\'', "\\'");
-        format!("{parent}['{escaped}']")
+        let mut path = String::with_capacity(parent.len() + key.len() + 4);
+        path.push_str(parent);
+        path.push_str("['");
+        for c in key.chars() {
+            match c {
+                '\\' | '\'' => {
+                    path.push('\\');
+                    path.push(c);
+                }
+                c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                    path.extend(c.escape_unicode());
+                }
+                c => path.push(c),
+            }
+        }
+        path.push_str("']");
+        path
     }
 }
 
@@ -178,11 +208,21 @@ impl<'a> Obj<'a> {
     }
 
     /// The id of the entity an event is about, which becomes its `subject`: a required id
-    /// of at most [`MAX_ENTITY_ID_BYTES`].
+    /// of at most [`MAX_ENTITY_ID_BYTES`], with no control character (U+0000 to U+001F,
+    /// U+007F to U+009F) and no line or paragraph separator (U+2028, U+2029). The subject
+    /// is a header and a log field, where a line break could forge a line; and those are
+    /// the characters a JSON Schema `.` (ECMAScript) does not match, which the schema's
+    /// `subject` pattern says too.
     pub fn entity_id(&self, key: &str) -> Result<String, PayloadError> {
         let id = self.required_id(key)?;
         if id.len() > MAX_ENTITY_ID_BYTES {
             return Err(self.error(key, Problem::TooLong(id.len())));
+        }
+        if id
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
+        {
+            return Err(self.error(key, Problem::ControlCharacter));
         }
         Ok(id)
     }
@@ -207,7 +247,7 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(Value::String(s)) => parse_timestamp(s)
                 .map(Some)
-                .ok_or_else(|| self.error(key, Problem::NotATimestamp)),
+                .map_err(|problem| self.error(key, problem)),
             Some(other) => Err(self.wrong_type(key, "a string", other)),
         }
     }
@@ -229,8 +269,18 @@ fn id_text(value: &Value) -> Option<Option<String>> {
 /// Parses an RFC 3339 timestamp, repairing what vendors are known to send: a space
 /// inside the time (`2024-09-05T08:32:51. 658Z`, in Deel's docs and API), a space for
 /// the `T`, and `+0000` offsets. A timestamp without an offset is refused rather than
-/// guessed.
-pub fn parse_timestamp(raw: &str) -> Option<DateTime<Utc>> {
+/// guessed, and so is one RFC 3339 cannot write in UTC (a year outside 0000 to 9999
+/// once the offset is applied, a leap second), since it would become the event's `time`.
+pub fn parse_timestamp(raw: &str) -> Result<DateTime<Utc>, Problem> {
+    let t = parse_offset_time(raw).ok_or(Problem::NotATimestamp)?;
+    if rfc3339_utc::writable(&t) {
+        Ok(t)
+    } else {
+        Err(Problem::NotWritableTime)
+    }
+}
+
+fn parse_offset_time(raw: &str) -> Option<DateTime<Utc>> {
     let trimmed = raw.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(trimmed) {
         return Some(t.with_timezone(&Utc));
@@ -272,7 +322,7 @@ mod tests {
             ("2024-09-05t08:32:51z", "2024-09-05T08:32:51Z"),
         ];
         for (raw, want) in cases {
-            assert_eq!(parse_timestamp(raw), Some(utc(want)), "{raw:?}");
+            assert_eq!(parse_timestamp(raw), Ok(utc(want)), "{raw:?}");
         }
     }
 
@@ -286,8 +336,35 @@ mod tests {
             "2024-13-05T08:32:51Z",
             "1725525171",
         ] {
-            assert_eq!(parse_timestamp(raw), None, "{raw:?}");
+            assert_eq!(parse_timestamp(raw), Err(Problem::NotATimestamp), "{raw:?}");
         }
+    }
+
+    #[test]
+    fn timestamps_rfc3339_cannot_write_in_utc_are_refused() {
+        for raw in [
+            "0000-01-01T00:00:00+14:00",
+            "9999-12-31T23:59:59-14:00",
+            // Signed and long years only get through the repair, with a `+0000` offset.
+            "-0001-06-01T00:00:00+0000",
+            "+12345-06-01T00:00:00. 5+0000",
+            "2024-09-05T08:32:60Z",
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:60.5Z",
+        ] {
+            assert_eq!(
+                parse_timestamp(raw),
+                Err(Problem::NotWritableTime),
+                "{raw:?}"
+            );
+        }
+        for raw in ["-0001-06-01T00:00:00Z", "+12345-06-01T00:00:00Z"] {
+            assert!(parse_timestamp(raw).is_err(), "{raw:?}");
+        }
+        assert_eq!(
+            parse_timestamp("0000-01-01T14:00:00+14:00"),
+            Ok(utc("0000-01-01T00:00:00Z"))
+        );
     }
 
     #[test]
@@ -300,6 +377,11 @@ mod tests {
         assert_eq!(child_path("$", "9lives"), "$['9lives']");
         assert_eq!(child_path("$", "it's"), "$['it\\'s']");
         assert_eq!(child_path("$", ""), "$['']");
+        assert_eq!(child_path("$", "a\\b"), "$['a\\\\b']");
+        assert_eq!(
+            child_path("$", "a\r\nb\u{2028}"),
+            "$['a\\u{d}\\u{a}b\\u{2028}']"
+        );
     }
 
     #[test]

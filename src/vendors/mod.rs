@@ -43,29 +43,62 @@ pub(crate) fn uncanonicalizable(path: String) -> impl FnOnce(Uncanonicalizable) 
     }
 }
 
-/// Guesses the vendor from the envelope's shape, for messages that come with no hint.
-///
-/// - Deel: `data.meta` is an object, or (older shape) `meta` is an object beside `resource`.
-/// - Authenticate: `event` beside `order` or `eventDate`.
-/// - Entuitive: `event_type` beside `data` (wrapped), or `compliance_status_items` (bare).
+/// Guesses the vendor from the envelope's shape, for messages that come with no hint:
+/// the one vendor whose envelope fits (see [`shapes`]), or `None` when none or several do.
 pub fn detect(body: &Value) -> Option<Vendor> {
-    let top = body.as_object()?;
-    let is_object = |v: Option<&Value>| v.is_some_and(Value::is_object);
-    let data = top.get("data");
-    if is_object(data.and_then(|d| d.get("meta")))
-        || (is_object(top.get("meta")) && top.contains_key("resource"))
-    {
-        Some(Vendor::Deel)
-    } else if top.contains_key("event")
-        && (top.contains_key("order") || top.contains_key("eventDate"))
-    {
-        Some(Vendor::Authenticate)
-    } else if (top.contains_key("event_type") && data.is_some())
-        || top.contains_key("compliance_status_items")
-    {
-        Some(Vendor::Entuitive)
-    } else {
-        None
+    shapes(body).only()
+}
+
+/// Which vendors' envelopes a body fits. Each needs the fields that tell that vendor
+/// apart, not merely an object somewhere (an Entuitive user may well have a `meta`):
+///
+/// - Deel: `meta` (an object) beside `resource`, in `data` (the documented shape) or at
+///   the top (an older shape).
+/// - Authenticate: `event` beside `order` or `eventDate`.
+/// - Entuitive: `event_type` beside `data` (wrapped), or `compliance_status_items`
+///   (its bare compliance update), at the top.
+///
+/// No vendor's documented bodies fit another's envelope; a body that fits two is not
+/// guessed at.
+pub fn shapes(body: &Value) -> Shapes {
+    let Some(top) = body.as_object() else {
+        return Shapes([false; 3]);
+    };
+    let meta_beside_resource = |envelope: &serde_json::Map<String, Value>| {
+        envelope.get("meta").is_some_and(Value::is_object) && envelope.contains_key("resource")
+    };
+    let deel = meta_beside_resource(top)
+        || top
+            .get("data")
+            .and_then(Value::as_object)
+            .is_some_and(meta_beside_resource);
+    let authenticate =
+        top.contains_key("event") && (top.contains_key("order") || top.contains_key("eventDate"));
+    let entuitive = (top.contains_key("event_type") && top.contains_key("data"))
+        || top.contains_key("compliance_status_items");
+    // In the order of `Vendor::ALL`.
+    Shapes([entuitive, authenticate, deel])
+}
+
+/// The vendors whose envelope a body fits, in the order of [`Vendor::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shapes([bool; 3]);
+
+impl Shapes {
+    /// The vendor, when exactly one fits.
+    pub fn only(self) -> Option<Vendor> {
+        let mut fitting = self.vendors();
+        match (fitting.next(), fitting.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    }
+
+    pub fn vendors(self) -> impl Iterator<Item = Vendor> {
+        Vendor::ALL
+            .into_iter()
+            .zip(self.0)
+            .filter_map(|(vendor, fits)| fits.then_some(vendor))
     }
 }
 
@@ -154,6 +187,31 @@ mod tests {
             (
                 json!({"compliance_status_items": [], "status": "X"}),
                 Some(Vendor::Entuitive),
+            ),
+            // An Entuitive user may carry objects of any name: `data.meta` alone is not
+            // Deel's envelope, which is `meta` beside `resource`.
+            (
+                json!({"event_type": "user.updated", "data": {"email": "a@b.c", "meta": {}}}),
+                Some(Vendor::Entuitive),
+            ),
+            (json!({"data": {"meta": {}}}), None),
+            (
+                json!({"data": {"meta": {"event_type": "contract.created"}}}),
+                None,
+            ),
+            (
+                json!({"data": {"meta": {}, "resource": 1}}),
+                Some(Vendor::Deel),
+            ),
+            (json!({"data": {"meta": "x", "resource": {}}}), None),
+            // A body that fits two envelopes is not guessed at.
+            (
+                json!({"event_type": "user.updated", "data": {"meta": {}, "resource": {}}}),
+                None,
+            ),
+            (
+                json!({"event": "X", "order": {}, "compliance_status_items": []}),
+                None,
             ),
             (json!({"event_type": "user.created"}), None),
             (json!({"data": {"resource": {}}}), None),

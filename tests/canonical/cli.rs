@@ -144,13 +144,23 @@ fn failure_prints_kind_and_detail_to_stderr_only_and_exits_65() {
 
 #[test]
 fn bad_received_at_is_a_usage_error() {
-    let out = bin()
-        .args(["normalize", "--received-at", "yesterday", "-"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
+    // Unparseable, or a time RFC 3339 cannot write in UTC (it could become `time`).
+    for at in [
+        "yesterday",
+        "0000-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59-14:00",
+        "2024-01-01T00:00:60Z",
+    ] {
+        let out = bin()
+            .args(["normalize", "--received-at", at, "-"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{at}: {err}");
+        assert!(err.contains("--received-at"), "{at}: {err}");
+        assert!(out.stdout.is_empty());
+    }
 }
 
 #[test]

@@ -53,6 +53,27 @@ fn shape_detection_agrees_with_the_hint() {
     }
 }
 
+/// Every vendor fixture that is JSON is detected as its folder's vendor, whether it maps
+/// or fails (the error then carries that vendor).
+#[test]
+fn every_vendor_fixture_is_detected_as_its_folders_vendor() {
+    let mut checked = 0;
+    for (path, hint) in all_fixtures() {
+        let Some(hint) = hint else { continue };
+        let body = std::fs::read(&path).unwrap();
+        if serde_json::from_slice::<serde_json::Value>(&body).is_err() {
+            continue;
+        }
+        let detected = match run(&body, None) {
+            Ok(events) => Some(events[0].vendor),
+            Err(e) => e.vendor(),
+        };
+        assert_eq!(detected.map(Vendor::key), Some(hint), "{}", path.display());
+        checked += 1;
+    }
+    assert!(checked >= 52, "{checked}");
+}
+
 #[test]
 fn every_canonical_type_is_produced_by_some_fixture() {
     let mut seen = std::collections::HashSet::new();

@@ -5,6 +5,8 @@
 
 mod cli;
 mod fixtures;
+mod fuzz;
+mod hostile;
 mod properties;
 mod schema;
 

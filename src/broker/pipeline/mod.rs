@@ -31,7 +31,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::message::Delivery;
 use lapin::types::ShortString;
 use tokio::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 mod entry;
 mod isolation;
@@ -42,13 +42,12 @@ use isolation::Isolation;
 use super::dead_letter::dead_letter_message;
 use super::ordered;
 use super::publish::{
-    AmqpMessage, Publisher, header_payload_bound, header_payload_size, header_room, header_text,
+    AmqpMessage, Publisher, header_payload_bound, header_payload_size, header_room,
 };
+use super::raw::raw_message;
 use super::wire::WireReport;
 use crate::config::Settings;
-use crate::delivery::{
-    DeadLetter, Fault, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan,
-};
+use crate::delivery::{DeadLetter, Fault, Plan, PublishOutcome, RetryPolicy, Settle, plan};
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Health, Outcome, WorkerState, describe};
 
@@ -178,15 +177,23 @@ impl<'s> Pipeline<'s> {
             Some(report) => report.apply(properties),
             None => (properties, Vec::new()),
         };
-        let raw = RawMessage {
-            body: data,
-            exchange: exchange.to_string(),
-            routing_key: routing_key.to_string(),
-            vendor_header: header_text(&properties, headers::VENDOR),
-            received_at_header: header_text(&properties, headers::RECEIVED_AT),
-            timestamp: *properties.timestamp(),
+        let raw = raw_message(
+            data,
+            exchange.to_string(),
+            routing_key.to_string(),
+            &properties,
             property_problems,
-        };
+        );
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            for passed_over in raw.receipt_time().1 {
+                debug!(
+                    tag = delivery_tag,
+                    source = passed_over.source,
+                    why = passed_over.why,
+                    "receipt time passed over; the next source is used"
+                );
+            }
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         let mut entry = Entry {
