@@ -12,6 +12,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
+use crate::redact::SafeName;
 use crate::vendors::fields::child_path;
 
 /// Parses `body` as JSON. The error is a detail for an `invalid_json` dead letter: a
@@ -103,7 +104,9 @@ impl State {
         let mut path = String::from("$");
         for step in self.trail.iter().rev() {
             path = match step {
-                Step::Key(key) => child_path(&path, key),
+                // Body text, perhaps a person's data: shown only as a field name.
+                Step::Key(key) if SafeName(key).is_plain() => child_path(&path, key),
+                Step::Key(key) => format!("{path}[(key not shown: {} bytes)]", key.len()),
                 Step::Index(i) => format!("{path}[{i}]"),
             };
         }
@@ -348,15 +351,30 @@ mod tests {
         }
     }
 
+    /// A key is body text, and may be a person's data: shown only when it looks like a
+    /// field name.
+    #[test]
+    fn a_repeated_key_that_is_no_field_name_is_not_shown() {
+        let detail = refused(r#"{"people":{"jane.doe@example.com":1,"jane.doe@example.com":2}}"#);
+        assert_eq!(
+            detail,
+            "$.people[(key not shown: 20 bytes)]: the same key twice in one object (duplicate keys are refused)"
+        );
+    }
+
     #[test]
     fn a_key_repeated_at_any_depth_is_refused_naming_its_path() {
         let cases = [
             (r#"{"a":1,"a":1}"#, "$.a"),
             (r#"{"a":1,"b":2,"a":{}}"#, "$.a"),
             (r#"{"a":{"b":[0,{"c":1,"c":2}]}}"#, "$.a.b[1].c"),
-            (r#"[[],[{"x y":1,"x y":1}]]"#, "$[1][0]['x y']"),
+            (
+                r#"[[],[{"x y":1,"x y":1}]]"#,
+                "$[1][0][(key not shown: 3 bytes)]",
+            ),
+            (r#"{"x-trace":1,"x-trace":1}"#, "$['x-trace']"),
             (r#"{"k":1,"\u006b":2}"#, "$.k"),
-            (r#"{"a\nb":1,"a\nb":2}"#, "$['a\\u{a}b']"),
+            (r#"{"a\nb":1,"a\nb":2}"#, "$[(key not shown: 3 bytes)]"),
             // The first repeat met wins, inner before outer.
             (r#"{"o":{"i":1,"i":2},"o":3}"#, "$.o.i"),
         ];
@@ -434,7 +452,7 @@ mod tests {
         }
         assert_eq!(
             refused(r#"{"$serde_json::private::Number":"5","$serde_json::private::Number":1}"#),
-            "$['$serde_json::private::Number']: the same key twice in one object (duplicate keys are refused)"
+            "$[(key not shown: 28 bytes)]: the same key twice in one object (duplicate keys are refused)"
         );
     }
 }
