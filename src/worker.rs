@@ -29,7 +29,9 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
             Ok(session) => {
                 health.add_session();
                 let started = Instant::now();
-                match session.run(settings, &shutdown, &health).await {
+                let end = session.run(settings, &shutdown, &health).await;
+                health.set_disconnected();
+                match end {
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(e) => warn!(error = %e, "broker session ended"),
                 }

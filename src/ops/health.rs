@@ -4,6 +4,7 @@
 //! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
 //!   retrying publishes, isolating a refused publish, draining); the JSON body says which
 //!   and why, and carries the counters.
+//! - `GET /metrics`: the [`Metrics`] in the OpenMetrics text format, for Prometheus.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,6 +20,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use super::metrics::{self, Metrics};
+use crate::canonical::Vendor;
+use crate::normalize::ErrorKind;
 
 /// Shared state the worker updates and the HTTP endpoints read. Cheap to clone.
 #[derive(Clone, Default)]
@@ -58,6 +63,7 @@ struct Shared {
     ack_frames: AtomicU64,
     handed_to_broker: AtomicU64,
     in_flight: AtomicU64,
+    metrics: Metrics,
 }
 
 /// A point-in-time copy of the state.
@@ -109,19 +115,41 @@ impl Health {
     pub fn set_blocked(&self, blocked: bool) {
         self.0.blocked.store(blocked, Ordering::Relaxed);
     }
-    pub fn add_consumed(&self) {
+    pub fn add_consumed(&self, redelivered: bool) {
         self.0.consumed.fetch_add(1, Ordering::Relaxed);
+        self.0.metrics.add_consumed(redelivered);
     }
     /// One `basic.ack` frame written, acknowledging `n` raw messages.
     pub fn add_acked(&self, n: u64) {
         self.0.acked.fetch_add(n, Ordering::Relaxed);
         self.0.ack_frames.fetch_add(1, Ordering::Relaxed);
     }
-    pub fn add_events_published(&self, n: u64) {
-        self.0.events_published.fetch_add(n, Ordering::Relaxed);
+    /// One raw message's events, confirmed: their canonical types.
+    pub fn add_events_published(&self, vendor: Vendor, types: &[&str]) {
+        self.0
+            .events_published
+            .fetch_add(types.len() as u64, Ordering::Relaxed);
+        self.0
+            .metrics
+            .add_events(vendor.key(), types.iter().copied());
     }
-    pub fn add_dead_lettered(&self) {
+    pub fn add_dead_lettered(&self, vendor: Option<Vendor>, kind: ErrorKind) {
         self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .add_dead_lettered(vendor.map_or("unknown", Vendor::key), kind.as_str());
+    }
+    /// A publish the broker returned as unroutable.
+    pub fn add_unroutable(&self) {
+        self.0.metrics.add_unroutable();
+    }
+    /// A raw message settled `seconds` after its delivery.
+    pub fn observe_processing(&self, seconds: f64) {
+        self.0.metrics.observe_processing(seconds);
+    }
+    /// A broker session ended; `health.add_session` counts the next one as a reconnect.
+    pub fn set_disconnected(&self) {
+        self.0.metrics.set_broker_connected(false);
     }
     pub fn add_requeued(&self) {
         self.0.requeued.fetch_add(1, Ordering::Relaxed);
@@ -129,17 +157,26 @@ impl Health {
     pub fn add_settle_failed(&self) {
         self.0.settle_failed.fetch_add(1, Ordering::Relaxed);
     }
+    /// A broker session opened; every one after the first is a reconnect.
     pub fn add_session(&self) {
-        self.0.sessions.fetch_add(1, Ordering::Relaxed);
+        if self.0.sessions.fetch_add(1, Ordering::Relaxed) > 0 {
+            self.0.metrics.add_reconnect();
+        }
+        self.0.metrics.set_broker_connected(true);
     }
     pub fn add_publish_retries(&self, n: u64) {
         self.0.publish_retries.fetch_add(n, Ordering::Relaxed);
+        self.0.metrics.add_publish_retries(n);
     }
     pub fn add_handed_to_broker(&self) {
         self.0.handed_to_broker.fetch_add(1, Ordering::Relaxed);
     }
     pub fn set_in_flight(&self, n: usize) {
         self.0.in_flight.store(n as u64, Ordering::Relaxed);
+        self.0.metrics.set_in_flight(n);
+    }
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {
@@ -218,10 +255,18 @@ pub async fn serve(
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
         .with_state(health);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        health.metrics().encode(),
+    )
 }
 
 async fn readyz(State(health): State<Health>) -> impl IntoResponse {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tracing::{Level, Span, debug, error, info_span, warn};
 
 use super::Health;
+use crate::canonical::Vendor;
 use crate::delivery::{DeadLetter, PublishOutcome};
 use crate::redact::SafeName;
 
@@ -32,8 +33,11 @@ impl Delivery<'_> {
 /// How one raw message was settled.
 #[derive(Debug)]
 pub enum Outcome<'a> {
-    /// Its events are confirmed; it is acknowledged.
-    Published { events: usize },
+    /// Its events are confirmed; it is acknowledged. `types`: each event's canonical type.
+    Published {
+        vendor: Vendor,
+        types: &'a [&'a str],
+    },
     /// Its dead letter is confirmed; it is acknowledged.
     DeadLettered(&'a DeadLetter),
     /// Its publishes kept failing for `failing_for`: rejected for redelivery.
@@ -50,8 +54,9 @@ impl Outcome<'_> {
     /// Counts and logs the outcome. The span is made only when the log is written: the
     /// common outcome, published, logs at debug.
     pub fn record(&self, health: &Health, delivery: Delivery<'_>) {
-        if let Outcome::Published { events } = self {
-            health.add_events_published(*events as u64);
+        if let Outcome::Published { vendor, types } = self {
+            health.add_events_published(*vendor, types);
+            let events = types.len();
             if tracing::enabled!(Level::DEBUG) {
                 delivery.span().in_scope(|| debug!(events, "published"));
             }
@@ -61,7 +66,7 @@ impl Outcome<'_> {
         match self {
             Outcome::Published { .. } => {}
             Outcome::DeadLettered(dead_letter) => {
-                health.add_dead_lettered();
+                health.add_dead_lettered(dead_letter.vendor, dead_letter.kind);
                 warn!(
                     kind = %dead_letter.kind,
                     vendor = dead_letter.vendor.map(|v| v.key()),

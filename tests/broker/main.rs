@@ -5,6 +5,7 @@
 
 mod flow;
 mod fuzz;
+mod metrics;
 mod ops;
 mod ordering;
 mod pipeline;

@@ -27,8 +27,8 @@ pub(super) enum PublishState {
 /// What a delivery ends as once its publishes are confirmed.
 #[derive(Debug)]
 pub(super) enum Fate {
+    /// Its events (`messages`), all of one vendor.
     Events {
-        count: usize,
         vendor: Vendor,
     },
     DeadLetter(DeadLetter),
@@ -47,6 +47,8 @@ pub(super) struct Entry {
     pub(super) fate: Fate,
     pub(super) bytes: usize,
     pub(super) failing_since: Option<Instant>,
+    /// When the delivery was taken, for `normalizer_processing_seconds`.
+    pub(super) admitted_at: Instant,
 }
 
 impl Entry {
@@ -106,5 +108,6 @@ pub(super) fn placeholder(seq: u64) -> Entry {
         fate: Fate::HandToBroker(String::new()),
         bytes: 0,
         failing_since: None,
+        admitted_at: Instant::now(),
     }
 }

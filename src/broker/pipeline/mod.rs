@@ -164,15 +164,16 @@ impl<'s> Pipeline<'s> {
     /// failing, in which case it waits its turn).
     /// `report` is what the frame checks changed in the delivery's frames, if anything.
     pub(crate) async fn admit(&mut self, delivery: Delivery, report: Option<WireReport>) {
-        self.health.add_consumed();
         let Delivery {
             delivery_tag,
             data,
             exchange,
             routing_key,
             properties,
+            redelivered,
             ..
         } = delivery;
+        self.health.add_consumed(redelivered);
         let (properties, property_problems) = match report {
             Some(report) => report.apply(properties),
             None => (properties, Vec::new()),
@@ -206,6 +207,7 @@ impl<'s> Pipeline<'s> {
             fate: Fate::HandToBroker(String::new()),
             bytes: 0,
             failing_since: None,
+            admitted_at: Instant::now(),
         };
         let planned = plan(&entry.raw, &self.limits, Utc::now());
         self.prepare(&mut entry, planned);
@@ -240,7 +242,7 @@ impl<'s> Pipeline<'s> {
                 });
                 match oversized {
                     None => {
-                        entry.fate = Fate::Events { count, vendor };
+                        entry.fate = Fate::Events { vendor };
                         entry.set_messages(messages.into_iter().map(Arc::new).collect());
                         return;
                     }
@@ -350,6 +352,9 @@ impl<'s> Pipeline<'s> {
             }
             return;
         };
+        if decided.outcome == PublishOutcome::Returned {
+            self.health.add_unroutable();
+        }
         let now = Instant::now();
         entry.failing_since.get_or_insert(now);
         entry.states[decided.index] = PublishState::Failed(decided.outcome.clone());
@@ -474,8 +479,17 @@ impl<'s> Pipeline<'s> {
                         requeue: false,
                     }
                 }
-                Fate::Events { count, .. } if all_confirmed => {
-                    Outcome::Published { events: *count }.record(&self.health, head.delivery());
+                Fate::Events { vendor, .. } if all_confirmed => {
+                    let types: Vec<&str> = head
+                        .messages
+                        .iter()
+                        .map(|m| m.routing_key.as_str())
+                        .collect();
+                    Outcome::Published {
+                        vendor: *vendor,
+                        types: &types,
+                    }
+                    .record(&self.health, head.delivery());
                     Settle::Ack { tag: head.tag }
                 }
                 Fate::DeadLetter(dead_letter) if all_confirmed => {
@@ -514,6 +528,8 @@ impl<'s> Pipeline<'s> {
                 }
             };
             self.settled.push(settle);
+            self.health
+                .observe_processing(head.admitted_at.elapsed().as_secs_f64());
             if let Some(done) = self.entries.pop_front() {
                 self.held_bytes = self.held_bytes.saturating_sub(done.bytes);
             }
