@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::{Session, SessionEnd};
 use crate::config::Settings;
@@ -19,30 +19,63 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
         settings.amqp.reconnect_max(),
     );
     info!(broker = %settings.amqp.url, "starting");
+    // The permanent refusal last logged at error, so a refusal that persists is logged
+    // once, not once per attempt.
+    let mut refusal_logged: Option<String> = None;
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => break,
             opened = Session::open(settings, &health) => opened,
         };
-        match opened {
-            Err(e) => warn!(error = %e, "cannot open a broker session"),
+        let reason = match opened {
+            Err(e) => {
+                let why = e.to_string();
+                if e.is_permanent() {
+                    if refusal_logged.as_deref() != Some(why.as_str()) {
+                        error!(
+                            error = %e,
+                            hint = e.hint(),
+                            "the broker refuses the worker; retrying every {}s until this is fixed",
+                            settings.amqp.reconnect_max().as_secs_f64()
+                        );
+                        refusal_logged = Some(why.clone());
+                    } else {
+                        debug!(error = %e, "the broker still refuses the worker");
+                    }
+                    // Retrying sooner cannot help.
+                    backoff.exhaust();
+                } else {
+                    warn!(error = %e, hint = e.hint(), "cannot open a broker session");
+                }
+                with_hint(format!("cannot open a broker session: {why}"), e.hint())
+            }
             Ok(session) => {
+                refusal_logged = None;
                 health.add_session();
                 let started = Instant::now();
                 let end = session.run(settings, &shutdown, &health).await;
                 health.set_disconnected();
-                match end {
-                    SessionEnd::Shutdown => break,
-                    SessionEnd::Failed(e) => warn!(error = %e, "broker session ended"),
-                }
                 // A session that lasted a while was healthy: start backing off afresh.
                 if started.elapsed() > settings.amqp.reconnect_max() {
                     backoff.reset();
                 }
+                match end {
+                    SessionEnd::Shutdown => break,
+                    SessionEnd::Failed(e) => {
+                        warn!(error = %e, "broker session ended");
+                        with_hint(format!("broker session ended: {e}"), e.hint())
+                    }
+                }
             }
-        }
-        health.set_state(WorkerState::Connecting, None);
+        };
         let delay = backoff.next_delay();
+        health.set_state(
+            WorkerState::Connecting,
+            Some(format!(
+                "{reason}; reconnecting in {:.1} s",
+                delay.as_secs_f64()
+            )),
+        );
         info!(
             delay_ms = delay.as_millis() as u64,
             "reconnecting after a delay"
@@ -54,6 +87,14 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
     }
     health.set_state(WorkerState::Draining, Some("stopped".into()));
     info!("stopped");
+}
+
+/// `reason`, then what to do about it when known.
+fn with_hint(reason: String, hint: Option<&str>) -> String {
+    match hint {
+        Some(hint) => format!("{reason} (hint: {hint})"),
+        None => reason,
+    }
 }
 
 /// Reconnect backoff: [`backoff_delay`]'s schedule ("equal jitter", so a fleet of workers
@@ -76,6 +117,11 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.attempt = 0;
+    }
+
+    /// Goes straight to the longest delay.
+    pub fn exhaust(&mut self) {
+        self.attempt = u32::MAX;
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -103,5 +149,10 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+        b.exhaust();
+        for _ in 0..3 {
+            let d = b.next_delay().as_millis();
+            assert!((500..=1000).contains(&d), "{d} not in [500, 1000]");
+        }
     }
 }

@@ -58,3 +58,47 @@ impl BrokerError {
         move |source| BrokerError::Amqp { what, source }
     }
 }
+
+/// AMQP reply codes the broker refuses a connection with for good, until someone
+/// changes the configuration or the broker.
+const ACCESS_REFUSED: u16 = 403;
+const NOT_ALLOWED: u16 = 530;
+
+impl BrokerError {
+    /// The broker's reply code, when it refused or closed something.
+    fn reply_code(&self) -> Option<u16> {
+        match self {
+            BrokerError::Connect { source, .. } | BrokerError::Amqp { source, .. } => {
+                match source.kind() {
+                    lapin::ErrorKind::ProtocolError(amqp) => Some(amqp.kind().get_id()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether retrying cannot help until the configuration or the broker changes
+    /// (wrong credentials, no access to the vhost).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self.reply_code(), Some(ACCESS_REFUSED | NOT_ALLOWED))
+    }
+
+    /// What an operator can do about it, when we know.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self.reply_code() {
+            Some(ACCESS_REFUSED) => Some(
+                "check the user name and password in amqp.url (RabbitMQ refuses guest from other hosts than localhost)",
+            ),
+            Some(NOT_ALLOWED) => Some(
+                "the user has no access to the vhost, or it does not exist: `rabbitmqctl add_vhost` and `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`",
+            ),
+            _ => match self {
+                BrokerError::Connect { source, .. } if matches!(source.kind(), lapin::ErrorKind::IOError(e) if e.kind() == std::io::ErrorKind::ConnectionRefused) => {
+                    Some("nothing listens at that host and port: is RabbitMQ running?")
+                }
+                _ => None,
+            },
+        }
+    }
+}

@@ -120,3 +120,54 @@ fn invalid_configuration_names_the_key() {
     let out = finish(command);
     assert_eq!(out.status.code(), Some(78));
 }
+
+/// The broker refuses the worker (its permissions on the vhost are gone): `/readyz` is
+/// 503 and says why, with a hint; the refusal is logged once, clearly, however often it
+/// is retried; once access is back the worker is ready again, on its own.
+#[test]
+fn readiness_says_why_the_broker_refuses_and_recovers() {
+    let vhost = TestVhost::new("refused");
+    let worker = WorkerProcess::start(
+        &vhost,
+        &[
+            ("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "50"),
+            ("NORMALIZER__AMQP__RECONNECT_MAX_MS", "200"),
+        ],
+    );
+    worker.wait_ready(Duration::from_secs(20));
+    rabbitmqctl(&["-q", "clear_permissions", "-p", &vhost.name, "guest"]);
+    vhost.close_all_connections();
+    wait_until(Duration::from_secs(20), "/readyz to say why", || {
+        let (status, doc) = worker.readiness();
+        status == 503
+            && doc["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("access") && r.contains("set_permissions"))
+    });
+    // Retried every 100-200 ms meanwhile: logged once, not once per attempt.
+    std::thread::sleep(Duration::from_secs(2));
+    let logs = worker.logs();
+    let refusals = logs
+        .iter()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("set_permissions"))
+        .count();
+    assert_eq!(
+        refusals,
+        1,
+        "logged once: {:#?}",
+        &logs[logs.len().saturating_sub(20)..]
+    );
+
+    rabbitmqctl(&[
+        "-q",
+        "set_permissions",
+        "-p",
+        &vhost.name,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    worker.wait_ready(Duration::from_secs(20));
+    assert_eq!(worker.readiness().1["reason"], serde_json::Value::Null);
+}
