@@ -193,6 +193,15 @@ pub struct ShutdownSettings {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+    /// Seconds between the `info` summaries logged while messages flow; 0: none.
+    pub summary_secs: u64,
+}
+
+impl LogSettings {
+    /// How often to log a summary while messages flow, if at all.
+    pub fn summary_every(&self) -> Option<Duration> {
+        (self.summary_secs > 0).then(|| Duration::from_secs(self.summary_secs))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -455,6 +464,13 @@ impl Settings {
             self.shutdown.drain_timeout_secs,
             0,
             HOUR_SECS,
+            "seconds",
+        )?;
+        within(
+            "log.summary_secs",
+            self.log.summary_secs,
+            0,
+            24 * HOUR_SECS,
             "seconds",
         )?;
         Ok(())

@@ -242,7 +242,7 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
         .context("http.listen: cannot listen")?;
     let mut http = Vec::new();
     for listener in listeners {
-        info!(address = %listener.local_addr()?, "health endpoints on /healthz and /readyz");
+        info!(address = %listener.local_addr()?, "health and metrics on /healthz, /readyz and /metrics");
         http.push(tokio::spawn(ops::serve(
             listener,
             health.clone(),

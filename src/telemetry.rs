@@ -97,6 +97,7 @@ mod tests {
         LogSettings {
             format: LogFormat::Text,
             filter: filter.into(),
+            summary_secs: 60,
         }
     }
 

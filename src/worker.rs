@@ -19,6 +19,10 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
         settings.amqp.reconnect_max(),
     );
     info!(broker = %settings.amqp.url, "starting");
+    let summaries = settings
+        .log
+        .summary_every()
+        .map(|every| tokio::spawn(log_summaries(health.clone(), every)));
     // The permanent refusal last logged at error, so a refusal that persists is logged
     // once, not once per attempt.
     let mut refusal_logged: Option<String> = None;
@@ -86,7 +90,48 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
         }
     }
     health.set_state(WorkerState::Draining, Some("stopped".into()));
-    info!("stopped");
+    if let Some(task) = summaries {
+        task.abort();
+    }
+    let total = health.snapshot();
+    info!(
+        consumed = total.consumed,
+        events_published = total.events_published,
+        dead_lettered = total.dead_lettered,
+        requeued = total.requeued,
+        sessions = total.sessions,
+        "stopped"
+    );
+}
+
+/// Every `every`, while messages flow, one `info` line: what came in and went out since
+/// the last one, the rate, and the totals. Quiet while nothing flows.
+async fn log_summaries(health: Health, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut last = health.snapshot();
+    loop {
+        ticks.tick().await;
+        let now = health.snapshot();
+        let consumed = now.consumed.saturating_sub(last.consumed);
+        if consumed > 0 {
+            info!(
+                consumed,
+                per_second = format_args!("{:.1}", consumed as f64 / every.as_secs_f64()),
+                events_published = now.events_published.saturating_sub(last.events_published),
+                dead_lettered = now.dead_lettered.saturating_sub(last.dead_lettered),
+                requeued = now.requeued.saturating_sub(last.requeued),
+                total_consumed = now.consumed,
+                total_events_published = now.events_published,
+                total_dead_lettered = now.dead_lettered,
+                in_flight = now.in_flight,
+                "in the last {}s",
+                every.as_secs()
+            );
+        }
+        last = now;
+    }
 }
 
 /// `reason`, then what to do about it when known.

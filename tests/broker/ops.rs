@@ -171,3 +171,56 @@ fn readiness_says_why_the_broker_refuses_and_recovers() {
     worker.wait_ready(Duration::from_secs(20));
     assert_eq!(worker.readiness().1["reason"], serde_json::Value::Null);
 }
+
+/// The fields of the worker's JSON log lines with this message.
+fn log_lines(worker: &WorkerProcess, message: &str) -> Vec<serde_json::Value> {
+    worker
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"].as_str() == Some(message))
+        .collect()
+}
+
+/// While messages flow, an `info` summary every `log.summary_secs`; together they count
+/// every message; at stop, one line with the totals.
+#[tokio::test(flavor = "multi_thread")]
+async fn summaries_count_what_flowed_and_the_stop_line_the_totals() {
+    let vhost = TestVhost::new("summary");
+    let mut worker = WorkerProcess::start(&vhost, &[("NORMALIZER__LOG__SUMMARY_SECS", "1")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(60, "summary");
+    publish_raw(&channel, &webhooks).await;
+    assert_nothing_lost(&channel, &webhooks).await;
+    let n = webhooks.len() as u64;
+    let sum = |worker: &WorkerProcess, field: &str| -> u64 {
+        log_lines(worker, "in the last 1s")
+            .iter()
+            .map(|f| f[field].as_u64().unwrap_or(0))
+            .sum()
+    };
+    wait_until(
+        Duration::from_secs(10),
+        "summaries to count every message",
+        || sum(&worker, "consumed") == n,
+    );
+    let expected_events: u64 = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .map(|e| e.len() as u64)
+        .sum();
+    assert_eq!(sum(&worker, "events_published"), expected_events);
+    assert_eq!(
+        sum(&worker, "dead_lettered"),
+        webhooks.iter().filter(|w| expected(w).is_err()).count() as u64
+    );
+
+    worker.signal("TERM");
+    assert_eq!(worker.wait_exit(Duration::from_secs(20)), Some(0));
+    let stopped = log_lines(&worker, "stopped");
+    assert_eq!(stopped.len(), 1, "one stop line");
+    assert_eq!(stopped[0]["consumed"], n);
+    assert_eq!(stopped[0]["events_published"], expected_events);
+    assert_no_personal_data(&worker.logs());
+}

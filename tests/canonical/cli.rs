@@ -498,7 +498,7 @@ fn health_endpoints_listen_on_a_host_name() {
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
         seen.push(line.clone());
         let log: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-        if log["message"] == "health endpoints on /healthz and /readyz" {
+        if log["message"] == "health and metrics on /healthz, /readyz and /metrics" {
             addresses.push(log["address"].as_str().unwrap().parse().unwrap());
         } else if log["message"] == "starting" {
             break;
