@@ -231,4 +231,50 @@ mod tests {
         assert!(text.contains(&version), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
+
+    /// Every `normalizer_*` series the alert rules and the dashboard in `deploy/` use is
+    /// one the worker exports (a renamed metric would leave an alert that never fires).
+    #[test]
+    fn the_monitoring_kit_names_only_exported_metrics() {
+        let m = Metrics::new();
+        m.add_events("deel", std::iter::once("deel.contract.created"));
+        m.add_dead_lettered("deel", "invalid_json");
+        let exported: std::collections::BTreeSet<String> = m
+            .encode()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_owned)
+            .collect();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut named = std::collections::BTreeSet::new();
+        for file in [
+            "prometheus/alerts.yml",
+            "prometheus/alerts.test.yml",
+            "grafana/dashboards/webhook-normalizer.json",
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).unwrap();
+            for (i, _) in text.match_indices("normalizer_") {
+                // A metric name, not a queue (normalizer.raw) or a job label.
+                let name: String = text[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if i > 0 && text.as_bytes()[i - 1].is_ascii_alphanumeric() {
+                    continue;
+                }
+                named.insert((file, name));
+            }
+        }
+        assert!(
+            named.len() >= 10,
+            "the kit names the worker's metrics: {named:?}"
+        );
+        for (file, name) in &named {
+            assert!(
+                exported.contains(name),
+                "{file} names {name}, which is not exported"
+            );
+        }
+    }
 }
