@@ -36,6 +36,7 @@ pub mod body;
 pub mod broker;
 pub mod canonical;
 pub mod config;
+pub mod dead_letters;
 pub mod delivery;
 pub mod normalize;
 pub mod ops;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::config::Settings;
+use webhook_normalizer::dead_letters::{self, Filter, Stats};
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
 use webhook_normalizer::telemetry::TelemetryError;
@@ -28,6 +29,8 @@ const EXIT_DATA_ERROR: u8 = 65;
 const EXIT_UNAVAILABLE: u8 = 69;
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EXIT_CONFIG: u8 = 78;
+/// EX_TEMPFAIL: another `dlq` command holds the dead-letter queue; try again later.
+const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
 #[command(version, about = "Vendor webhooks in, one CloudEvents stream out")]
@@ -77,11 +80,78 @@ enum Command {
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
+    /// Look at the dead-letter queue without changing it (same configuration as `run`).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
     EventTypes {
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
         format: TableFormat,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters grouped by vendor and error kind: count, oldest, newest, the most
+    /// common detail. Reads every dead letter and leaves each as it was.
+    Stats {
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// One line per dead letter: age, vendor, kind, where it was published, size,
+    /// message id, detail. Reads every dead letter and leaves each as it was.
+    Peek {
+        /// Print at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Also print each body (as JSON text). Bodies hold personal data.
+        #[arg(long)]
+        show_body: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Which dead letters a `dlq` command acts on; all that are given must match.
+#[derive(clap::Args)]
+struct DlqFilter {
+    /// A vendor key, or `unknown`.
+    #[arg(long)]
+    vendor: Option<String>,
+    /// An error kind (`invalid_json`, …) or `delivery_limit`.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The raw message's `message_id`.
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Dead-lettered before this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    failed_before: Option<DateTime<Utc>>,
+    /// Dead-lettered after this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    failed_after: Option<DateTime<Utc>>,
+    /// The routing key the raw message was published with.
+    #[arg(long)]
+    routing_key: Option<String>,
+}
+
+impl From<DlqFilter> for Filter {
+    fn from(f: DlqFilter) -> Filter {
+        Filter {
+            vendor: f.vendor,
+            kind: f.kind,
+            message_id: f.message_id,
+            failed_before: f.failed_before,
+            failed_after: f.failed_after,
+            routing_key: f.routing_key,
+        }
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -202,7 +272,93 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
+        Command::Dlq { command } => dlq(command),
     }
+}
+
+/// Runs a `dlq` command: one walk of the dead-letter queue.
+fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let config = match &command {
+        DlqCommand::Stats { config, .. } | DlqCommand::Peek { config, .. } => config.clone(),
+    };
+    let settings = match configure(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let now = Utc::now();
+    let mut stats = Stats::default();
+    let mut printed = 0u64;
+    let mut matched = 0u64;
+    let mut out = io::stdout().lock();
+    let mut write_failed: Option<io::Error> = None;
+    let (filter, limit, show_body, is_stats): (Filter, Option<u64>, bool, bool) = match command {
+        DlqCommand::Stats { filter, .. } => (filter.into(), None, false, true),
+        DlqCommand::Peek {
+            filter,
+            limit,
+            show_body,
+            ..
+        } => (filter.into(), limit, show_body, false),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let walked = runtime.block_on(broker::walk_dead_letters(&settings, |info, body| {
+        if !filter.matches(info) {
+            return;
+        }
+        matched += 1;
+        if is_stats {
+            stats.add(info);
+            return;
+        }
+        if limit.is_some_and(|l| printed >= l) || write_failed.is_some() {
+            return;
+        }
+        printed += 1;
+        let mut line = dead_letters::peek_line(info, now);
+        if show_body {
+            line.push('\t');
+            line.push_str(
+                &serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string(),
+            );
+        }
+        if let Err(e) = writeln!(out, "{line}") {
+            write_failed = Some(e);
+        }
+    }));
+    let summary = match walked {
+        Ok(summary) => summary,
+        Err(e @ broker::WalkError::Locked { .. }) => {
+            report(format_args!("error: {e}"));
+            return Ok(ExitCode::from(EXIT_TEMPFAIL));
+        }
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+        }
+    };
+    if is_stats {
+        for line in dead_letters::stats_lines(&stats) {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = write_failed {
+        return written_to_stdout(Err(e));
+    }
+    let _ = out.flush();
+    report(format_args!(
+        "{} dead letters read in {}, {matched} matched; each left as it was",
+        summary.read, settings.dead_letter.queue
+    ));
+    if summary.read < summary.at_start {
+        report(format_args!(
+            "warning: {} were present at the start but another consumer took them first",
+            summary.at_start - summary.read
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints an invalid configuration's message (which names the key): EX_CONFIG.

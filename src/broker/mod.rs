@@ -4,6 +4,7 @@
 
 mod connection;
 mod dead_letter;
+mod dlq;
 mod error;
 mod ordered;
 mod pipeline;
@@ -15,6 +16,7 @@ mod topology;
 pub mod wire;
 
 pub use connection::connect;
+pub use dlq::{WalkError, WalkSummary, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};
 pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};

@@ -1,0 +1,241 @@
+//! Walking the dead-letter queue without changing it, for the `dlq` commands.
+//!
+//! Looking at a message in a queue means taking it. Taking it and giving it back
+//! (`basic.reject`/`nack` with requeue) raises its delivery count, and a quorum queue
+//! with a delivery limit (RabbitMQ 4.x: 20 by default) eventually drops it. So a walk
+//! never requeues:
+//!
+//! 1. It takes a lock: an exclusive queue `{dead-letter queue}.lock`, which the broker
+//!    lets one connection hold and removes when that connection ends, however it ends.
+//!    A second walk fails at once with a clear message.
+//! 2. It counts the messages present (`queue.declare`, passive) and takes exactly that
+//!    many, in queue order, so it always ends and never meets its own output.
+//! 3. For each: it publishes a copy to the tail of the same queue (through the default
+//!    exchange, so no other queue bound to the dead-letter exchange gets one), with the
+//!    same body and properties, the routing key kept in
+//!    [`ROUTING_KEY_HEADER`](crate::dead_letters::ROUTING_KEY_HEADER) and no
+//!    `x-delivery-count`; waits for the broker to confirm it; and only then acks the
+//!    original.
+//!
+//! After a whole walk the queue holds the same messages in the same order (dead letters
+//! that arrived meanwhile may sit among them). Killed at any point, nothing is lost: the
+//! message in hand is at worst both copied and, unacked, given back to the queue.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+
+use super::connection::connect;
+use super::error::{BrokerError, Role};
+use crate::config::Settings;
+use crate::dead_letters::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
+
+/// What a walk saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkSummary {
+    /// Messages in the queue when the walk started.
+    pub at_start: u64,
+    /// Messages it read (and put back).
+    pub read: u64,
+}
+
+/// Why a walk could not run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(
+        "another dlq command is working on {queue} (it holds the exclusive queue {lock}); try again when it has finished"
+    )]
+    Locked { queue: String, lock: String },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the copy of a dead letter was not confirmed ({0}); the original stays in the queue")]
+    NotConfirmed(String),
+}
+
+/// Reads every dead letter present when it starts, in order, handing each to `visit`,
+/// and leaves the queue as it was (see the module's documentation).
+pub async fn walk_dead_letters(
+    settings: &Settings,
+    mut visit: impl FnMut(&DeadLetterInfo, &[u8]),
+) -> Result<WalkSummary, WalkError> {
+    let queue = settings.dead_letter.queue.clone();
+    let connection = connect(&settings.amqp, Role::Admin).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("opening a channel"))?;
+    let lock = format!("{queue}.lock");
+    channel
+        .queue_declare(
+            lock.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.kind().get_id() == 405 => {
+                WalkError::Locked {
+                    queue: queue.clone(),
+                    lock: lock.clone(),
+                }
+            }
+            _ => BrokerError::amqp(format!("taking the lock {lock}"))(e).into(),
+        })?;
+    let walk = read_through(&channel, &queue, &mut visit).await;
+    let _ = connection.close(200, "dlq walk done".into()).await;
+    walk
+}
+
+async fn read_through(
+    channel: &Channel,
+    queue: &str,
+    visit: &mut impl FnMut(&DeadLetterInfo, &[u8]),
+) -> Result<WalkSummary, WalkError> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp(format!("finding the queue {queue}")))?;
+    let at_start = u64::from(declared.message_count());
+    let mut summary = WalkSummary { at_start, read: 0 };
+    if at_start == 0 {
+        return Ok(summary);
+    }
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(BrokerError::amqp("turning on publisher confirms"))?;
+    while summary.read < at_start {
+        // One at a time (`basic.get`), not a consumer: a consumer's prefetch would take
+        // copies from the tail past the last original, and giving those back would
+        // count as a delivery.
+        let got = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .map_err(BrokerError::amqp(format!("reading {queue}")))?;
+        let Some(got) = got else {
+            break; // Another consumer took the rest.
+        };
+        let delivery = got.delivery;
+        let delivered = delivered(&delivery);
+        visit(&DeadLetterInfo::read(&delivered), &delivery.data);
+        let properties = copy_properties(&delivery.properties, delivery.routing_key.as_str());
+        let confirm = channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &delivery.data,
+                properties,
+            )
+            .await
+            .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?
+            .await
+            .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
+        if !confirm.is_ack() {
+            return Err(WalkError::NotConfirmed("nacked".into()));
+        }
+        if confirm.take_message().is_some() {
+            return Err(WalkError::NotConfirmed("returned as unroutable".into()));
+        }
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "acknowledging a dead letter on {queue}"
+            )))?;
+        summary.read += 1;
+    }
+    Ok(summary)
+}
+
+/// The copy's properties: the original's, with the routing key kept and the broker's
+/// delivery count left out (the copy is a new message; its count starts again).
+fn copy_properties(original: &BasicProperties, routing_key: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(table) = original.headers() {
+        for (k, v) in table.inner() {
+            if k.as_str() != "x-delivery-count" {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !headers.contains_key(ROUTING_KEY_HEADER) {
+        headers.insert(
+            ROUTING_KEY_HEADER.into(),
+            AMQPValue::LongString(routing_key.into()),
+        );
+    }
+    original.clone().with_headers(headers)
+}
+
+/// A delivery as plain values for [`DeadLetterInfo::read`].
+fn delivered(d: &lapin::message::Delivery) -> Delivered {
+    let table = d.properties.headers().clone().unwrap_or_default();
+    let mut headers = BTreeMap::new();
+    for (k, v) in table.inner() {
+        if let Some(text) = text(v) {
+            headers.insert(k.to_string(), text);
+        }
+    }
+    let death = match table.inner().get("x-death") {
+        Some(AMQPValue::FieldArray(deaths)) => deaths.as_slice().first().and_then(|first| {
+            let AMQPValue::FieldTable(t) = first else {
+                return None;
+            };
+            let get = |k: &str| t.inner().get(k).and_then(text);
+            Some(Death {
+                reason: get("reason"),
+                exchange: get("exchange"),
+                routing_keys: match t.inner().get("routing-keys") {
+                    Some(AMQPValue::FieldArray(keys)) => {
+                        keys.as_slice().iter().filter_map(text).collect()
+                    }
+                    _ => Vec::new(),
+                },
+                time: match t.inner().get("time") {
+                    Some(AMQPValue::Timestamp(secs)) => i64::try_from(*secs)
+                        .ok()
+                        .and_then(|s| DateTime::<Utc>::from_timestamp(s, 0)),
+                    _ => None,
+                },
+            })
+        }),
+        _ => None,
+    };
+    Delivered {
+        routing_key: d.routing_key.to_string(),
+        headers,
+        death,
+        message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
+        body_len: d.data.len(),
+    }
+}
+
+fn text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}

@@ -1,0 +1,365 @@
+//! Reading dead letters, for the `dlq` commands: what one is (vendor, kind, reason,
+//! when, where it came from), which ones a filter picks, and how they group. Pure: the
+//! broker glue hands over each dead letter's routing key and headers as plain values.
+//!
+//! Two shapes are read alike:
+//!
+//! - the worker's own: routing key `{vendor}.{kind}`, the reason in
+//!   `x-normalizer-error-kind`, `x-normalizer-error`, `x-normalizer-failed-at`, and where
+//!   it came from in `x-original-exchange` and `x-original-routing-key`;
+//! - the broker's, for a raw message over the raw queue's delivery limit (or rejected
+//!   without requeue): routing key `unknown.delivery_limit` and only `x-death`, whose
+//!   first entry says the reason, the time, the exchange and the routing keys.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::delivery::{DELIVERY_LIMIT_ROUTING_KEY, headers};
+
+/// The header the `dlq` walk keeps a dead letter's own routing key in, once it has put a
+/// copy back on the queue (a copy goes through the default exchange, so that no other
+/// queue bound to the dead-letter exchange gets one).
+pub const ROUTING_KEY_HEADER: &str = "x-normalizer-dead-letter-routing-key";
+
+/// The first `x-death` entry of a broker-made dead letter, as plain values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Death {
+    pub reason: Option<String>,
+    pub exchange: Option<String>,
+    pub routing_keys: Vec<String>,
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// One dead letter as the broker delivered it, as plain values.
+#[derive(Debug, Clone, Default)]
+pub struct Delivered {
+    pub routing_key: String,
+    /// Text headers (long strings), by name.
+    pub headers: BTreeMap<String, String>,
+    pub death: Option<Death>,
+    pub message_id: Option<String>,
+    pub body_len: usize,
+}
+
+/// Who made the dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Shape {
+    /// The worker, with its reason.
+    Worker,
+    /// The broker's dead-lettering of the raw queue (delivery limit, or a reject).
+    Broker,
+}
+
+/// What a dead letter is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterInfo {
+    pub shape: Shape,
+    /// A vendor key, or `unknown`.
+    pub vendor: String,
+    /// An error kind, or the broker's `delivery_limit`.
+    pub kind: String,
+    pub detail: String,
+    pub failed_at: Option<DateTime<Utc>>,
+    pub original_exchange: String,
+    pub original_routing_key: String,
+    pub message_id: Option<String>,
+    pub body_len: usize,
+}
+
+impl DeadLetterInfo {
+    pub fn read(d: &Delivered) -> DeadLetterInfo {
+        let routing_key = d
+            .headers
+            .get(ROUTING_KEY_HEADER)
+            .map_or(d.routing_key.as_str(), String::as_str);
+        let (vendor, kind_from_key) = routing_key.split_once('.').unwrap_or(("unknown", ""));
+        let text = |name: &str| d.headers.get(name).cloned();
+        if let Some(kind) = text(headers::ERROR_KIND) {
+            return DeadLetterInfo {
+                shape: Shape::Worker,
+                vendor: vendor.to_owned(),
+                kind,
+                detail: text(headers::ERROR).unwrap_or_default(),
+                failed_at: text(headers::FAILED_AT)
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+                original_exchange: text(headers::ORIGINAL_EXCHANGE).unwrap_or_default(),
+                original_routing_key: text(headers::ORIGINAL_ROUTING_KEY).unwrap_or_default(),
+                message_id: d.message_id.clone(),
+                body_len: d.body_len,
+            };
+        }
+        let death = d.death.clone().unwrap_or_default();
+        let reason = death.reason.clone().unwrap_or_else(|| "unknown".into());
+        DeadLetterInfo {
+            shape: Shape::Broker,
+            vendor: "unknown".into(),
+            kind: if routing_key == DELIVERY_LIMIT_ROUTING_KEY {
+                "delivery_limit".into()
+            } else {
+                kind_from_key.to_owned()
+            },
+            detail: format!("dead-lettered by the broker: {reason}"),
+            failed_at: death.time,
+            original_exchange: death.exchange.unwrap_or_default(),
+            original_routing_key: death.routing_keys.first().cloned().unwrap_or_default(),
+            message_id: d.message_id.clone(),
+            body_len: d.body_len,
+        }
+    }
+}
+
+/// Which dead letters a `dlq` command acts on; every part that is set must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub vendor: Option<String>,
+    pub kind: Option<String>,
+    pub message_id: Option<String>,
+    pub failed_before: Option<DateTime<Utc>>,
+    pub failed_after: Option<DateTime<Utc>>,
+    /// The original routing key (where the raw message was published).
+    pub routing_key: Option<String>,
+}
+
+impl Filter {
+    pub fn matches(&self, info: &DeadLetterInfo) -> bool {
+        let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
+        eq(&self.vendor, &info.vendor)
+            && eq(&self.kind, &info.kind)
+            && eq(&self.routing_key, &info.original_routing_key)
+            && self
+                .message_id
+                .as_deref()
+                .is_none_or(|m| info.message_id.as_deref() == Some(m))
+            && self
+                .failed_before
+                .is_none_or(|t| info.failed_at.is_some_and(|f| f < t))
+            && self
+                .failed_after
+                .is_none_or(|t| info.failed_at.is_some_and(|f| f > t))
+    }
+}
+
+/// Dead letters of one vendor and kind.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Group {
+    pub count: u64,
+    pub oldest: Option<DateTime<Utc>>,
+    pub newest: Option<DateTime<Utc>>,
+    details: BTreeMap<String, u64>,
+}
+
+impl Group {
+    /// The detail most of them share (the first of equals, in text order), and how many.
+    pub fn most_common_detail(&self) -> Option<(&str, u64)> {
+        self.details
+            .iter()
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(d, n)| (d.as_str(), *n))
+    }
+}
+
+/// Dead letters grouped by (vendor, kind), in that order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub groups: BTreeMap<(String, String), Group>,
+}
+
+impl Stats {
+    pub fn add(&mut self, info: &DeadLetterInfo) {
+        let g = self
+            .groups
+            .entry((info.vendor.clone(), info.kind.clone()))
+            .or_default();
+        g.count += 1;
+        if let Some(t) = info.failed_at {
+            g.oldest = Some(g.oldest.map_or(t, |o| o.min(t)));
+            g.newest = Some(g.newest.map_or(t, |n| n.max(t)));
+        }
+        *g.details.entry(info.detail.clone()).or_default() += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.groups.values().map(|g| g.count).sum()
+    }
+}
+
+/// One line of `dlq peek`: age, vendor, kind, where it was published, size, message id,
+/// detail. Tab-separated, so it reads as columns and cuts with `cut -f`.
+pub fn peek_line(info: &DeadLetterInfo, now: DateTime<Utc>) -> String {
+    let age = info
+        .failed_at
+        .map_or_else(|| "-".to_owned(), |t| age(now - t));
+    format!(
+        "{age}\t{}\t{}\t{}/{}\t{}B\t{}\t{}",
+        info.vendor,
+        info.kind,
+        info.original_exchange,
+        info.original_routing_key,
+        info.body_len,
+        info.message_id.as_deref().unwrap_or("-"),
+        info.detail.replace(['\t', '\n', '\r'], " "),
+    )
+}
+
+/// The lines of `dlq stats`: a header, then one per group.
+pub fn stats_lines(stats: &Stats) -> Vec<String> {
+    let mut lines = vec!["vendor\tkind\tcount\toldest\tnewest\tmost common detail".to_owned()];
+    for ((vendor, kind), g) in &stats.groups {
+        let when = |t: Option<DateTime<Utc>>| {
+            t.map_or_else(
+                || "-".to_owned(),
+                |t| crate::canonical::rfc3339_utc::format(&t),
+            )
+        };
+        let detail = g.most_common_detail().map_or_else(String::new, |(d, n)| {
+            format!(
+                "{} ({n} of {})",
+                d.replace(['\t', '\n', '\r'], " "),
+                g.count
+            )
+        });
+        lines.push(format!(
+            "{vendor}\t{kind}\t{}\t{}\t{}\t{detail}",
+            g.count,
+            when(g.oldest),
+            when(g.newest)
+        ));
+    }
+    lines
+}
+
+/// `3d4h`, `5h12m`, `7m3s`, `42s`.
+fn age(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    let (days, hours, mins, secs) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if days > 0 {
+        format!("{days}d{hours}h")
+    } else if hours > 0 {
+        format!("{hours}h{mins}m")
+    } else if mins > 0 {
+        format!("{mins}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn ours(vendor: &str, kind: &str, detail: &str, when: &str) -> Delivered {
+        let mut headers = BTreeMap::new();
+        headers.insert(headers::ERROR_KIND.to_owned(), kind.to_owned());
+        headers.insert(headers::ERROR.to_owned(), detail.to_owned());
+        headers.insert(headers::FAILED_AT.to_owned(), when.to_owned());
+        headers.insert(
+            headers::ORIGINAL_EXCHANGE.to_owned(),
+            "webhooks.raw".to_owned(),
+        );
+        headers.insert(
+            headers::ORIGINAL_ROUTING_KEY.to_owned(),
+            "gateway".to_owned(),
+        );
+        Delivered {
+            routing_key: format!("{vendor}.{kind}"),
+            headers,
+            death: None,
+            message_id: Some("gw-1".into()),
+            body_len: 10,
+        }
+    }
+
+    #[test]
+    fn both_shapes_read_alike() {
+        let info =
+            DeadLetterInfo::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
+        assert_eq!(info.shape, Shape::Worker);
+        assert_eq!(
+            (info.vendor.as_str(), info.kind.as_str()),
+            ("deel", "invalid_json")
+        );
+        assert_eq!(info.failed_at, Some(at("2026-01-02T03:04:05Z")));
+        assert_eq!(info.original_routing_key, "gateway");
+
+        let broker = Delivered {
+            routing_key: DELIVERY_LIMIT_ROUTING_KEY.into(),
+            death: Some(Death {
+                reason: Some("delivery_limit".into()),
+                exchange: Some("webhooks.raw".into()),
+                routing_keys: vec!["deel".into()],
+                time: Some(at("2026-01-03T00:00:00Z")),
+            }),
+            ..Delivered::default()
+        };
+        let info = DeadLetterInfo::read(&broker);
+        assert_eq!(info.shape, Shape::Broker);
+        assert_eq!(
+            (info.vendor.as_str(), info.kind.as_str()),
+            ("unknown", "delivery_limit")
+        );
+        assert_eq!(info.detail, "dead-lettered by the broker: delivery_limit");
+        assert_eq!(info.original_exchange, "webhooks.raw");
+        assert_eq!(info.original_routing_key, "deel");
+        assert_eq!(info.failed_at, Some(at("2026-01-03T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_copy_put_back_by_a_walk_keeps_its_routing_key() {
+        let mut d = ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z");
+        d.headers
+            .insert(ROUTING_KEY_HEADER.into(), d.routing_key.clone());
+        d.routing_key = "normalizer.dead-letter".into();
+        assert_eq!(DeadLetterInfo::read(&d).vendor, "deel");
+    }
+
+    #[test]
+    fn filters_and_groups() {
+        let letters = [
+            ours("deel", "invalid_json", "EOF", "2026-01-02T00:00:00Z"),
+            ours("deel", "invalid_json", "EOF", "2026-01-04T00:00:00Z"),
+            ours(
+                "deel",
+                "invalid_json",
+                "trailing comma",
+                "2026-01-03T00:00:00Z",
+            ),
+            ours(
+                "authenticate",
+                "unknown_event_type",
+                "x",
+                "2026-01-05T00:00:00Z",
+            ),
+        ];
+        let infos: Vec<_> = letters.iter().map(DeadLetterInfo::read).collect();
+        let filter = Filter {
+            vendor: Some("deel".into()),
+            failed_after: Some(at("2026-01-02T12:00:00Z")),
+            ..Filter::default()
+        };
+        assert_eq!(infos.iter().filter(|i| filter.matches(i)).count(), 2);
+        let mut stats = Stats::default();
+        infos.iter().for_each(|i| stats.add(i));
+        assert_eq!(stats.total(), 4);
+        let deel = &stats.groups[&("deel".to_owned(), "invalid_json".to_owned())];
+        assert_eq!(deel.count, 3);
+        assert_eq!(deel.oldest, Some(at("2026-01-02T00:00:00Z")));
+        assert_eq!(deel.newest, Some(at("2026-01-04T00:00:00Z")));
+        assert_eq!(deel.most_common_detail(), Some(("EOF", 2)));
+        let lines = stats_lines(&stats);
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[2],
+            "deel\tinvalid_json\t3\t2026-01-02T00:00:00Z\t2026-01-04T00:00:00Z\tEOF (2 of 3)"
+        );
+        assert_eq!(
+            peek_line(&infos[0], at("2026-01-03T01:02:03Z")),
+            "1d1h\tdeel\tinvalid_json\twebhooks.raw/gateway\t10B\tgw-1\tEOF"
+        );
+    }
+}
