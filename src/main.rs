@@ -116,6 +116,24 @@ enum DlqCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Publish matching dead letters to where their raw messages were first published,
+    /// as they were then, confirmed; only then are they taken off the dead-letter queue.
+    /// The others stay as they were. Prints one line per message replayed.
+    Replay {
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// At most this many a second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// List and count what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Which dead letters a `dlq` command acts on; all that are given must match.
@@ -279,7 +297,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// Runs a `dlq` command: one walk of the dead-letter queue.
 fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let config = match &command {
-        DlqCommand::Stats { config, .. } | DlqCommand::Peek { config, .. } => config.clone(),
+        DlqCommand::Stats { config, .. }
+        | DlqCommand::Peek { config, .. }
+        | DlqCommand::Replay { config, .. } => config.clone(),
     };
     let settings = match configure(config.as_deref()) {
         Ok(settings) => settings,
@@ -291,6 +311,8 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let mut matched = 0u64;
     let mut out = io::stdout().lock();
     let mut write_failed: Option<io::Error> = None;
+    let mut rate = None;
+    let mut replay = None;
     let (filter, limit, show_body, is_stats): (Filter, Option<u64>, bool, bool) = match command {
         DlqCommand::Stats { filter, .. } => (filter.into(), None, false, true),
         DlqCommand::Peek {
@@ -299,19 +321,40 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             show_body,
             ..
         } => (filter.into(), limit, show_body, false),
+        DlqCommand::Replay {
+            filter,
+            limit,
+            rate: per_second,
+            dry_run,
+            ..
+        } => {
+            if per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                report(format_args!(
+                    "error: --rate must be a positive number of messages a second"
+                ));
+                return Ok(ExitCode::from(2));
+            }
+            rate = per_second;
+            replay = Some(dry_run);
+            (filter.into(), limit, false, false)
+        }
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let walked = runtime.block_on(broker::walk_dead_letters(&settings, |info, body| {
+    let walked = runtime.block_on(broker::walk_and_replay(&settings, rate, |info, body| {
         if !filter.matches(info) {
-            return;
+            return broker::Action::Keep;
         }
         matched += 1;
         if is_stats {
             stats.add(info);
-            return;
+            return broker::Action::Keep;
         }
         if limit.is_some_and(|l| printed >= l) || write_failed.is_some() {
-            return;
+            return broker::Action::Keep;
+        }
+        // Where it came from is unknown: it cannot be replayed.
+        if replay.is_some() && info.original_exchange.is_empty() {
+            return broker::Action::Keep;
         }
         printed += 1;
         let mut line = dead_letters::peek_line(info, now);
@@ -323,6 +366,10 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
         if let Err(e) = writeln!(out, "{line}") {
             write_failed = Some(e);
+        }
+        match replay {
+            Some(false) => broker::Action::Replay,
+            _ => broker::Action::Keep,
         }
     }));
     let summary = match walked {
@@ -348,10 +395,26 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         return written_to_stdout(Err(e));
     }
     let _ = out.flush();
-    report(format_args!(
-        "{} dead letters read in {}, {matched} matched; each left as it was",
-        summary.read, settings.dead_letter.queue
-    ));
+    match replay {
+        None => report(format_args!(
+            "{} dead letters read in {}, {matched} matched; each left as it was",
+            summary.read, settings.dead_letter.queue
+        )),
+        Some(true) => report(format_args!(
+            "dry run: {printed} of {matched} matching dead letters would be replayed ({} read in {}); nothing moved",
+            summary.read, settings.dead_letter.queue
+        )),
+        Some(false) => report(format_args!(
+            "{} replayed, confirmed and taken off {} ({matched} matched, {} read); the others left as they were",
+            summary.replayed, settings.dead_letter.queue, summary.read
+        )),
+    }
+    if summary.unroutable > 0 {
+        report(format_args!(
+            "warning: {} could not be replayed (their exchange routes them nowhere); they stay dead letters",
+            summary.unroutable
+        ));
+    }
     if summary.read < summary.at_start {
         report(format_args!(
             "warning: {} were present at the start but another consumer took them first",

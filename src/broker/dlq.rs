@@ -17,11 +17,17 @@
 //!    `x-delivery-count`; waits for the broker to confirm it; and only then acks the
 //!    original.
 //!
+//! 4. Or, for a dead letter the caller picks, it publishes it to where the raw message
+//!    was first published instead (`dlq replay`), confirmed, and then acks it: it
+//!    leaves the queue. The worker may dead-letter it again; that copy arrives at the
+//!    tail, after the messages this walk counted, so a walk never meets its own output.
+//!
 //! After a whole walk the queue holds the same messages in the same order (dead letters
 //! that arrived meanwhile may sit among them). Killed at any point, nothing is lost: the
 //! message in hand is at worst both copied and, unacked, given back to the queue.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::options::{
@@ -36,13 +42,28 @@ use super::error::{BrokerError, Role};
 use crate::config::Settings;
 use crate::dead_letters::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
 
+/// What to do with one dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it in the queue (a copy goes to the tail).
+    Keep,
+    /// Publish it to where the raw message was first published, as it was then (the
+    /// `x-normalizer-*`, `x-original-exchange`/`-routing-key` and `x-death` headers
+    /// stripped, `x-replay-count` added), and take it off the queue.
+    Replay,
+}
+
 /// What a walk saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WalkSummary {
     /// Messages in the queue when the walk started.
     pub at_start: u64,
-    /// Messages it read (and put back).
+    /// Messages it read.
     pub read: u64,
+    /// Of those, replayed (the rest were put back).
+    pub replayed: u64,
+    /// Picked for replay but returned as unroutable by their original exchange: kept.
+    pub unroutable: u64,
 }
 
 /// Why a walk could not run or stopped.
@@ -54,8 +75,59 @@ pub enum WalkError {
     Locked { queue: String, lock: String },
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("the copy of a dead letter was not confirmed ({0}); the original stays in the queue")]
+    #[error("not confirmed ({0}); the dead letter stays in the queue")]
     NotConfirmed(String),
+}
+
+/// A publish the broker did not take.
+enum PublishFailed {
+    Broker(BrokerError),
+    Nacked,
+}
+
+impl PublishFailed {
+    fn context(self, what: &str) -> WalkError {
+        match self {
+            PublishFailed::Broker(BrokerError::Amqp { source, .. }) => {
+                WalkError::Broker(BrokerError::Amqp {
+                    what: what.to_owned(),
+                    source,
+                })
+            }
+            PublishFailed::Broker(e) => WalkError::Broker(e),
+            PublishFailed::Nacked => WalkError::NotConfirmed(format!("{what}: nacked")),
+        }
+    }
+}
+
+/// Publishes one message, mandatory, and waits for its confirm: `true` when stored,
+/// `false` when returned as unroutable.
+async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<bool, PublishFailed> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+        .map_err(|e| PublishFailed::Broker(BrokerError::amqp("publishing")(e)))?
+        .await
+        .map_err(|e| PublishFailed::Broker(BrokerError::amqp("publishing")(e)))?;
+    if !confirm.is_ack() {
+        return Err(PublishFailed::Nacked);
+    }
+    Ok(confirm.take_message().is_none())
 }
 
 /// Reads every dead letter present when it starts, in order, handing each to `visit`,
@@ -63,6 +135,19 @@ pub enum WalkError {
 pub async fn walk_dead_letters(
     settings: &Settings,
     mut visit: impl FnMut(&DeadLetterInfo, &[u8]),
+) -> Result<WalkSummary, WalkError> {
+    walk_and_replay(settings, None, |info, body| {
+        visit(info, body);
+        Action::Keep
+    })
+    .await
+}
+
+/// [`walk_dead_letters`], replaying those `decide` picks, at most `per_second` a second.
+pub async fn walk_and_replay(
+    settings: &Settings,
+    per_second: Option<f64>,
+    mut decide: impl FnMut(&DeadLetterInfo, &[u8]) -> Action,
 ) -> Result<WalkSummary, WalkError> {
     let queue = settings.dead_letter.queue.clone();
     let connection = connect(&settings.amqp, Role::Admin).await?;
@@ -91,7 +176,10 @@ pub async fn walk_dead_letters(
             }
             _ => BrokerError::amqp(format!("taking the lock {lock}"))(e).into(),
         })?;
-    let walk = read_through(&channel, &queue, &mut visit).await;
+    let pace = per_second
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
+    let walk = read_through(&channel, &queue, pace, &mut decide).await;
     let _ = connection.close(200, "dlq walk done".into()).await;
     walk
 }
@@ -99,7 +187,8 @@ pub async fn walk_dead_letters(
 async fn read_through(
     channel: &Channel,
     queue: &str,
-    visit: &mut impl FnMut(&DeadLetterInfo, &[u8]),
+    pace: Option<Duration>,
+    decide: &mut impl FnMut(&DeadLetterInfo, &[u8]) -> Action,
 ) -> Result<WalkSummary, WalkError> {
     let declared = channel
         .queue_declare(
@@ -113,7 +202,13 @@ async fn read_through(
         .await
         .map_err(BrokerError::amqp(format!("finding the queue {queue}")))?;
     let at_start = u64::from(declared.message_count());
-    let mut summary = WalkSummary { at_start, read: 0 };
+    let mut summary = WalkSummary {
+        at_start,
+        read: 0,
+        replayed: 0,
+        unroutable: 0,
+    };
+    let mut next_replay = tokio::time::Instant::now();
     if at_start == 0 {
         return Ok(summary);
     }
@@ -134,28 +229,43 @@ async fn read_through(
         };
         let delivery = got.delivery;
         let delivered = delivered(&delivery);
-        visit(&DeadLetterInfo::read(&delivered), &delivery.data);
-        let properties = copy_properties(&delivery.properties, delivery.routing_key.as_str());
-        let confirm = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
+        let info = DeadLetterInfo::read(&delivered);
+        let mut action = decide(&info, &delivery.data);
+        if action == Action::Replay {
+            if let Some(pace) = pace {
+                tokio::time::sleep_until(next_replay).await;
+                next_replay = tokio::time::Instant::now() + pace;
+            }
+            let replayed = publish_confirmed(
+                channel,
+                &info.original_exchange,
+                &info.original_routing_key,
                 &delivery.data,
-                properties,
+                replay_properties(&delivery.properties),
             )
             .await
-            .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?
-            .await
-            .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
-        if !confirm.is_ack() {
-            return Err(WalkError::NotConfirmed("nacked".into()));
+            .map_err(|e| e.context(&format!("replaying to {}", info.original_exchange)))?;
+            if !replayed {
+                // Nowhere to go (no such exchange binding): it stays a dead letter.
+                summary.unroutable += 1;
+                action = Action::Keep;
+            }
         }
-        if confirm.take_message().is_some() {
-            return Err(WalkError::NotConfirmed("returned as unroutable".into()));
+        if action == Action::Keep {
+            let kept = publish_confirmed(
+                channel,
+                "",
+                queue,
+                &delivery.data,
+                copy_properties(&delivery.properties, delivery.routing_key.as_str()),
+            )
+            .await
+            .map_err(|e| e.context(&format!("putting a copy back on {queue}")))?;
+            if !kept {
+                return Err(WalkError::NotConfirmed(format!(
+                    "putting a copy back on {queue}: returned as unroutable"
+                )));
+            }
         }
         delivery
             .acker
@@ -165,6 +275,9 @@ async fn read_through(
                 "acknowledging a dead letter on {queue}"
             )))?;
         summary.read += 1;
+        if action == Action::Replay {
+            summary.replayed += 1;
+        }
     }
     Ok(summary)
 }
@@ -188,6 +301,45 @@ fn copy_properties(original: &BasicProperties, routing_key: &str) -> BasicProper
     }
     original.clone().with_headers(headers)
 }
+
+/// A replay's properties: the raw message's as the gateway sent them, as far as the
+/// dead letter kept them: without the worker's and the broker's dead-letter headers,
+/// with `x-replay-count` one more than before.
+fn replay_properties(dead_letter: &BasicProperties) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let mut replays = 0i64;
+    if let Some(table) = dead_letter.headers() {
+        for (k, v) in table.inner() {
+            let name = k.as_str();
+            if name == REPLAY_COUNT {
+                replays = match v {
+                    AMQPValue::LongLongInt(n) => *n,
+                    AMQPValue::LongInt(n) => i64::from(*n),
+                    _ => 0,
+                };
+                continue;
+            }
+            let dead_letter_header = name.starts_with("x-normalizer-")
+                || name.starts_with("x-first-death-")
+                || name.starts_with("x-last-death-")
+                || matches!(
+                    name,
+                    "x-death"
+                        | "x-delivery-count"
+                        | "x-original-exchange"
+                        | "x-original-routing-key"
+                );
+            if !dead_letter_header {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays + 1));
+    dead_letter.clone().with_headers(headers)
+}
+
+/// How many times a message was replayed from the dead-letter queue.
+pub const REPLAY_COUNT: &str = "x-replay-count";
 
 /// A delivery as plain values for [`DeadLetterInfo::read`].
 fn delivered(d: &lapin::message::Delivery) -> Delivered {

@@ -16,7 +16,7 @@ mod topology;
 pub mod wire;
 
 pub use connection::connect;
-pub use dlq::{WalkError, WalkSummary, walk_dead_letters};
+pub use dlq::{Action, REPLAY_COUNT, WalkError, WalkSummary, walk_and_replay, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};
 pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, QueueDeclareOptions};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 
 use crate::support::*;
@@ -174,7 +174,6 @@ async fn stats_and_peek_count_every_dead_letter_and_leave_each_as_it_was() {
             assert_eq!(d.data, broker_body);
         }
         ids.push(message_id(&d));
-        d.acker.ack(BasicAckOptions::default()).await.unwrap();
     }
     let listed: Vec<String> = lines
         .iter()
@@ -225,4 +224,129 @@ async fn a_second_walk_is_refused_while_one_runs() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Event ids that arrive on `test.events` within `within`, until `want` are all there.
+async fn events_until(
+    channel: &lapin::Channel,
+    want: &std::collections::BTreeSet<String>,
+    within: Duration,
+) -> std::collections::BTreeSet<String> {
+    let mut got = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + within;
+    while !want.is_subset(&got) && std::time::Instant::now() < deadline {
+        for d in read_until_quiet(channel, "test.events", Duration::from_millis(300)).await {
+            got.insert(message_id(&d));
+        }
+    }
+    got
+}
+
+/// Dead letters made by a worker with a 100-byte body limit (`body_too_large`) are
+/// replayed once the limit is fixed: `--dry-run` lists and moves nothing; `--vendor deel`
+/// moves exactly the Deel ones, which the worker then normalizes, and leaves the others
+/// in order; a broker-made dead letter replays too.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes_it() {
+    let vhost = TestVhost::new("replay");
+    let small = WorkerProcess::start(&vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
+    small.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks: Vec<RawWebhook> = webhook_mix(20, "replay")
+        .into_iter()
+        .filter(|w| expected(w).is_ok())
+        .collect();
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(30), "every raw message settled", || {
+        small.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    drop(small);
+    assert_eq!(queue_depth(&channel, DLQ).await as usize, webhooks.len());
+    let deel: Vec<&RawWebhook> = webhooks
+        .iter()
+        .filter(|w| w.vendor == Some("deel"))
+        .collect();
+    let others: Vec<String> = webhooks
+        .iter()
+        .filter(|w| w.vendor != Some("deel"))
+        .map(|w| w.message_id.clone())
+        .collect();
+    assert!(!deel.is_empty() && !others.is_empty());
+
+    let dry = dlq_command(&vhost, &["replay", "--vendor", "deel", "--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&dry.stdout).lines().count(),
+        deel.len()
+    );
+    assert_eq!(
+        queue_depth(&channel, DLQ).await as usize,
+        webhooks.len(),
+        "dry run moved nothing"
+    );
+
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let replay = dlq_command(&vhost, &["replay", "--vendor", "deel", "--rate", "100"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replay.stdout).lines().count(),
+        deel.len()
+    );
+    let want: std::collections::BTreeSet<String> = deel
+        .iter()
+        .flat_map(|w| expected(w).unwrap())
+        .map(|e| e.id.to_string())
+        .collect();
+    let got = events_until(&channel, &want, Duration::from_secs(30)).await;
+    assert_eq!(got, want, "exactly the Deel ones' events");
+
+    // The others stay, in order.
+    let peek = dlq_command(&vhost, &["peek"]);
+    let left: Vec<String> = String::from_utf8_lossy(&peek.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(5).unwrap().to_owned())
+        .collect();
+    assert_eq!(left, others);
+
+    // A broker-made dead letter (delivery limit) of a valid Deel webhook replays too.
+    let broker_made = webhook_mix(1, "replay-broker").remove(0);
+    let mut props = broker_dead_letter().with_message_id("broker-dl".into());
+    let mut headers = props.headers().clone().unwrap();
+    headers.insert("x-vendor".into(), AMQPValue::LongString("deel".into()));
+    headers.insert(
+        "x-received-at".into(),
+        AMQPValue::LongString(RECEIVED_AT.into()),
+    );
+    props = props.with_headers(headers);
+    publish_raw_with(
+        &channel,
+        "webhooks.dead-letter",
+        "unknown.delivery_limit",
+        &broker_made.body,
+        props,
+    )
+    .await;
+    let replay = dlq_command(&vhost, &["replay", "--kind", "delivery_limit"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let want: std::collections::BTreeSet<String> = expected(&broker_made)
+        .unwrap()
+        .iter()
+        .map(|e| e.id.to_string())
+        .collect();
+    let got = events_until(&channel, &want, Duration::from_secs(30)).await;
+    assert!(want.is_subset(&got), "the broker-made dead letter's events");
+    assert_eq!(queue_depth(&channel, DLQ).await as usize, others.len());
 }
