@@ -350,3 +350,75 @@ async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes
     assert!(want.is_subset(&got), "the broker-made dead letter's events");
     assert_eq!(queue_depth(&channel, DLQ).await as usize, others.len());
 }
+
+/// A replay killed midway (SIGKILL, no chance to clean up) loses nothing: every dead
+/// letter is still in the queue or was replayed, and a second replay finishes the job;
+/// the worker then makes every event (a message replayed and still dead-lettered, at
+/// worst, makes the same event ids twice).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_killed_midway_loses_nothing() {
+    let vhost = TestVhost::new("replaykill");
+    let small = WorkerProcess::start(&vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
+    small.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks: Vec<RawWebhook> = webhook_mix(40, "replaykill")
+        .into_iter()
+        .filter(|w| expected(w).is_ok())
+        .collect();
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(30), "every raw message settled", || {
+        small.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    drop(small);
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+
+    // 10 a second; killed once the first has left the queue, well before the last.
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        .args(["dlq", "replay", "--rate", "10"])
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while queue_depth(&channel, DLQ).await as usize == webhooks.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the replay never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status();
+    let killed = output_within(child, Duration::from_secs(10));
+    assert!(!killed.status.success(), "killed before it finished");
+    let left = queue_depth(&channel, DLQ).await as usize;
+    assert!(
+        left > 0 && left < webhooks.len(),
+        "killed midway: {left} of {} left",
+        webhooks.len()
+    );
+
+    let again = dlq_command(&vhost, &["replay"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let want: std::collections::BTreeSet<String> = webhooks
+        .iter()
+        .flat_map(|w| expected(w).unwrap())
+        .map(|e| e.id.to_string())
+        .collect();
+    let got = events_until(&channel, &want, Duration::from_secs(30)).await;
+    assert_eq!(got, want, "every message's events, none lost");
+    wait_until(
+        Duration::from_secs(10),
+        "the dead-letter queue to empty",
+        || worker.readiness().1["in_flight"].as_u64() == Some(0),
+    );
+    assert_eq!(queue_depth(&channel, DLQ).await, 0);
+}
