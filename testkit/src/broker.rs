@@ -66,17 +66,27 @@ impl TestVhost {
         );
         let vhost = TestVhost { name, broker, node };
         vhost.rabbitmqctl(&["-q", "add_vhost", &vhost.name]);
-        vhost.rabbitmqctl(&[
+        vhost.grant_guest();
+        vhost
+    }
+
+    /// Gives `guest` every permission in this vhost (as created).
+    pub fn grant_guest(&self) {
+        self.rabbitmqctl(&[
             "-q",
             "set_permissions",
             "-p",
-            &vhost.name,
+            &self.name,
             "guest",
             ".*",
             ".*",
             ".*",
         ]);
-        vhost
+    }
+
+    /// Takes `guest`'s permissions in this vhost away: its next connection is refused.
+    pub fn revoke_guest(&self) {
+        self.rabbitmqctl(&["-q", "clear_permissions", "-p", &self.name, "guest"]);
     }
 
     pub fn url(&self) -> String {

@@ -242,17 +242,17 @@ async fn events_until(
     got
 }
 
-/// Dead letters made by a worker with a 100-byte body limit (`body_too_large`) are
-/// replayed once the limit is fixed: `--dry-run` lists and moves nothing; `--vendor deel`
-/// moves exactly the Deel ones, which the worker then normalizes, and leaves the others
-/// in order; a broker-made dead letter replays too.
-#[tokio::test(flavor = "multi_thread")]
-async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes_it() {
-    let vhost = TestVhost::new("replay");
-    let small = WorkerProcess::start(&vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
+/// `n` webhooks of the standard mix (the normalizable ones), dead-lettered as
+/// `body_too_large` by a worker with a 100-byte body limit, which is then stopped: what a
+/// replay after a fix starts from.
+async fn dead_lettered_by_a_small_limit(
+    vhost: &TestVhost,
+    n: usize,
+) -> (lapin::Connection, lapin::Channel, Vec<RawWebhook>) {
+    let small = WorkerProcess::start(vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
     small.wait_ready(Duration::from_secs(20));
-    let (_conn, channel) = setup(&vhost).await;
-    let webhooks: Vec<RawWebhook> = webhook_mix(20, "replay")
+    let (conn, channel) = setup(vhost).await;
+    let webhooks: Vec<RawWebhook> = webhook_mix(n, &vhost.name)
         .into_iter()
         .filter(|w| expected(w).is_ok())
         .collect();
@@ -260,8 +260,18 @@ async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes
     wait_until(Duration::from_secs(30), "every raw message settled", || {
         small.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
     });
-    drop(small);
     assert_eq!(queue_depth(&channel, DLQ).await as usize, webhooks.len());
+    (conn, channel, webhooks)
+}
+
+/// Dead letters made by a worker with a 100-byte body limit (`body_too_large`) are
+/// replayed once the limit is fixed: `--dry-run` lists and moves nothing; `--vendor deel`
+/// moves exactly the Deel ones, which the worker then normalizes, and leaves the others
+/// in order; a broker-made dead letter replays too.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes_it() {
+    let vhost = TestVhost::new("replay");
+    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
     let deel: Vec<&RawWebhook> = webhooks
         .iter()
         .filter(|w| w.vendor == Some("deel"))
@@ -358,22 +368,12 @@ async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_killed_midway_loses_nothing() {
     let vhost = TestVhost::new("replaykill");
-    let small = WorkerProcess::start(&vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
-    small.wait_ready(Duration::from_secs(20));
-    let (_conn, channel) = setup(&vhost).await;
-    let webhooks: Vec<RawWebhook> = webhook_mix(40, "replaykill")
-        .into_iter()
-        .filter(|w| expected(w).is_ok())
-        .collect();
-    publish_raw(&channel, &webhooks).await;
-    wait_until(Duration::from_secs(30), "every raw message settled", || {
-        small.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
-    });
-    drop(small);
+    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 40).await;
     let worker = WorkerProcess::start(&vhost, &[]);
     worker.wait_ready(Duration::from_secs(20));
 
-    // 10 a second; killed once the first has left the queue, well before the last.
+    // 10 a second; killed once a few have left the queue (the one in hand counts as gone
+    // until the kill gives it back), well before the last.
     let child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
         .args(["dlq", "replay", "--rate", "10"])
         .env("NORMALIZER__AMQP__URL", vhost.url())
@@ -383,7 +383,7 @@ async fn a_replay_killed_midway_loses_nothing() {
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
-    while queue_depth(&channel, DLQ).await as usize == webhooks.len() {
+    while queue_depth(&channel, DLQ).await as usize > webhooks.len() - 3 {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the replay never started"

@@ -135,7 +135,7 @@ fn readiness_says_why_the_broker_refuses_and_recovers() {
         ],
     );
     worker.wait_ready(Duration::from_secs(20));
-    rabbitmqctl(&["-q", "clear_permissions", "-p", &vhost.name, "guest"]);
+    vhost.revoke_guest();
     vhost.close_all_connections();
     wait_until(Duration::from_secs(20), "/readyz to say why", || {
         let (status, doc) = worker.readiness();
@@ -158,16 +158,7 @@ fn readiness_says_why_the_broker_refuses_and_recovers() {
         &logs[logs.len().saturating_sub(20)..]
     );
 
-    rabbitmqctl(&[
-        "-q",
-        "set_permissions",
-        "-p",
-        &vhost.name,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ]);
+    vhost.grant_guest();
     worker.wait_ready(Duration::from_secs(20));
     assert_eq!(worker.readiness().1["reason"], serde_json::Value::Null);
 }
