@@ -230,6 +230,26 @@ pub fn stats_lines(stats: &Stats) -> Vec<String> {
     lines
 }
 
+/// One line of `dlq export`: what the dead letter is, its routing key and properties as
+/// the broker delivered them, and its body in base64.
+pub fn export_record(
+    info: &DeadLetterInfo,
+    body: &[u8],
+    properties: &serde_json::Value,
+) -> serde_json::Value {
+    use base64::Engine as _;
+    serde_json::json!({
+        "vendor": info.vendor,
+        "kind": info.kind,
+        "detail": info.detail,
+        "failed_at": info.failed_at.map(|t| crate::canonical::rfc3339_utc::format(&t)),
+        "original_exchange": info.original_exchange,
+        "original_routing_key": info.original_routing_key,
+        "message": properties,
+        "body_base64": base64::engine::general_purpose::STANDARD.encode(body),
+    })
+}
+
 /// `3d4h`, `5h12m`, `7m3s`, `42s`.
 fn age(d: chrono::TimeDelta) -> String {
     let s = d.num_seconds().max(0);

@@ -134,6 +134,25 @@ enum DlqCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write matching dead letters to FILE as JSON Lines (what they are, their routing key
+    /// and properties, the body in base64), leaving each as it was. FILE must not exist.
+    Export {
+        file: PathBuf,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove matching dead letters for good. Needs --yes; export them first.
+    Purge {
+        /// Yes, remove them.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Which dead letters a `dlq` command acts on; all that are given must match.
@@ -294,84 +313,132 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What a `dlq` command does with each matching dead letter.
+enum DlqMode {
+    Stats,
+    Peek { show_body: bool },
+    Replay { dry_run: bool },
+    Export { file: PathBuf },
+    Purge,
+}
+
 /// Runs a `dlq` command: one walk of the dead-letter queue.
 fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let config = match &command {
-        DlqCommand::Stats { config, .. }
-        | DlqCommand::Peek { config, .. }
-        | DlqCommand::Replay { config, .. } => config.clone(),
-    };
-    let settings = match configure(config.as_deref()) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
-    let now = Utc::now();
-    let mut stats = Stats::default();
-    let mut printed = 0u64;
-    let mut matched = 0u64;
-    let mut out = io::stdout().lock();
-    let mut write_failed: Option<io::Error> = None;
-    let mut rate = None;
-    let mut replay = None;
-    let (filter, limit, show_body, is_stats): (Filter, Option<u64>, bool, bool) = match command {
-        DlqCommand::Stats { filter, .. } => (filter.into(), None, false, true),
+    let (mode, filter, limit, rate, config) = match command {
+        DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
         DlqCommand::Peek {
-            filter,
             limit,
             show_body,
-            ..
-        } => (filter.into(), limit, show_body, false),
-        DlqCommand::Replay {
             filter,
+            config,
+        } => (DlqMode::Peek { show_body }, filter, limit, None, config),
+        DlqCommand::Replay {
             limit,
-            rate: per_second,
+            rate,
             dry_run,
-            ..
+            filter,
+            config,
         } => {
-            if per_second.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
                 report(format_args!(
                     "error: --rate must be a positive number of messages a second"
                 ));
                 return Ok(ExitCode::from(2));
             }
-            rate = per_second;
-            replay = Some(dry_run);
-            (filter.into(), limit, false, false)
+            (DlqMode::Replay { dry_run }, filter, limit, rate, config)
+        }
+        DlqCommand::Export {
+            file,
+            filter,
+            config,
+        } => (DlqMode::Export { file }, filter, None, None, config),
+        DlqCommand::Purge {
+            yes,
+            filter,
+            config,
+        } => {
+            if !yes {
+                report(format_args!(
+                    "error: dlq purge removes dead letters for good and needs --yes; keep a copy first with `dlq export FILE` and the same filters"
+                ));
+                return Ok(ExitCode::from(2));
+            }
+            (DlqMode::Purge, filter, None, None, config)
         }
     };
+    let filter: Filter = filter.into();
+    let settings = match configure(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let mut export = match &mode {
+        DlqMode::Export { file } => match std::fs::File::create_new(file) {
+            Ok(f) => Some(io::BufWriter::new(f)),
+            Err(e) => {
+                report(format_args!("error: cannot create {}: {e}", file.display()));
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        _ => None,
+    };
+    let now = Utc::now();
+    let mut stats = Stats::default();
+    let mut picked = 0u64;
+    let mut matched = 0u64;
+    let mut out = io::stdout().lock();
+    let mut write_failed: Option<io::Error> = None;
     let runtime = tokio::runtime::Runtime::new()?;
-    let walked = runtime.block_on(broker::walk_and_replay(&settings, rate, |info, body| {
-        if !filter.matches(info) {
-            return broker::Action::Keep;
-        }
-        matched += 1;
-        if is_stats {
-            stats.add(info);
-            return broker::Action::Keep;
-        }
-        if limit.is_some_and(|l| printed >= l) || write_failed.is_some() {
-            return broker::Action::Keep;
-        }
-        // Where it came from is unknown: it cannot be replayed.
-        if replay.is_some() && info.original_exchange.is_empty() {
-            return broker::Action::Keep;
-        }
-        printed += 1;
-        let mut line = dead_letters::peek_line(info, now);
-        if show_body {
-            line.push('\t');
-            line.push_str(
-                &serde_json::Value::String(String::from_utf8_lossy(body).into_owned()).to_string(),
-            );
-        }
-        if let Err(e) = writeln!(out, "{line}") {
-            write_failed = Some(e);
-        }
-        match replay {
-            Some(false) => broker::Action::Replay,
-            _ => broker::Action::Keep,
-        }
-    }));
+    let walked = runtime.block_on(broker::walk_with_properties(
+        &settings,
+        rate,
+        |info, body, properties| {
+            if !filter.matches(info) {
+                return broker::Action::Keep;
+            }
+            matched += 1;
+            if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
+                return broker::Action::Keep;
+            }
+            let replay = matches!(mode, DlqMode::Replay { .. });
+            if replay && info.original_exchange.is_empty() {
+                // Where it came from is unknown: it cannot be replayed.
+                return broker::Action::Keep;
+            }
+            picked += 1;
+            let line = match &mode {
+                DlqMode::Stats => {
+                    stats.add(info);
+                    return broker::Action::Keep;
+                }
+                DlqMode::Export { .. } => {
+                    let record = dead_letters::export_record(info, body, properties);
+                    if let Some(w) = export.as_mut()
+                        && let Err(e) = writeln!(w, "{record}")
+                    {
+                        write_failed = Some(e);
+                    }
+                    return broker::Action::Keep;
+                }
+                DlqMode::Peek { show_body: true } => {
+                    let body = String::from_utf8_lossy(body).into_owned();
+                    format!(
+                        "{}\t{}",
+                        dead_letters::peek_line(info, now),
+                        serde_json::Value::String(body)
+                    )
+                }
+                _ => dead_letters::peek_line(info, now),
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                write_failed = Some(e);
+            }
+            match mode {
+                DlqMode::Replay { dry_run: false } => broker::Action::Replay,
+                DlqMode::Purge => broker::Action::Drop,
+                _ => broker::Action::Keep,
+            }
+        },
+    ));
     let summary = match walked {
         Ok(summary) => summary,
         Err(e @ broker::WalkError::Locked { .. }) => {
@@ -383,7 +450,12 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_UNAVAILABLE));
         }
     };
-    if is_stats {
+    if let Some(mut w) = export.take()
+        && let Err(e) = w.flush()
+    {
+        write_failed.get_or_insert(e);
+    }
+    if let DlqMode::Stats = mode {
         for line in dead_letters::stats_lines(&stats) {
             if let Err(e) = writeln!(out, "{line}") {
                 write_failed = Some(e);
@@ -395,18 +467,26 @@ fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         return written_to_stdout(Err(e));
     }
     let _ = out.flush();
-    match replay {
-        None => report(format_args!(
-            "{} dead letters read in {}, {matched} matched; each left as it was",
-            summary.read, settings.dead_letter.queue
+    let queue = &settings.dead_letter.queue;
+    let read = summary.read;
+    match mode {
+        DlqMode::Stats | DlqMode::Peek { .. } => report(format_args!(
+            "{read} dead letters read in {queue}, {matched} matched; each left as it was"
         )),
-        Some(true) => report(format_args!(
-            "dry run: {printed} of {matched} matching dead letters would be replayed ({} read in {}); nothing moved",
-            summary.read, settings.dead_letter.queue
+        DlqMode::Export { file } => report(format_args!(
+            "{picked} dead letters written to {} ({matched} matched, {read} read in {queue}); each left as it was",
+            file.display()
         )),
-        Some(false) => report(format_args!(
-            "{} replayed, confirmed and taken off {} ({matched} matched, {} read); the others left as they were",
-            summary.replayed, settings.dead_letter.queue, summary.read
+        DlqMode::Replay { dry_run: true } => report(format_args!(
+            "dry run: {picked} of {matched} matching dead letters would be replayed ({read} read in {queue}); nothing moved"
+        )),
+        DlqMode::Replay { dry_run: false } => report(format_args!(
+            "{} replayed, confirmed and taken off {queue} ({matched} matched, {read} read); the others left as they were",
+            summary.replayed
+        )),
+        DlqMode::Purge => report(format_args!(
+            "{} purged from {queue} ({matched} matched, {read} read); the others left as they were",
+            summary.dropped
         )),
     }
     if summary.unroutable > 0 {

@@ -51,6 +51,8 @@ pub enum Action {
     /// `x-normalizer-*`, `x-original-exchange`/`-routing-key` and `x-death` headers
     /// stripped, `x-replay-count` added), and take it off the queue.
     Replay,
+    /// Take it off the queue for good (`dlq purge`).
+    Drop,
 }
 
 /// What a walk saw.
@@ -64,6 +66,8 @@ pub struct WalkSummary {
     pub replayed: u64,
     /// Picked for replay but returned as unroutable by their original exchange: kept.
     pub unroutable: u64,
+    /// Taken off the queue for good.
+    pub dropped: u64,
 }
 
 /// Why a walk could not run or stopped.
@@ -149,6 +153,16 @@ pub async fn walk_and_replay(
     per_second: Option<f64>,
     mut decide: impl FnMut(&DeadLetterInfo, &[u8]) -> Action,
 ) -> Result<WalkSummary, WalkError> {
+    walk_with_properties(settings, per_second, |info, body, _| decide(info, body)).await
+}
+
+/// [`walk_and_replay`], also handing over each dead letter's routing key and properties
+/// as JSON (for `dlq export`).
+pub async fn walk_with_properties(
+    settings: &Settings,
+    per_second: Option<f64>,
+    mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
+) -> Result<WalkSummary, WalkError> {
     let queue = settings.dead_letter.queue.clone();
     let connection = connect(&settings.amqp, Role::Admin).await?;
     let channel = connection
@@ -188,7 +202,7 @@ async fn read_through(
     channel: &Channel,
     queue: &str,
     pace: Option<Duration>,
-    decide: &mut impl FnMut(&DeadLetterInfo, &[u8]) -> Action,
+    decide: &mut impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
     let declared = channel
         .queue_declare(
@@ -207,6 +221,7 @@ async fn read_through(
         read: 0,
         replayed: 0,
         unroutable: 0,
+        dropped: 0,
     };
     let mut next_replay = tokio::time::Instant::now();
     if at_start == 0 {
@@ -230,7 +245,11 @@ async fn read_through(
         let delivery = got.delivery;
         let delivered = delivered(&delivery);
         let info = DeadLetterInfo::read(&delivered);
-        let mut action = decide(&info, &delivery.data);
+        let mut action = decide(
+            &info,
+            &delivery.data,
+            &properties_json(delivery.routing_key.as_str(), &delivery.properties),
+        );
         if action == Action::Replay {
             if let Some(pace) = pace {
                 tokio::time::sleep_until(next_replay).await;
@@ -250,6 +269,9 @@ async fn read_through(
                 summary.unroutable += 1;
                 action = Action::Keep;
             }
+        }
+        if action == Action::Drop {
+            summary.dropped += 1;
         }
         if action == Action::Keep {
             let kept = publish_confirmed(
@@ -381,6 +403,82 @@ fn delivered(d: &lapin::message::Delivery) -> Delivered {
         death,
         message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
         body_len: d.data.len(),
+    }
+}
+
+/// A dead letter's routing key and properties as JSON: strings as text (byte strings
+/// that are not UTF-8 as `{"base64": …}`), numbers as numbers, tables as objects.
+fn properties_json(routing_key: &str, p: &BasicProperties) -> serde_json::Value {
+    use serde_json::{Map, Value, json};
+    let mut out = Map::new();
+    out.insert("routing_key".into(), json!(routing_key));
+    let short = |v: &Option<lapin::types::ShortString>| v.as_ref().map(|s| s.to_string());
+    for (name, value) in [
+        ("content_type", short(p.content_type())),
+        ("content_encoding", short(p.content_encoding())),
+        ("correlation_id", short(p.correlation_id())),
+        ("reply_to", short(p.reply_to())),
+        ("expiration", short(p.expiration())),
+        ("message_id", short(p.message_id())),
+        ("type", short(p.kind())),
+        ("user_id", short(p.user_id())),
+        ("app_id", short(p.app_id())),
+        ("cluster_id", short(p.cluster_id())),
+    ] {
+        if let Some(v) = value {
+            out.insert(name.into(), Value::String(v));
+        }
+    }
+    if let Some(m) = p.delivery_mode() {
+        out.insert("delivery_mode".into(), json!(m));
+    }
+    if let Some(pr) = p.priority() {
+        out.insert("priority".into(), json!(pr));
+    }
+    if let Some(t) = p.timestamp() {
+        out.insert("timestamp".into(), json!(t));
+    }
+    if let Some(h) = p.headers() {
+        out.insert("headers".into(), table_json(h));
+    }
+    Value::Object(out)
+}
+
+fn table_json(t: &FieldTable) -> serde_json::Value {
+    serde_json::Value::Object(
+        t.inner()
+            .iter()
+            .map(|(k, v)| (k.to_string(), value_json(v)))
+            .collect(),
+    )
+}
+
+fn value_json(v: &AMQPValue) -> serde_json::Value {
+    use base64::Engine as _;
+    use serde_json::{Value, json};
+    let bytes = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(s) => Value::String(s.to_owned()),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+    };
+    match v {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Float(n) => json!(n),
+        AMQPValue::Double(n) => json!(n),
+        AMQPValue::DecimalValue(d) => json!({ "scale": d.scale, "value": d.value }),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => bytes(s.as_bytes()),
+        AMQPValue::ByteArray(b) => bytes(b.as_slice()),
+        AMQPValue::Timestamp(t) => json!(t),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(value_json).collect()),
+        AMQPValue::FieldTable(t) => table_json(t),
+        AMQPValue::Void => Value::Null,
     }
 }
 

@@ -16,7 +16,10 @@ mod topology;
 pub mod wire;
 
 pub use connection::connect;
-pub use dlq::{Action, REPLAY_COUNT, WalkError, WalkSummary, walk_and_replay, walk_dead_letters};
+pub use dlq::{
+    Action, REPLAY_COUNT, WalkError, WalkSummary, walk_and_replay, walk_dead_letters,
+    walk_with_properties,
+};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};
 pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};

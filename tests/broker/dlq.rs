@@ -422,3 +422,76 @@ async fn a_replay_killed_midway_loses_nothing() {
     );
     assert_eq!(queue_depth(&channel, DLQ).await, 0);
 }
+
+/// `export` writes exactly the matching dead letters (bodies byte for byte, in base64)
+/// and leaves the queue as it was; `purge` refuses without `--yes` and then removes
+/// exactly the matching ones, the others staying in order.
+#[tokio::test(flavor = "multi_thread")]
+async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
+    use base64::Engine as _;
+    let vhost = TestVhost::new("purge");
+    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
+    let deel: Vec<&RawWebhook> = webhooks
+        .iter()
+        .filter(|w| w.vendor == Some("deel"))
+        .collect();
+    let others: Vec<String> = webhooks
+        .iter()
+        .filter(|w| w.vendor != Some("deel"))
+        .map(|w| w.message_id.clone())
+        .collect();
+
+    let dir = std::env::temp_dir().join(format!("wn-export-{}", vhost.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("deel.jsonl");
+    let export = dlq_command(
+        &vhost,
+        &["export", file.to_str().unwrap(), "--vendor", "deel"],
+    );
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    let mut bodies: Vec<Vec<u8>> = text
+        .lines()
+        .map(|l| {
+            let record: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(record["kind"], "body_too_large");
+            assert_eq!(
+                record["message"]["headers"]["x-normalizer-error-kind"],
+                "body_too_large"
+            );
+            base64::engine::general_purpose::STANDARD
+                .decode(record["body_base64"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    let mut want: Vec<Vec<u8>> = deel.iter().map(|w| w.body.clone()).collect();
+    bodies.sort();
+    want.sort();
+    assert_eq!(bodies, want);
+    assert_eq!(queue_depth(&channel, DLQ).await as usize, webhooks.len());
+    let again = dlq_command(&vhost, &["export", file.to_str().unwrap()]);
+    assert!(!again.status.success(), "an export never overwrites a file");
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let refused = dlq_command(&vhost, &["purge", "--vendor", "deel"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("dlq export"));
+    assert_eq!(queue_depth(&channel, DLQ).await as usize, webhooks.len());
+
+    let purge = dlq_command(&vhost, &["purge", "--vendor", "deel", "--yes"]);
+    assert!(
+        purge.status.success(),
+        "{}",
+        String::from_utf8_lossy(&purge.stderr)
+    );
+    let peek = dlq_command(&vhost, &["peek"]);
+    let left: Vec<String> = String::from_utf8_lossy(&peek.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(5).unwrap().to_owned())
+        .collect();
+    assert_eq!(left, others);
+}
