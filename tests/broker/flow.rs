@@ -258,3 +258,70 @@ async fn oversized_bodies_are_dead_lettered_whole() {
     assert_eq!(dead[0].routing_key.as_str(), "deel.body_too_large");
     assert_eq!(dead[0].data, body);
 }
+
+/// The gateway example in `docs/raw-message-contract.md` works as written: run as it is
+/// there (Python with pika), it publishes a fixture body byte for byte (its trailing
+/// newline too), persistent, with the vendor hint and a receipt time the worker reads,
+/// confirmed; and the worker makes the fixture's events of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_gateway_example_works_as_written() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/raw-message-contract.md"),
+    )
+    .unwrap();
+    let start = doc.find("```python\n").expect("a python example") + "```python\n".len();
+    let script = &doc[start..start + doc[start..].find("```").unwrap()];
+    let vhost = TestVhost::new("gateway");
+    declare_topology(&vhost);
+    let dir = std::env::temp_dir().join(format!("wn-gateway-{}", vhost.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gateway.py"), script).unwrap();
+    let mut body = fixture("deel/contract.created.json");
+    if !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    std::fs::write(dir.join("body.json"), &body).unwrap();
+    let child = std::process::Command::new("python3")
+        .arg(dir.join("gateway.py"))
+        .arg(dir.join("body.json"))
+        .env("AMQP_URL", vhost.url())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (CI installs it, with pika)");
+    let out = output_within(child, Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success() && out.stdout == b"accepted\n",
+        "the example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Read on a connection of its own, closed after: its consumer must not take the
+    // message the worker is to get below.
+    let raw_conn = vhost.connect().await;
+    let raw_channel = raw_conn.create_channel().await.unwrap();
+    let raw = read_messages(&raw_channel, "normalizer.raw", 1, Duration::from_secs(10)).await;
+    raw_conn.close(200, "read".into()).await.unwrap();
+    let (_conn, channel) = setup(&vhost).await;
+    assert_eq!(raw[0].data, body, "the body byte for byte");
+    assert_eq!(*raw[0].properties.delivery_mode(), Some(2));
+    assert_eq!(header(&raw[0], "x-vendor").as_deref(), Some("deel"));
+    let received_at = header(&raw[0], "x-received-at").unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(&received_at).is_ok(),
+        "{received_at}"
+    );
+
+    // The worker takes it from there.
+    publish_raw(
+        &channel,
+        &[RawWebhook::new(body.clone(), Some("deel"), "again")],
+    )
+    .await;
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let events = read_messages(&channel, "test.events", 1, Duration::from_secs(20)).await;
+    let want = expected(&RawWebhook::new(body, Some("deel"), "x")).unwrap();
+    assert_eq!(message_id(&events[0]), want[0].id.to_string());
+}
