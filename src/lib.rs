@@ -27,8 +27,10 @@
 //! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
+//! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
+//!   commands (the walk itself is in [`broker`]).
 //!
-//! `canonical`, `vendors`, `body`, `normalize`, `delivery` and `redact` are pure: no I/O, no
+//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
