@@ -125,7 +125,7 @@ impl Health {
         self.0.ack_frames.fetch_add(1, Ordering::Relaxed);
     }
     /// One raw message's events, confirmed: their canonical types.
-    pub fn add_events_published(&self, vendor: Vendor, types: &[&str]) {
+    pub fn add_events_published(&self, vendor: Vendor, types: &[&'static str]) {
         self.0
             .events_published
             .fetch_add(types.len() as u64, Ordering::Relaxed);

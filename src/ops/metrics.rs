@@ -18,7 +18,7 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     vendor: &'static str,
-    r#type: String,
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,13 +153,10 @@ impl Metrics {
     }
 
     /// One raw message's events, confirmed: one per canonical type in `types`.
-    pub fn add_events<'a>(&self, vendor: &'static str, types: impl Iterator<Item = &'a str>) {
+    pub fn add_events(&self, vendor: &'static str, types: impl Iterator<Item = &'static str>) {
         for t in types {
             self.events_published
-                .get_or_create(&EventLabels {
-                    vendor,
-                    r#type: t.to_owned(),
-                })
+                .get_or_create(&EventLabels { vendor, r#type: t })
                 .inc();
         }
     }

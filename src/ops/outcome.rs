@@ -36,7 +36,7 @@ pub enum Outcome<'a> {
     /// Its events are confirmed; it is acknowledged. `types`: each event's canonical type.
     Published {
         vendor: Vendor,
-        types: &'a [&'a str],
+        types: &'a [&'static str],
     },
     /// Its dead letter is confirmed; it is acknowledged.
     DeadLettered(&'a DeadLetter),

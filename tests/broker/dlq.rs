@@ -264,6 +264,34 @@ async fn dead_lettered_by_a_small_limit(
     (conn, channel, webhooks)
 }
 
+/// The Deel webhooks, and the others' message ids in order.
+fn split_deel(webhooks: &[RawWebhook]) -> (Vec<&RawWebhook>, Vec<String>) {
+    let deel = webhooks
+        .iter()
+        .filter(|w| w.vendor == Some("deel"))
+        .collect();
+    let others = webhooks
+        .iter()
+        .filter(|w| w.vendor != Some("deel"))
+        .map(|w| w.message_id.clone())
+        .collect();
+    (deel, others)
+}
+
+/// The message ids `dlq peek` lists, in its order (the queue's).
+fn listed_message_ids(vhost: &TestVhost) -> Vec<String> {
+    let peek = dlq_command(vhost, &["peek"]);
+    assert!(
+        peek.status.success(),
+        "{}",
+        String::from_utf8_lossy(&peek.stderr)
+    );
+    String::from_utf8_lossy(&peek.stdout)
+        .lines()
+        .map(|l| l.split('\t').nth(5).unwrap().to_owned())
+        .collect()
+}
+
 /// Dead letters made by a worker with a 100-byte body limit (`body_too_large`) are
 /// replayed once the limit is fixed: `--dry-run` lists and moves nothing; `--vendor deel`
 /// moves exactly the Deel ones, which the worker then normalizes, and leaves the others
@@ -272,15 +300,7 @@ async fn dead_lettered_by_a_small_limit(
 async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes_it() {
     let vhost = TestVhost::new("replay");
     let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
-    let deel: Vec<&RawWebhook> = webhooks
-        .iter()
-        .filter(|w| w.vendor == Some("deel"))
-        .collect();
-    let others: Vec<String> = webhooks
-        .iter()
-        .filter(|w| w.vendor != Some("deel"))
-        .map(|w| w.message_id.clone())
-        .collect();
+    let (deel, others) = split_deel(&webhooks);
     assert!(!deel.is_empty() && !others.is_empty());
 
     let dry = dlq_command(&vhost, &["replay", "--vendor", "deel", "--dry-run"]);
@@ -320,11 +340,7 @@ async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes
     assert_eq!(got, want, "exactly the Deel ones' events");
 
     // The others stay, in order.
-    let peek = dlq_command(&vhost, &["peek"]);
-    let left: Vec<String> = String::from_utf8_lossy(&peek.stdout)
-        .lines()
-        .map(|l| l.split('\t').nth(5).unwrap().to_owned())
-        .collect();
+    let left = listed_message_ids(&vhost);
     assert_eq!(left, others);
 
     // A broker-made dead letter (delivery limit) of a valid Deel webhook replays too.
@@ -431,15 +447,7 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
     use base64::Engine as _;
     let vhost = TestVhost::new("purge");
     let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
-    let deel: Vec<&RawWebhook> = webhooks
-        .iter()
-        .filter(|w| w.vendor == Some("deel"))
-        .collect();
-    let others: Vec<String> = webhooks
-        .iter()
-        .filter(|w| w.vendor != Some("deel"))
-        .map(|w| w.message_id.clone())
-        .collect();
+    let (deel, others) = split_deel(&webhooks);
 
     let dir = std::env::temp_dir().join(format!("wn-export-{}", vhost.name));
     std::fs::create_dir_all(&dir).unwrap();
@@ -488,10 +496,6 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
         "{}",
         String::from_utf8_lossy(&purge.stderr)
     );
-    let peek = dlq_command(&vhost, &["peek"]);
-    let left: Vec<String> = String::from_utf8_lossy(&peek.stdout)
-        .lines()
-        .map(|l| l.split('\t').nth(5).unwrap().to_owned())
-        .collect();
+    let left = listed_message_ids(&vhost);
     assert_eq!(left, others);
 }

@@ -27,9 +27,10 @@ pub(super) enum PublishState {
 /// What a delivery ends as once its publishes are confirmed.
 #[derive(Debug)]
 pub(super) enum Fate {
-    /// Its events (`messages`), all of one vendor.
+    /// Its events (`messages`), all of one vendor, and their canonical types.
     Events {
         vendor: Vendor,
+        types: Vec<&'static str>,
     },
     DeadLetter(DeadLetter),
     /// Its dead letter cannot be published: reject without requeue.

@@ -227,6 +227,7 @@ impl<'s> Pipeline<'s> {
         let dead_letter = match planned {
             Plan::Publish { vendor, events } => {
                 let count = events.len();
+                let types: Vec<&'static str> = events.iter().map(|e| e.routing_key).collect();
                 let correlation_id = entry.original.message_id().clone();
                 let messages: Vec<_> = events
                     .into_iter()
@@ -242,7 +243,7 @@ impl<'s> Pipeline<'s> {
                 });
                 match oversized {
                     None => {
-                        entry.fate = Fate::Events { vendor };
+                        entry.fate = Fate::Events { vendor, types };
                         entry.set_messages(messages.into_iter().map(Arc::new).collect());
                         return;
                     }
@@ -479,15 +480,10 @@ impl<'s> Pipeline<'s> {
                         requeue: false,
                     }
                 }
-                Fate::Events { vendor, .. } if all_confirmed => {
-                    let types: Vec<&str> = head
-                        .messages
-                        .iter()
-                        .map(|m| m.routing_key.as_str())
-                        .collect();
+                Fate::Events { vendor, types } if all_confirmed => {
                     Outcome::Published {
                         vendor: *vendor,
-                        types: &types,
+                        types,
                     }
                     .record(&self.health, head.delivery());
                     Settle::Ack { tag: head.tag }

@@ -93,23 +93,13 @@ pub fn check_method(payload: &[u8]) -> (MethodKind, Checked) {
         (ids::CHANNEL, ids::CHANNEL_OPEN_OK | ids::CHANNEL_CLOSE | ids::CHANNEL_CLOSE_OK) => {
             return (MethodKind::ChannelReset, Checked::default());
         }
-        (ids::BASIC, ids::BASIC_DELIVER) => {
+        // deliver: consumer tag, then as get-ok: delivery tag, redelivered, exchange,
+        // routing key (get-ok's message count follows, copied as the rest).
+        (ids::BASIC, ids::BASIC_DELIVER | ids::BASIC_GET_OK) => {
             let tag = (|| {
-                short_string(&mut cur, &mut out, "consumer_tag", &mut report)?;
-                let tag = cur.u64()?;
-                out.extend_from_slice(&tag.to_be_bytes());
-                copy(&mut cur, &mut out, 1)?;
-                short_string(&mut cur, &mut out, "exchange", &mut report)?;
-                short_string(&mut cur, &mut out, "routing_key", &mut report)?;
-                Some(tag)
-            })();
-            match tag {
-                Some(tag) => MethodKind::Delivery(tag),
-                None => return (MethodKind::Other, Checked::default()),
-            }
-        }
-        (ids::BASIC, ids::BASIC_GET_OK) => {
-            let tag = (|| {
+                if method == ids::BASIC_DELIVER {
+                    short_string(&mut cur, &mut out, "consumer_tag", &mut report)?;
+                }
                 let tag = cur.u64()?;
                 out.extend_from_slice(&tag.to_be_bytes());
                 copy(&mut cur, &mut out, 1)?;
