@@ -149,6 +149,8 @@ impl Publisher {
         health: &Health,
     ) -> Result<Publisher, BrokerError> {
         let connection = connect(&settings.amqp, Role::Publisher).await?;
+        // A new connection starts unblocked; the broker says so if it is not.
+        health.set_blocked(None);
         let blocked = Arc::new(AtomicBool::new(false));
         let connection_lost = Arc::new(AtomicBool::new(false));
         let watcher = watch(
@@ -280,12 +282,12 @@ fn watch(
                 Event::ConnectionBlocked(reason) => {
                     warn!(%reason, "broker blocked the publishing connection");
                     blocked.store(true, Ordering::Relaxed);
-                    health.set_blocked(true);
+                    health.set_blocked(Some(reason.to_string()));
                 }
                 Event::ConnectionUnblocked => {
                     info!("broker unblocked the publishing connection");
                     blocked.store(false, Ordering::Relaxed);
-                    health.set_blocked(false);
+                    health.set_blocked(None);
                 }
                 _ => {}
             }

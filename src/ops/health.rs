@@ -2,13 +2,13 @@
 //!
 //! - `GET /healthz`: 200 while the process runs (liveness).
 //! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
-//!   retrying publishes, isolating a refused publish, draining); the JSON body says which
-//!   and why, and carries the counters.
+//!   blocked by a broker alarm, retrying publishes, isolating a refused publish,
+//!   draining); the JSON body says which and why, and carries the counters.
 //! - `GET /metrics`: the [`Metrics`] in the OpenMetrics text format, for Prometheus.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -38,6 +38,9 @@ pub enum WorkerState {
     Connecting,
     /// Taking deliveries.
     Consuming,
+    /// Connected, but the broker blocks the publishing connection (a memory or disk
+    /// alarm): deliveries in flight are held until it clears.
+    Blocked,
     /// Publishes are failing transiently: deliveries are held and retried, no new ones
     /// taken.
     Retrying,
@@ -51,7 +54,8 @@ pub enum WorkerState {
 #[derive(Default)]
 struct Shared {
     state: Mutex<(WorkerState, Option<String>)>,
-    blocked: AtomicBool,
+    /// The broker's reason while it blocks the publishing connection.
+    blocked: Mutex<Option<String>>,
     consumed: AtomicU64,
     acked: AtomicU64,
     events_published: AtomicU64,
@@ -69,7 +73,7 @@ struct Shared {
 /// A point-in-time copy of the state.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct HealthSnapshot {
-    /// Consuming from the raw queue (`state` is `consuming`).
+    /// Consuming from the raw queue and free to publish (`state` is `consuming`).
     pub ready: bool,
     pub state: WorkerState,
     /// Why, when not consuming: the failure being retried, what is being isolated.
@@ -112,8 +116,10 @@ impl Health {
     pub fn state(&self) -> WorkerState {
         self.0.state.lock().unwrap_or_else(|e| e.into_inner()).0
     }
-    pub fn set_blocked(&self, blocked: bool) {
-        self.0.blocked.store(blocked, Ordering::Relaxed);
+    /// The broker blocked the publishing connection (`Some(its reason)`, e.g. "low on
+    /// memory") or unblocked it, or a new connection started (`None`).
+    pub fn set_blocked(&self, reason: Option<String>) {
+        *self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
     pub fn add_consumed(&self, redelivered: bool) {
         self.0.consumed.fetch_add(1, Ordering::Relaxed);
@@ -181,12 +187,21 @@ impl Health {
 
     pub fn snapshot(&self) -> HealthSnapshot {
         let s = &self.0;
-        let (state, reason) = s.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (mut state, mut reason) = s.state.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let blocked = s.blocked.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(alarm) = &blocked
+            && state == WorkerState::Consuming
+        {
+            state = WorkerState::Blocked;
+            reason = Some(format!(
+                "blocked by a broker alarm ({alarm}): publishing waits until it clears"
+            ));
+        }
         HealthSnapshot {
             ready: state == WorkerState::Consuming,
             state,
             reason,
-            blocked: s.blocked.load(Ordering::Relaxed),
+            blocked: blocked.is_some(),
             consumed: s.consumed.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
             events_published: s.events_published.load(Ordering::Relaxed),
@@ -288,6 +303,27 @@ mod tests {
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_alarm_makes_a_consuming_worker_not_ready_and_says_why() {
+        let health = Health::default();
+        health.set_state(WorkerState::Consuming, None);
+        health.set_blocked(Some("low on memory".into()));
+        let s = health.snapshot();
+        assert!(!s.ready && s.blocked);
+        assert_eq!(s.state, WorkerState::Blocked);
+        assert_eq!(
+            s.reason.as_deref(),
+            Some("blocked by a broker alarm (low on memory): publishing waits until it clears")
+        );
+        // Draining says draining, even while blocked.
+        health.set_state(WorkerState::Draining, None);
+        assert_eq!(health.snapshot().state, WorkerState::Draining);
+        health.set_state(WorkerState::Consuming, None);
+        health.set_blocked(None);
+        let s = health.snapshot();
+        assert!(s.ready && !s.blocked && s.reason.is_none());
     }
 
     #[tokio::test]

@@ -77,13 +77,22 @@ async fn a_memory_alarm_is_waited_out_without_redeliveries() {
         );
         // Several confirm timeouts pass while blocked.
         std::thread::sleep(Duration::from_secs(4));
-        let (_, doc) = worker.readiness();
+        let (status, doc) = worker.readiness();
+        // Not ready, and it says why.
+        assert_eq!(status, 503, "{doc}");
+        assert_eq!(doc["state"], "blocked", "{doc}");
+        let reason = doc["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("blocked by a broker alarm (low on memory)"),
+            "{doc}"
+        );
         assert_eq!(doc["acked"], 0, "{doc}");
         assert_eq!(doc["requeued"], 0, "{doc}");
         assert!(doc["consumed"].as_u64().unwrap() > 0, "{doc}");
     }
     assert_nothing_lost(&channel, &webhooks).await;
-    let (_, doc) = worker.readiness();
+    let (status, doc) = worker.readiness();
+    assert_eq!((status, &doc["state"]), (200, &"consuming".into()), "{doc}");
     assert_eq!(doc["requeued"], 0, "{doc}");
     assert_eq!(doc["blocked"], false, "{doc}");
     assert_eq!(doc["acked"], 300, "{doc}");
@@ -112,7 +121,8 @@ async fn a_second_signal_exits_at_once_without_loss() {
         );
         worker.signal("TERM");
         std::thread::sleep(Duration::from_millis(500));
-        assert!(worker.readiness().0 == 503, "draining, not ready");
+        let (status, doc) = worker.readiness();
+        assert_eq!((status, &doc["state"]), (503, &"draining".into()), "{doc}");
         worker.signal("TERM");
         assert_eq!(worker.wait_exit(Duration::from_secs(5)), Some(130));
     }
