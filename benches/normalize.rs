@@ -7,7 +7,7 @@
 
 #![allow(clippy::expect_used)]
 
-// The allocator the binary uses (see src/main.rs), so the figures are the worker's.
+// The allocator the binary uses (see src/bin/webhook-normalizer/main.rs), so the figures are the worker's.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -28,7 +28,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-// The allocator the binary uses (see src/main.rs), so the passthrough pays what the
+// The allocator the binary uses (see src/bin/webhook-normalizer/main.rs), so the passthrough pays what the
 // worker pays for allocation.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -19,6 +19,9 @@ pub const DEFAULTS: &str = include_str!("../config/default.toml");
 pub const ENV_PREFIX: &str = "NORMALIZER__";
 
 const MIB: usize = 1024 * 1024;
+const UNROUTED_MAX_LENGTH_LIMIT: u64 = 100_000_000;
+/// RabbitMQ takes a message TTL of at most 2^32-1 ms.
+const UNROUTED_MAX_AGE_LIMIT_SECS: u64 = u32::MAX as u64 / 1000;
 const HOUR_SECS: u64 = 3600;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +66,10 @@ pub struct OutputSettings {
     pub exchange: String,
     pub unrouted_exchange: String,
     pub unrouted_queue: String,
+    /// Most events `unrouted_queue` keeps (`x-max-length`); the oldest go first.
+    pub unrouted_max_length: u64,
+    /// Longest an event stays in `unrouted_queue` (`x-message-ttl`), seconds.
+    pub unrouted_max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -413,6 +420,18 @@ impl Settings {
                 return reject(key, "must be at most 255 bytes and not start with amq.");
             }
         }
+        if !(1..=UNROUTED_MAX_LENGTH_LIMIT).contains(&self.output.unrouted_max_length) {
+            return reject(
+                "output.unrouted_max_length",
+                "must be between 1 and 100000000",
+            );
+        }
+        if !(60..=UNROUTED_MAX_AGE_LIMIT_SECS).contains(&self.output.unrouted_max_age_secs) {
+            return reject(
+                "output.unrouted_max_age_secs",
+                "must be between 60 and 4294967 (RabbitMQ's message TTL is at most 2^32-1 ms)",
+            );
+        }
         if self.output.exchange == self.output.unrouted_exchange {
             return reject(
                 "output.unrouted_exchange",
@@ -616,6 +635,8 @@ mod tests {
         assert_eq!(s.output.exchange, "events.canonical");
         assert_eq!(s.output.unrouted_exchange, "events.unrouted");
         assert_eq!(s.output.unrouted_queue, "events.unrouted");
+        assert_eq!(s.output.unrouted_max_length, 100_000);
+        assert_eq!(s.output.unrouted_max_age_secs, 7 * 24 * 3600);
         assert_eq!(s.dead_letter.exchange, "webhooks.dead-letter");
         assert_eq!(s.dead_letter.queue, "normalizer.dead-letter");
         assert_eq!(s.limits.max_body_bytes, 1024 * 1024);
@@ -667,7 +688,7 @@ mod tests {
     #[test]
     fn durations_out_of_range_name_the_key_and_the_range() {
         let max = u64::MAX.to_string();
-        let cases: [(&str, &str, &str, &str); 12] = [
+        let cases: [(&str, &str, &str, &str); 16] = [
             (
                 "SHUTDOWN__DRAIN_TIMEOUT_SECS",
                 &max,
@@ -735,6 +756,30 @@ mod tests {
                 "input.delivery_limit",
                 "at least 1",
             ),
+            (
+                "OUTPUT__UNROUTED_MAX_LENGTH",
+                "0",
+                "output.unrouted_max_length",
+                "between 1 and 100000000",
+            ),
+            (
+                "OUTPUT__UNROUTED_MAX_LENGTH",
+                "100000001",
+                "output.unrouted_max_length",
+                "between 1 and 100000000",
+            ),
+            (
+                "OUTPUT__UNROUTED_MAX_AGE_SECS",
+                "59",
+                "output.unrouted_max_age_secs",
+                "between 60 and 4294967",
+            ),
+            (
+                "OUTPUT__UNROUTED_MAX_AGE_SECS",
+                "4294968",
+                "output.unrouted_max_age_secs",
+                "between 60 and 4294967",
+            ),
         ];
         for (var, value, key, range) in cases {
             let e = load_env(&[(&format!("{ENV_PREFIX}{var}"), value)])
@@ -751,8 +796,12 @@ mod tests {
             ("NORMALIZER__AMQP__RECONNECT_MAX_MS", "3600000"),
             ("NORMALIZER__RETRY__MAX_MS", "3600000"),
             ("NORMALIZER__RETRY__MAX_ELAPSED_SECS", "86400"),
+            ("NORMALIZER__OUTPUT__UNROUTED_MAX_LENGTH", "100000000"),
+            ("NORMALIZER__OUTPUT__UNROUTED_MAX_AGE_SECS", "4294967"),
         ])
         .unwrap();
+        assert_eq!(s.output.unrouted_max_length, 100_000_000);
+        assert_eq!(s.output.unrouted_max_age_secs, 4_294_967);
         assert_eq!(s.shutdown.drain_timeout(), Duration::ZERO);
         assert_eq!(s.retry.max(), Duration::from_secs(3600));
     }

@@ -28,9 +28,11 @@
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
-//!   commands (the walk itself is in [`broker`]).
+//!   commands; [`unrouted`]: the same for events nobody was bound for, for the
+//!   `unrouted` commands (the walk itself is in [`broker`]).
 //!
-//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters` and `redact` are pure: no I/O, no
+//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted` and
+//! `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
@@ -44,6 +46,7 @@ pub mod normalize;
 pub mod ops;
 pub mod redact;
 pub mod telemetry;
+pub mod unrouted;
 pub mod vendors;
 pub mod worker;
 

@@ -63,6 +63,9 @@ impl BrokerError {
 /// changes the configuration or the broker.
 const ACCESS_REFUSED: u16 = 403;
 const NOT_ALLOWED: u16 = 530;
+/// At session open, only a declaration meets it: a queue or exchange exists with other
+/// arguments than the configuration declares.
+const PRECONDITION_FAILED: u16 = 406;
 
 impl BrokerError {
     /// The broker's reply code, when it refused or closed something.
@@ -79,9 +82,13 @@ impl BrokerError {
     }
 
     /// Whether retrying cannot help until the configuration or the broker changes
-    /// (wrong credentials, no access to the vhost).
+    /// (wrong credentials, no access to the vhost, a queue declared with other
+    /// arguments). Meant for errors opening a session.
     pub fn is_permanent(&self) -> bool {
-        matches!(self.reply_code(), Some(ACCESS_REFUSED | NOT_ALLOWED))
+        matches!(
+            self.reply_code(),
+            Some(ACCESS_REFUSED | NOT_ALLOWED | PRECONDITION_FAILED)
+        )
     }
 
     /// What an operator can do about it, when we know.
@@ -89,6 +96,9 @@ impl BrokerError {
         match self.reply_code() {
             Some(ACCESS_REFUSED) => Some(
                 "check the user name and password in amqp.url (RabbitMQ refuses guest from other hosts than localhost)",
+            ),
+            Some(PRECONDITION_FAILED) => Some(
+                "a queue or exchange exists with other arguments than this configuration declares (the error names it and the argument): a changed setting or an older version declared it; see docs/operations.md, \"Changing a queue's arguments\"",
             ),
             Some(NOT_ALLOWED) => Some(
                 "the user has no access to the vhost, or it does not exist: `rabbitmqctl add_vhost` and `rabbitmqctl set_permissions -p VHOST USER '.*' '.*' '.*'`",

@@ -13,13 +13,14 @@ mod raw;
 mod session;
 mod settler;
 mod topology;
+mod unrouted;
+mod walk;
 pub mod wire;
 
 pub use connection::connect;
-pub use dlq::{
-    Action, REPLAY_COUNT, WalkError, WalkSummary, walk_and_replay, walk_dead_letters,
-    walk_with_properties,
-};
+pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};
 pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};
+pub use unrouted::walk_unrouted;
+pub use walk::{Action, Progress, WINDOW, WalkError, WalkSummary};

@@ -29,9 +29,10 @@ pub async fn declare_topology(settings: &Settings) -> Result<(), BrokerError> {
 ///   the queue has `x-delivery-limit` and dead-letters, at least once, to the dead-letter
 ///   exchange with routing key `unknown.delivery_limit`; with
 ///   `input.single_active_consumer`, also `x-single-active-consumer`.
-/// - `output.unrouted_exchange` (fanout) and `output.unrouted_queue` (quorum) bound to it,
-///   then `output.exchange` (topic) with it as `alternate-exchange`, so events nobody is
-///   bound for are kept rather than dropped.
+/// - `output.unrouted_exchange` (fanout) and `output.unrouted_queue` (quorum, bounded by
+///   `x-max-length` and `x-message-ttl`) bound to it, then `output.exchange` (topic) with
+///   it as `alternate-exchange`, so events nobody is bound for are kept for a while
+///   rather than dropped.
 /// - `dead_letter.exchange` (topic) and `dead_letter.queue` (quorum) bound with `#`.
 pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
@@ -59,7 +60,12 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
     )
     .await
     .map_err(BrokerError::amqp("declaring the unrouted exchange"))?;
-    declare_quorum_queue(channel, &s.output.unrouted_queue, FieldTable::default()).await?;
+    declare_quorum_queue(
+        channel,
+        &s.output.unrouted_queue,
+        unrouted_queue_arguments(s),
+    )
+    .await?;
     bind(
         channel,
         &s.output.unrouted_queue,
@@ -96,6 +102,25 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
         &s.input.binding_key,
     )
     .await
+}
+
+/// The unrouted queue's bound: at most `output.unrouted_max_length` events, none older
+/// than `output.unrouted_max_age_secs`; past either the broker drops the oldest
+/// (`drop-head`, the default overflow), so publishing to the canonical exchange never
+/// fails for want of a binding.
+fn unrouted_queue_arguments(s: &Settings) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(i64::try_from(s.output.unrouted_max_length).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(
+            i64::try_from(s.output.unrouted_max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ),
+    );
+    args
 }
 
 /// The arguments of the raw input queue (besides `x-queue-type: quorum`): a delivery

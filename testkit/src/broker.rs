@@ -98,7 +98,7 @@ impl TestVhost {
     }
 
     /// `rabbitmqctl` on the vhost's broker, asserted to succeed.
-    fn rabbitmqctl(&self, args: &[&str]) -> std::process::Output {
+    pub fn rabbitmqctl(&self, args: &[&str]) -> std::process::Output {
         match &self.node {
             Some(node) => rabbitmqctl(&[&["-n", node.as_str()], args].concat()),
             None => rabbitmqctl(args),

@@ -499,3 +499,131 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
     let left = listed_message_ids(&vhost);
     assert_eq!(left, others);
 }
+
+/// A long walk shows a progress bar when stderr is a terminal (here a pseudo-terminal
+/// from `script`), and nothing but the one-line summary when it is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_walk_shows_progress_on_a_terminal_only() {
+    let vhost = TestVhost::new("dlqprogress");
+    declare_topology(&vhost);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let body = br#"{"not": "a webhook"}"#;
+    let dead_letter = BasicProperties::default()
+        .with_message_id("filler".into())
+        .with_headers(worker_dead_letter_headers());
+    publish_confirmed(
+        &channel,
+        "",
+        DLQ,
+        (0..400).map(|_| (&body[..], dead_letter.clone())),
+    )
+    .await;
+
+    let piped = dlq_command(&vhost, &["stats"]);
+    let err = String::from_utf8_lossy(&piped.stderr);
+    assert_eq!(err.lines().count(), 1, "only the summary: {err}");
+    assert!(err.starts_with("400 dead letters read"), "{err}");
+
+    let command = format!(
+        "{} dlq stats >/dev/null",
+        env!("CARGO_BIN_EXE_webhook-normalizer")
+    );
+    let child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let on_terminal = output_within(child, Duration::from_secs(60));
+    assert!(on_terminal.status.success());
+    let shown = String::from_utf8_lossy(&on_terminal.stdout);
+    assert!(shown.contains("/400 dead letters"), "{shown:?}");
+    assert!(shown.contains("400 dead letters read"), "{shown:?}");
+    assert_eq!(queue_depth(&channel, DLQ).await, 400);
+}
+
+/// The headers of a dead letter the worker made (the shape the `dlq` commands read).
+fn worker_dead_letter_headers() -> FieldTable {
+    let mut headers = FieldTable::default();
+    for (name, value) in [
+        ("x-normalizer-error-kind", "invalid_json"),
+        ("x-normalizer-error", "expected value at line 1 column 1"),
+        ("x-normalizer-failed-at", "2026-01-01T00:00:00Z"),
+        ("x-original-exchange", "webhooks.raw"),
+        ("x-original-routing-key", "gateway"),
+    ] {
+        headers.insert(name.into(), AMQPValue::LongString(value.into()));
+    }
+    headers
+}
+
+/// Why the runbook says not to set `x-delivery-limit: -1` ("unlimited" on RabbitMQ 4.x)
+/// on 3.x: there a message returned once to such a queue is dropped. On 4.x the same
+/// message stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_limit_of_minus_one() {
+    let vhost = TestVhost::new("dlminus1");
+    let conn = vhost.connect().await;
+    let version = String::from_utf8(rabbitmqctl(&["version"]).stdout).unwrap();
+    let version = version.trim();
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(-1));
+    channel
+        .queue_declare(
+            "minus1".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    publish_confirmed(
+        &channel,
+        "",
+        "minus1",
+        [(&b"kept?"[..], BasicProperties::default())],
+    )
+    .await;
+    let got = channel
+        .basic_get("minus1".into(), lapin::options::BasicGetOptions::default())
+        .await
+        .unwrap()
+        .expect("the message");
+    got.delivery
+        .acker
+        .reject(lapin::options::BasicRejectOptions { requeue: true })
+        .await
+        .unwrap();
+    // Settled once the queue counts it neither ready nor unacknowledged, or ready.
+    let _ = channel.close(200, "done".into()).await;
+    let mut left = String::new();
+    wait_until(Duration::from_secs(10), "the return to settle", || {
+        let out = vhost.rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "-p",
+            &vhost.name,
+            "--no-table-headers",
+            "messages_ready",
+            "messages_unacknowledged",
+        ]);
+        left = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        left.ends_with("\t0")
+    });
+    let left: u32 = left.split('\t').next().unwrap().parse().unwrap();
+    if version.starts_with("3.") {
+        assert_eq!(left, 0, "RabbitMQ {version} dropped it");
+    } else {
+        assert_eq!(left, 1, "RabbitMQ {version} kept it");
+    }
+}

@@ -14,11 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::dead_letters::{self, Filter, Stats};
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
 use webhook_normalizer::telemetry::TelemetryError;
 use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker};
+
+mod dlq;
+mod progress;
+mod unrouted;
+
+use dlq::DlqCommand;
+use progress::ProgressBar;
+use unrouted::UnroutedCommand;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -29,7 +36,7 @@ const EXIT_DATA_ERROR: u8 = 65;
 const EXIT_UNAVAILABLE: u8 = 69;
 /// sysexits.h EX_CONFIG: the configuration is invalid.
 const EXIT_CONFIG: u8 = 78;
-/// EX_TEMPFAIL: another `dlq` command holds the dead-letter queue; try again later.
+/// EX_TEMPFAIL: another `dlq` or `unrouted` command holds the queue; try again later.
 const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
@@ -80,115 +87,22 @@ enum Command {
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
-    /// Look at the dead-letter queue without changing it (same configuration as `run`).
+    /// Look at, replay, export or purge dead letters (same configuration as `run`).
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// Send on events nobody was bound for, once a team binds for them (same configuration
+    /// as `run`).
+    Unrouted {
+        #[command(subcommand)]
+        command: UnroutedCommand,
     },
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
     EventTypes {
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
         format: TableFormat,
     },
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// Dead letters grouped by vendor and error kind: count, oldest, newest, the most
-    /// common detail. Reads every dead letter and leaves each as it was.
-    Stats {
-        #[command(flatten)]
-        filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// One line per dead letter: age, vendor, kind, where it was published, size,
-    /// message id, detail. Reads every dead letter and leaves each as it was.
-    Peek {
-        /// Print at most this many.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Also print each body (as JSON text). Bodies hold personal data.
-        #[arg(long)]
-        show_body: bool,
-        #[command(flatten)]
-        filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Publish matching dead letters to where their raw messages were first published,
-    /// as they were then, confirmed; only then are they taken off the dead-letter queue.
-    /// The others stay as they were. Prints one line per message replayed.
-    Replay {
-        /// Replay at most this many.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// At most this many a second.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// List and count what would be replayed; move nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[command(flatten)]
-        filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Write matching dead letters to FILE as JSON Lines (what they are, their routing key
-    /// and properties, the body in base64), leaving each as it was. FILE must not exist.
-    Export {
-        file: PathBuf,
-        #[command(flatten)]
-        filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-    /// Remove matching dead letters for good. Needs --yes; export them first.
-    Purge {
-        /// Yes, remove them.
-        #[arg(long)]
-        yes: bool,
-        #[command(flatten)]
-        filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-}
-
-/// Which dead letters a `dlq` command acts on; all that are given must match.
-#[derive(clap::Args)]
-struct DlqFilter {
-    /// A vendor key, or `unknown`.
-    #[arg(long)]
-    vendor: Option<String>,
-    /// An error kind (`invalid_json`, …) or `delivery_limit`.
-    #[arg(long)]
-    kind: Option<String>,
-    /// The raw message's `message_id`.
-    #[arg(long)]
-    message_id: Option<String>,
-    /// Dead-lettered before this time (RFC 3339).
-    #[arg(long, value_parser = parse_rfc3339)]
-    failed_before: Option<DateTime<Utc>>,
-    /// Dead-lettered after this time (RFC 3339).
-    #[arg(long, value_parser = parse_rfc3339)]
-    failed_after: Option<DateTime<Utc>>,
-    /// The routing key the raw message was published with.
-    #[arg(long)]
-    routing_key: Option<String>,
-}
-
-impl From<DlqFilter> for Filter {
-    fn from(f: DlqFilter) -> Filter {
-        Filter {
-            vendor: f.vendor,
-            kind: f.kind,
-            message_id: f.message_id,
-            failed_before: f.failed_before,
-            failed_after: f.failed_after,
-            routing_key: f.routing_key,
-        }
-    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -199,6 +113,14 @@ enum TableFormat {
     Json,
     /// A Markdown table.
     Markdown,
+}
+
+/// A rate: a positive number of messages a second.
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err("must be a positive number of messages a second".into()),
+    }
 }
 
 /// A limit: 0 would refuse every body.
@@ -309,199 +231,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
-        Command::Dlq { command } => dlq(command),
+        Command::Dlq { command } => dlq::dlq(command),
+        Command::Unrouted { command } => unrouted::unrouted(command),
     }
 }
 
-/// What a `dlq` command does with each matching dead letter.
-enum DlqMode {
-    Stats,
-    Peek { show_body: bool },
-    Replay { dry_run: bool },
-    Export { file: PathBuf },
-    Purge,
-}
-
-/// Runs a `dlq` command: one walk of the dead-letter queue.
-fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
-    let (mode, filter, limit, rate, config) = match command {
-        DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
-        DlqCommand::Peek {
-            limit,
-            show_body,
-            filter,
-            config,
-        } => (DlqMode::Peek { show_body }, filter, limit, None, config),
-        DlqCommand::Replay {
-            limit,
-            rate,
-            dry_run,
-            filter,
-            config,
-        } => {
-            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-                report(format_args!(
-                    "error: --rate must be a positive number of messages a second"
-                ));
-                return Ok(ExitCode::from(2));
-            }
-            (DlqMode::Replay { dry_run }, filter, limit, rate, config)
-        }
-        DlqCommand::Export {
-            file,
-            filter,
-            config,
-        } => (DlqMode::Export { file }, filter, None, None, config),
-        DlqCommand::Purge {
-            yes,
-            filter,
-            config,
-        } => {
-            if !yes {
-                report(format_args!(
-                    "error: dlq purge removes dead letters for good and needs --yes; keep a copy first with `dlq export FILE` and the same filters"
-                ));
-                return Ok(ExitCode::from(2));
-            }
-            (DlqMode::Purge, filter, None, None, config)
-        }
-    };
-    let filter: Filter = filter.into();
-    let settings = match configure(config.as_deref()) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
-    let mut export = match &mode {
-        DlqMode::Export { file } => match std::fs::File::create_new(file) {
-            Ok(f) => Some(io::BufWriter::new(f)),
-            Err(e) => {
-                report(format_args!("error: cannot create {}: {e}", file.display()));
-                return Ok(ExitCode::FAILURE);
-            }
-        },
-        _ => None,
-    };
-    let now = Utc::now();
-    let mut stats = Stats::default();
-    let mut picked = 0u64;
-    let mut matched = 0u64;
-    let mut out = io::stdout().lock();
-    let mut write_failed: Option<io::Error> = None;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let walked = runtime.block_on(broker::walk_with_properties(
-        &settings,
-        rate,
-        |info, body, properties| {
-            if !filter.matches(info) {
-                return broker::Action::Keep;
-            }
-            matched += 1;
-            if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
-                return broker::Action::Keep;
-            }
-            let replay = matches!(mode, DlqMode::Replay { .. });
-            if replay && info.original_exchange.is_empty() {
-                // Where it came from is unknown: it cannot be replayed.
-                return broker::Action::Keep;
-            }
-            picked += 1;
-            let line = match &mode {
-                DlqMode::Stats => {
-                    stats.add(info);
-                    return broker::Action::Keep;
-                }
-                DlqMode::Export { .. } => {
-                    let record = dead_letters::export_record(info, body, properties);
-                    if let Some(w) = export.as_mut()
-                        && let Err(e) = writeln!(w, "{record}")
-                    {
-                        write_failed = Some(e);
-                    }
-                    return broker::Action::Keep;
-                }
-                DlqMode::Peek { show_body: true } => {
-                    let body = String::from_utf8_lossy(body).into_owned();
-                    format!(
-                        "{}\t{}",
-                        dead_letters::peek_line(info, now),
-                        serde_json::Value::String(body)
-                    )
-                }
-                _ => dead_letters::peek_line(info, now),
-            };
-            if let Err(e) = writeln!(out, "{line}") {
-                write_failed = Some(e);
-            }
-            match mode {
-                DlqMode::Replay { dry_run: false } => broker::Action::Replay,
-                DlqMode::Purge => broker::Action::Drop,
-                _ => broker::Action::Keep,
-            }
-        },
-    ));
-    let summary = match walked {
-        Ok(summary) => summary,
-        Err(e @ broker::WalkError::Locked { .. }) => {
-            report(format_args!("error: {e}"));
-            return Ok(ExitCode::from(EXIT_TEMPFAIL));
-        }
-        Err(e) => {
-            report(format_args!("error: {e}"));
-            return Ok(ExitCode::from(EXIT_UNAVAILABLE));
-        }
-    };
-    if let Some(mut w) = export.take()
-        && let Err(e) = w.flush()
-    {
-        write_failed.get_or_insert(e);
+/// Reports why a `dlq` or `unrouted` walk failed: EX_TEMPFAIL when another holds the
+/// queue, EX_UNAVAILABLE otherwise.
+fn walk_failed(e: &broker::WalkError) -> ExitCode {
+    report(format_args!("error: {e}"));
+    match e {
+        broker::WalkError::Locked { .. } => ExitCode::from(EXIT_TEMPFAIL),
+        _ => ExitCode::from(EXIT_UNAVAILABLE),
     }
-    if let DlqMode::Stats = mode {
-        for line in dead_letters::stats_lines(&stats) {
-            if let Err(e) = writeln!(out, "{line}") {
-                write_failed = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = write_failed {
-        return written_to_stdout(Err(e));
-    }
-    let _ = out.flush();
-    let queue = &settings.dead_letter.queue;
-    let read = summary.read;
-    match mode {
-        DlqMode::Stats | DlqMode::Peek { .. } => report(format_args!(
-            "{read} dead letters read in {queue}, {matched} matched; each left as it was"
-        )),
-        DlqMode::Export { file } => report(format_args!(
-            "{picked} dead letters written to {} ({matched} matched, {read} read in {queue}); each left as it was",
-            file.display()
-        )),
-        DlqMode::Replay { dry_run: true } => report(format_args!(
-            "dry run: {picked} of {matched} matching dead letters would be replayed ({read} read in {queue}); nothing moved"
-        )),
-        DlqMode::Replay { dry_run: false } => report(format_args!(
-            "{} replayed, confirmed and taken off {queue} ({matched} matched, {read} read); the others left as they were",
-            summary.replayed
-        )),
-        DlqMode::Purge => report(format_args!(
-            "{} purged from {queue} ({matched} matched, {read} read); the others left as they were",
-            summary.dropped
-        )),
-    }
-    if summary.unroutable > 0 {
-        report(format_args!(
-            "warning: {} could not be replayed (their exchange routes them nowhere); they stay dead letters",
-            summary.unroutable
-        ));
-    }
-    if summary.read < summary.at_start {
-        report(format_args!(
-            "warning: {} were present at the start but another consumer took them first",
-            summary.at_start - summary.read
-        ));
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints an invalid configuration's message (which names the key): EX_CONFIG.

@@ -1,0 +1,292 @@
+//! `webhook-normalizer dlq …`: one walk of the dead-letter queue per command.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use webhook_normalizer::broker;
+use webhook_normalizer::dead_letters::{self, Filter, Stats};
+
+use super::{
+    ProgressBar, configure, parse_rfc3339, positive_rate, report, walk_failed, written_to_stdout,
+};
+
+#[derive(Subcommand)]
+pub(super) enum DlqCommand {
+    /// Dead letters grouped by vendor and error kind: count, oldest, newest, the most
+    /// common detail. Reads every dead letter and leaves each as it was.
+    Stats {
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// One line per dead letter: age, vendor, kind, where it was published, size,
+    /// message id, detail. Reads every dead letter and leaves each as it was.
+    Peek {
+        /// Print at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Also print each body (as JSON text). Bodies hold personal data.
+        #[arg(long)]
+        show_body: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish matching dead letters to where their raw messages were first published,
+    /// as they were then, confirmed; only then are they taken off the dead-letter queue.
+    /// The others stay as they were. Prints one line per message replayed.
+    Replay {
+        /// Replay at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// At most this many a second.
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+        /// List and count what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Write matching dead letters to FILE as JSON Lines (what they are, their routing key
+    /// and properties, the body in base64), leaving each as it was. FILE must not exist.
+    Export {
+        file: PathBuf,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Remove matching dead letters for good. Needs --yes; export them first.
+    Purge {
+        /// Yes, remove them.
+        #[arg(long)]
+        yes: bool,
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Which dead letters a `dlq` command acts on; all that are given must match.
+#[derive(clap::Args)]
+pub(super) struct DlqFilter {
+    /// A vendor key, or `unknown`.
+    #[arg(long)]
+    vendor: Option<String>,
+    /// An error kind (`invalid_json`, …) or `delivery_limit`.
+    #[arg(long)]
+    kind: Option<String>,
+    /// The raw message's `message_id`.
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Dead-lettered before this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    failed_before: Option<DateTime<Utc>>,
+    /// Dead-lettered after this time (RFC 3339).
+    #[arg(long, value_parser = parse_rfc3339)]
+    failed_after: Option<DateTime<Utc>>,
+    /// The routing key the raw message was published with.
+    #[arg(long)]
+    routing_key: Option<String>,
+}
+
+impl From<DlqFilter> for Filter {
+    fn from(f: DlqFilter) -> Filter {
+        Filter {
+            vendor: f.vendor,
+            kind: f.kind,
+            message_id: f.message_id,
+            failed_before: f.failed_before,
+            failed_after: f.failed_after,
+            routing_key: f.routing_key,
+        }
+    }
+}
+
+/// What a `dlq` command does with each matching dead letter.
+enum DlqMode {
+    Stats,
+    Peek { show_body: bool },
+    Replay { dry_run: bool },
+    Export { file: PathBuf },
+    Purge,
+}
+
+/// Runs a `dlq` command: one walk of the dead-letter queue.
+pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+    let (mode, filter, limit, rate, config) = match command {
+        DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
+        DlqCommand::Peek {
+            limit,
+            show_body,
+            filter,
+            config,
+        } => (DlqMode::Peek { show_body }, filter, limit, None, config),
+        DlqCommand::Replay {
+            limit,
+            rate,
+            dry_run,
+            filter,
+            config,
+        } => (DlqMode::Replay { dry_run }, filter, limit, rate, config),
+        DlqCommand::Export {
+            file,
+            filter,
+            config,
+        } => (DlqMode::Export { file }, filter, None, None, config),
+        DlqCommand::Purge {
+            yes,
+            filter,
+            config,
+        } => {
+            if !yes {
+                report(format_args!(
+                    "error: dlq purge removes dead letters for good and needs --yes; keep a copy first with `dlq export FILE` and the same filters"
+                ));
+                return Ok(ExitCode::from(2));
+            }
+            (DlqMode::Purge, filter, None, None, config)
+        }
+    };
+    let filter: Filter = filter.into();
+    let settings = match configure(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let mut export = match &mode {
+        DlqMode::Export { file } => match std::fs::File::create_new(file) {
+            Ok(f) => Some(io::BufWriter::new(f)),
+            Err(e) => {
+                report(format_args!("error: cannot create {}: {e}", file.display()));
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+        _ => None,
+    };
+    let now = Utc::now();
+    let mut stats = Stats::default();
+    let mut picked = 0u64;
+    let mut matched = 0u64;
+    let mut out = io::stdout().lock();
+    let mut write_failed: Option<io::Error> = None;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut bar = ProgressBar::new("dead letters");
+    let walked = runtime.block_on(broker::walk_dead_letters(
+        &settings,
+        rate,
+        &mut |p| bar.update(p),
+        |info, body, properties| {
+            if !filter.matches(info) {
+                return broker::Action::Keep;
+            }
+            matched += 1;
+            if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
+                return broker::Action::Keep;
+            }
+            let replay = matches!(mode, DlqMode::Replay { .. });
+            if replay && info.original_exchange.is_empty() {
+                // Where it came from is unknown: it cannot be replayed.
+                return broker::Action::Keep;
+            }
+            picked += 1;
+            let line = match &mode {
+                DlqMode::Stats => {
+                    stats.add(info);
+                    return broker::Action::Keep;
+                }
+                DlqMode::Export { .. } => {
+                    let record = dead_letters::export_record(info, body, properties);
+                    if let Some(w) = export.as_mut()
+                        && let Err(e) = writeln!(w, "{record}")
+                    {
+                        write_failed = Some(e);
+                    }
+                    return broker::Action::Keep;
+                }
+                DlqMode::Peek { show_body: true } => {
+                    let body = String::from_utf8_lossy(body).into_owned();
+                    format!(
+                        "{}\t{}",
+                        dead_letters::peek_line(info, now),
+                        serde_json::Value::String(body)
+                    )
+                }
+                _ => dead_letters::peek_line(info, now),
+            };
+            if let Err(e) = writeln!(out, "{line}") {
+                write_failed = Some(e);
+            }
+            match mode {
+                DlqMode::Replay { dry_run: false } => broker::Action::Replay,
+                DlqMode::Purge => broker::Action::Drop,
+                _ => broker::Action::Keep,
+            }
+        },
+    ));
+    bar.finish();
+    let summary = match walked {
+        Ok(summary) => summary,
+        Err(e) => return Ok(walk_failed(&e)),
+    };
+    if let Some(mut w) = export.take()
+        && let Err(e) = w.flush()
+    {
+        write_failed.get_or_insert(e);
+    }
+    if let DlqMode::Stats = mode {
+        for line in dead_letters::stats_lines(&stats) {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = write_failed {
+        return written_to_stdout(Err(e));
+    }
+    let _ = out.flush();
+    let queue = &settings.dead_letter.queue;
+    let read = summary.read;
+    match mode {
+        DlqMode::Stats | DlqMode::Peek { .. } => report(format_args!(
+            "{read} dead letters read in {queue}, {matched} matched; each left as it was"
+        )),
+        DlqMode::Export { file } => report(format_args!(
+            "{picked} dead letters written to {} ({matched} matched, {read} read in {queue}); each left as it was",
+            file.display()
+        )),
+        DlqMode::Replay { dry_run: true } => report(format_args!(
+            "dry run: {picked} of {matched} matching dead letters would be replayed ({read} read in {queue}); nothing moved"
+        )),
+        DlqMode::Replay { dry_run: false } => report(format_args!(
+            "{} replayed, confirmed and taken off {queue} ({matched} matched, {read} read); the others left as they were",
+            summary.replayed
+        )),
+        DlqMode::Purge => report(format_args!(
+            "{} purged from {queue} ({matched} matched, {read} read); the others left as they were",
+            summary.dropped
+        )),
+    }
+    if summary.unroutable > 0 {
+        report(format_args!(
+            "warning: {} could not be replayed (their exchange routes them nowhere); they stay dead letters",
+            summary.unroutable
+        ));
+    }
+    if summary.read < summary.at_start {
+        report(format_args!(
+            "warning: {} were present at the start but another consumer took them first",
+            summary.at_start - summary.read
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}

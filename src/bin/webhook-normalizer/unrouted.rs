@@ -1,0 +1,156 @@
+//! `webhook-normalizer unrouted …`: one walk of the unrouted queue per command.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use webhook_normalizer::broker::{self, Action};
+use webhook_normalizer::canonical::rfc3339_utc;
+use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
+
+use super::{ProgressBar, configure, positive_rate, report, walk_failed, written_to_stdout};
+
+#[derive(Subcommand)]
+pub(super) enum UnroutedCommand {
+    /// Kept events grouped by type: count, bytes, oldest and newest event time. Reads
+    /// every kept event and leaves each as it was.
+    Stats {
+        /// Only types matching this binding pattern (`deel.contract.*`, `*.background_check.completed`, `deel.#`).
+        #[arg(long = "type", value_parser = type_pattern)]
+        pattern: Option<TypePattern>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Publish kept events to the canonical exchange, as they were first published,
+    /// confirmed; only then are they taken off the unrouted queue. Bind for them first:
+    /// one that still nobody is bound for goes back to the unrouted queue. Prints one line
+    /// per event sent: type, id, time, bytes.
+    Replay {
+        /// Only types matching this binding pattern (`deel.contract.*`, `*.background_check.completed`, `deel.#`);
+        /// without it, every kept event.
+        #[arg(long = "type", value_parser = type_pattern)]
+        pattern: Option<TypePattern>,
+        /// Send at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// At most this many a second.
+        #[arg(long, value_parser = positive_rate)]
+        rate: Option<f64>,
+        /// List and count what would be sent; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn type_pattern(s: &str) -> Result<TypePattern, String> {
+    TypePattern::parse(s).map_err(|e| e.to_string())
+}
+
+/// One event: type, id, time, bytes. Ids are the worker's own (UUIDs), never personal.
+fn event_line(e: &UnroutedEvent) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        e.event_type,
+        e.id.as_deref().unwrap_or("-"),
+        e.time
+            .map_or_else(|| "-".to_owned(), |t| rfc3339_utc::format(&t)),
+        e.size
+    )
+}
+
+/// Runs an `unrouted` command: one walk of the unrouted queue.
+pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
+    let (pattern, limit, rate, dry_run, stats_only, config) = match command {
+        UnroutedCommand::Stats { pattern, config } => (pattern, None, None, true, true, config),
+        UnroutedCommand::Replay {
+            pattern,
+            limit,
+            rate,
+            dry_run,
+            config,
+        } => (pattern, limit, rate, dry_run, false, config),
+    };
+    let settings = match configure(config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let mut stats = Stats::default();
+    let (mut matched, mut picked) = (0u64, 0u64);
+    let mut out = io::stdout().lock();
+    let mut write_failed: Option<io::Error> = None;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut bar = ProgressBar::new("unrouted events");
+    let walked = runtime.block_on(broker::walk_unrouted(
+        &settings,
+        rate,
+        &mut |p| bar.update(p),
+        |event| {
+            if pattern
+                .as_ref()
+                .is_some_and(|p| !p.matches(&event.event_type))
+            {
+                return Action::Keep;
+            }
+            matched += 1;
+            if stats_only {
+                stats.add(event);
+                return Action::Keep;
+            }
+            if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
+                return Action::Keep;
+            }
+            picked += 1;
+            if let Err(e) = writeln!(out, "{}", event_line(event)) {
+                write_failed = Some(e);
+            }
+            if dry_run {
+                Action::Keep
+            } else {
+                Action::Replay
+            }
+        },
+    ));
+    bar.finish();
+    let summary = match walked {
+        Ok(summary) => summary,
+        Err(e) => return Ok(walk_failed(&e)),
+    };
+    if stats_only {
+        for line in stats.lines() {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_failed = Some(e);
+                break;
+            }
+        }
+    }
+    if let Some(e) = write_failed {
+        return written_to_stdout(Err(e));
+    }
+    let _ = out.flush();
+    let (queue, exchange) = (&settings.output.unrouted_queue, &settings.output.exchange);
+    let read = summary.read;
+    if stats_only {
+        report(format_args!(
+            "{read} events read in {queue}, {matched} matched; each left as it was"
+        ));
+    } else if dry_run {
+        report(format_args!(
+            "dry run: {picked} of {matched} matching events would be sent to {exchange} ({read} read in {queue}); nothing moved"
+        ));
+    } else {
+        report(format_args!(
+            "{} sent to {exchange}, confirmed and taken off {queue} ({matched} matched, {read} read); those still unbound are back at the tail of {queue}",
+            summary.replayed
+        ));
+    }
+    if summary.read < summary.at_start {
+        report(format_args!(
+            "warning: {} were present at the start but another consumer took them first",
+            summary.at_start - summary.read
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,417 @@
+//! Walking a queue we keep messages in (the dead-letter queue, the unrouted queue)
+//! without changing it, for the `dlq` and `unrouted` commands.
+//!
+//! Looking at a message in a queue means taking it. Taking it and giving it back
+//! (`basic.reject`/`nack` with requeue) raises its delivery count, and a quorum queue
+//! with a delivery limit (RabbitMQ 4.x: 20 by default) eventually drops it. So a walk
+//! never requeues:
+//!
+//! 1. It takes a lock: an exclusive queue `{queue}.lock`, which the broker lets one
+//!    connection hold and removes when that connection ends, however it ends. A second
+//!    walk fails at once with a clear message.
+//! 2. It counts the messages present (`queue.declare`, passive) and takes exactly that
+//!    many, in queue order (`basic.get`), so it always ends and never meets its own
+//!    output.
+//! 3. For each: it publishes a copy to the tail of the same queue (through the default
+//!    exchange, so that no other queue bound where the message came from gets one), with
+//!    the same body and properties, its routing key kept in a header and no
+//!    `x-delivery-count`; and once the broker has confirmed the copy, acks the original.
+//! 4. Or, for a message the caller picks, it sends it on instead (a replay), confirmed,
+//!    and then acks it: it leaves the queue. If it comes back as unroutable, a copy is
+//!    kept as in 3. Or it drops it (acks it without a copy).
+//!
+//! Publishes are pipelined: up to [`WINDOW`] messages are in hand at once, each acked in
+//! order once its own publish is confirmed. After a whole walk the queue holds the same
+//! messages in the same order (messages that arrived meanwhile may sit among them; a
+//! replay that came back sits a little later). Killed at any point, nothing is lost: the
+//! messages in hand are at worst both copied (or sent) and, unacked, given back to the
+//! queue, where the next walk's copy starts their delivery count again.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use lapin::Acker;
+use lapin::PublisherConfirm;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+
+use super::connection::connect;
+use super::error::{BrokerError, Role};
+use crate::config::Settings;
+
+/// Messages in hand at once: taken, their copy or replay published, not yet acked.
+/// Killed mid-walk, at most this many are both copied and given back.
+pub const WINDOW: usize = 32;
+
+/// What to do with one message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Leave it in the queue (a copy goes to the tail).
+    Keep,
+    /// Send it on (where, the caller's walk says) and take it off the queue.
+    Replay,
+    /// Take it off the queue for good.
+    Drop,
+}
+
+/// What the walk does with one message: [`Action`] with the replay's destination.
+pub(crate) enum Step {
+    Keep,
+    Send {
+        exchange: String,
+        routing_key: String,
+        properties: Box<BasicProperties>,
+    },
+    Drop,
+}
+
+/// Which queue to walk, and how.
+pub(crate) struct Walk<'a> {
+    /// The command walking it (`dlq`, `unrouted`), for messages.
+    pub(crate) command: &'static str,
+    pub(crate) queue: &'a str,
+    /// The header a copy keeps the message's routing key in (a copy's own is the queue's
+    /// name).
+    pub(crate) routing_key_header: &'a str,
+    /// At most this many replays a second.
+    pub(crate) per_second: Option<f64>,
+}
+
+/// How far a walk is: called once the count is known, then after each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u64,
+    pub at_start: u64,
+}
+
+/// What a walk saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalkSummary {
+    /// Messages in the queue when the walk started.
+    pub at_start: u64,
+    /// Messages it read.
+    pub read: u64,
+    /// Of those, replayed (confirmed, taken off the queue).
+    pub replayed: u64,
+    /// Picked for replay but returned as unroutable: kept.
+    pub unroutable: u64,
+    /// Taken off the queue for good.
+    pub dropped: u64,
+}
+
+/// Why a walk could not run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WalkError {
+    #[error(
+        "another {command} command is working on {queue} (it holds the exclusive queue {lock}); try again when it has finished"
+    )]
+    Locked {
+        command: &'static str,
+        queue: String,
+        lock: String,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("not confirmed ({0}); the message stays in the queue")]
+    NotConfirmed(String),
+}
+
+/// Reads every message present in `walk.queue` when it starts, in order; `decide` says
+/// what becomes of each (see the module's documentation).
+pub(crate) async fn walk_queue(
+    settings: &Settings,
+    walk: Walk<'_>,
+    progress: &mut dyn FnMut(Progress),
+    mut decide: impl FnMut(&Delivery, &str) -> Step,
+) -> Result<WalkSummary, WalkError> {
+    let queue = walk.queue;
+    let connection = connect(&settings.amqp, Role::Admin).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("opening a channel"))?;
+    let lock = format!("{queue}.lock");
+    channel
+        .queue_declare(
+            lock.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| match e.kind() {
+            lapin::ErrorKind::ProtocolError(amqp) if amqp.kind().get_id() == 405 => {
+                WalkError::Locked {
+                    command: walk.command,
+                    queue: queue.to_owned(),
+                    lock: lock.clone(),
+                }
+            }
+            _ => BrokerError::amqp(format!("taking the lock {lock}"))(e).into(),
+        })?;
+    let mut reader = Reader {
+        channel: &channel,
+        walk: &walk,
+        pace: walk
+            .per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(1.0 / r)),
+        next_send: tokio::time::Instant::now(),
+        in_hand: VecDeque::with_capacity(WINDOW),
+        summary: WalkSummary {
+            at_start: 0,
+            read: 0,
+            replayed: 0,
+            unroutable: 0,
+            dropped: 0,
+        },
+    };
+    let walked = reader.read_through(progress, &mut decide).await;
+    let _ = connection.close(200, "walk done".into()).await;
+    walked
+}
+
+/// A message taken and not yet acked.
+struct InHand {
+    acker: Acker,
+    /// The copy's or the replay's confirm; none for a drop.
+    confirm: Option<PublisherConfirm>,
+    /// For a replay: the copy to keep if it comes back unroutable.
+    fallback: Option<(Vec<u8>, BasicProperties)>,
+}
+
+struct Reader<'a> {
+    channel: &'a Channel,
+    walk: &'a Walk<'a>,
+    pace: Option<Duration>,
+    next_send: tokio::time::Instant,
+    in_hand: VecDeque<InHand>,
+    summary: WalkSummary,
+}
+
+impl Reader<'_> {
+    async fn read_through(
+        &mut self,
+        progress: &mut dyn FnMut(Progress),
+        decide: &mut impl FnMut(&Delivery, &str) -> Step,
+    ) -> Result<WalkSummary, WalkError> {
+        let queue = self.walk.queue;
+        let declared = self
+            .channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::amqp(format!("finding the queue {queue}")))?;
+        let at_start = u64::from(declared.message_count());
+        self.summary.at_start = at_start;
+        progress(Progress { done: 0, at_start });
+        if at_start == 0 {
+            return Ok(self.summary);
+        }
+        self.channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(BrokerError::amqp("turning on publisher confirms"))?;
+        let mut taken = 0u64;
+        while taken < at_start {
+            // One at a time (`basic.get`), not a consumer: a consumer's prefetch would
+            // take copies from the tail past the last original, and giving those back
+            // would count as a delivery.
+            let got = self
+                .channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .map_err(BrokerError::amqp(format!("reading {queue}")))?;
+            let Some(got) = got else {
+                break; // Another consumer took the rest.
+            };
+            taken += 1;
+            let delivery = got.delivery;
+            let routing_key = match delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(self.walk.routing_key_header))
+            {
+                Some(AMQPValue::LongString(k)) => {
+                    String::from_utf8_lossy(k.as_bytes()).into_owned()
+                }
+                _ => delivery.routing_key.to_string(),
+            };
+            let step = decide(&delivery, &routing_key);
+            let in_hand = self.start(step, delivery, &routing_key).await?;
+            self.in_hand.push_back(in_hand);
+            if self.in_hand.len() >= WINDOW {
+                self.settle_oldest().await?;
+                progress(Progress {
+                    done: self.summary.read,
+                    at_start,
+                });
+            }
+        }
+        while !self.in_hand.is_empty() {
+            self.settle_oldest().await?;
+            progress(Progress {
+                done: self.summary.read,
+                at_start,
+            });
+        }
+        Ok(self.summary)
+    }
+
+    /// Publishes a message's copy or replay (not waiting for the confirm).
+    async fn start(
+        &mut self,
+        step: Step,
+        delivery: Delivery,
+        routing_key: &str,
+    ) -> Result<InHand, WalkError> {
+        let queue = self.walk.queue;
+        let (confirm, fallback) = match step {
+            Step::Drop => (None, None),
+            Step::Keep => {
+                let properties = copy_properties(
+                    &delivery.properties,
+                    self.walk.routing_key_header,
+                    routing_key,
+                );
+                let confirm = publish(self.channel, "", queue, &delivery.data, properties)
+                    .await
+                    .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
+                (Some(confirm), None)
+            }
+            Step::Send {
+                exchange,
+                routing_key: to,
+                properties,
+            } => {
+                if let Some(pace) = self.pace {
+                    tokio::time::sleep_until(self.next_send).await;
+                    self.next_send = tokio::time::Instant::now() + pace;
+                }
+                let confirm = publish(self.channel, &exchange, &to, &delivery.data, *properties)
+                    .await
+                    .map_err(BrokerError::amqp(format!("replaying to {exchange}")))?;
+                let copy = copy_properties(
+                    &delivery.properties,
+                    self.walk.routing_key_header,
+                    routing_key,
+                );
+                (Some(confirm), Some((delivery.data, copy)))
+            }
+        };
+        Ok(InHand {
+            acker: delivery.acker,
+            confirm,
+            fallback,
+        })
+    }
+
+    /// Waits for the oldest message's publish to be confirmed, keeps a copy of a replay
+    /// that came back, then acks it.
+    async fn settle_oldest(&mut self) -> Result<(), WalkError> {
+        let Some(held) = self.in_hand.pop_front() else {
+            return Ok(());
+        };
+        let queue = self.walk.queue;
+        match held.confirm {
+            None => self.summary.dropped += 1,
+            Some(confirm) => {
+                let returned = confirmed(confirm, "publishing").await?;
+                match (returned, held.fallback) {
+                    (false, Some(_)) => self.summary.replayed += 1,
+                    (false, None) => {}
+                    (true, Some((body, copy))) => {
+                        // Nowhere to go: it stays where it was.
+                        self.summary.unroutable += 1;
+                        let confirm = publish(self.channel, "", queue, &body, copy)
+                            .await
+                            .map_err(BrokerError::amqp(format!(
+                                "putting a copy back on {queue}"
+                            )))?;
+                        if confirmed(confirm, "putting a copy back").await? {
+                            return Err(WalkError::NotConfirmed(format!(
+                                "putting a copy back on {queue}: returned as unroutable"
+                            )));
+                        }
+                    }
+                    (true, None) => {
+                        return Err(WalkError::NotConfirmed(format!(
+                            "putting a copy back on {queue}: returned as unroutable"
+                        )));
+                    }
+                }
+            }
+        }
+        held.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "acknowledging a message on {queue}"
+            )))?;
+        self.summary.read += 1;
+        Ok(())
+    }
+}
+
+/// Publishes one message, mandatory; the confirm is waited for later.
+async fn publish(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, lapin::Error> {
+    channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            properties,
+        )
+        .await
+}
+
+/// Waits for a confirm: `Ok(true)` when the message came back as unroutable.
+async fn confirmed(confirm: PublisherConfirm, what: &str) -> Result<bool, WalkError> {
+    let confirmation = confirm.await.map_err(BrokerError::amqp(what))?;
+    if !confirmation.is_ack() {
+        return Err(WalkError::NotConfirmed(format!("{what}: nacked")));
+    }
+    Ok(confirmation.take_message().is_some())
+}
+
+/// The copy's properties: the original's, with the routing key kept in `header` and the
+/// broker's delivery count left out (the copy is a new message; its count starts again).
+fn copy_properties(original: &BasicProperties, header: &str, routing_key: &str) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(table) = original.headers() {
+        for (k, v) in table.inner() {
+            if k.as_str() != "x-delivery-count" {
+                headers.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if !headers.contains_key(header) {
+        headers.insert(header.into(), AMQPValue::LongString(routing_key.into()));
+    }
+    original.clone().with_headers(headers)
+}

@@ -1,0 +1,240 @@
+//! `events.unrouted`: bounded, and `webhook-normalizer unrouted stats|replay` sends kept
+//! events on once a team binds for them, with the `dlq` walk's guarantees.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+
+use crate::support::*;
+
+const UNROUTED: &str = "events.unrouted";
+
+fn unrouted_command(vhost: &TestVhost, args: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
+        .arg("unrouted")
+        .args(args)
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    output_within(child, Duration::from_secs(60))
+}
+
+fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The (type, id) of each expected event, in the order the worker publishes them.
+fn expected_events(webhooks: &[RawWebhook]) -> Vec<(String, String)> {
+    webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| (e.event_type.to_string(), e.id.to_string()))
+        .collect()
+}
+
+/// (type, id) of each delivery: the type from the routing key, or from the walk's header
+/// on a copy it put back.
+fn type_and_id(d: &Delivery) -> (String, String) {
+    let event_type =
+        header(d, "x-normalizer-unrouted-routing-key").unwrap_or_else(|| d.routing_key.to_string());
+    (event_type, message_id(d))
+}
+
+fn has_delivery_count(d: &Delivery) -> bool {
+    d.properties
+        .headers()
+        .as_ref()
+        .is_some_and(|h| h.inner().contains_key("x-delivery-count"))
+}
+
+/// Nobody bound: every event lands in events.unrouted. `stats` counts them by type;
+/// after a team binds `deel.#`, `replay --type deel.#` sends exactly the Deel events to
+/// it (same ids, properties as published, in order) and takes them off the queue; the
+/// others stay, same ids in the same order, no delivery count. Replaying a type still
+/// nobody is bound for brings it back to the queue, as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_sends_exactly_the_matching_types_once_a_team_binds() {
+    let vhost = TestVhost::new("unrouted-replay");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let webhooks = webhook_mix(40, "unr");
+    publish_raw(&channel, &webhooks).await;
+    let events = expected_events(&webhooks);
+    wait_until(Duration::from_secs(30), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    assert_eq!(queue_depth(&channel, UNROUTED).await as usize, events.len());
+
+    // stats: one line per type, counts as the library says.
+    let stats = succeeded(&unrouted_command(&vhost, &["stats"]));
+    let mut want: BTreeMap<&str, usize> = BTreeMap::new();
+    for (t, _) in &events {
+        *want.entry(t).or_default() += 1;
+    }
+    let got: BTreeMap<&str, usize> = stats
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cols: Vec<&str> = l.split('\t').collect();
+            (cols[0], cols[1].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(got, want, "{stats}");
+    assert!(want.len() >= 3 && want.keys().any(|t| !t.starts_with("deel.")));
+
+    // A team binds for Deel, and the kept Deel events are sent on.
+    capture_queue(&channel, "team.deel", "events.canonical", "deel.#").await;
+    let dry = unrouted_command(&vhost, &["replay", "--type", "deel.#", "--dry-run"]);
+    let (deel, others): (Vec<_>, Vec<_>) = events
+        .iter()
+        .cloned()
+        .partition(|(t, _)| t.starts_with("deel."));
+    assert_eq!(succeeded(&dry).lines().count(), deel.len());
+    assert_eq!(
+        queue_depth(&channel, "team.deel").await,
+        0,
+        "a dry run moves nothing"
+    );
+    let replay = unrouted_command(&vhost, &["replay", "--type", "deel.#"]);
+    let listed = succeeded(&replay);
+    assert_eq!(listed.lines().count(), deel.len(), "{listed}");
+    let summary = String::from_utf8_lossy(&replay.stderr);
+    assert!(
+        summary.starts_with(&format!(
+            "{} sent to events.canonical, confirmed",
+            deel.len()
+        )),
+        "{summary}"
+    );
+    let sent = read_messages(&channel, "team.deel", deel.len(), Duration::from_secs(20)).await;
+    assert_eq!(sent.iter().map(type_and_id).collect::<Vec<_>>(), deel);
+    for d in &sent {
+        // As the worker published it: no walk header, its own routing key and properties.
+        assert_eq!(
+            d.properties.kind().as_ref().unwrap().as_str(),
+            d.routing_key.as_str()
+        );
+        assert!(header(d, "x-normalizer-unrouted-routing-key").is_none());
+        assert!(header(d, "cloudEvents_subject").is_some());
+        assert!(!has_delivery_count(d));
+    }
+
+    // Authenticate events still have no taker: sent, they come back.
+    let auth_count = others
+        .iter()
+        .filter(|(t, _)| t.starts_with("authenticate."))
+        .count();
+    assert!(auth_count > 0);
+    let again = unrouted_command(&vhost, &["replay", "--type", "authenticate.#"]);
+    assert_eq!(succeeded(&again).lines().count(), auth_count);
+    // Every event went to the tail in walk order (a copy, or through the alternate
+    // exchange), so the order holds.
+    let kept = read_until_quiet(&channel, UNROUTED, Duration::from_millis(500)).await;
+    assert_eq!(kept.iter().map(type_and_id).collect::<Vec<_>>(), others);
+    assert!(kept.iter().all(|d| !has_delivery_count(d)));
+    assert!(
+        read_until_quiet(&channel, "team.deel", Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "nothing sent twice"
+    );
+}
+
+/// The unrouted queue keeps at most `output.unrouted_max_length` events (the newest)
+/// and none longer than `output.unrouted_max_age_secs`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_unrouted_queue_is_bounded() {
+    let vhost = TestVhost::new("unrouted-bound");
+    let worker = WorkerProcess::start(
+        &vhost,
+        &[
+            ("NORMALIZER__OUTPUT__UNROUTED_MAX_LENGTH", "5"),
+            ("NORMALIZER__OUTPUT__UNROUTED_MAX_AGE_SECS", "3600"),
+        ],
+    );
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let webhooks = webhook_mix(20, "bound");
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(30), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(20)
+    });
+    let events = expected_events(&webhooks);
+    assert!(events.len() > 5);
+    let kept = read_until_quiet(&channel, UNROUTED, Duration::from_millis(500)).await;
+    assert_eq!(
+        kept.iter().map(type_and_id).collect::<Vec<_>>(),
+        events[events.len() - 5..],
+        "the newest five"
+    );
+    // The age bound is a queue argument; expiry itself is the broker's (60 s at least).
+    let arguments = &vhost.queue_arguments()[UNROUTED];
+    assert!(
+        arguments.contains(r#"{"x-message-ttl",3600000}"#),
+        "{arguments}"
+    );
+    assert!(arguments.contains(r#"{"x-max-length",5}"#), "{arguments}");
+}
+
+/// An unrouted queue declared by an older version (no bound) makes the worker not ready,
+/// saying which queue and argument and what to do; it is logged once, not per attempt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_declared_with_other_arguments_is_reported_with_a_hint() {
+    let vhost = TestVhost::new("unrouted-old");
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            UNROUTED.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(
+        &vhost,
+        &[
+            ("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "50"),
+            ("NORMALIZER__AMQP__RECONNECT_MAX_MS", "200"),
+        ],
+    );
+    wait_until(Duration::from_secs(20), "/readyz to say why", || {
+        let (status, doc) = worker.readiness();
+        status == 503
+            && doc["reason"].as_str().is_some_and(|r| {
+                r.contains("inequivalent arg 'x-max-length' for queue 'events.unrouted'")
+                    && r.contains("Changing a queue's arguments")
+            })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let errors = worker
+        .logs()
+        .iter()
+        .filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("inequivalent arg"))
+        .count();
+    assert_eq!(errors, 1, "logged once");
+}
