@@ -28,6 +28,9 @@
 //! queue, where the next walk's copy starts their delivery count again.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use lapin::Acker;
@@ -38,7 +41,7 @@ use lapin::options::{
     QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Confirmation};
 
 use super::connection::connect;
 use super::error::{BrokerError, Role};
@@ -255,8 +258,9 @@ impl Reader<'_> {
             let step = decide(&delivery, &routing_key);
             let in_hand = self.start(step, delivery, &routing_key).await?;
             self.in_hand.push_back(in_hand);
-            if self.in_hand.len() >= WINDOW {
-                self.settle_oldest().await?;
+            // Ack what is confirmed already (few are left to give back if killed); wait
+            // for the oldest only when the window is full.
+            if self.settle(self.in_hand.len() >= WINDOW).await? > 0 {
                 progress(Progress {
                     done: self.summary.read,
                     at_start,
@@ -264,7 +268,7 @@ impl Reader<'_> {
             }
         }
         while !self.in_hand.is_empty() {
-            self.settle_oldest().await?;
+            self.settle(true).await?;
             progress(Progress {
                 done: self.summary.read,
                 at_start,
@@ -321,18 +325,46 @@ impl Reader<'_> {
         })
     }
 
-    /// Waits for the oldest message's publish to be confirmed, keeps a copy of a replay
-    /// that came back, then acks it.
-    async fn settle_oldest(&mut self) -> Result<(), WalkError> {
-        let Some(held) = self.in_hand.pop_front() else {
-            return Ok(());
-        };
+    /// Settles, in order, the messages in hand whose publishes are confirmed; with
+    /// `wait_for_oldest`, waits for the oldest one's confirm first. Returns how many.
+    async fn settle(&mut self, mut wait_for_oldest: bool) -> Result<u64, WalkError> {
+        let mut settled = 0;
+        while let Some(oldest) = self.in_hand.front_mut() {
+            let outcome = match oldest.confirm.as_mut() {
+                None => None,
+                Some(confirm) if wait_for_oldest => Some(confirm.await),
+                Some(confirm) => {
+                    let polled =
+                        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *confirm).poll(cx)))
+                            .await;
+                    match polled {
+                        Poll::Ready(outcome) => Some(outcome),
+                        Poll::Pending => break,
+                    }
+                }
+            };
+            wait_for_oldest = false;
+            let Some(held) = self.in_hand.pop_front() else {
+                break;
+            };
+            self.settle_one(held, outcome).await?;
+            settled += 1;
+        }
+        Ok(settled)
+    }
+
+    /// Keeps a copy of a replay that came back, then acks the message.
+    async fn settle_one(
+        &mut self,
+        held: InHand,
+        confirmed: Option<Result<Confirmation, lapin::Error>>,
+    ) -> Result<(), WalkError> {
         let queue = self.walk.queue;
-        match held.confirm {
+        match confirmed {
             None => self.summary.dropped += 1,
-            Some(confirm) => {
-                let returned = confirmed(confirm, "publishing").await?;
-                match (returned, held.fallback) {
+            Some(confirmation) => {
+                let came_back = returned(confirmation, "publishing")?;
+                match (came_back, held.fallback) {
                     (false, Some(_)) => self.summary.replayed += 1,
                     (false, None) => {}
                     (true, Some((body, copy))) => {
@@ -343,7 +375,7 @@ impl Reader<'_> {
                             .map_err(BrokerError::amqp(format!(
                                 "putting a copy back on {queue}"
                             )))?;
-                        if confirmed(confirm, "putting a copy back").await? {
+                        if returned(confirm.await, "putting a copy back")? {
                             return Err(WalkError::NotConfirmed(format!(
                                 "putting a copy back on {queue}: returned as unroutable"
                             )));
@@ -390,9 +422,12 @@ async fn publish(
         .await
 }
 
-/// Waits for a confirm: `Ok(true)` when the message came back as unroutable.
-async fn confirmed(confirm: PublisherConfirm, what: &str) -> Result<bool, WalkError> {
-    let confirmation = confirm.await.map_err(BrokerError::amqp(what))?;
+/// A publish's confirm: `Ok(true)` when the message came back as unroutable.
+fn returned(
+    confirmation: Result<Confirmation, lapin::Error>,
+    what: &str,
+) -> Result<bool, WalkError> {
+    let confirmation = confirmation.map_err(BrokerError::amqp(what))?;
     if !confirmation.is_ack() {
         return Err(WalkError::NotConfirmed(format!("{what}: nacked")));
     }

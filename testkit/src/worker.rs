@@ -309,6 +309,20 @@ pub fn declare_topology(vhost: &TestVhost) {
     assert!(status.success());
 }
 
+/// Runs `webhook-normalizer ARGS…` against `vhost` (no stdin), output captured; fails
+/// the test if it takes over a minute.
+pub fn run_command(vhost: &TestVhost, args: &[&str]) -> std::process::Output {
+    let child = Command::new(worker_binary())
+        .args(args)
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::output_within(child, Duration::from_secs(60))
+}
+
 /// Waits until the worker has published more than `events` events: mid-stream.
 pub fn wait_for_progress(worker: &WorkerProcess, events: u64) {
     wait_until(

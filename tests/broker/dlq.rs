@@ -15,16 +15,7 @@ use crate::support::*;
 const DLQ: &str = "normalizer.dead-letter";
 
 fn dlq_command(vhost: &TestVhost, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
-        .arg("dlq")
-        .args(args)
-        .env("NORMALIZER__AMQP__URL", vhost.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    output_within(child, Duration::from_secs(60))
+    run_command(vhost, &[&["dlq"], args].concat())
 }
 
 /// A dead letter as RabbitMQ makes one when a raw message passes the raw queue's

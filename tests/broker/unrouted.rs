@@ -2,7 +2,7 @@
 //! events on once a team binds for them, with the `dlq` walk's guarantees.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::Duration;
 
 use lapin::message::Delivery;
@@ -14,16 +14,7 @@ use crate::support::*;
 const UNROUTED: &str = "events.unrouted";
 
 fn unrouted_command(vhost: &TestVhost, args: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_webhook-normalizer"))
-        .arg("unrouted")
-        .args(args)
-        .env("NORMALIZER__AMQP__URL", vhost.url())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    output_within(child, Duration::from_secs(60))
+    run_command(vhost, &[&["unrouted"], args].concat())
 }
 
 fn succeeded(out: &Output) -> String {

@@ -10,7 +10,8 @@ use webhook_normalizer::broker;
 use webhook_normalizer::dead_letters::{self, Filter, Stats};
 
 use super::{
-    ProgressBar, configure, parse_rfc3339, positive_rate, report, walk_failed, written_to_stdout,
+    ProgressBar, configure, parse_rfc3339, positive_rate, report, report_taken_by_others,
+    walk_failed, write_lines, written_to_stdout,
 };
 
 #[derive(Subcommand)]
@@ -242,13 +243,10 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     {
         write_failed.get_or_insert(e);
     }
-    if let DlqMode::Stats = mode {
-        for line in dead_letters::stats_lines(&stats) {
-            if let Err(e) = writeln!(out, "{line}") {
-                write_failed = Some(e);
-                break;
-            }
-        }
+    if let DlqMode::Stats = mode
+        && let Err(e) = write_lines(&mut out, dead_letters::stats_lines(&stats))
+    {
+        write_failed = Some(e);
     }
     if let Some(e) = write_failed {
         return written_to_stdout(Err(e));
@@ -282,11 +280,6 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             summary.unroutable
         ));
     }
-    if summary.read < summary.at_start {
-        report(format_args!(
-            "warning: {} were present at the start but another consumer took them first",
-            summary.at_start - summary.read
-        ));
-    }
+    report_taken_by_others(&summary);
     Ok(ExitCode::SUCCESS)
 }

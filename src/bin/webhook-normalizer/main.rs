@@ -236,6 +236,24 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Writes `lines` to `out`, one a line, stopping at the first failure.
+fn write_lines(out: &mut impl Write, lines: impl IntoIterator<Item = String>) -> io::Result<()> {
+    for line in lines {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// The warning a walk ends with when another consumer took messages it counted.
+fn report_taken_by_others(summary: &broker::WalkSummary) {
+    if summary.read < summary.at_start {
+        report(format_args!(
+            "warning: {} were present at the start but another consumer took them first",
+            summary.at_start - summary.read
+        ));
+    }
+}
+
 /// Reports why a `dlq` or `unrouted` walk failed: EX_TEMPFAIL when another holds the
 /// queue, EX_UNAVAILABLE otherwise.
 fn walk_failed(e: &broker::WalkError) -> ExitCode {

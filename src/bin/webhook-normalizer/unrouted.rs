@@ -9,7 +9,10 @@ use webhook_normalizer::broker::{self, Action};
 use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
 
-use super::{ProgressBar, configure, positive_rate, report, walk_failed, written_to_stdout};
+use super::{
+    ProgressBar, configure, positive_rate, report, report_taken_by_others, walk_failed,
+    write_lines, written_to_stdout,
+};
 
 #[derive(Subcommand)]
 pub(super) enum UnroutedCommand {
@@ -118,13 +121,8 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
         Ok(summary) => summary,
         Err(e) => return Ok(walk_failed(&e)),
     };
-    if stats_only {
-        for line in stats.lines() {
-            if let Err(e) = writeln!(out, "{line}") {
-                write_failed = Some(e);
-                break;
-            }
-        }
+    if stats_only && let Err(e) = write_lines(&mut out, stats.lines()) {
+        write_failed = Some(e);
     }
     if let Some(e) = write_failed {
         return written_to_stdout(Err(e));
@@ -146,11 +144,6 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             summary.replayed
         ));
     }
-    if summary.read < summary.at_start {
-        report(format_args!(
-            "warning: {} were present at the start but another consumer took them first",
-            summary.at_start - summary.read
-        ));
-    }
+    report_taken_by_others(&summary);
     Ok(ExitCode::SUCCESS)
 }
