@@ -5,6 +5,9 @@ COPY . .
 RUN cargo build --release --locked --bin webhook-normalizer
 
 FROM debian:bookworm-slim
+# The system's CA roots, for amqps:// without amqp.tls.ca_file.
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --no-create-home normalizer
 COPY --from=build /src/target/release/webhook-normalizer /usr/local/bin/webhook-normalizer
 USER normalizer

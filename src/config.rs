@@ -47,6 +47,19 @@ pub struct AmqpSettings {
     pub confirm_timeout_secs: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// Files for `amqps://` (PEM). Without `ca_file` the server's certificate is verified
+/// against the system's roots; `cert_file` and `key_file` together present a client
+/// certificate (mutual TLS, and the `EXTERNAL` mechanism with `?auth_mechanism=external`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,6 +271,12 @@ impl AmqpUrl {
     }
 }
 
+impl TlsSettings {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
 impl fmt::Debug for AmqpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "AmqpUrl({})", self.masked())
@@ -323,10 +342,10 @@ impl Settings {
                     "not an AMQP URI (amqp://user:password@host:port/vhost)",
                 );
             }
-            Ok(uri) if uri.scheme != lapin::uri::AMQPScheme::AMQP => {
+            Ok(uri) if uri.scheme == lapin::uri::AMQPScheme::AMQP && self.amqp.tls.is_set() => {
                 return reject(
-                    "amqp.url",
-                    "amqps:// needs TLS, which this build does not include; use amqp://",
+                    "amqp.tls",
+                    "TLS files are set but amqp.url is amqp:// (plain text); use amqps://",
                 );
             }
             // `amqp://host/` is not the default vhost: the path after the `/` is the
@@ -419,6 +438,12 @@ impl Settings {
             if name.len() > 255 || name.starts_with("amq.") {
                 return reject(key, "must be at most 255 bytes and not start with amq.");
             }
+        }
+        if self.amqp.tls.cert_file.is_some() != self.amqp.tls.key_file.is_some() {
+            return reject(
+                "amqp.tls",
+                "cert_file and key_file go together (a client certificate and its key)",
+            );
         }
         if !(1..=UNROUTED_MAX_LENGTH_LIMIT).contains(&self.output.unrouted_max_length) {
             return reject(
@@ -909,13 +934,34 @@ mod tests {
     fn bad_url_errors_never_show_the_password() {
         for url in [
             "amqp//guest:s3cret@host",
-            "amqps://guest:s3cret@host:5671/%2f",
+            "amqp://guest:s3cret@host:5671/",
             "http://u:s3cret@[::1",
         ] {
             let e = load_env(&[("NORMALIZER__AMQP__URL", url)]).unwrap_err();
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn tls_files_need_amqps_and_a_certificate_needs_its_key() {
+        let e = load_env(&[("NORMALIZER__AMQP__TLS__CA_FILE", "/etc/ca.pem")]).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("amqp.tls: TLS files are set but amqp.url is amqp://"),
+            "{e}"
+        );
+        let amqps = ("NORMALIZER__AMQP__URL", "amqps://u:p@broker:5671/%2f");
+        let e = load_env(&[amqps, ("NORMALIZER__AMQP__TLS__CERT_FILE", "/c.pem")]).unwrap_err();
+        assert!(
+            e.to_string().contains("cert_file and key_file go together"),
+            "{e}"
+        );
+        let s = load_env(&[amqps, ("NORMALIZER__AMQP__TLS__CA_FILE", "/etc/ca.pem")]).unwrap();
+        assert_eq!(
+            s.amqp.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
     }
 
     /// A trailing `/` names the empty vhost, which RabbitMQ never has: every connection

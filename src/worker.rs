@@ -6,14 +6,22 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{Session, SessionEnd};
+use crate::broker::{BrokerError, Session, SessionEnd};
 use crate::config::Settings;
 use crate::delivery::backoff_delay;
 use crate::ops::{Health, WorkerState};
 
-/// Runs until `shutdown` is cancelled; then drains and returns. Broker failures never
-/// end it: they are logged and retried with backoff, with readiness down meanwhile.
-pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Health) {
+/// Runs until `shutdown` is cancelled; then drains and returns. Broker failures are
+/// logged and retried with backoff, with readiness down meanwhile; except a failed TLS
+/// handshake before any session ever opened (a wrong CA, an expired or mismatched
+/// certificate, a plain-text port): a deployment mistake, returned at once.
+pub async fn run(
+    settings: &Settings,
+    shutdown: CancellationToken,
+    health: Health,
+) -> Result<(), BrokerError> {
+    let mut ever_opened = false;
+    let mut tls_failure = None;
     let mut backoff = Backoff::new(
         settings.amqp.reconnect_initial(),
         settings.amqp.reconnect_max(),
@@ -32,6 +40,10 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
             opened = Session::open(settings, &health) => opened,
         };
         let reason = match opened {
+            Err(e) if !ever_opened && e.is_tls_handshake() => {
+                tls_failure = Some(e);
+                break;
+            }
             Err(e) => {
                 let why = e.to_string();
                 if e.is_permanent() {
@@ -54,6 +66,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
                 with_hint(format!("cannot open a broker session: {why}"), e.hint())
             }
             Ok(session) => {
+                ever_opened = true;
                 refusal_logged = None;
                 health.add_session();
                 let started = Instant::now();
@@ -102,6 +115,7 @@ pub async fn run(settings: &Settings, shutdown: CancellationToken, health: Healt
         sessions = total.sessions,
         "stopped"
     );
+    tls_failure.map_or(Ok(()), Err)
 }
 
 /// Every `every`, while messages flow, one `info` line: what came in and went out since

@@ -1,10 +1,11 @@
 //! Opening connections: heartbeat, connect timeout and a connection name that says
 //! which side of the worker it is, so `rabbitmqctl list_connections` is readable.
 
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Connection, ConnectionProperties};
 
 use super::error::{BrokerError, Role};
+use super::tls::TlsTarget;
 use super::wire::{CheckedTokio, WireReports};
 use crate::config::AmqpSettings;
 
@@ -37,6 +38,19 @@ pub async fn connect_checked(
         uri.authority.port,
         uri.vhost.replace('%', "%25").replace('/', "%2f")
     );
+    // TLS is done under the frame check (see `tls`); the client gets plain `amqp://`.
+    let tls = match uri.scheme {
+        AMQPScheme::AMQPS => {
+            uri.scheme = AMQPScheme::AMQP;
+            Some(TlsTarget::new(&amqp.tls, &uri.authority.host).map_err(|e| {
+                BrokerError::ConnectionLost {
+                    role,
+                    reason: e.to_string(),
+                }
+            })?)
+        }
+        AMQPScheme::AMQP => None,
+    };
     uri.query.heartbeat.get_or_insert(amqp.heartbeat_secs);
     let timeout = amqp.connect_timeout();
     uri.query
@@ -44,7 +58,7 @@ pub async fn connect_checked(
         .get_or_insert(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("webhook-normalizer {role} {}", std::process::id()).into());
-    let runtime = async_rs::Runtime::new(CheckedTokio::current(reports));
+    let runtime = async_rs::Runtime::new(CheckedTokio::current(reports).with_tls(tls));
     let connecting = Connection::connect_uri_with_runtime(uri, properties, runtime);
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connection)) => Ok(connection),

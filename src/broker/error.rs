@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::tls::TlsHandshakeError;
+
 /// Which side of the worker a connection serves. Consuming and publishing use separate
 /// connections: a memory or disk alarm blocks publishing connections, and acks (sent on
 /// the consuming connection) must not queue behind it.
@@ -89,6 +91,15 @@ impl BrokerError {
             self.reply_code(),
             Some(ACCESS_REFUSED | NOT_ALLOWED | PRECONDITION_FAILED)
         )
+    }
+
+    /// A TLS handshake that failed (see [`TlsHandshakeError`]).
+    pub fn is_tls_handshake(&self) -> bool {
+        let BrokerError::Connect { source, .. } = self else {
+            return false;
+        };
+        matches!(source.kind(), lapin::ErrorKind::IOError(io)
+            if io.get_ref().is_some_and(|e| e.is::<TlsHandshakeError>()))
     }
 
     /// What an operator can do about it, when we know.

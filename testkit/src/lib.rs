@@ -58,6 +58,7 @@ mod broker;
 mod broker_wide;
 mod http;
 mod personal_data;
+mod pki;
 mod private_node;
 mod publish;
 pub mod raw_amqp;
@@ -71,6 +72,7 @@ pub use broker::{BROKER, TestVhost, connect, delete_stale_vhosts, rabbitmqctl};
 pub use broker_wide::{BrokerWideState, SharedBrokerWatch};
 pub use http::http_get;
 pub use personal_data::{assert_no_personal_data, personal_data_in_fixtures};
+pub use pki::{CLIENT_NAME, TestPki};
 pub use private_node::{PrivateNode, free_port};
 pub use publish::{publish_confirmed, publish_raw, publish_raw_with};
 pub use read::{

@@ -12,6 +12,7 @@ mod ordering;
 mod pipeline;
 mod properties;
 mod resilience;
+mod tls;
 mod unrouted;
 
 /// The test kit (`testkit/`), by the name these tests import it under.

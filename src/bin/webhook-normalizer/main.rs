@@ -275,6 +275,9 @@ fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
 /// returned.
 fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
     let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
+    if settings.amqp.url.expose().starts_with("amqps:") {
+        broker::tls_client_config(&settings.amqp.tls).map_err(|e| configuration_error(&e))?;
+    }
     let colour = telemetry::colour_wanted(
         io::stderr().is_terminal(),
         std::env::var_os("NO_COLOR").as_deref(),
@@ -322,7 +325,14 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
         }
     };
     let code = tokio::select! {
-        _ = worker::run(&settings, shutdown, health) => ExitCode::SUCCESS,
+        ran = worker::run(&settings, shutdown, health) => match ran {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!(error = %e, "cannot start: the broker's TLS handshake failed");
+                report(format_args!("error: {e}"));
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        },
         _ = deadline => {
             error!("shutdown did not finish in {}s; exiting", hard_deadline.as_secs());
             ExitCode::FAILURE

@@ -1,6 +1,7 @@
 //! The runtime the AMQP client is given: tokio's, except that its TCP streams are
-//! [`CheckedStream`]s. The client opens its socket through the runtime, so this is the
-//! one place where the bytes can be checked before it parses them.
+//! [`CheckedStream`]s, over TLS for `amqps://`. The client opens its socket through the
+//! runtime, so this is the one place where the bytes can be checked before it parses
+//! them (after TLS has decrypted them).
 
 use std::future::Future;
 use std::io::{self, Read, Write};
@@ -14,12 +15,14 @@ use futures_core::Stream;
 
 use super::reports::WireReports;
 use super::stream::CheckedStream;
+use crate::broker::tls::{self, TlsTarget, Transport};
 
-/// Tokio, with checked TCP streams whose reports go to `reports`.
+/// Tokio, with checked TCP streams whose reports go to `reports`, through TLS to `tls`.
 #[derive(Debug, Clone)]
 pub struct CheckedTokio {
     tokio: Tokio,
     reports: WireReports,
+    tls: Option<TlsTarget>,
 }
 
 impl CheckedTokio {
@@ -28,7 +31,14 @@ impl CheckedTokio {
         CheckedTokio {
             tokio: Tokio::current(),
             reports,
+            tls: None,
         }
+    }
+
+    /// Every connection it opens goes through TLS to `target`.
+    pub(crate) fn with_tls(mut self, target: Option<TlsTarget>) -> Self {
+        self.tls = target;
+        self
     }
 }
 
@@ -57,7 +67,7 @@ impl Executor for CheckedTokio {
 }
 
 impl Reactor for CheckedTokio {
-    type TcpStream = CheckedStream<<Tokio as Reactor>::TcpStream>;
+    type TcpStream = CheckedStream<Transport<<Tokio as Reactor>::TcpStream>>;
     type Sleep = <Tokio as Reactor>::Sleep;
 
     /// Not used by the client (it only connects): every stream it gets must be checked,
@@ -87,6 +97,10 @@ impl Reactor for CheckedTokio {
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
         let connect = self.tokio.tcp_connect_addr(addr);
         let reports = self.reports.clone();
-        async move { Ok(CheckedStream::new(connect.await?, reports)) }
+        let target = self.tls.clone();
+        async move {
+            let transport = tls::over(connect.await?, target.as_ref()).await?;
+            Ok(CheckedStream::new(transport, reports))
+        }
     }
 }
