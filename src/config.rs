@@ -247,8 +247,82 @@ impl AmqpUrl {
         &self.0
     }
 
-    /// `scheme://user:****@host...`: the URI with any password replaced.
+    /// The URLs it lists: one, or several separated by commas (the nodes of a cluster).
+    pub fn each(&self) -> Vec<AmqpUrl> {
+        self.0
+            .split(',')
+            .map(|u| AmqpUrl(u.trim().to_owned()))
+            .collect()
+    }
+
+    /// `amqps://`.
+    pub fn is_tls(&self) -> bool {
+        self.0.trim_start().starts_with("amqps:")
+    }
+
+    /// Why one URL cannot be used (`tls_set`: TLS files are configured); never quotes
+    /// the password.
+    fn validate(&self, tls_set: bool) -> Result<(), String> {
+        match self.expose().parse::<lapin::uri::AMQPUri>() {
+            // The parser's own message can quote the whole URI, password included.
+            Err(_) => {
+                return Err(String::from(
+                    "not an AMQP URI (amqp://user:password@host:port/vhost)",
+                ));
+            }
+            Ok(uri) if uri.scheme == lapin::uri::AMQPScheme::AMQP && tls_set => {
+                return Err(String::from(
+                    "TLS files are set but amqp.url is amqp:// (plain text); use amqps://",
+                ));
+            }
+            // `amqp://host/` is not the default vhost: the path after the `/` is the
+            // vhost's name, here empty, and RabbitMQ refuses every connection to it.
+            Ok(uri) if uri.vhost.is_empty() => {
+                // The URI as it should be, password masked: `%2f` after the `/`.
+                let masked = self.masked();
+                let path = masked
+                    .find("://")
+                    .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j + 1))
+                    .unwrap_or(masked.len());
+                return Err(format!(
+                    "a trailing `/` names the empty vhost, which RabbitMQ never has; the \
+                     default vhost `/` is written `%2f` ({}%2f{}), or leave the path out",
+                    &masked[..path],
+                    &masked[path..]
+                ));
+            }
+            Ok(_) => {}
+        }
+        // The client library's URI parser turns an IPv6 literal host into "localhost".
+        let url = self.expose();
+        if url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?']).next())
+            .is_some_and(|authority| {
+                authority
+                    .rsplit('@')
+                    .next()
+                    .is_some_and(|h| h.starts_with('['))
+            })
+        {
+            return Err(String::from(
+                "IPv6 literal hosts are not supported by the AMQP client; use a host name",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `scheme://user:****@host...`: the URI with any password replaced (each of them,
+    /// when it lists several).
     pub fn masked(&self) -> String {
+        if self.0.contains(',') {
+            return self
+                .each()
+                .iter()
+                .map(AmqpUrl::masked)
+                .collect::<Vec<_>>()
+                .join(",");
+        }
         let url = &self.0;
         let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
             return "(not a URI)".into();
@@ -333,56 +407,28 @@ impl Settings {
                 problem: problem.to_owned(),
             })
         };
-        let url = self.amqp.url.expose();
-        match url.parse::<lapin::uri::AMQPUri>() {
-            // The parser's own message can quote the whole URI, password included.
-            Err(_) => {
-                return reject(
-                    "amqp.url",
-                    "not an AMQP URI (amqp://user:password@host:port/vhost)",
-                );
-            }
-            Ok(uri) if uri.scheme == lapin::uri::AMQPScheme::AMQP && self.amqp.tls.is_set() => {
-                return reject(
-                    "amqp.tls",
-                    "TLS files are set but amqp.url is amqp:// (plain text); use amqps://",
-                );
-            }
-            // `amqp://host/` is not the default vhost: the path after the `/` is the
-            // vhost's name, here empty, and RabbitMQ refuses every connection to it.
-            Ok(uri) if uri.vhost.is_empty() => {
-                // The URI as it should be, password masked: `%2f` after the `/`.
-                let masked = self.amqp.url.masked();
-                let path = masked
-                    .find("://")
-                    .and_then(|i| masked[i + 3..].find('/').map(|j| i + 3 + j + 1))
-                    .unwrap_or(masked.len());
-                return reject(
-                    "amqp.url",
-                    &format!(
-                        "a trailing `/` names the empty vhost, which RabbitMQ never has; the \
-                         default vhost `/` is written `%2f` ({}%2f{}), or leave the path out",
-                        &masked[..path],
-                        &masked[path..]
-                    ),
-                );
-            }
-            Ok(_) => {}
+        let urls = self.amqp.url.each();
+        for (i, url) in urls.iter().enumerate() {
+            url.validate(self.amqp.tls.is_set()).map_err(|problem| {
+                let key = if problem.starts_with("TLS files") {
+                    "amqp.tls"
+                } else {
+                    "amqp.url"
+                };
+                ConfigError::Rejected {
+                    key,
+                    problem: if urls.len() > 1 {
+                        format!("URL {} of {}: {problem}", i + 1, urls.len())
+                    } else {
+                        problem
+                    },
+                }
+            })?;
         }
-        // The client library's URI parser turns an IPv6 literal host into "localhost".
-        if url
-            .split_once("://")
-            .and_then(|(_, rest)| rest.split(['/', '?']).next())
-            .is_some_and(|authority| {
-                authority
-                    .rsplit('@')
-                    .next()
-                    .is_some_and(|h| h.starts_with('['))
-            })
-        {
+        if urls.iter().any(|u| u.is_tls() != urls[0].is_tls()) {
             return reject(
                 "amqp.url",
-                "IPv6 literal hosts are not supported by the AMQP client; use a host name",
+                "its URLs mix amqp:// and amqps://; use one scheme for every node",
             );
         }
         // Durations are bounded: beyond an hour (a day for the retry budget) a value is a
@@ -941,6 +987,33 @@ mod tests {
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn several_urls_each_checked_and_masked() {
+        let two = "amqp://u:s3cret@a:5672/%2f, amqp://u:s3cret@b:5672/%2f";
+        let s = load_env(&[("NORMALIZER__AMQP__URL", two)]).unwrap();
+        let urls = s.amqp.url.each();
+        assert_eq!(urls.len(), 2);
+        assert_eq!(urls[1].expose(), "amqp://u:s3cret@b:5672/%2f");
+        assert_eq!(
+            s.amqp.url.masked(),
+            "amqp://u:****@a:5672/%2f,amqp://u:****@b:5672/%2f"
+        );
+        let e = load_env(&[("NORMALIZER__AMQP__URL", "amqp://u:s3cret@a/%2f,amqp//b")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("amqp.url: URL 2 of 2: not an AMQP URI"),
+            "{e}"
+        );
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = load_env(&[(
+            "NORMALIZER__AMQP__URL",
+            "amqp://u:p@a/%2f,amqps://u:p@b/%2f",
+        )])
+        .unwrap_err();
+        assert!(e.to_string().contains("mix amqp:// and amqps://"), "{e}");
     }
 
     #[test]

@@ -7,7 +7,11 @@ use lapin::{Connection, ConnectionProperties};
 use super::error::{BrokerError, Role};
 use super::tls::TlsTarget;
 use super::wire::{CheckedTokio, WireReports};
-use crate::config::AmqpSettings;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tracing::warn;
+
+use crate::config::{AmqpSettings, AmqpUrl};
 
 /// Connects with the configured heartbeat and timeout (a `heartbeat` or
 /// `connection_timeout` in the URI's query wins).
@@ -15,16 +19,57 @@ pub async fn connect(amqp: &AmqpSettings, role: Role) -> Result<Connection, Brok
     connect_checked(amqp, role, WireReports::default()).await
 }
 
+/// Which of `amqp.url`'s URLs a connection tries first: the one that answered last, or,
+/// after a lost session, the one after it ([`prefer_next_url`]).
+static FIRST_URL: AtomicUsize = AtomicUsize::new(0);
+
+/// After a lost session: try the next URL of `amqp.url` first (another node of the
+/// cluster), then the others in turn.
+pub fn prefer_next_url() {
+    FIRST_URL.fetch_add(1, Ordering::Relaxed);
+}
+
 /// [`connect`], filing what its frame checks find in `reports` (see [`super::wire`]).
+/// With several URLs in `amqp.url`, tries each in turn from [`FIRST_URL`] and connects
+/// to the first that answers.
 pub async fn connect_checked(
+    amqp: &AmqpSettings,
+    role: Role,
+    reports: WireReports,
+) -> Result<Connection, BrokerError> {
+    let urls = amqp.url.each();
+    let first = FIRST_URL.load(Ordering::Relaxed) % urls.len();
+    let mut failed = None;
+    for i in 0..urls.len() {
+        let at = (first + i) % urls.len();
+        match connect_to(&urls[at], amqp, role, reports.clone()).await {
+            Ok(connection) => {
+                FIRST_URL.store(at, Ordering::Relaxed);
+                return Ok(connection);
+            }
+            Err(e) => {
+                if urls.len() > 1 {
+                    warn!(error = %e, node = at + 1, nodes = urls.len(), "a node of amqp.url did not answer; trying the next");
+                }
+                failed = Some(e);
+            }
+        }
+    }
+    Err(failed.unwrap_or_else(|| BrokerError::ConnectionLost {
+        role,
+        reason: "amqp.url names no broker".into(),
+    }))
+}
+
+async fn connect_to(
+    url: &AmqpUrl,
     amqp: &AmqpSettings,
     role: Role,
     reports: WireReports,
 ) -> Result<Connection, BrokerError> {
     // Validated at start; the parser's error text could quote the password, so it is
     // not passed on.
-    let mut uri: AMQPUri = amqp
-        .url
+    let mut uri: AMQPUri = url
         .expose()
         .parse()
         .map_err(|_| BrokerError::ConnectionLost {

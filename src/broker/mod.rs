@@ -18,7 +18,7 @@ mod unrouted;
 mod walk;
 pub mod wire;
 
-pub use connection::connect;
+pub use connection::{connect, prefer_next_url};
 pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};

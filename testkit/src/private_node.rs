@@ -197,6 +197,27 @@ impl PrivateNode {
         self.rabbitmqctl(&["set_permissions", "-p", "/", name, ".*", ".*", ".*"]);
     }
 
+    /// Makes this (freshly started) node a member of `seed`'s cluster: `stop_app`,
+    /// `join_cluster`, `start_app`. Both run as the `rabbitmq` user and share its Erlang
+    /// cookie.
+    pub fn join_cluster(&self, seed: &PrivateNode) {
+        self.rabbitmqctl(&["stop_app"]);
+        self.rabbitmqctl(&["join_cluster", seed.name()]);
+        self.start_app();
+    }
+
+    /// `rabbitmqctl stop_app`: the broker stops (clients lose their connections), the
+    /// Erlang node stays up.
+    pub fn stop_app(&self) {
+        self.rabbitmqctl(&["stop_app"]);
+    }
+
+    /// `rabbitmqctl start_app`, and waits until the broker runs again.
+    pub fn start_app(&self) {
+        self.rabbitmqctl(&["start_app"]);
+        self.rabbitmqctl(&["await_startup"]);
+    }
+
     /// Stops the node (`rabbitmqctl stop`), keeping its data, name and ports for
     /// [`PrivateNode::restart`]. Clients see their connections closed.
     pub fn stop(&mut self) {

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use testkit::*;
 
+mod cluster;
+
 /// A memory alarm on a private node, cleared when dropped: the watermark goes back to
 /// what it was, in the same form (relative, or absolute in bytes).
 struct MemoryAlarm<'a> {
