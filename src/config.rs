@@ -47,6 +47,9 @@ pub struct AmqpSettings {
     pub confirm_timeout_secs: u64,
     pub reconnect_initial_ms: u64,
     pub reconnect_max_ms: u64,
+    /// Declare the exchanges, queues and bindings at each session; off: check that
+    /// they exist (passively) and declare nothing.
+    pub declare_topology: bool,
     #[serde(default)]
     pub tls: TlsSettings,
 }

@@ -27,12 +27,13 @@
 //! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
+//! - [`permissions`]: the RabbitMQ permissions the configured names need.
 //! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
 //!   commands; [`unrouted`]: the same for events nobody was bound for, for the
 //!   `unrouted` commands (the walk itself is in [`broker`]).
 //!
-//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted` and
-//! `redact` are pure: no I/O, no
+//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
+//! `permissions` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
@@ -44,6 +45,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod normalize;
 pub mod ops;
+pub mod permissions;
 pub mod redact;
 pub mod telemetry;
 pub mod unrouted;

@@ -68,6 +68,8 @@ const NOT_ALLOWED: u16 = 530;
 /// At session open, only a declaration meets it: a queue or exchange exists with other
 /// arguments than the configuration declares.
 const PRECONDITION_FAILED: u16 = 406;
+/// At session open: with `amqp.declare_topology` off, an exchange or queue is missing.
+const NOT_FOUND: u16 = 404;
 
 impl BrokerError {
     /// The broker's reply code, when it refused or closed something.
@@ -105,8 +107,15 @@ impl BrokerError {
     /// What an operator can do about it, when we know.
     pub fn hint(&self) -> Option<&'static str> {
         match self.reply_code() {
-            Some(ACCESS_REFUSED) => Some(
+            // Refused at login: the credentials. Refused later: a permission.
+            Some(ACCESS_REFUSED) if matches!(self, BrokerError::Connect { .. }) => Some(
                 "check the user name and password in amqp.url (RabbitMQ refuses guest from other hosts than localhost)",
+            ),
+            Some(ACCESS_REFUSED) => Some(
+                "the user lacks a permission (the error names the resource): `webhook-normalizer permissions` prints the `rabbitmqctl set_permissions` line it needs",
+            ),
+            Some(NOT_FOUND) => Some(
+                "an exchange or queue the worker expects does not exist: declare the topology (`webhook-normalizer topology`, as a user with configure permission) or set amqp.declare_topology = true",
             ),
             Some(PRECONDITION_FAILED) => Some(
                 "a queue or exchange exists with other arguments than this configuration declares (the error names it and the argument): a changed setting or an older version declared it; see docs/operations.md, \"Changing a queue's arguments\"",

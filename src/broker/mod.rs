@@ -23,6 +23,8 @@ pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use session::{Session, SessionEnd};
 pub use tls::{TlsHandshakeError, TlsSettingsError, client_config as tls_client_config};
-pub use topology::{declare_topology, declare_topology_with, raw_queue_arguments};
+pub use topology::{
+    check_topology, declare_topology, declare_topology_with, prepare_topology, raw_queue_arguments,
+};
 pub use unrouted::walk_unrouted;
 pub use walk::{Action, Progress, WINDOW, WalkError, WalkSummary};

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use super::connection::connect;
 use super::error::{BrokerError, Role};
-use super::topology::declare_topology_with;
+use super::topology::prepare_topology;
 use crate::config::Settings;
 use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, OutgoingEvent, PublishOutcome};
 use crate::ops::Health;
@@ -160,7 +160,7 @@ impl Publisher {
             health.clone(),
         );
         let channel = confirm_channel(&connection).await?;
-        declare_topology_with(&channel, settings).await?;
+        prepare_topology(&channel, settings).await?;
         Ok(Publisher {
             connection,
             channel,
@@ -191,7 +191,7 @@ impl Publisher {
         }
         let channel = confirm_channel(&self.connection).await?;
         if redeclare {
-            declare_topology_with(&channel, settings).await?;
+            prepare_topology(&channel, settings).await?;
         }
         self.channel = channel;
         Ok(())

@@ -23,6 +23,61 @@ pub async fn declare_topology(settings: &Settings) -> Result<(), BrokerError> {
     Ok(())
 }
 
+/// Declares the topology on an open channel ([`declare_topology_with`]), or with
+/// `amqp.declare_topology` off checks that it exists ([`check_topology`]).
+pub async fn prepare_topology(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
+    if s.amqp.declare_topology {
+        declare_topology_with(channel, s).await
+    } else {
+        check_topology(channel, s).await
+    }
+}
+
+/// Checks, with passive declarations (which need no configure permission), that every
+/// exchange and queue exists; the first missing one ends the check with a 404 naming it.
+/// Bindings cannot be checked this way.
+pub async fn check_topology(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
+    let passive_exchange = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for exchange in [
+        &s.input.exchange,
+        &s.output.exchange,
+        &s.output.unrouted_exchange,
+        &s.dead_letter.exchange,
+    ] {
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                passive_exchange,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "checking that exchange {exchange} exists"
+            )))?;
+    }
+    let passive_queue = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    for queue in [
+        &s.input.queue,
+        &s.output.unrouted_queue,
+        &s.dead_letter.queue,
+    ] {
+        channel
+            .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
+            .await
+            .map_err(BrokerError::amqp(format!(
+                "checking that queue {queue} exists"
+            )))?;
+    }
+    Ok(())
+}
+
 /// Declares, on an open channel:
 ///
 /// - `input.exchange` (topic) and `input.queue` (quorum) bound with `input.binding_key`;

@@ -9,6 +9,7 @@ mod fuzz;
 mod metrics;
 mod ops;
 mod ordering;
+mod permissions;
 mod pipeline;
 mod properties;
 mod resilience;

@@ -98,6 +98,19 @@ enum Command {
         #[command(subcommand)]
         command: UnroutedCommand,
     },
+    /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
+    /// worker's user, for an operator's user (the `dlq` and `unrouted` commands), and for
+    /// one user doing both.
+    Permissions {
+        /// The worker's user; default: the user in amqp.url.
+        #[arg(long)]
+        user: Option<String>,
+        /// The operator's user.
+        #[arg(long, default_value = "OPERATOR")]
+        operator: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
     EventTypes {
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
@@ -233,6 +246,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
+        Command::Permissions {
+            user,
+            operator,
+            config,
+        } => {
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
+            };
+            written_to_stdout(print_permissions(&settings, user, &operator))
+        }
     }
 }
 
@@ -421,6 +445,33 @@ fn print_events(events: &[EventJson]) -> io::Result<()> {
         out.write_all(&event.json)?;
         out.write_all(b"\n")?;
     }
+    out.flush()
+}
+
+fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) -> io::Result<()> {
+    use webhook_normalizer::permissions;
+    let url = settings.amqp.url.each().remove(0);
+    let parsed: Option<lapin::uri::AMQPUri> = url.expose().parse().ok();
+    let vhost = parsed
+        .as_ref()
+        .map_or_else(|| "/".to_owned(), |u| u.vhost.clone());
+    let user = user
+        .or_else(|| parsed.map(|u| u.authority.userinfo.username))
+        .unwrap_or_else(|| "USER".to_owned());
+    let worker = permissions::worker(settings);
+    let ops = permissions::operator(settings);
+    let declares = if settings.amqp.declare_topology {
+        "declares the topology (amqp.declare_topology = true)"
+    } else {
+        "checks a topology declared beforehand (amqp.declare_topology = false)"
+    };
+    let mut out = io::stdout().lock();
+    writeln!(out, "# webhook-normalizer run, which {declares}:")?;
+    writeln!(out, "{}", worker.command(&vhost, &user))?;
+    writeln!(out, "# the dlq and unrouted commands, as another user:")?;
+    writeln!(out, "{}", ops.command(&vhost, operator))?;
+    writeln!(out, "# both, as one user:")?;
+    writeln!(out, "{}", worker.union(&ops).command(&vhost, &user))?;
     out.flush()
 }
 

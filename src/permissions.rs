@@ -1,0 +1,249 @@
+//! The RabbitMQ permissions the worker and the `dlq` / `unrouted` commands need, for the
+//! names in the configuration: the regular expressions of `rabbitmqctl set_permissions`.
+//! Pure: settings in, patterns out.
+//!
+//! What needs which (RabbitMQ's access control):
+//!
+//! - declaring an exchange or a queue: configure on it; a queue with a dead-letter
+//!   exchange also write on that exchange and read on the queue; an exchange with an
+//!   alternate exchange also write on that one and read on the exchange;
+//! - binding a queue to an exchange: write on the queue, read on the exchange;
+//! - publishing: write on the exchange (`amq.default` for the default exchange);
+//! - consuming or `basic.get`: read on the queue;
+//! - the walks' lock, an exclusive queue `{queue}.lock`: configure on it.
+
+use crate::config::Settings;
+
+/// One user's permissions on the vhost: three regular expressions over resource names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permissions {
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+impl Permissions {
+    /// Both sets at once, for one user doing both jobs (RabbitMQ keeps one set of
+    /// permissions per user and vhost).
+    pub fn union(&self, other: &Permissions) -> Permissions {
+        let merge = |a: &str, b: &str| {
+            let names = |p: &str| -> Vec<String> {
+                p.strip_prefix("^(")
+                    .and_then(|p| p.strip_suffix(")$"))
+                    .map(alternatives)
+                    .unwrap_or_default()
+            };
+            let mut all = names(a);
+            for n in names(b) {
+                if !all.contains(&n) {
+                    all.push(n);
+                }
+            }
+            if all.is_empty() {
+                none()
+            } else {
+                format!("^({})$", all.join("|"))
+            }
+        };
+        Permissions {
+            configure: merge(&self.configure, &other.configure),
+            write: merge(&self.write, &other.write),
+            read: merge(&self.read, &other.read),
+        }
+    }
+
+    /// The `rabbitmqctl set_permissions` line that grants them.
+    pub fn command(&self, vhost: &str, user: &str) -> String {
+        format!(
+            "rabbitmqctl set_permissions -p {} {} {} {} {}",
+            shell_quote(vhost),
+            shell_quote(user),
+            shell_quote(&self.configure),
+            shell_quote(&self.write),
+            shell_quote(&self.read)
+        )
+    }
+}
+
+/// What `webhook-normalizer run` needs: with `amqp.declare_topology` it declares and
+/// binds everything; without, it only checks (passively) that it all exists, and needs
+/// no configure permission at all.
+pub fn worker(s: &Settings) -> Permissions {
+    let raw_exchange = s.input.exchange.as_str();
+    let raw_queue = s.input.queue.as_str();
+    let canonical = s.output.exchange.as_str();
+    let unrouted_exchange = s.output.unrouted_exchange.as_str();
+    let unrouted_queue = s.output.unrouted_queue.as_str();
+    let dead_letter_exchange = s.dead_letter.exchange.as_str();
+    let dead_letter_queue = s.dead_letter.queue.as_str();
+    if !s.amqp.declare_topology {
+        return Permissions {
+            configure: none(),
+            // Events and dead letters.
+            write: any_of(&[canonical, dead_letter_exchange]),
+            read: any_of(&[raw_queue]),
+        };
+    }
+    Permissions {
+        configure: any_of(&[
+            raw_exchange,
+            raw_queue,
+            canonical,
+            unrouted_exchange,
+            unrouted_queue,
+            dead_letter_exchange,
+            dead_letter_queue,
+        ]),
+        // Publishing events and dead letters; binding the three queues; the canonical
+        // exchange's alternate exchange and the raw queue's dead-letter exchange.
+        write: any_of(&[
+            canonical,
+            dead_letter_exchange,
+            raw_queue,
+            unrouted_queue,
+            dead_letter_queue,
+            unrouted_exchange,
+        ]),
+        // Consuming; the bindings' exchanges; declaring with an alternate or dead-letter
+        // exchange.
+        read: any_of(&[
+            raw_queue,
+            raw_exchange,
+            unrouted_exchange,
+            dead_letter_exchange,
+            canonical,
+        ]),
+    }
+}
+
+/// What the `dlq` and `unrouted` commands need (an operator's user, apart from the
+/// worker's): the lock queues, reading the two queues, copies through the default
+/// exchange, replays to the raw and the canonical exchange.
+pub fn operator(s: &Settings) -> Permissions {
+    let dead_letter_lock = format!("{}.lock", s.dead_letter.queue);
+    let unrouted_lock = format!("{}.lock", s.output.unrouted_queue);
+    Permissions {
+        configure: any_of(&[&dead_letter_lock, &unrouted_lock]),
+        write: any_of(&["amq.default", &s.input.exchange, &s.output.exchange]),
+        read: any_of(&[&s.dead_letter.queue, &s.output.unrouted_queue]),
+    }
+}
+
+/// A pattern matching exactly these names.
+fn any_of(names: &[&str]) -> String {
+    let mut unique: Vec<String> = Vec::new();
+    for name in names {
+        let escaped = escape(name);
+        if !unique.contains(&escaped) {
+            unique.push(escaped);
+        }
+    }
+    format!("^({})$", unique.join("|"))
+}
+
+/// The alternatives of a pattern `any_of` made: split at each `|` it did not escape.
+fn alternatives(inner: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut escaped = false;
+    for c in inner.chars() {
+        if c == '|' && !escaped {
+            out.push(String::new());
+            continue;
+        }
+        escaped = c == '\\' && !escaped;
+        if let Some(last) = out.last_mut() {
+            last.push(c);
+        }
+    }
+    out
+}
+
+/// Matches no name.
+fn none() -> String {
+    "^$".to_owned()
+}
+
+/// `name` as a regular expression that matches it literally.
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Single-quoted for a POSIX shell.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn defaults() -> Settings {
+        Settings::load(None).unwrap()
+    }
+
+    /// Reviewed by hand against the list in the module's documentation.
+    #[test]
+    fn the_worker_needs_exactly_its_names() {
+        let p = worker(&defaults());
+        assert_eq!(
+            p.configure,
+            r"^(webhooks\.raw|normalizer\.raw|events\.canonical|events\.unrouted|webhooks\.dead-letter|normalizer\.dead-letter)$"
+        );
+        assert_eq!(
+            p.write,
+            r"^(events\.canonical|webhooks\.dead-letter|normalizer\.raw|events\.unrouted|normalizer\.dead-letter)$"
+        );
+        assert_eq!(
+            p.read,
+            r"^(normalizer\.raw|webhooks\.raw|events\.unrouted|webhooks\.dead-letter|events\.canonical)$"
+        );
+    }
+
+    #[test]
+    fn a_pre_declared_topology_needs_no_configure_permission() {
+        let mut s = defaults();
+        s.amqp.declare_topology = false;
+        let p = worker(&s);
+        assert_eq!(p.configure, "^$");
+        assert_eq!(p.write, r"^(events\.canonical|webhooks\.dead-letter)$");
+        assert_eq!(p.read, r"^(normalizer\.raw)$");
+    }
+
+    #[test]
+    fn one_user_for_both_gets_the_union() {
+        let mut s = defaults();
+        s.amqp.declare_topology = false;
+        let both = worker(&s).union(&operator(&s));
+        assert_eq!(
+            both.configure,
+            r"^(normalizer\.dead-letter\.lock|events\.unrouted\.lock)$"
+        );
+        assert_eq!(
+            both.write,
+            r"^(events\.canonical|webhooks\.dead-letter|amq\.default|webhooks\.raw)$"
+        );
+        assert_eq!(
+            both.read,
+            r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted)$"
+        );
+    }
+
+    #[test]
+    fn names_are_matched_literally_and_quoted_for_the_shell() {
+        assert_eq!(any_of(&["a.b", "a.b", "c*(d)"]), r"^(a\.b|c\*\(d\))$");
+        assert_eq!(alternatives(&escape("x|y\\")), [r"x\|y\\"]);
+        assert_eq!(alternatives(r"a|b\.c"), ["a", r"b\.c"]);
+        let p = operator(&defaults());
+        assert_eq!(
+            p.command("it's", "ops"),
+            r#"rabbitmqctl set_permissions -p 'it'\''s' 'ops' '^(normalizer\.dead-letter\.lock|events\.unrouted\.lock)$' '^(amq\.default|webhooks\.raw|events\.canonical)$' '^(normalizer\.dead-letter|events\.unrouted)$'"#
+        );
+    }
+}
