@@ -10,6 +10,7 @@ use std::time::Duration;
 use testkit::*;
 
 mod cluster;
+mod scenarios;
 
 /// A memory alarm on a private node, cleared when dropped: the watermark goes back to
 /// what it was, in the same form (relative, or absolute in bytes).
