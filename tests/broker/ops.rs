@@ -102,7 +102,8 @@ fn invalid_configuration_names_the_key() {
 
     for url in [
         "guest:hunter2@rabbit:5672",
-        "amqps://guest:hunter2@rabbit:5671/%2f",
+        "amqp://guest:hunter2@rabbit:5672/",
+        "amqp://guest:hunter2@rabbit/%2f,amqp//guest:hunter2@rabbit-2",
     ] {
         let mut command = bin();
         command.arg("run").env("NORMALIZER__AMQP__URL", url);
