@@ -6,6 +6,7 @@ mod connection;
 mod dead_letter;
 mod dlq;
 mod error;
+mod gateway;
 mod ordered;
 mod pipeline;
 mod publish;
@@ -21,6 +22,7 @@ pub mod wire;
 pub use connection::{connect, prefer_next_url};
 pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
+pub use gateway::{Published, RawBody, publish_bodies};
 pub use session::{Session, SessionEnd};
 pub use tls::{TlsHandshakeError, TlsSettingsError, client_config as tls_client_config};
 pub use topology::{

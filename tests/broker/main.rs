@@ -12,6 +12,7 @@ mod ordering;
 mod permissions;
 mod pipeline;
 mod properties;
+mod publish;
 mod resilience;
 mod tls;
 mod unrouted;

@@ -21,6 +21,7 @@ use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker
 
 mod dlq;
 mod progress;
+mod publish;
 mod unrouted;
 
 use dlq::DlqCommand;
@@ -98,6 +99,10 @@ enum Command {
         #[command(subcommand)]
         command: UnroutedCommand,
     },
+    /// Publish raw webhook bodies to the raw exchange as a gateway does: byte for byte,
+    /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
+    /// when one is returned (nothing bound) or nacked.
+    Publish(publish::PublishArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
     /// worker's user, for an operator's user (the `dlq` and `unrouted` commands), and for
     /// one user doing both.
@@ -246,6 +251,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
+        Command::Publish(args) => publish::publish(args),
         Command::Permissions {
             user,
             operator,

@@ -1,0 +1,128 @@
+//! `webhook-normalizer publish`: raw webhook bodies to the raw exchange, as a gateway
+//! publishes them, for trying the worker out and for gateway teams' tests.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use webhook_normalizer::broker::{self, Published, RawBody};
+use webhook_normalizer::canonical::{Vendor, rfc3339_utc};
+
+use super::{EXIT_UNAVAILABLE, configure, report};
+
+#[derive(clap::Args)]
+pub(super) struct PublishArgs {
+    /// The vendor key (entuitive, authenticate, deel): sent as the `x-vendor` header and,
+    /// without --routing-key, as the routing key.
+    #[arg(long)]
+    vendor: Option<String>,
+    /// The routing key; default: the vendor key, else `gateway`.
+    #[arg(long)]
+    routing_key: Option<String>,
+    /// The `message_id` (with several files, `-1`, `-2`, … are appended).
+    #[arg(long)]
+    message_id: Option<String>,
+    /// Files, each one raw body, sent byte for byte; `-` or nothing reads one body from
+    /// stdin.
+    files: Vec<PathBuf>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// Publishes each body, confirmed; exit 0 when the broker took every one, 1 when one was
+/// returned (no queue bound) or nacked, 69 when the broker cannot be reached.
+pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    if let Some(vendor) = &args.vendor
+        && vendor.parse::<Vendor>().is_err()
+    {
+        report(format_args!(
+            "error: --vendor {vendor:?} is no vendor key (entuitive, authenticate, deel)"
+        ));
+        return Ok(ExitCode::from(2));
+    }
+    let settings = match configure(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let sources: Vec<Option<PathBuf>> = if args.files.is_empty() {
+        vec![None]
+    } else {
+        args.files
+            .iter()
+            .map(|f| (f.as_os_str() != "-").then(|| f.clone()))
+            .collect()
+    };
+    let routing_key = args
+        .routing_key
+        .clone()
+        .or_else(|| args.vendor.clone())
+        .unwrap_or_else(|| "gateway".into());
+    let several = sources.len() > 1;
+    let mut bodies = Vec::with_capacity(sources.len());
+    for (i, source) in sources.iter().enumerate() {
+        let body = match source {
+            Some(path) => {
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
+            }
+            None => {
+                let mut body = Vec::new();
+                io::stdin()
+                    .lock()
+                    .read_to_end(&mut body)
+                    .context("cannot read stdin")?;
+                body
+            }
+        };
+        bodies.push(RawBody {
+            body,
+            routing_key: routing_key.clone(),
+            vendor: args.vendor.clone(),
+            message_id: args.message_id.as_ref().map(|id| {
+                if several {
+                    format!("{id}-{}", i + 1)
+                } else {
+                    id.clone()
+                }
+            }),
+            received_at: rfc3339_utc::format(&chrono::Utc::now()),
+        });
+    }
+    let name = |i: usize| {
+        sources[i]
+            .as_ref()
+            .map_or_else(|| "stdin".to_owned(), |p| p.display().to_string())
+    };
+    let exchange = &settings.input.exchange;
+    let mut refused = 0;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let sent = runtime.block_on(broker::publish_bodies(&settings, &bodies, |i, outcome| {
+        let bytes = bodies[i].body.len();
+        match outcome {
+            Published::Confirmed => report(format_args!(
+                "{}: {bytes} bytes to {exchange} (routing key {routing_key}), confirmed",
+                name(i)
+            )),
+            Published::Returned => {
+                refused += 1;
+                report(format_args!(
+                    "error: {}: returned: no queue is bound to {exchange} for routing key {routing_key} (has the worker declared its topology? `webhook-normalizer topology`)",
+                    name(i)
+                ));
+            }
+            Published::Nacked => {
+                refused += 1;
+                report(format_args!("error: {}: nacked by the broker", name(i)));
+            }
+        }
+    }));
+    if let Err(e) = sent {
+        report(format_args!("error: {e}"));
+        return Ok(ExitCode::from(EXIT_UNAVAILABLE));
+    }
+    Ok(if refused == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
