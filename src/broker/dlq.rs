@@ -85,7 +85,7 @@ fn replay_properties(dead_letter: &BasicProperties) -> BasicProperties {
 pub const REPLAY_COUNT: &str = "x-replay-count";
 
 /// A delivery as plain values for [`DeadLetterInfo::read`].
-fn delivered(d: &lapin::message::Delivery) -> Delivered {
+pub(crate) fn delivered(d: &lapin::message::Delivery) -> Delivered {
     let table = d.properties.headers().clone().unwrap_or_default();
     let mut headers = BTreeMap::new();
     for (k, v) in table.inner() {
@@ -129,7 +129,7 @@ fn delivered(d: &lapin::message::Delivery) -> Delivered {
 
 /// A dead letter's routing key and properties as JSON: strings as text (byte strings
 /// that are not UTF-8 as `{"base64": …}`), numbers as numbers, tables as objects.
-fn properties_json(routing_key: &str, p: &BasicProperties) -> serde_json::Value {
+pub(crate) fn properties_json(routing_key: &str, p: &BasicProperties) -> serde_json::Value {
     use serde_json::{Map, Value, json};
     let mut out = Map::new();
     out.insert("routing_key".into(), json!(routing_key));

@@ -13,6 +13,7 @@ mod publish;
 mod raw;
 mod session;
 mod settler;
+mod tail;
 mod tls;
 mod topology;
 mod unrouted;
@@ -24,6 +25,7 @@ pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
 pub use gateway::{Published, RawBody, publish_bodies};
 pub use session::{Session, SessionEnd};
+pub use tail::{TailSource, Tailed, tail};
 pub use tls::{TlsHandshakeError, TlsSettingsError, client_config as tls_client_config};
 pub use topology::{
     check_topology, declare_topology, declare_topology_with, prepare_topology, raw_queue_arguments,

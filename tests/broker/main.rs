@@ -14,6 +14,7 @@ mod pipeline;
 mod properties;
 mod publish;
 mod resilience;
+mod tail;
 mod tls;
 mod unrouted;
 

@@ -22,6 +22,7 @@ use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker
 mod dlq;
 mod progress;
 mod publish;
+mod tail;
 mod unrouted;
 
 use dlq::DlqCommand;
@@ -103,6 +104,10 @@ enum Command {
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
     /// when one is returned (nothing bound) or nacked.
     Publish(publish::PublishArgs),
+    /// Watch canonical events go by (or dead letters, or unrouted events), from a
+    /// temporary queue of its own: a line each on a terminal (time, type, subject, id),
+    /// JSON Lines when piped.
+    Tail(tail::TailArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
     /// worker's user, for an operator's user (the `dlq` and `unrouted` commands), and for
     /// one user doing both.
@@ -252,6 +257,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
         Command::Publish(args) => publish::publish(args),
+        Command::Tail(args) => tail::tail(args),
         Command::Permissions {
             user,
             operator,

@@ -1,0 +1,146 @@
+//! `webhook-normalizer tail`: watch canonical events (or dead letters, or unrouted
+//! events) go by, from a queue of its own.
+
+use std::io::{self, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use webhook_normalizer::broker::{self, TailSource, Tailed};
+use webhook_normalizer::dead_letters;
+use webhook_normalizer::telemetry;
+use webhook_normalizer::unrouted::TypePattern;
+
+use super::{EXIT_UNAVAILABLE, configure, report, written_to_stdout};
+
+#[derive(clap::Args)]
+pub(super) struct TailArgs {
+    /// Binding patterns over canonical types (`deel.contract.*`, `*.background_check.#`);
+    /// default `#`, every event.
+    #[arg(value_parser = type_pattern)]
+    patterns: Vec<TypePattern>,
+    /// Watch what is dead-lettered instead.
+    #[arg(long, conflicts_with_all = ["patterns", "unrouted"])]
+    dead_letters: bool,
+    /// Watch events nobody is bound for instead.
+    #[arg(long, conflicts_with = "patterns")]
+    unrouted: bool,
+    /// Dead letters: print each body too (they hold personal data).
+    #[arg(long)]
+    show_body: bool,
+    /// Stop after this many.
+    #[arg(long)]
+    limit: Option<u64>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+fn type_pattern(s: &str) -> Result<TypePattern, String> {
+    TypePattern::parse(s).map_err(|e| e.to_string())
+}
+
+/// One event as a line on a terminal: time, type (in colour), subject, id.
+fn event_line(body: &[u8], routing_key: &str, colour: bool) -> String {
+    let event: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |k: &str| event[k].as_str().unwrap_or("-").to_owned();
+    let kind = if colour {
+        format!("\x1b[1;36m{routing_key}\x1b[0m")
+    } else {
+        routing_key.to_owned()
+    };
+    format!(
+        "{}  {kind}  {}  {}",
+        field("time"),
+        field("subject"),
+        field("id")
+    )
+}
+
+pub(super) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+    let settings = match configure(args.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(code) => return Ok(code),
+    };
+    let source = if args.dead_letters {
+        TailSource::DeadLetters
+    } else if args.unrouted {
+        TailSource::Unrouted
+    } else if args.patterns.is_empty() {
+        TailSource::Events(vec!["#".into()])
+    } else {
+        TailSource::Events(args.patterns.iter().map(ToString::to_string).collect())
+    };
+    let watching = match &source {
+        TailSource::Events(patterns) => format!(
+            "events {} on {}",
+            patterns.join(" "),
+            settings.output.exchange
+        ),
+        TailSource::DeadLetters => format!("dead letters on {}", settings.dead_letter.exchange),
+        TailSource::Unrouted => format!("events on {}", settings.output.unrouted_exchange),
+    };
+    let terminal = io::stdout().is_terminal();
+    let colour = telemetry::colour_wanted(terminal, std::env::var_os("NO_COLOR").as_deref());
+    let mut out = io::stdout().lock();
+    let mut write_failed: Option<io::Error> = None;
+    let mut printed = 0u64;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let watched = runtime.block_on(broker::tail(
+        &settings,
+        &source,
+        || report(format_args!("watching {watching}; Ctrl-C to stop")),
+        |item| {
+            let line = match item {
+                Tailed::Event { routing_key, body } if terminal => {
+                    event_line(body, routing_key, colour)
+                }
+                // Piped: the event as published, one JSON document a line.
+                Tailed::Event { body, .. } => String::from_utf8_lossy(body).into_owned(),
+                Tailed::DeadLetter {
+                    info,
+                    body,
+                    properties,
+                } if terminal => {
+                    let _ = properties;
+                    let mut line = dead_letters::peek_line(&info, chrono::Utc::now());
+                    if args.show_body {
+                        line.push('\t');
+                        line.push_str(&String::from_utf8_lossy(body));
+                    }
+                    line
+                }
+                Tailed::DeadLetter {
+                    info,
+                    body,
+                    properties,
+                } => {
+                    let mut record = dead_letters::export_record(&info, body, &properties);
+                    if !args.show_body
+                        && let Some(map) = record.as_object_mut()
+                    {
+                        map.remove("body_base64");
+                    }
+                    record.to_string()
+                }
+            };
+            if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+                write_failed = Some(e);
+                return false;
+            }
+            printed += 1;
+            args.limit.is_none_or(|l| printed < l)
+        },
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        },
+    ));
+    if let Some(e) = write_failed {
+        return written_to_stdout(Err(e));
+    }
+    match watched {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            report(format_args!("error: {e}"));
+            Ok(ExitCode::from(EXIT_UNAVAILABLE))
+        }
+    }
+}
