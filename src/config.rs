@@ -34,6 +34,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub retry: RetrySettings,
     pub http: HttpSettings,
+    pub ingest: IngestSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -116,6 +117,22 @@ pub struct RetrySettings {
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: ListenAddr,
+}
+
+/// The reference gateway (`webhook-normalizer ingest`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Where it takes webhooks: `POST /webhooks/{vendor}`.
+    pub listen: ListenAddr,
+    /// Longest a request may take, reading the body and the broker's confirm included.
+    pub request_timeout_secs: u64,
+}
+
+impl IngestSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
 }
 
 /// `host:port` for the health endpoints: an IPv4 address, a bracketed IPv6 address or a
@@ -494,6 +511,13 @@ impl Settings {
                 "cert_file and key_file go together (a client certificate and its key)",
             );
         }
+        within(
+            "ingest.request_timeout_secs",
+            self.ingest.request_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
         if !(1..=UNROUTED_MAX_LENGTH_LIMIT).contains(&self.output.unrouted_max_length) {
             return reject(
                 "output.unrouted_max_length",

@@ -28,6 +28,7 @@
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //! - [`permissions`]: the RabbitMQ permissions the configured names need.
+//! - [`ingest`]: the reference gateway, HTTP in, raw messages out.
 //! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
 //!   commands; [`unrouted`]: the same for events nobody was bound for, for the
 //!   `unrouted` commands (the walk itself is in [`broker`]).
@@ -43,6 +44,7 @@ pub mod canonical;
 pub mod config;
 pub mod dead_letters;
 pub mod delivery;
+pub mod ingest;
 pub mod normalize;
 pub mod ops;
 pub mod permissions;

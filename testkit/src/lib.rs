@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 pub use broker::{BROKER, TestVhost, connect, delete_stale_vhosts, rabbitmqctl};
 pub use broker_wide::{BrokerWideState, SharedBrokerWatch};
 pub use chaos::{Accounting, FaultyProxy, account, quorum_capture_queue};
-pub use http::http_get;
+pub use http::{http_get, http_post};
 pub use personal_data::{assert_no_personal_data, personal_data_in_fixtures};
 pub use pki::{CLIENT_NAME, TestPki};
 pub use private_node::{PrivateNode, free_port};

@@ -6,6 +6,7 @@
 mod dlq;
 mod flow;
 mod fuzz;
+mod ingest;
 mod metrics;
 mod ops;
 mod ordering;

@@ -104,6 +104,13 @@ enum Command {
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
     /// when one is returned (nothing bound) or nacked.
     Publish(publish::PublishArgs),
+    /// The reference gateway: take vendors' webhooks over HTTP (`POST /webhooks/{vendor}`
+    /// on `ingest.listen`) and publish each body as received, answering 200 only once the
+    /// broker has confirmed it, 503 otherwise. Stops on SIGTERM or SIGINT.
+    Ingest {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Watch canonical events go by (or dead letters, or unrouted events), from a
     /// temporary queue of its own: a line each on a terminal (time, type, subject, id),
     /// JSON Lines when piped.
@@ -257,6 +264,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
         Command::Publish(args) => publish::publish(args),
+        Command::Ingest { config } => {
+            let settings = match configure(config.as_deref()) {
+                Ok(settings) => settings,
+                Err(code) => return Ok(code),
+            };
+            let addrs = match settings.ingest.listen.resolve() {
+                Ok(addrs) => addrs,
+                Err(e) => return Ok(configuration_error(&e)),
+            };
+            tokio::runtime::Runtime::new()?.block_on(run_ingest(settings, &addrs))
+        }
         Command::Tail(args) => tail::tail(args),
         Command::Permissions {
             user,
@@ -378,6 +396,29 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
     let _ =
         tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(http)).await;
     Ok(code)
+}
+
+/// Serves the reference gateway on every address until a signal; requests in progress
+/// finish.
+async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    let listeners = ops::listen(addrs)
+        .await
+        .context("ingest.listen: cannot listen")?;
+    let mut servers = Vec::new();
+    for listener in listeners {
+        info!(address = %listener.local_addr()?, "ingest: POST /webhooks/{{vendor}}");
+        servers.push(tokio::spawn(webhook_normalizer::ingest::serve(
+            settings.clone(),
+            listener,
+            shutdown.clone(),
+        )));
+    }
+    tokio::spawn(watch_signals(shutdown.clone()));
+    for server in servers {
+        server.await??;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// First SIGTERM or SIGINT: graceful shutdown. Second: exit at once.

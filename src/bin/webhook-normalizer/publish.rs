@@ -86,6 +86,7 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 }
             }),
             received_at: rfc3339_utc::format(&chrono::Utc::now()),
+            headers: Vec::new(),
         });
     }
     let name = |i: usize| {
