@@ -35,6 +35,8 @@ pub struct Settings {
     pub retry: RetrySettings,
     pub http: HttpSettings,
     pub ingest: IngestSettings,
+    #[serde(default)]
+    pub signatures: crate::signatures::Signatures,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -510,6 +512,9 @@ impl Settings {
                 "amqp.tls",
                 "cert_file and key_file go together (a client certificate and its key)",
             );
+        }
+        if let Some((key, problem)) = self.signatures.problem() {
+            return reject(key, problem);
         }
         within(
             "ingest.request_timeout_secs",
@@ -1014,6 +1019,38 @@ mod tests {
             assert!(e.to_string().starts_with("amqp.url: "), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
+    }
+
+    #[test]
+    fn signature_secrets_come_as_lists_and_are_never_shown() {
+        let s = load_env(&[
+            (
+                "NORMALIZER__SIGNATURES__DEEL__SECRETS",
+                r#"["old-s3cret", "new-s3cret"]"#,
+            ),
+            (
+                "NORMALIZER__SIGNATURES__DEEL__LABELS",
+                r#"{k1 = "l4bel-s3cret"}"#,
+            ),
+            (
+                "NORMALIZER__SIGNATURES__ENTUITIVE__SECRETS",
+                r#"["e-s3cret"]"#,
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.signatures.deel.secrets.len(), 2);
+        assert!(s.signatures.deel.labels.contains_key("k1"));
+        assert_eq!(s.signatures.entuitive.secrets.len(), 1);
+        assert!(!format!("{s:?}").contains("s3cret"));
+        let e = load_env(&[("NORMALIZER__SIGNATURES__AUTHENTICATE__SECRETS", r#"["x"]"#)])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("signatures.authenticate: Authenticate publishes no signature scheme"),
+            "{e}"
+        );
+        let e = load_env(&[("NORMALIZER__SIGNATURES__DEEL__SECRETS", r#"[""]"#)]).unwrap_err();
+        assert!(e.to_string().contains("a secret is empty"), "{e}");
     }
 
     #[test]

@@ -49,6 +49,7 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
+use crate::signatures::{Signatures, verify};
 
 /// The `content_type` of canonical events (CloudEvents AMQP binding, structured mode).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -104,6 +105,9 @@ pub struct RawMessage {
     /// naming a property, never its value); any makes it an `invalid_properties` dead
     /// letter.
     pub property_problems: Vec<String>,
+    /// The vendors' signature headers ([`crate::signatures::HEADERS`]) present as text,
+    /// by lowercase name.
+    pub signature_headers: Vec<(&'static str, String)>,
 }
 
 impl RawMessage {
@@ -297,9 +301,59 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Normalizes a raw message and says what to publish for it, within `limits`. Pure:
-/// `now` is passed in.
+/// [`plan_checked`] with no signature secrets configured.
 pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
+    plan_checked(raw, limits, &Signatures::default(), now)
+}
+
+/// Normalizes a raw message and says what to publish for it, within `limits`, checking
+/// the vendor's signature against `signatures` (before mapping when the gateway names
+/// the vendor, after detecting it otherwise). Pure: `now` is passed in.
+pub fn plan_checked(
+    raw: &RawMessage,
+    limits: &Limits,
+    signatures: &Signatures,
+    now: DateTime<Utc>,
+) -> Plan {
+    let signed = |vendor: Vendor| {
+        verify(
+            signatures,
+            vendor,
+            |name| {
+                raw.signature_headers
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.as_str())
+            },
+            &raw.body,
+        )
+        .map_err(|e| {
+            Plan::DeadLetter(DeadLetter::new(
+                raw,
+                ErrorKind::InvalidSignature,
+                Some(vendor),
+                &e.to_string(),
+                now,
+            ))
+        })
+    };
+    let hinted = raw.vendor_hint().and_then(|v| v.parse::<Vendor>().ok());
+    if let Some(vendor) = hinted
+        && let Err(refused) = signed(vendor)
+    {
+        return refused;
+    }
+    match plan_unchecked(raw, limits, now) {
+        // Detected from the body: checked now.
+        Plan::Publish { vendor, events } if hinted != Some(vendor) => match signed(vendor) {
+            Ok(()) => Plan::Publish { vendor, events },
+            Err(refused) => refused,
+        },
+        planned => planned,
+    }
+}
+
+fn plan_unchecked(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
     if !raw.property_problems.is_empty() {
         let detail = raw.property_problems.join("; ");
         return Plan::DeadLetter(DeadLetter::new(
@@ -526,6 +580,96 @@ mod tests {
 
     const PII_UPDATE: &[u8] =
         br#"{"id":"e-1","event":"USER_PII_UPDATE","eventDate":"2020-12-07T19:18:32.076Z","order":{"userAccessCode":"u-1"}}"#;
+
+    /// Hex HMAC-SHA256 of `prefix` + `body` with `secret`: the vendors' schemes.
+    fn hmac_hex(secret: &str, prefix: &[u8], body: &[u8]) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(prefix);
+        mac.update(body);
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    const ENTUITIVE_CREATED: &[u8] =
+        br#"{"event_type":"user.created","data":{"id":7,"email":"a@example.com","first_name":"A","last_name":"B","status":"active"}}"#;
+
+    #[test]
+    fn signatures_are_checked_before_mapping_with_a_hint_and_after_detection_without() {
+        use crate::signatures::{DEEL_HEADER, ENTUITIVE_HEADER, Secret};
+        let mut signatures = Signatures::default();
+        signatures.entuitive.secrets = vec![Secret::new("e-key")];
+        signatures.deel.secrets = vec![Secret::new("d-key")];
+        let signed = |body: &[u8], header: &'static str, sig: String, hint: &str| RawMessage {
+            signature_headers: vec![(header, sig)],
+            routing_key: hint.into(),
+            ..raw(body)
+        };
+        let kind = |m: &RawMessage| match plan_checked(m, &Limits::default(), &signatures, now()) {
+            Plan::Publish { .. } => None,
+            Plan::DeadLetter(dl) => Some((dl.kind, dl.routing_key, dl.detail)),
+        };
+        // Detected from the body, signed: events. Unsigned or wrongly signed: refused.
+        let good = hmac_hex("e-key", b"", ENTUITIVE_CREATED);
+        assert_eq!(
+            kind(&signed(
+                ENTUITIVE_CREATED,
+                ENTUITIVE_HEADER,
+                good.clone(),
+                "gw"
+            )),
+            None
+        );
+        assert_eq!(
+            kind(&raw(ENTUITIVE_CREATED)),
+            Some((
+                ErrorKind::InvalidSignature,
+                "entuitive.invalid_signature".into(),
+                "missing x-entuitive-signature (signatures.entuitive.required)".into()
+            ))
+        );
+        let wrong = hmac_hex("other", b"", ENTUITIVE_CREATED);
+        let (k, _, detail) = kind(&signed(
+            ENTUITIVE_CREATED,
+            ENTUITIVE_HEADER,
+            wrong.clone(),
+            "gw",
+        ))
+        .unwrap();
+        assert_eq!(k, ErrorKind::InvalidSignature);
+        assert!(!detail.contains(&wrong), "{detail}");
+        // With a hint, checked first: a bad signature on a body that would not map is
+        // invalid_signature; a good one on it gets the mapping's verdict.
+        let junk = b"not json";
+        assert_eq!(
+            kind(&signed(
+                junk,
+                DEEL_HEADER,
+                hmac_hex("x", b"POST", junk),
+                "deel"
+            ))
+            .map(|k| k.0),
+            Some(ErrorKind::InvalidSignature)
+        );
+        assert_eq!(
+            kind(&signed(
+                junk,
+                DEEL_HEADER,
+                hmac_hex("d-key", b"POST", junk),
+                "deel"
+            ))
+            .map(|k| k.0),
+            Some(ErrorKind::InvalidJson)
+        );
+        // Nothing configured: nothing checked (plan).
+        assert!(matches!(
+            plan(&raw(ENTUITIVE_CREATED), &Limits::default(), now()),
+            Plan::Publish { .. }
+        ));
+    }
 
     #[test]
     fn vendor_hint_prefers_header_then_routing_key_word() {

@@ -27,6 +27,7 @@
 //! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
+//! - [`signatures`]: the vendors' webhook signatures, checked over the raw bytes.
 //! - [`permissions`]: the RabbitMQ permissions the configured names need.
 //! - [`ingest`]: the reference gateway, HTTP in, raw messages out.
 //! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
@@ -34,7 +35,7 @@
 //!   `unrouted` commands (the walk itself is in [`broker`]).
 //!
 //! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
-//! `permissions` and `redact` are pure: no I/O, no
+//! `permissions`, `signatures` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
@@ -49,6 +50,7 @@ pub mod normalize;
 pub mod ops;
 pub mod permissions;
 pub mod redact;
+pub mod signatures;
 pub mod telemetry;
 pub mod unrouted;
 pub mod vendors;

@@ -39,8 +39,9 @@ impl Default for Limits {
 
 /// The machine-readable kind of a dead letter. Its string is part of the public
 /// contract: dead-letter routing keys and headers carry it. `normalize` produces all but
-/// [`ErrorKind::InvalidProperties`] and [`ErrorKind::PublishRefused`], which only the
-/// worker can observe.
+/// [`ErrorKind::InvalidProperties`], [`ErrorKind::PublishRefused`] and
+/// [`ErrorKind::InvalidSignature`], which only the worker can observe (they depend on
+/// the message's properties, the broker, the headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -60,10 +61,13 @@ pub enum ErrorKind {
     /// The message's AMQP properties could not be taken as sent: a short string that is
     /// not UTF-8, headers nested too deep or not parseable, a repeated `x-vendor`.
     InvalidProperties,
+    /// The vendor's signature header is missing (when required), malformed, or made by
+    /// none of the configured secrets (`signatures.*`).
+    InvalidSignature,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::InvalidJson,
         ErrorKind::BodyTooLarge,
         ErrorKind::UnknownVendor,
@@ -73,6 +77,7 @@ impl ErrorKind {
         ErrorKind::OutputTooLarge,
         ErrorKind::PublishRefused,
         ErrorKind::InvalidProperties,
+        ErrorKind::InvalidSignature,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -86,6 +91,7 @@ impl ErrorKind {
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::PublishRefused => "publish_refused",
             ErrorKind::InvalidProperties => "invalid_properties",
+            ErrorKind::InvalidSignature => "invalid_signature",
         }
     }
 }
@@ -532,7 +538,8 @@ mod tests {
                 "too_many_events",
                 "output_too_large",
                 "publish_refused",
-                "invalid_properties"
+                "invalid_properties",
+                "invalid_signature"
             ]
         );
         for k in ErrorKind::ALL {

@@ -6,6 +6,7 @@ use lapin::types::AMQPValue;
 
 use super::publish::header_text;
 use crate::delivery::{RawMessage, VendorHeader, headers};
+use crate::signatures;
 
 /// The raw message of one delivery. `property_problems` are what the frame check found
 /// wrong with its properties.
@@ -24,7 +25,36 @@ pub(crate) fn raw_message(
         received_at_header: header_text(properties, headers::RECEIVED_AT),
         timestamp: *properties.timestamp(),
         property_problems,
+        signature_headers: signature_headers(properties),
     }
+}
+
+/// The vendors' signature headers present as text, by lowercase name; a gateway may
+/// forward them in the case the vendor sent (`X-Entuitive-Signature`). The first of a
+/// name wins.
+fn signature_headers(properties: &BasicProperties) -> Vec<(&'static str, String)> {
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    let Some(table) = properties.headers().as_ref() else {
+        return found;
+    };
+    for (key, value) in table.inner() {
+        let Some(name) = signatures::HEADERS
+            .iter()
+            .find(|h| h.eq_ignore_ascii_case(key.as_str()))
+        else {
+            continue;
+        };
+        let text = match value {
+            AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            AMQPValue::ShortString(s) => s.as_str().to_owned(),
+            AMQPValue::ByteArray(b) => String::from_utf8_lossy(b.as_slice()).into_owned(),
+            _ => continue,
+        };
+        if !found.iter().any(|(n, _)| n == name) {
+            found.push((name, text));
+        }
+    }
+    found
 }
 
 /// `x-vendor` as text (a long or short string, or a byte array), or what else it is.

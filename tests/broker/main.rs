@@ -15,6 +15,7 @@ mod pipeline;
 mod properties;
 mod publish;
 mod resilience;
+mod signatures;
 mod tail;
 mod tls;
 mod unrouted;

@@ -47,9 +47,10 @@ use super::publish::{
 use super::raw::raw_message;
 use super::wire::WireReport;
 use crate::config::Settings;
-use crate::delivery::{DeadLetter, Fault, Plan, PublishOutcome, RetryPolicy, Settle, plan};
+use crate::delivery::{DeadLetter, Fault, Plan, PublishOutcome, RetryPolicy, Settle, plan_checked};
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Health, Outcome, WorkerState, describe};
+use crate::signatures::Signatures;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -76,6 +77,7 @@ struct Outage {
 pub(crate) struct Pipeline<'s> {
     settings: &'s Settings,
     limits: Limits,
+    signatures: Signatures,
     retry: RetryPolicy,
     output_exchange: ShortString,
     dead_letter_exchange: ShortString,
@@ -101,6 +103,7 @@ impl<'s> Pipeline<'s> {
         Pipeline {
             settings,
             limits: settings.limits(),
+            signatures: settings.signatures.clone(),
             retry: RetryPolicy {
                 initial: settings.retry.initial(),
                 max: settings.retry.max(),
@@ -209,7 +212,7 @@ impl<'s> Pipeline<'s> {
             failing_since: None,
             admitted_at: Instant::now(),
         };
-        let planned = plan(&entry.raw, &self.limits, Utc::now());
+        let planned = plan_checked(&entry.raw, &self.limits, &self.signatures, Utc::now());
         self.prepare(&mut entry, planned);
         self.held_bytes += entry.bytes;
         self.entries.push_back(entry);
