@@ -18,7 +18,8 @@
 //!   -> delivery::coalesce          acks in order, batched with `multiple`
 //! ```
 //!
-//! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema).
+//! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema);
+//!   [`asyncapi`]: the same as an AsyncAPI document, made from the type table.
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
 //! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
 //! - [`body`]: the strict JSON reader of webhook bodies.
@@ -34,11 +35,12 @@
 //!   commands; [`unrouted`]: the same for events nobody was bound for, for the
 //!   `unrouted` commands (the walk itself is in [`broker`]).
 //!
-//! `canonical`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
+//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
 //! `permissions`, `signatures` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
+pub mod asyncapi;
 pub mod body;
 pub mod broker;
 pub mod canonical;

@@ -143,6 +143,8 @@ enum TableFormat {
     Json,
     /// A Markdown table.
     Markdown,
+    /// The AsyncAPI 3.0 document of every channel (as `docs/asyncapi.json`).
+    Asyncapi,
 }
 
 /// A rate: a positive number of messages a second.
@@ -530,7 +532,11 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
 
 fn print_event_types(format: TableFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    if let TableFormat::Markdown = format {
+    if let TableFormat::Asyncapi = format {
+        let doc = webhook_normalizer::asyncapi::document(env!("CARGO_PKG_VERSION"));
+        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+    } else if let TableFormat::Markdown = format {
         out.write_all(webhook_normalizer::canonical::markdown_table().as_bytes())?;
     } else if let TableFormat::Json = format {
         for t in EventType::ALL {

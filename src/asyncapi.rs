@@ -1,0 +1,260 @@
+//! The AsyncAPI 3.0 document of what the worker consumes and publishes, made from the
+//! type table so that it cannot drift: `webhook-normalizer event-types --format asyncapi`,
+//! checked in as `docs/asyncapi.json` (a test fails when the two differ).
+//!
+//! Channels: the raw exchange (what gateways publish, the worker receives), one channel
+//! per canonical type on the canonical exchange (routing key = type), and the dead-letter
+//! exchange (routing key `{vendor}.{kind}`). Names are the defaults of
+//! `config/default.toml`.
+
+use serde_json::{Map, Value, json};
+
+use crate::canonical::{EventType, JSON_SCHEMA, Vendor};
+use crate::normalize::ErrorKind;
+
+/// The document for this version of the worker.
+pub fn document(version: &str) -> Value {
+    let mut channels = Map::new();
+    let mut operations = Map::new();
+    let mut messages = Map::new();
+
+    channels.insert(
+        "rawWebhooks".into(),
+        json!({
+            "address": "{routingKey}",
+            "title": "Raw webhooks",
+            "description": "What gateways publish: each vendor webhook body exactly as received. The worker's queue `normalizer.raw` binds `#`; a vendor key as the routing key's first word is a vendor hint. See docs/raw-message-contract.md.",
+            "parameters": {"routingKey": {"description": "Anything; `deel`, `deel.prod` double as the vendor hint."}},
+            "messages": {"rawWebhook": {"$ref": "#/components/messages/rawWebhook"}},
+            "bindings": {"amqp": exchange("webhooks.raw", "topic")},
+        }),
+    );
+    operations.insert(
+        "consumeRawWebhooks".into(),
+        json!({
+            "action": "receive",
+            "title": "The worker consumes raw webhooks",
+            "channel": {"$ref": "#/channels/rawWebhooks"},
+            "messages": [{"$ref": "#/channels/rawWebhooks/messages/rawWebhook"}],
+            "bindings": {"amqp": {"ack": true, "bindingVersion": "0.3.0"}},
+        }),
+    );
+
+    for t in EventType::ALL {
+        let name = t.as_str();
+        let key = message_key(name);
+        channels.insert(
+            name.into(),
+            json!({
+                "address": name,
+                "title": name,
+                "description": format!(
+                    "{} `{}`{}. Subject: {}.",
+                    vendor_name(t.vendor()),
+                    t.vendor_event_type(),
+                    if t.condition().is_empty() { String::new() } else { format!(" when {}", t.condition()) },
+                    t.subject_rule()
+                ),
+                "messages": {key.clone(): {"$ref": format!("#/components/messages/{key}")}},
+                "bindings": {"amqp": exchange("events.canonical", "topic")},
+            }),
+        );
+        operations.insert(
+            format!("publish_{key}"),
+            json!({
+                "action": "send",
+                "channel": {"$ref": format!("#/channels/{name}")},
+                "messages": [{"$ref": format!("#/channels/{name}/messages/{key}")}],
+                "bindings": published(),
+            }),
+        );
+        messages.insert(
+            key,
+            json!({
+                "name": name,
+                "title": name,
+                "contentType": "application/cloudevents+json",
+                "correlationId": {"location": "$message.header#/correlation_id"},
+                "payload": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/CanonicalEvent"},
+                        {"properties": {
+                            "type": {"const": name},
+                            "vendor": {"const": t.vendor().key()},
+                            "vendoreventtype": {"const": t.vendor_event_type()},
+                        }},
+                    ],
+                }
+            }),
+        );
+    }
+
+    let vendors: Vec<&str> = Vendor::ALL
+        .iter()
+        .map(|v| v.key())
+        .chain(["unknown"])
+        .collect();
+    let kinds: Vec<&str> = ErrorKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .chain(["delivery_limit"])
+        .collect();
+    channels.insert(
+        "deadLetters".into(),
+        json!({
+            "address": "{vendor}.{kind}",
+            "title": "Dead letters",
+            "description": "What cannot be normalized: the raw message as it came (body byte for byte, properties and headers) plus the reason in headers. `unknown.delivery_limit` is the broker's own dead letter (only `x-death`).",
+            "parameters": {
+                "vendor": {"enum": vendors},
+                "kind": {"enum": kinds},
+            },
+            "messages": {"deadLetter": {"$ref": "#/components/messages/deadLetter"}},
+            "bindings": {"amqp": exchange("webhooks.dead-letter", "topic")},
+        }),
+    );
+    operations.insert(
+        "publishDeadLetters".into(),
+        json!({
+            "action": "send",
+            "channel": {"$ref": "#/channels/deadLetters"},
+            "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}],
+            "bindings": published(),
+        }),
+    );
+
+    messages.insert(
+        "rawWebhook".into(),
+        json!({
+            "name": "rawWebhook",
+            "title": "A vendor webhook body, as received",
+            "contentType": "application/json",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "x-vendor": {"type": "string", "enum": Vendor::ALL.iter().map(|v| v.key()).collect::<Vec<_>>(), "description": "The vendor hint (any case); wins over the routing key."},
+                    "x-received-at": {"type": "string", "format": "date-time", "description": "When the gateway received the webhook."},
+                    "x-entuitive-signature": {"type": "string", "description": "Forwarded from Entuitive."},
+                    "x-deel-signature": {"type": "string", "description": "Forwarded from Deel."},
+                    "x-deel-hmac-label": {"type": "string", "description": "Forwarded from Deel."},
+                },
+            },
+            "payload": {"description": "The body exactly as received: any bytes (JSON for every vendor)."},
+        }),
+    );
+    messages.insert(
+        "deadLetter".into(),
+        json!({
+            "name": "deadLetter",
+            "title": "A raw message that could not be normalized",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "x-normalizer-error-kind": {"type": "string", "enum": ErrorKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()},
+                    "x-normalizer-error": {"type": "string", "description": "A JSON path and what is wrong; never a value from the body."},
+                    "x-normalizer-failed-at": {"type": "string", "format": "date-time"},
+                    "x-normalizer-version": {"type": "string"},
+                    "x-original-exchange": {"type": "string"},
+                    "x-original-routing-key": {"type": "string"},
+                },
+            },
+            "payload": {"description": "The raw body, byte for byte."},
+        }),
+    );
+
+    let mut schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap_or_default();
+    if let Some(map) = schema.as_object_mut() {
+        // An AsyncAPI schema (JSON Schema draft-07 and more) is not a document of its own.
+        map.remove("$schema");
+        map.remove("$id");
+    }
+
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "webhook-normalizer",
+            "version": version,
+            "description": "Vendor webhooks (Entuitive Workforce, Authenticate, Deel) in, one CloudEvents 1.0 stream out, on RabbitMQ. Bind a queue to `events.canonical` with a type or a pattern (`deel.contract.*`, `*.background_check.completed`). Delivery is at least once: deduplicate on `id` (the AMQP `message_id`), which is stable for a vendor event. The version is the worker's: a new type or field is a minor change; removing or renaming a type or a field, or changing what an id is made of, is a major one.",
+        },
+        "defaultContentType": "application/cloudevents+json",
+        "servers": {
+            "rabbitmq": {
+                "host": "localhost:5672",
+                "protocol": "amqp",
+                "protocolVersion": "0.9.1",
+                "description": "Any RabbitMQ 3.10+ (the worker's amqp.url).",
+            },
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "messages": messages,
+            "schemas": {"CanonicalEvent": schema},
+        },
+    })
+}
+
+/// A message key: the type with `.` as `_` (component keys allow letters, digits, `.`,
+/// `_`, `-`, but a message's key reads better without dots).
+fn message_key(event_type: &str) -> String {
+    event_type.replace('.', "_")
+}
+
+fn vendor_name(v: Vendor) -> &'static str {
+    match v {
+        Vendor::Entuitive => "Entuitive Workforce",
+        Vendor::Authenticate => "Authenticate",
+        Vendor::Deel => "Deel",
+    }
+}
+
+/// How the worker publishes: persistent, `mandatory` (with publisher confirms), stamped.
+fn published() -> Value {
+    json!({"amqp": {"deliveryMode": 2, "mandatory": true, "timestamp": true, "bindingVersion": "0.3.0"}})
+}
+
+/// The AMQP channel binding of a routing key on `name`.
+fn exchange(name: &str, kind: &str) -> Value {
+    json!({
+        "is": "routingKey",
+        "exchange": {"name": name, "type": kind, "durable": true, "autoDelete": false, "vhost": "/"},
+        "bindingVersion": "0.3.0",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `docs/asyncapi.json` is what `event-types --format asyncapi` prints: a change to
+    /// the type table fails here until the document is made again.
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let generated = serde_json::to_string_pretty(&document(env!("CARGO_PKG_VERSION")))
+            .unwrap()
+            + "\n";
+        assert!(
+            include_str!("../docs/asyncapi.json") == generated,
+            "docs/asyncapi.json is stale: `cargo run -- event-types --format asyncapi > docs/asyncapi.json`"
+        );
+    }
+
+    #[test]
+    fn every_type_has_its_channel_message_and_operation() {
+        let doc = document("0.0.0");
+        for t in EventType::ALL {
+            assert_eq!(doc["channels"][t.as_str()]["address"], t.as_str());
+            let key = message_key(t.as_str());
+            assert_eq!(doc["components"]["messages"][&key]["name"], t.as_str());
+            assert_eq!(
+                doc["operations"][format!("publish_{key}")]["action"],
+                "send"
+            );
+        }
+        assert!(
+            doc["components"]["schemas"]["CanonicalEvent"]
+                .get("$schema")
+                .is_none()
+        );
+    }
+}
