@@ -230,9 +230,8 @@ mod tests {
     /// the type table fails here until the document is made again.
     #[test]
     fn the_checked_in_document_is_the_generated_one() {
-        let generated = serde_json::to_string_pretty(&document(env!("CARGO_PKG_VERSION")))
-            .unwrap()
-            + "\n";
+        let generated =
+            serde_json::to_string_pretty(&document(env!("CARGO_PKG_VERSION"))).unwrap() + "\n";
         assert!(
             include_str!("../docs/asyncapi.json") == generated,
             "docs/asyncapi.json is stale: `cargo run -- event-types --format asyncapi > docs/asyncapi.json`"
