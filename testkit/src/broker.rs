@@ -1,9 +1,15 @@
 //! The shared RabbitMQ on 5672, as tests use it: `rabbitmqctl` on it, and a throwaway
 //! vhost per test (there or on a private node). Nothing here changes broker-wide state.
+//!
+//! When nothing answers on 5672, the first test to need the shared broker starts a
+//! private node in its place ([`PrivateNode`]), one per test process, stopped when the
+//! process ends: `cargo test` needs RabbitMQ installed, not running.
 
 use std::collections::HashMap;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use lapin::{Connection, ConnectionProperties};
 
@@ -12,8 +18,64 @@ use crate::PrivateNode;
 /// The shared broker, without a vhost.
 pub const BROKER: &str = "amqp://guest:guest@127.0.0.1:5672";
 
+/// The broker tests share: RabbitMQ on 5672, or a private node standing in for it.
+struct Shared {
+    /// `amqp://guest:guest@127.0.0.1:{port}`.
+    url: String,
+    /// The stand-in's node name, for `rabbitmqctl -n`.
+    node: Option<String>,
+    /// Kept for the life of the process; its reaper stops it when the process ends.
+    _stand_in: Option<std::sync::Mutex<PrivateNode>>,
+}
+
+/// Where the shared broker is looked for, when not 5672 (the test kit's own tests).
+pub const SHARED_PORT_VAR: &str = "WN_TESTKIT_SHARED_PORT";
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        // Another port only for the test kit's own test of the stand-in.
+        let port: u16 = std::env::var(SHARED_PORT_VAR)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(5672);
+        let answers = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(2),
+        )
+        .is_ok();
+        if answers {
+            return Shared {
+                url: BROKER.to_owned(),
+                node: None,
+                _stand_in: None,
+            };
+        }
+        eprintln!("nothing answers on 127.0.0.1:{port}: starting a private RabbitMQ node for this test process");
+        let node = PrivateNode::start();
+        Shared {
+            url: format!("amqp://guest:guest@127.0.0.1:{}", node.port()),
+            node: Some(node.name().to_owned()),
+            _stand_in: Some(std::sync::Mutex::new(node)),
+        }
+    })
+}
+
+/// The shared broker's URL, without a vhost (5672, or the stand-in's port).
+pub fn shared_broker_url() -> String {
+    shared().url.clone()
+}
+
 /// Runs `rabbitmqctl args…` against the shared broker and asserts it succeeded.
 pub fn rabbitmqctl(args: &[&str]) -> std::process::Output {
+    let node: Vec<&str> = match &shared().node {
+        Some(name) => vec!["-n", name.as_str()],
+        None => Vec::new(),
+    };
+    run_rabbitmqctl(&[&node[..], args].concat())
+}
+
+fn run_rabbitmqctl(args: &[&str]) -> std::process::Output {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()
@@ -42,7 +104,8 @@ const TEST_PREFIX: &str = "wn-test-";
 impl TestVhost {
     /// A vhost on the shared broker, `wn-test-{pid}-{n}-{label}`.
     pub fn new(label: &str) -> TestVhost {
-        TestVhost::create(TEST_PREFIX, label, BROKER.to_owned(), None)
+        let shared = shared();
+        TestVhost::create(TEST_PREFIX, label, shared.url.clone(), shared.node.clone())
     }
 
     /// A vhost on a private node (which must outlive it).
@@ -54,7 +117,8 @@ impl TestVhost {
     /// A vhost on the shared broker named `{prefix}{pid}-{n}-{label}`: a benchmark's,
     /// whose leftovers [`delete_stale_vhosts`] finds by the pid.
     pub fn with_prefix(prefix: &str, label: &str) -> TestVhost {
-        TestVhost::create(prefix, label, BROKER.to_owned(), None)
+        let shared = shared();
+        TestVhost::create(prefix, label, shared.url.clone(), shared.node.clone())
     }
 
     fn create(prefix: &str, label: &str, broker: String, node: Option<String>) -> TestVhost {
@@ -100,8 +164,8 @@ impl TestVhost {
     /// `rabbitmqctl` on the vhost's broker, asserted to succeed.
     pub fn rabbitmqctl(&self, args: &[&str]) -> std::process::Output {
         match &self.node {
-            Some(node) => rabbitmqctl(&[&["-n", node.as_str()], args].concat()),
-            None => rabbitmqctl(args),
+            Some(node) => run_rabbitmqctl(&[&["-n", node.as_str()], args].concat()),
+            None => run_rabbitmqctl(args),
         }
     }
 

@@ -69,7 +69,10 @@ mod worker;
 
 use std::time::{Duration, Instant};
 
-pub use broker::{BROKER, TestVhost, connect, delete_stale_vhosts, rabbitmqctl};
+pub use broker::{
+    BROKER, SHARED_PORT_VAR, TestVhost, connect, delete_stale_vhosts, rabbitmqctl,
+    shared_broker_url,
+};
 pub use broker_wide::{BrokerWideState, SharedBrokerWatch};
 pub use chaos::{Accounting, FaultyProxy, account, quorum_capture_queue};
 pub use http::{http_get, http_post};

@@ -97,3 +97,48 @@ fn a_node_outlives_no_killed_test_process() {
         !running(pid) && !dir.exists()
     });
 }
+
+/// Run by the test below as a child process, told that the shared broker is on a port
+/// where nothing listens: a stand-in node takes its place.
+#[test]
+#[ignore = "a child process of nothing_on_5672_means_a_stand_in_node"]
+fn use_the_shared_broker() {
+    if std::env::var_os(testkit::SHARED_PORT_VAR).is_none() {
+        return;
+    }
+    let url = testkit::shared_broker_url();
+    assert_ne!(url, testkit::BROKER, "a stand-in, not 5672");
+    let vhost = testkit::TestVhost::new("stand-in");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let conn = vhost.connect().await;
+        assert!(vhost.url().starts_with(&url));
+        conn.close(200, "ok".into()).await.unwrap();
+    });
+    println!("STAND-IN-OK");
+}
+
+/// With nothing on the shared broker's port, tests get a private node instead: the test
+/// command needs RabbitMQ installed, not running.
+#[test]
+fn nothing_on_5672_means_a_stand_in_node() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "use_the_shared_broker",
+            "--nocapture",
+        ])
+        .env(testkit::SHARED_PORT_VAR, testkit::free_port().to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("STAND-IN-OK"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -24,7 +24,7 @@ impl Drop for Ingest {
 }
 
 fn start_ingest(url: &str) -> Ingest {
-    let mut child = Command::new(worker_binary())
+    let child = Command::new(worker_binary())
         .arg("ingest")
         .env("NORMALIZER__AMQP__URL", url)
         .env("NORMALIZER__INGEST__LISTEN", "127.0.0.1:0")
@@ -35,7 +35,12 @@ fn start_ingest(url: &str) -> Ingest {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stderr = child.stderr.take().unwrap();
+    // Killed when dropped, also if its address never comes.
+    let mut ingest = Ingest {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let stderr = ingest.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -47,10 +52,10 @@ fn start_ingest(url: &str) -> Ingest {
             }
         }
     });
-    let addr = rx
+    ingest.addr = rx
         .recv_timeout(Duration::from_secs(20))
         .expect("ingest logs its address");
-    Ingest { child, addr }
+    ingest
 }
 
 #[tokio::test(flavor = "multi_thread")]

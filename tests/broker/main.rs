@@ -15,6 +15,7 @@ mod permissions;
 mod pipeline;
 mod properties;
 mod publish;
+mod quickstart;
 mod resilience;
 mod signatures;
 mod tail;
