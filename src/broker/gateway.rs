@@ -42,20 +42,11 @@ pub async fn publish_bodies(
     bodies: &[RawBody],
     mut each: impl FnMut(usize, Published),
 ) -> Result<(), BrokerError> {
-    let connection = connect(&settings.amqp, Role::Publisher).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(BrokerError::amqp("opening a channel"))?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(BrokerError::amqp("turning on publisher confirms"))?;
-    let exchange = settings.input.exchange.as_str();
+    let publisher = GatewayPublisher::new(settings.clone());
     for (i, raw) in bodies.iter().enumerate() {
-        each(i, publish_one(&channel, exchange, raw).await?);
+        each(i, publisher.publish(raw).await?);
     }
-    let _ = connection.close(200, "published".into()).await;
+    publisher.close().await;
     Ok(())
 }
 
@@ -137,6 +128,13 @@ impl GatewayPublisher {
             *self.open.lock().await = None;
         }
         published
+    }
+
+    /// Closes the connection, if open.
+    pub async fn close(&self) {
+        if let Some((connection, _)) = self.open.lock().await.take() {
+            let _ = connection.close(200, "published".into()).await;
+        }
     }
 
     /// The open channel, or a new one (on a new connection when the old one is gone).
