@@ -106,18 +106,13 @@ async fn failover_across_a_three_node_cluster_loses_nothing() {
     let conn = connect(&url(&c)).await;
     let channel = conn.create_channel().await.unwrap();
     quorum_capture_queue(&channel, FieldTable::default()).await;
-    let webhooks = webhook_mix(20_000, "cluster");
+    let mut webhooks = webhook_mix(20_000, "cluster");
     publish_raw(&channel, &webhooks).await;
     let _ = conn.close(200, "published".into()).await;
 
     // 1. The node the worker consumes through goes away.
     wait_for_progress(&worker, 300);
     let first = consumer_node(&nodes, &vhost);
-    let up = nodes
-        .iter()
-        .copied()
-        .find(|n| n.name() != first.name())
-        .unwrap();
     let before = published(&worker);
     let started = Instant::now();
     first.stop_app();
@@ -129,10 +124,15 @@ async fn failover_across_a_three_node_cluster_loses_nothing() {
         .collect();
     let moved_to = consumer_node(&others, &vhost);
     assert_ne!(moved_to.name(), first.name());
-    let _ = up;
     first.start_app();
 
-    // 2. The node leading the raw queue goes away.
+    // 2. The node leading the raw queue goes away, while a second batch flows (the
+    // first may be done by now).
+    let more = webhook_mix(10_000, "cluster-2");
+    let conn = connect(&url(&c)).await;
+    publish_raw(&conn.create_channel().await.unwrap(), &more).await;
+    let _ = conn.close(200, "published".into()).await;
+    webhooks.extend(more);
     wait_for_progress(&worker, published(&worker) + 300);
     let led_by = leader(&nodes, &vhost, "normalizer.raw");
     let before = published(&worker);
