@@ -15,7 +15,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use testkit::{fixtures_dir, received_at};
-use webhook_normalizer::{Limits, normalize};
+use webhook_normalizer::{Limits, Unmapped, normalize};
 
 fn bodies() -> Vec<(Vec<u8>, Option<&'static str>)> {
     let root = fixtures_dir();
@@ -31,7 +31,7 @@ fn bodies() -> Vec<(Vec<u8>, Option<&'static str>)> {
             let body = std::fs::read(&p).expect("fixture");
             // Real traffic arrives without a hint as often as with one: bench the
             // detection path too.
-            if normalize(&body, None, at, &Limits::default()).is_ok() {
+            if normalize(&body, None, at, &Limits::default(), &Unmapped::default()).is_ok() {
                 out.push((body, None));
             }
         }
@@ -65,7 +65,10 @@ fn bench(c: &mut Criterion) {
     group.bench_function("normalize", |b| {
         b.iter(|| {
             for (body, hint) in &bodies {
-                black_box(normalize(black_box(body), *hint, at, &limits).expect("maps"));
+                black_box(
+                    normalize(black_box(body), *hint, at, &limits, &Unmapped::default())
+                        .expect("maps"),
+                );
             }
         })
     });
@@ -73,7 +76,9 @@ fn bench(c: &mut Criterion) {
         let mut out = Vec::with_capacity(64 * 1024);
         b.iter(|| {
             for (body, hint) in &bodies {
-                for event in normalize(black_box(body), *hint, at, &limits).expect("maps") {
+                for event in normalize(black_box(body), *hint, at, &limits, &Unmapped::default())
+                    .expect("maps")
+                {
                     out.clear();
                     serde_json::to_writer(&mut out, &event).expect("serializes");
                     black_box(&out);

@@ -9,7 +9,10 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::canonical::{EventType, JSON_SCHEMA, Vendor};
+use crate::canonical::{
+    CanonicalType, EventType, JSON_SCHEMA, UNMAPPED_DEFINITION, Vendor, data_schema_document,
+    data_schema_uri,
+};
 use crate::normalize::ErrorKind;
 
 /// The document for this version of the worker.
@@ -82,12 +85,61 @@ pub fn document(version: &str) -> Value {
                             "type": {"const": name},
                             "vendor": {"const": t.vendor().key()},
                             "vendoreventtype": {"const": t.vendor_event_type()},
+                            "dataschema": {"const": data_schema_uri(&(*t).into())},
+                            "data": {"$ref": format!("#/components/schemas/{}", data_key(name))},
                         }},
                     ],
                 }
             }),
         );
     }
+
+    // Generic events: only from vendors configured `unmapped.{vendor} = "passthrough"`.
+    let generic_example = CanonicalType::unmapped(Vendor::Deel, "x")
+        .map(|t| data_schema_uri(&t))
+        .unwrap_or_default();
+    channels.insert(
+        "unmapped".into(),
+        json!({
+            "address": "{vendor}.unmapped.{word}",
+            "title": "Unmapped vendor types, passed through",
+            "description": "Only for vendors configured `unmapped.{vendor} = \"passthrough\"` (the default is a dead letter `{vendor}.unknown_event_type`): one generic event per body of a vendor type not in the type table. `word` is the vendor type lowercased, each run of other characters than ASCII letters and digits one `_`, at most 64 characters (`payslip.available` is `deel.unmapped.payslip_available`). Bind `deel.unmapped.*` for all of a vendor's. The mapping knows nothing of the body: `data.payload` is the whole body, the subject is `event/{id}`, and a type's generic events stop once a release maps it (its events then come on the type's own channel, with other ids).",
+            "parameters": {
+                "vendor": {"enum": Vendor::ALL.iter().map(|v| v.key()).collect::<Vec<_>>()},
+                "word": {"description": "The vendor type, normalised."},
+            },
+            "messages": {"unmappedEvent": {"$ref": "#/components/messages/unmappedEvent"}},
+            "bindings": {"amqp": exchange("events.canonical", "topic")},
+        }),
+    );
+    operations.insert(
+        "publishUnmappedEvents".into(),
+        json!({
+            "action": "send",
+            "channel": {"$ref": "#/channels/unmapped"},
+            "messages": [{"$ref": "#/channels/unmapped/messages/unmappedEvent"}],
+            "bindings": published(),
+        }),
+    );
+    messages.insert(
+        "unmappedEvent".into(),
+        json!({
+            "name": "unmappedEvent",
+            "title": "{vendor}.unmapped.{word}",
+            "contentType": "application/cloudevents+json",
+            "correlationId": {"location": "$message.header#/correlation_id"},
+            "payload": {
+                "allOf": [
+                    {"$ref": "#/components/schemas/CanonicalEvent"},
+                    {"properties": {
+                        "type": {"pattern": "^(entuitive|authenticate|deel)\\.unmapped\\."},
+                        "dataschema": {"const": generic_example},
+                        "data": {"$ref": format!("#/components/schemas/{}", data_key(UNMAPPED_DEFINITION))},
+                    }},
+                ],
+            }
+        }),
+    );
 
     let vendors: Vec<&str> = Vendor::ALL
         .iter()
@@ -169,12 +221,21 @@ pub fn document(version: &str) -> Value {
         map.remove("$id");
     }
 
+    let mut schemas = Map::new();
+    schemas.insert("CanonicalEvent".into(), schema);
+    let data = data_schema_document();
+    if let Some(definitions) = data["$defs"].as_object() {
+        for (name, definition) in definitions {
+            schemas.insert(data_key(name), definition.clone());
+        }
+    }
+
     json!({
         "asyncapi": "3.0.0",
         "info": {
             "title": "webhook-normalizer",
             "version": version,
-            "description": "Vendor webhooks (Entuitive Workforce, Authenticate, Deel) in, one CloudEvents 1.0 stream out, on RabbitMQ. Bind a queue to `events.canonical` with a type or a pattern (`deel.contract.*`, `*.background_check.completed`). Delivery is at least once: deduplicate on `id` (the AMQP `message_id`), which is stable for a vendor event. The version is the worker's: a new type or field is a minor change; removing or renaming a type or a field, or changing what an id is made of, is a major one.",
+            "description": "Vendor webhooks (Entuitive Workforce, Authenticate, Deel) in, one CloudEvents 1.0 stream out, on RabbitMQ. Bind a queue to `events.canonical` with a type or a pattern (`deel.contract.*`, `*.background_check.completed`). Delivery is at least once: deduplicate on `id` (the AMQP `message_id`), which is stable for a vendor event. Two versions: this document's is the worker's (a new type, channel or optional field is a minor change; removing or renaming a type or a field, or changing what an id is made of, is a major one), and each event's `dataschema` names the version of its `data` schema (`event-data.v1`), which changes only when an event could carry a `data` that its definition refuses. See docs/contract.md.",
         },
         "defaultContentType": "application/cloudevents+json",
         "servers": {
@@ -189,7 +250,7 @@ pub fn document(version: &str) -> Value {
         "operations": operations,
         "components": {
             "messages": messages,
-            "schemas": {"CanonicalEvent": schema},
+            "schemas": schemas,
         },
     })
 }
@@ -198,6 +259,11 @@ pub fn document(version: &str) -> Value {
 /// `_`, `-`, but a message's key reads better without dots).
 fn message_key(event_type: &str) -> String {
     event_type.replace('.', "_")
+}
+
+/// The component key of a `data` schema: `data_` and the definition, dots as `_`.
+fn data_key(definition: &str) -> String {
+    format!("data_{}", definition.replace('.', "_"))
 }
 
 fn vendor_name(v: Vendor) -> &'static str {
@@ -255,5 +321,28 @@ mod tests {
                 .get("$schema")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn every_message_carries_its_types_data_schema() {
+        let doc = document("0.0.0");
+        for t in EventType::ALL {
+            let message = &doc["components"]["messages"][message_key(t.as_str())];
+            let fixed = &message["payload"]["allOf"][1]["properties"];
+            assert_eq!(fixed["dataschema"]["const"], data_schema_uri(&(*t).into()));
+            let reference = fixed["data"]["$ref"].as_str().unwrap();
+            let name = reference.strip_prefix("#/components/schemas/").unwrap();
+            assert_eq!(
+                doc["components"]["schemas"][name]["title"],
+                format!("data of {t}")
+            );
+        }
+        assert_eq!(
+            doc["channels"]["unmapped"]["address"],
+            "{vendor}.unmapped.{word}"
+        );
+        let generic = &doc["components"]["messages"]["unmappedEvent"]["payload"]["allOf"][1];
+        let reference = generic["properties"]["data"]["$ref"].as_str().unwrap();
+        assert!(reference.ends_with("/data_unmapped"), "{reference}");
     }
 }

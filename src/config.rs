@@ -37,6 +37,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     #[serde(default)]
     pub signatures: crate::signatures::Signatures,
+    /// What becomes of each vendor's types that are not in the type table.
+    pub unmapped: crate::vendors::Unmapped,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }

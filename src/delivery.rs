@@ -50,6 +50,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
 use crate::signatures::{Signatures, verify};
+use crate::vendors::Unmapped;
 
 /// The `content_type` of canonical events (CloudEvents AMQP binding, structured mode).
 pub const EVENT_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
@@ -210,12 +211,14 @@ pub enum Plan {
 /// property of the same name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingEvent {
-    pub routing_key: &'static str,
+    pub routing_key: String,
     pub body: Vec<u8>,
     /// The stable id: AMQP `message_id`.
     pub message_id: String,
     /// The canonical type: AMQP `type`.
-    pub event_type: &'static str,
+    pub event_type: String,
+    /// The type's metrics label ([`crate::canonical::CanonicalType::label`]).
+    pub type_label: &'static str,
     /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
     /// time (not the publish time) so that a redelivered event is the same message.
     pub timestamp: u64,
@@ -232,11 +235,12 @@ impl OutgoingEvent {
     /// those (id, type, source, time, spec version) cost the broker about 7% of its work
     /// per event and were dropped (`docs/performance.md`).
     fn new(event: EventJson) -> OutgoingEvent {
-        let event_type = event.event_type.as_str();
+        let event_type = event.event_type.as_str().to_owned();
         OutgoingEvent {
-            routing_key: event_type,
+            routing_key: event_type.clone(),
             message_id: event.id.to_string(),
             event_type,
+            type_label: event.event_type.label(),
             timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
             headers: vec![("cloudEvents_subject", event.subject)],
             body: event.json,
@@ -301,18 +305,27 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// [`plan_checked`] with no signature secrets configured.
+/// [`plan_checked`] with no signature secrets configured and every unmapped type a
+/// dead letter.
 pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
-    plan_checked(raw, limits, &Signatures::default(), now)
+    plan_checked(
+        raw,
+        limits,
+        &Signatures::default(),
+        &Unmapped::default(),
+        now,
+    )
 }
 
 /// Normalizes a raw message and says what to publish for it, within `limits`, checking
 /// the vendor's signature against `signatures` (before mapping when the gateway names
-/// the vendor, after detecting it otherwise). Pure: `now` is passed in.
+/// the vendor, after detecting it otherwise) and passing unmapped types through as
+/// `unmapped` says. Pure: `now` is passed in.
 pub fn plan_checked(
     raw: &RawMessage,
     limits: &Limits,
     signatures: &Signatures,
+    unmapped: &Unmapped,
     now: DateTime<Utc>,
 ) -> Plan {
     let signed = |vendor: Vendor| {
@@ -343,7 +356,7 @@ pub fn plan_checked(
     {
         return refused;
     }
-    match plan_unchecked(raw, limits, now) {
+    match plan_unchecked(raw, limits, unmapped, now) {
         // Detected from the body: checked now.
         Plan::Publish { vendor, events } if hinted != Some(vendor) => match signed(vendor) {
             Ok(()) => Plan::Publish { vendor, events },
@@ -353,7 +366,12 @@ pub fn plan_checked(
     }
 }
 
-fn plan_unchecked(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
+fn plan_unchecked(
+    raw: &RawMessage,
+    limits: &Limits,
+    unmapped: &Unmapped,
+    now: DateTime<Utc>,
+) -> Plan {
     if !raw.property_problems.is_empty() {
         let detail = raw.property_problems.join("; ");
         return Plan::DeadLetter(DeadLetter::new(
@@ -377,7 +395,8 @@ fn plan_unchecked(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan
             now,
         ));
     }
-    match normalize_json(&raw.body, raw.vendor_hint(), raw.received_at(now), limits) {
+    let received_at = raw.received_at(now);
+    match normalize_json(&raw.body, raw.vendor_hint(), received_at, limits, unmapped) {
         Ok(events) => match events.first() {
             Some(first) => Plan::Publish {
                 vendor: first.event_type.vendor(),
@@ -608,7 +627,13 @@ mod tests {
             routing_key: hint.into(),
             ..raw(body)
         };
-        let kind = |m: &RawMessage| match plan_checked(m, &Limits::default(), &signatures, now()) {
+        let kind = |m: &RawMessage| match plan_checked(
+            m,
+            &Limits::default(),
+            &signatures,
+            &Unmapped::default(),
+            now(),
+        ) {
             Plan::Publish { .. } => None,
             Plan::DeadLetter(dl) => Some((dl.kind, dl.routing_key, dl.detail)),
         };

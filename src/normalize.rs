@@ -9,9 +9,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::body;
-use crate::canonical::{CanonicalEvent, EventType, Vendor, rfc3339_utc};
+use crate::canonical::{CanonicalEvent, CanonicalType, Vendor, rfc3339_utc};
 use crate::redact::SafeName;
-use crate::vendors::{self, MapError, Mapped, PayloadError};
+use crate::vendors::{self, MapError, Mapped, PayloadError, Unmapped};
 
 /// Bounds on what one body may be and make. Each is checked before anything is built
 /// that could exceed it, so memory follows the limits, not the input.
@@ -210,14 +210,17 @@ impl NormalizeError {
 /// refused whatever it holds.
 ///
 /// On success there is at least one event (Deel array resources give one per element),
-/// and all of them together serialize to at most `limits.max_output_bytes`.
+/// and all of them together serialize to at most `limits.max_output_bytes`. A vendor
+/// type not in the table is [`NormalizeError::UnknownEventType`], or one generic event
+/// for a vendor that `unmapped` passes through.
 pub fn normalize(
     body: &[u8],
     vendor_hint: Option<&str>,
     received_at: DateTime<Utc>,
     limits: &Limits,
+    unmapped: &Unmapped,
 ) -> Result<Vec<CanonicalEvent>, NormalizeError> {
-    let events = events(body, vendor_hint, received_at, limits)?;
+    let events = events(body, vendor_hint, received_at, limits, unmapped)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
@@ -237,7 +240,7 @@ pub struct EventJson {
     /// The CloudEvent, JSON structured mode.
     pub json: Vec<u8>,
     pub id: Uuid,
-    pub event_type: EventType,
+    pub event_type: CanonicalType,
     pub subject: String,
     pub time: DateTime<Utc>,
 }
@@ -249,8 +252,9 @@ pub fn normalize_json(
     vendor_hint: Option<&str>,
     received_at: DateTime<Utc>,
     limits: &Limits,
+    unmapped: &Unmapped,
 ) -> Result<Vec<EventJson>, NormalizeError> {
-    let events = events(body, vendor_hint, received_at, limits)?;
+    let events = events(body, vendor_hint, received_at, limits, unmapped)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
@@ -305,6 +309,7 @@ pub fn events(
     vendor_hint: Option<&str>,
     received_at: DateTime<Utc>,
     limits: &Limits,
+    unmapped: &Unmapped,
 ) -> Result<Events, NormalizeError> {
     let hinted = match vendor_hint.map(str::trim).filter(|h| !h.is_empty()) {
         None => None,
@@ -348,20 +353,26 @@ pub fn events(
             }
         }
     };
-    let mapped = vendors::map(vendor, value, received_at, limits.max_events_per_message).map_err(
-        |e| match e {
-            MapError::UnknownEventType(event_type) => {
-                NormalizeError::UnknownEventType { vendor, event_type }
-            }
-            MapError::InvalidPayload(error) => NormalizeError::InvalidPayload { vendor, error },
-            MapError::TooManyEvents { path, count, limit } => NormalizeError::TooManyEvents {
-                vendor,
-                path,
-                count,
-                limit,
-            },
+    let policy = unmapped.of(vendor);
+    let mapped = vendors::map(
+        vendor,
+        value,
+        received_at,
+        limits.max_events_per_message,
+        policy,
+    )
+    .map_err(|e| match e {
+        MapError::UnknownEventType(event_type) => {
+            NormalizeError::UnknownEventType { vendor, event_type }
+        }
+        MapError::InvalidPayload(error) => NormalizeError::InvalidPayload { vendor, error },
+        MapError::TooManyEvents { path, count, limit } => NormalizeError::TooManyEvents {
+            vendor,
+            path,
+            count,
+            limit,
         },
-    )?;
+    })?;
     Ok(Events { vendor, mapped })
 }
 
@@ -431,7 +442,7 @@ mod tests {
     }
 
     fn err(body: &[u8], hint: Option<&str>) -> NormalizeError {
-        normalize(body, hint, at(), &Limits::default()).unwrap_err()
+        normalize(body, hint, at(), &Limits::default(), &Unmapped::default()).unwrap_err()
     }
 
     #[test]
@@ -449,7 +460,14 @@ mod tests {
     #[test]
     fn blank_hint_means_detect() {
         let body = br#"{"id":"1","event":"USER_PII_UPDATE","order":{"userAccessCode":"u"}}"#;
-        let events = normalize(body, Some("  "), at(), &Limits::default()).unwrap();
+        let events = normalize(
+            body,
+            Some("  "),
+            at(),
+            &Limits::default(),
+            &Unmapped::default(),
+        )
+        .unwrap();
         assert_eq!(events[0].vendor, Vendor::Authenticate);
     }
 
@@ -459,12 +477,12 @@ mod tests {
             max_body_bytes: 4,
             ..Limits::default()
         };
-        let e = normalize(b"{   }", Some("deel"), at(), &limits).unwrap_err();
+        let e = normalize(b"{   }", Some("deel"), at(), &limits, &Unmapped::default()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BodyTooLarge);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
         assert_eq!(e.to_string(), "body is 5 bytes, over the limit of 4");
         assert!(
-            normalize(b"[]", None, at(), &limits)
+            normalize(b"[]", None, at(), &limits, &Unmapped::default())
                 .is_err_and(|e| e.kind() == ErrorKind::UnknownVendor)
         );
     }
@@ -482,7 +500,7 @@ mod tests {
     #[test]
     fn byte_order_mark_is_tolerated() {
         let body = b"\xEF\xBB\xBF{\"id\":\"1\",\"event\":\"USER_PII_UPDATE\",\"order\":{\"userAccessCode\":\"u\"}}";
-        assert!(normalize(body, None, at(), &Limits::default()).is_ok());
+        assert!(normalize(body, None, at(), &Limits::default(), &Unmapped::default()).is_ok());
     }
 
     #[test]
@@ -504,7 +522,13 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         for received_at in [year_55840, year_minus_1, leap] {
-            let result = normalize(body, None, received_at, &Limits::default());
+            let result = normalize(
+                body,
+                None,
+                received_at,
+                &Limits::default(),
+                &Unmapped::default(),
+            );
             let e = result.map(|events| events[0].time_rfc3339()).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidPayload);
         }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 use testkit::{fixtures_dir, received_at};
-use webhook_normalizer::{ErrorKind, Limits, normalize};
+use webhook_normalizer::{ErrorKind, Limits, Unmapped, normalize};
 
 /// A raw webhook as a gateway publishes it; its id is `bench-{index}` ([`super::raw_id`]).
 pub struct RawWebhook {
@@ -43,7 +43,7 @@ impl Mix {
             let mut count = 0;
             for path in paths {
                 let bytes = std::fs::read(&path).expect("fixture");
-                match normalize(&bytes, None, at, &Limits::default()) {
+                match normalize(&bytes, None, at, &Limits::default(), &Unmapped::default()) {
                     Ok(_) => {
                         good.push((vendor, parse(&bytes)));
                         count += 1;
@@ -146,7 +146,7 @@ impl Mix {
         for (i, (vendor, body, normalizable)) in bodies.into_iter().enumerate() {
             let body = serde_json::to_vec(&body).expect("serializes");
             let hint = (i % 2 == 0).then_some(vendor);
-            match normalize(&body, hint, at, &Limits::default()) {
+            match normalize(&body, hint, at, &Limits::default(), &Unmapped::default()) {
                 Ok(out) if normalizable => {
                     events += out.len() as u64;
                     for event in &out {

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 use uuid::{Builder, Uuid, uuid};
 
-use super::EventType;
+use super::CanonicalType;
 
 /// The UUIDv5 namespace of every canonical event id. Fixed forever.
 pub const EVENT_ID_NAMESPACE: Uuid = uuid!("97eb2466-1564-4be4-b98e-bcd8ea4c672c");
@@ -29,8 +29,11 @@ pub struct Uncanonicalizable;
 ///
 /// The canonical type is in the name so that one vendor id reused across event types (or
 /// across the stages of one report) cannot make two different events share an id.
-pub fn id_from_vendor_event_id(event_type: EventType, vendor_event_id: &str) -> Uuid {
-    let mut name = NameHasher::new(event_type);
+pub fn id_from_vendor_event_id(
+    event_type: impl Into<CanonicalType>,
+    vendor_event_id: &str,
+) -> Uuid {
+    let mut name = NameHasher::new(&event_type.into());
     name.0.update(vendor_event_id.as_bytes());
     name.finish()
 }
@@ -44,12 +47,27 @@ pub fn id_from_vendor_event_id(event_type: EventType, vendor_event_id: &str) -> 
 /// and whitespace cannot change the id. JCS writes numbers as IEEE 754 doubles: integers
 /// beyond 2^53 that differ only past that precision give the same id.
 pub fn id_from_content(
-    event_type: EventType,
+    event_type: impl Into<CanonicalType>,
     object: &Map<String, Value>,
 ) -> Result<Uuid, Uncanonicalizable> {
     // Buffered, then hashed in one call: the formatter writes many tiny pieces, which a
     // buffer takes faster than the hasher does.
     let canonical = canonical_json(object)?;
+    let mut name = NameHasher::new(&event_type.into());
+    name.0.update(&canonical);
+    Ok(name.finish())
+}
+
+/// As [`id_from_content`] for a value of any JSON type: the identity of a generic event
+/// (an unmapped type passed through), whose `resource` or `data` may be anything.
+pub fn id_from_any_content(
+    event_type: &CanonicalType,
+    value: &Value,
+) -> Result<Uuid, Uncanonicalizable> {
+    let mut canonical = Vec::with_capacity(1024);
+    JcsValue(value)
+        .to_canon_json_writer(&mut canonical)
+        .map_err(|_| Uncanonicalizable)?;
     let mut name = NameHasher::new(event_type);
     name.0.update(&canonical);
     Ok(name.finish())
@@ -113,7 +131,7 @@ struct NameHasher(Sha1);
 impl NameHasher {
     /// Starts the name with `{vendor}\n{canonical type}\n`. Neither part can contain a
     /// newline, so the name splits back into its three parts unambiguously.
-    fn new(event_type: EventType) -> NameHasher {
+    fn new(event_type: &CanonicalType) -> NameHasher {
         let mut sha = Sha1::new();
         sha.update(EVENT_ID_NAMESPACE.as_bytes());
         sha.update(event_type.vendor().key().as_bytes());
@@ -144,6 +162,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::canonical::{EventType, Vendor};
 
     #[test]
     fn vendor_event_id_name_is_vendor_type_and_id() {
@@ -177,6 +196,29 @@ deel.timesheet.reviewed
         )
         .unwrap();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn any_content_of_an_object_is_content() {
+        let object = json!({"b": 1.50, "a": [1e3]});
+        let t = CanonicalType::unmapped(Vendor::Deel, "payslip.available").unwrap();
+        let want = Uuid::new_v5(
+            &EVENT_ID_NAMESPACE,
+            b"deel\ndeel.unmapped.payslip_available\n{\"a\":[1000],\"b\":1.5}",
+        );
+        assert_eq!(id_from_any_content(&t, &object).unwrap(), want);
+        assert_eq!(
+            id_from_content(t.clone(), object.as_object().unwrap()).unwrap(),
+            want
+        );
+        let array = json!([{"id": 1}]);
+        assert_eq!(
+            id_from_any_content(&t, &array).unwrap(),
+            Uuid::new_v5(
+                &EVENT_ID_NAMESPACE,
+                b"deel\ndeel.unmapped.payslip_available\n[{\"id\":1}]"
+            )
+        );
     }
 
     #[test]

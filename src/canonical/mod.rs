@@ -1,6 +1,7 @@
 //! The public contract: the CloudEvents 1.0 envelope every vendor event becomes, the
 //! canonical type table and the stable ids. Strict types; nothing here parses vendor bodies.
 
+mod data_schema;
 mod id;
 mod types;
 mod vendor;
@@ -12,11 +13,18 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use uuid::Uuid;
 
-pub use id::{
-    EVENT_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable, canonical_json, id_from_content,
-    id_from_vendor_event_id, user_key,
+pub use data_schema::{
+    DATA_JSON_SCHEMA, DATA_SCHEMA_DOCUMENT, DATA_SCHEMA_VERSION, UNMAPPED_DEFINITION,
+    data_schema_uri, document as data_schema_document,
 };
-pub use types::{EventType, markdown_table};
+pub use id::{
+    EVENT_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable, canonical_json, id_from_any_content,
+    id_from_content, id_from_vendor_event_id, user_key,
+};
+pub use types::{
+    CanonicalType, EventType, MAX_UNMAPPED_WORD_BYTES, NotACanonicalType, UNMAPPED_ENTITY,
+    UnmappedType, markdown_table,
+};
 pub use vendor::{NotAVendor, Vendor};
 
 /// The JSON Schema of [`CanonicalEvent`], as published in `schema/`.
@@ -36,13 +44,17 @@ pub struct CanonicalEvent {
     pub source: String,
     /// The canonical type; also the routing key.
     #[serde(rename = "type")]
-    pub event_type: EventType,
+    pub event_type: CanonicalType,
     /// `{entity kind}/{entity id}`.
     pub subject: String,
     /// When the vendor says the event happened, else when we received it.
     #[serde(with = "rfc3339_utc")]
     pub time: DateTime<Utc>,
     pub datacontenttype: DataContentType,
+    /// The JSON Schema of `data` for this type, versioned (see `data_schema`). Always
+    /// set on what we publish; absent on events from before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
     pub vendor: Vendor,
     /// The vendor's own event type string, as sent.
     pub vendoreventtype: String,
@@ -129,7 +141,7 @@ pub struct Tenant {
 /// What a vendor mapping knows about one event; [`CanonicalEvent::new`] fills in the rest.
 #[derive(Debug, Clone)]
 pub struct EventFacts {
-    pub event_type: EventType,
+    pub event_type: CanonicalType,
     pub id: Uuid,
     pub time: DateTime<Utc>,
     pub vendor_event_type: String,
@@ -143,6 +155,7 @@ impl CanonicalEvent {
     /// the facts so that they can never disagree with `type` and `data`.
     pub fn new(facts: EventFacts) -> CanonicalEvent {
         let vendor = facts.event_type.vendor();
+        let dataschema = Some(data_schema_uri(&facts.event_type));
         CanonicalEvent {
             specversion: SpecVersion::V1_0,
             id: facts.id,
@@ -151,6 +164,7 @@ impl CanonicalEvent {
             subject: format!("{}/{}", facts.data.entity.kind, facts.data.entity.id),
             time: facts.time,
             datacontenttype: DataContentType::Json,
+            dataschema,
             vendor,
             vendoreventtype: facts.vendor_event_type,
             vendoreventid: facts.vendor_event_id,
@@ -161,7 +175,7 @@ impl CanonicalEvent {
     }
 
     /// The routing key on the canonical exchange.
-    pub fn routing_key(&self) -> &'static str {
+    pub fn routing_key(&self) -> &str {
         self.event_type.as_str()
     }
 
@@ -227,7 +241,7 @@ mod tests {
 
     fn sample() -> CanonicalEvent {
         CanonicalEvent::new(EventFacts {
-            event_type: EventType::DeelContractCreated,
+            event_type: EventType::DeelContractCreated.into(),
             id: Uuid::nil(),
             time: DateTime::parse_from_rfc3339("2023-05-10T23:57:49.274Z")
                 .unwrap()

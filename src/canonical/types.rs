@@ -192,6 +192,162 @@ impl EventType {
     }
 }
 
+/// The `type` of a canonical event: a row of the table, or the generic type of a vendor
+/// type we do not map, passed through by choice (`unmapped.{vendor} = "passthrough"`).
+///
+/// Generic types are `{vendor}.unmapped.{word}`, the word being the vendor's type
+/// normalised into one routing-key word ([`CanonicalType::unmapped`]): `deel.unmapped.*`
+/// binds every one of a vendor's, and no table row can ever be one (no row's entity is
+/// `unmapped`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CanonicalType {
+    Mapped(EventType),
+    Unmapped(UnmappedType),
+}
+
+/// The generic type of one unmapped vendor type: `{vendor}.unmapped.{word}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnmappedType {
+    vendor: Vendor,
+    /// The whole type string, vendor and `unmapped` included.
+    name: String,
+}
+
+/// The middle word of every generic type.
+pub const UNMAPPED_ENTITY: &str = "unmapped";
+
+/// Longest word a vendor type is normalised into: a generic type stays well inside the
+/// 255 bytes of an AMQP routing key whatever the vendor sends.
+pub const MAX_UNMAPPED_WORD_BYTES: usize = 64;
+
+impl CanonicalType {
+    /// The generic type of `vendor_type`: ASCII letters lowercased; every run of other
+    /// characters (`.`, `-`, spaces, anything not an ASCII letter or digit) becomes one
+    /// `_`; leading and trailing `_` dropped; cut to [`MAX_UNMAPPED_WORD_BYTES`].
+    /// `payslip.available` becomes `deel.unmapped.payslip_available`. `None` when nothing
+    /// is left (a type of punctuation only).
+    pub fn unmapped(vendor: Vendor, vendor_type: &str) -> Option<CanonicalType> {
+        let mut word = String::with_capacity(vendor_type.len().min(MAX_UNMAPPED_WORD_BYTES));
+        for c in vendor_type.chars() {
+            if c.is_ascii_alphanumeric() {
+                word.push(c.to_ascii_lowercase());
+            } else if !word.is_empty() && !word.ends_with('_') {
+                word.push('_');
+            }
+            if word.len() >= MAX_UNMAPPED_WORD_BYTES {
+                break;
+            }
+        }
+        word.truncate(MAX_UNMAPPED_WORD_BYTES);
+        let word = word.trim_end_matches('_');
+        (!word.is_empty()).then(|| {
+            CanonicalType::Unmapped(UnmappedType {
+                vendor,
+                name: format!("{}.{UNMAPPED_ENTITY}.{word}", vendor.key()),
+            })
+        })
+    }
+
+    /// The type string: the CloudEvents `type` and the routing key.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CanonicalType::Mapped(t) => t.as_str(),
+            CanonicalType::Unmapped(t) => &t.name,
+        }
+    }
+
+    pub fn vendor(&self) -> Vendor {
+        match self {
+            CanonicalType::Mapped(t) => t.vendor(),
+            CanonicalType::Unmapped(t) => t.vendor,
+        }
+    }
+
+    /// The table row, for a mapped type.
+    pub fn mapped(&self) -> Option<EventType> {
+        match self {
+            CanonicalType::Mapped(t) => Some(*t),
+            CanonicalType::Unmapped(_) => None,
+        }
+    }
+
+    /// A closed-set name for metrics labels: the type itself when mapped,
+    /// `{vendor}.unmapped` for every generic type (vendors choose those names, so they
+    /// must not become label values one by one).
+    pub fn label(&self) -> &'static str {
+        match self {
+            CanonicalType::Mapped(t) => t.as_str(),
+            CanonicalType::Unmapped(t) => match t.vendor {
+                Vendor::Entuitive => "entuitive.unmapped",
+                Vendor::Authenticate => "authenticate.unmapped",
+                Vendor::Deel => "deel.unmapped",
+            },
+        }
+    }
+}
+
+impl From<EventType> for CanonicalType {
+    fn from(t: EventType) -> Self {
+        CanonicalType::Mapped(t)
+    }
+}
+
+impl PartialEq<EventType> for CanonicalType {
+    fn eq(&self, other: &EventType) -> bool {
+        self.mapped() == Some(*other)
+    }
+}
+
+impl fmt::Display for CanonicalType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A string that is neither a table row nor a generic type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a canonical type: neither in the type table nor {{vendor}}.unmapped.{{word}}")]
+pub struct NotACanonicalType;
+
+impl std::str::FromStr for CanonicalType {
+    type Err = NotACanonicalType;
+
+    /// Exactly the strings [`CanonicalType::as_str`] gives: a row's type, or a generic
+    /// type already in normal form.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(t) = EventType::ALL.iter().find(|t| t.as_str() == s) {
+            return Ok(CanonicalType::Mapped(*t));
+        }
+        let mut parts = s.splitn(3, '.');
+        let (Some(vendor), Some(UNMAPPED_ENTITY), Some(word)) =
+            (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(NotACanonicalType);
+        };
+        let vendor = Vendor::ALL
+            .into_iter()
+            .find(|v| v.key() == vendor)
+            .ok_or(NotACanonicalType)?;
+        match CanonicalType::unmapped(vendor, word) {
+            Some(t) if t.as_str() == s => Ok(t),
+            _ => Err(NotACanonicalType),
+        }
+    }
+}
+
+impl Serialize for CanonicalType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for CanonicalType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// The type table as a Markdown table, as the README shows it.
 pub fn markdown_table() -> String {
     let mut out = String::from(
@@ -266,6 +422,75 @@ mod tests {
             assert_eq!(serde_json::from_str::<EventType>(&json).unwrap(), *t);
         }
         assert!(serde_json::from_str::<EventType>("\"deel.contract.exploded\"").is_err());
+    }
+
+    #[test]
+    fn unmapped_types_are_one_lowercase_word_after_vendor_and_unmapped() {
+        let t = |vendor, s: &str| CanonicalType::unmapped(vendor, s).map(|t| t.to_string());
+        assert_eq!(
+            t(Vendor::Deel, "payslip.available").as_deref(),
+            Some("deel.unmapped.payslip_available")
+        );
+        assert_eq!(
+            t(Vendor::Deel, " Time-Off..Cancelled! ").as_deref(),
+            Some("deel.unmapped.time_off_cancelled")
+        );
+        assert_eq!(
+            t(Vendor::Authenticate, "MVR_STATUS_UPDATE").as_deref(),
+            Some("authenticate.unmapped.mvr_status_update")
+        );
+        // Non-ASCII letters are separators, never routing-key bytes.
+        assert_eq!(
+            t(Vendor::Entuitive, "usér.créé").as_deref(),
+            Some("entuitive.unmapped.us_r_cr")
+        );
+        assert_eq!(t(Vendor::Deel, "...").as_deref(), None);
+        assert_eq!(t(Vendor::Deel, "").as_deref(), None);
+        let long = "a".repeat(1000);
+        let got = t(Vendor::Deel, &long).unwrap();
+        assert_eq!(got.len(), "deel.unmapped.".len() + MAX_UNMAPPED_WORD_BYTES);
+        // A cut that lands on a separator leaves no trailing `_`.
+        let edge = format!("{}.b", "a".repeat(MAX_UNMAPPED_WORD_BYTES - 1));
+        assert!(!t(Vendor::Deel, &edge).unwrap().ends_with('_'));
+    }
+
+    #[test]
+    fn canonical_types_parse_back_only_from_their_own_strings() {
+        for t in EventType::ALL {
+            assert_eq!(t.as_str().parse::<CanonicalType>(), Ok((*t).into()));
+        }
+        let generic = CanonicalType::unmapped(Vendor::Deel, "payslip.available").unwrap();
+        assert_eq!(
+            generic.as_str().parse::<CanonicalType>(),
+            Ok(generic.clone())
+        );
+        assert_eq!(generic.vendor(), Vendor::Deel);
+        assert_eq!(generic.label(), "deel.unmapped");
+        assert_eq!(generic.mapped(), None);
+        for bad in [
+            "deel.contract.exploded",
+            "deel.unmapped.Payslip",
+            "deel.unmapped.a.b",
+            "deel.unmapped._a",
+            "deel.unmapped.",
+            "acme.unmapped.x",
+            "deel.unmapped",
+        ] {
+            assert!(bad.parse::<CanonicalType>().is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&generic).unwrap();
+        assert_eq!(json, "\"deel.unmapped.payslip_available\"");
+        assert_eq!(
+            serde_json::from_str::<CanonicalType>(&json).unwrap(),
+            generic
+        );
+    }
+
+    #[test]
+    fn no_table_row_looks_like_a_generic_type() {
+        for t in EventType::ALL {
+            assert_ne!(t.entity(), UNMAPPED_ENTITY, "{t}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::MapError;
 use super::fields::{self, Problem};
+use super::unmapped::{Envelope, Generic, Identity, UnmappedPolicy};
 use crate::canonical::{
     CanonicalEvent, Entity, EventData, EventFacts, EventType, Person, Vendor,
     id_from_vendor_event_id,
@@ -17,9 +18,28 @@ const PDF_REPORT: &str = "USER_PDF_REPORT_GENERATION";
 pub(super) fn map(
     body: Arc<Value>,
     received_at: DateTime<Utc>,
+    unmapped: UnmappedPolicy,
 ) -> Result<CanonicalEvent, MapError> {
     let root = fields::as_object(&body, "$".into())?;
     let vendor_type = root.required_str("event")?;
+    if unmapped == UnmappedPolicy::Passthrough
+        && !vendor_type.eq_ignore_ascii_case(PDF_REPORT)
+        && EventType::from_vendor_type(Vendor::Authenticate, vendor_type).is_none()
+    {
+        // The envelope `id` is the event's identity whatever its type; `order` is not
+        // needed.
+        let envelope_id = root.required_id("id")?;
+        return Generic::new(Envelope {
+            vendor: Vendor::Authenticate,
+            vendor_type,
+            identity: Identity::VendorEventId(&envelope_id),
+            time: root.opt_timestamp("eventDate")?.unwrap_or(received_at),
+            vendor_event_id: Some(envelope_id.clone()),
+            tenant: None,
+            simulation: false,
+        })
+        .map(|generic| generic.event(Arc::clone(&body)));
+    }
     let order = root.object("order")?;
 
     let event_type = if vendor_type.eq_ignore_ascii_case(PDF_REPORT) {
@@ -78,7 +98,7 @@ pub(super) fn map(
     };
 
     Ok(CanonicalEvent::new(EventFacts {
-        event_type,
+        event_type: event_type.into(),
         id,
         time,
         vendor_event_type: vendor_type.to_owned(),

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::fields::{self, Obj, PayloadError, Problem};
+use super::unmapped::{Envelope, Generic, Identity, UnmappedPolicy};
 use super::{MapError, Mapped, uncanonicalizable};
 use crate::canonical::{
     CanonicalEvent, Entity, EventData, EventFacts, EventType, Person, Tenant, Vendor,
@@ -21,6 +22,7 @@ pub(super) fn map(
     mut body: Value,
     received_at: DateTime<Utc>,
     max_events: usize,
+    unmapped: UnmappedPolicy,
 ) -> Result<Mapped, MapError> {
     let root = fields::as_object(&body, "$".into())?;
     // The documented shape wraps meta and resource in `data`; an older one, still seen
@@ -33,11 +35,12 @@ pub(super) fn map(
     };
     let meta = envelope.object("meta")?;
     let vendor_type = meta.required_str("event_type")?;
-    let event_type = EventType::from_vendor_type(Vendor::Deel, vendor_type)
-        .ok_or_else(|| MapError::UnknownEventType(vendor_type.to_owned()))?;
+    let event_type = EventType::from_vendor_type(Vendor::Deel, vendor_type);
+    if event_type.is_none() && unmapped == UnmappedPolicy::DeadLetter {
+        return Err(MapError::UnknownEventType(vendor_type.to_owned()));
+    }
 
     let common = Common {
-        event_type,
         time: root.opt_timestamp("timestamp")?.unwrap_or(received_at),
         vendor_event_type: vendor_type.to_owned(),
         tracking_id: meta.opt_id("tracking_id"),
@@ -53,9 +56,26 @@ pub(super) fn map(
     };
 
     let resource_path = fields::child_path(&envelope.path, "resource");
-    if !envelope.has("resource") {
+    let Some(resource) = envelope.get("resource") else {
         return Err(envelope.error("resource", Problem::Missing).into());
-    }
+    };
+    let Some(event_type) = event_type else {
+        // Passed through: one event for the whole body, an array `resource` included
+        // (what its elements are is unknown), identified by `resource` as mapped ones.
+        let generic = Generic::new(Envelope {
+            vendor: Vendor::Deel,
+            vendor_type,
+            identity: Identity::Content {
+                value: resource,
+                path: resource_path,
+            },
+            time: common.time,
+            vendor_event_id: common.tracking_id,
+            tenant: common.tenant,
+            simulation: common.simulation,
+        })?;
+        return Ok(Mapped::one(generic.event(Arc::new(body))));
+    };
     // Take `resource` out, leaving a `null` in its place so that key order is kept.
     let Some(slot) = resource_slot(&mut body, top_level) else {
         return Err(MapError::InvalidPayload(PayloadError {
@@ -87,6 +107,7 @@ pub(super) fn map(
                 top_level,
                 items: items.into_iter(),
                 elements: elements.into_iter(),
+                event_type,
                 common,
             }))
         }
@@ -95,14 +116,13 @@ pub(super) fn map(
             if let Some(slot) = resource_slot(&mut body, top_level) {
                 *slot = single;
             }
-            Ok(Mapped::one(common.event(facts, Arc::new(body))))
+            Ok(Mapped::one(common.event(event_type, facts, Arc::new(body))))
         }
     }
 }
 
 /// What every event of one body shares.
 struct Common {
-    event_type: EventType,
     time: DateTime<Utc>,
     vendor_event_type: String,
     tracking_id: Option<String>,
@@ -111,9 +131,9 @@ struct Common {
 }
 
 impl Common {
-    fn event(&self, facts: Element, payload: Arc<Value>) -> CanonicalEvent {
+    fn event(&self, event_type: EventType, facts: Element, payload: Arc<Value>) -> CanonicalEvent {
         CanonicalEvent::new(EventFacts {
-            event_type: self.event_type,
+            event_type: event_type.into(),
             id: facts.id,
             time: self.time,
             vendor_event_type: self.vendor_event_type.clone(),
@@ -160,6 +180,7 @@ pub(super) struct FanOut {
     top_level: bool,
     items: std::vec::IntoIter<Value>,
     elements: std::vec::IntoIter<Element>,
+    event_type: EventType,
     common: Common,
 }
 
@@ -174,7 +195,7 @@ impl FanOut {
         if let Some(slot) = resource_slot(&mut payload, self.top_level) {
             *slot = Value::Array(vec![item]);
         }
-        Some(self.common.event(facts, Arc::new(payload)))
+        Some(self.common.event(self.event_type, facts, Arc::new(payload)))
     }
 }
 

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::fields::{self, Problem};
+use super::unmapped::{Envelope, Generic, Identity, UnmappedPolicy};
 use super::{MapError, uncanonicalizable};
 use crate::canonical::{
     CanonicalEvent, Entity, EventData, EventFacts, EventType, Person, Tenant, Vendor,
@@ -16,8 +17,40 @@ use crate::canonical::{
 pub(super) fn map(
     body: Arc<Value>,
     received_at: DateTime<Utc>,
+    unmapped: UnmappedPolicy,
 ) -> Result<CanonicalEvent, MapError> {
     let root = fields::as_object(&body, "$".into())?;
+    if unmapped == UnmappedPolicy::Passthrough && root.has("event_type") {
+        let vendor_type = root.required_str("event_type")?;
+        if EventType::from_vendor_type(Vendor::Entuitive, vendor_type).is_none() {
+            // `data` is the event, as for mapped types; its shape is unknown, so its
+            // times are read only when it is an object.
+            let Some(data) = root.get("data") else {
+                return Err(root.error("data", Problem::Missing).into());
+            };
+            let data_path = fields::child_path(&root.path, "data");
+            let time = match fields::as_object(data, data_path.clone()) {
+                Ok(event) => match event.opt_timestamp("updated_on")? {
+                    Some(t) => t,
+                    None => event.opt_timestamp("created_on")?.unwrap_or(received_at),
+                },
+                Err(_) => received_at,
+            };
+            return Generic::new(Envelope {
+                vendor: Vendor::Entuitive,
+                vendor_type,
+                identity: Identity::Content {
+                    value: data,
+                    path: data_path,
+                },
+                time,
+                vendor_event_id: None,
+                tenant: None,
+                simulation: false,
+            })
+            .map(|generic| generic.event(Arc::clone(&body)));
+        }
+    }
     let (vendor_type, event) = if root.has("event_type") {
         (root.required_str("event_type")?, root.object("data")?)
     } else if root.has("compliance_status_items") {
@@ -71,7 +104,7 @@ pub(super) fn map(
         id_from_content(event_type, event.map).map_err(uncanonicalizable(event.path.clone()))?;
 
     Ok(CanonicalEvent::new(EventFacts {
-        event_type,
+        event_type: event_type.into(),
         id,
         time,
         vendor_event_type: vendor_type.to_owned(),

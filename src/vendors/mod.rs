@@ -5,6 +5,7 @@ mod authenticate;
 mod deel;
 mod entuitive;
 pub(crate) mod fields;
+mod unmapped;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 use crate::canonical::{CanonicalEvent, Uncanonicalizable, Vendor};
 
 pub use fields::{MAX_ENTITY_ID_BYTES, PayloadError, Problem};
+pub use unmapped::{GENERIC_ENTITY_KIND, Unmapped, UnmappedPolicy};
 
 /// Why a body of a known vendor could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,17 +106,22 @@ impl Shapes {
 
 /// Maps a body of `vendor` to its canonical events (at least one on success, at most
 /// `max_events`). Every check that can fail runs here; the events themselves are built
-/// as they are taken from the [`Mapped`], so a fan-out holds one event at a time.
+/// as they are taken from the [`Mapped`], so a fan-out holds one event at a time. A
+/// vendor type not in the table is an error, or one generic event when `unmapped` is
+/// [`UnmappedPolicy::Passthrough`].
 pub(crate) fn map(
     vendor: Vendor,
     body: Value,
     received_at: DateTime<Utc>,
     max_events: usize,
+    unmapped: UnmappedPolicy,
 ) -> Result<Mapped, MapError> {
     match vendor {
-        Vendor::Entuitive => entuitive::map(Arc::new(body), received_at).map(Mapped::one),
-        Vendor::Authenticate => authenticate::map(Arc::new(body), received_at).map(Mapped::one),
-        Vendor::Deel => deel::map(body, received_at, max_events),
+        Vendor::Entuitive => entuitive::map(Arc::new(body), received_at, unmapped).map(Mapped::one),
+        Vendor::Authenticate => {
+            authenticate::map(Arc::new(body), received_at, unmapped).map(Mapped::one)
+        }
+        Vendor::Deel => deel::map(body, received_at, max_events, unmapped),
     }
 }
 

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
-use webhook_normalizer::{CanonicalEvent, Limits, NormalizeError, normalize};
+use webhook_normalizer::{CanonicalEvent, Limits, NormalizeError, Unmapped, normalize};
 
 /// `tests/fixtures/` of the repository.
 pub fn fixtures_dir() -> PathBuf {
@@ -139,7 +139,13 @@ pub fn webhook_mix(n: usize, tag: &str) -> Vec<RawWebhook> {
 
 /// What the library says should come out of one raw webhook.
 pub fn expected(w: &RawWebhook) -> Result<Vec<CanonicalEvent>, NormalizeError> {
-    normalize(&w.body, w.vendor, received_at(), &Limits::default())
+    normalize(
+        &w.body,
+        w.vendor,
+        received_at(),
+        &Limits::default(),
+        &Unmapped::default(),
+    )
 }
 
 /// Per input: the event ids it must produce, or the dead-letter routing key it must get.

@@ -20,6 +20,7 @@ mod resilience;
 mod signatures;
 mod tail;
 mod tls;
+mod unmapped;
 mod unrouted;
 
 /// The test kit (`testkit/`), by the name these tests import it under.

@@ -727,10 +727,10 @@ async fn a_publish_the_broker_refuses_for_one_message_dead_letters_only_that_mes
         let types: Vec<_> = expected(w)
             .unwrap()
             .iter()
-            .map(|e| e.event_type.as_str())
+            .map(|e| e.event_type.to_string())
             .collect();
         assert!(
-            !types.contains(&"deel.contract.terminated"),
+            !types.iter().any(|t| t == "deel.contract.terminated"),
             "a neighbour would be refused too"
         );
     }

@@ -22,7 +22,7 @@ use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
 use serde_json::{Map, Value};
 use webhook_normalizer::canonical::{JSON_SCHEMA, rfc3339_utc};
-use webhook_normalizer::{CanonicalEvent, ErrorKind, Limits, Vendor, normalize};
+use webhook_normalizer::{CanonicalEvent, ErrorKind, Limits, Unmapped, Vendor, normalize};
 
 use crate::{all_fixtures, received_at};
 
@@ -572,7 +572,13 @@ fn normalize_kind(kind: ErrorKind) -> bool {
 }
 
 fn check(input: &Input, received_at: DateTime<Utc>) -> Result<(), TestCaseError> {
-    let result = normalize(&input.body, input.hint, received_at, &Limits::default());
+    let result = normalize(
+        &input.body,
+        input.hint,
+        received_at,
+        &Limits::default(),
+        &Unmapped::default(),
+    );
     match result {
         Ok(events) => {
             prop_assert!(

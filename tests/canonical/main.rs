@@ -7,13 +7,14 @@ mod cli;
 mod fixtures;
 mod fuzz;
 mod hostile;
+mod passthrough;
 mod properties;
 mod schema;
 
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use webhook_normalizer::{CanonicalEvent, Limits, NormalizeError, normalize};
+use webhook_normalizer::{CanonicalEvent, Limits, NormalizeError, Unmapped, normalize};
 
 /// The receipt time every fixture is normalized with.
 pub const RECEIVED_AT: &str = "2026-01-02T03:04:05Z";
@@ -50,5 +51,11 @@ pub fn all_fixtures() -> Vec<(PathBuf, Option<&'static str>)> {
 }
 
 pub fn run(body: &[u8], hint: Option<&str>) -> Result<Vec<CanonicalEvent>, NormalizeError> {
-    normalize(body, hint, received_at(), &Limits::default())
+    normalize(
+        body,
+        hint,
+        received_at(),
+        &Limits::default(),
+        &Unmapped::default(),
+    )
 }

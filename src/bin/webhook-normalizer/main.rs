@@ -17,7 +17,9 @@ use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
 use webhook_normalizer::telemetry::TelemetryError;
-use webhook_normalizer::{ErrorKind, EventType, Limits, broker, telemetry, worker};
+use webhook_normalizer::{
+    ErrorKind, EventType, Limits, Unmapped, UnmappedPolicy, Vendor, broker, telemetry, worker,
+};
 
 mod dlq;
 mod progress;
@@ -86,6 +88,11 @@ enum Command {
         /// Most bytes of event JSON one body may make, all its events together (at least 1).
         #[arg(long, default_value_t = Limits::default().max_output_bytes, value_parser = at_least_1)]
         max_output_bytes: usize,
+        /// Pass this vendor's unmapped types through as generic events, as the setting
+        /// `unmapped.{vendor} = "passthrough"` does (repeatable); otherwise they fail as
+        /// unknown_event_type.
+        #[arg(long, value_name = "VENDOR")]
+        passthrough: Vec<Vendor>,
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
@@ -145,6 +152,9 @@ enum TableFormat {
     Markdown,
     /// The AsyncAPI 3.0 document of every channel (as `docs/asyncapi.json`).
     Asyncapi,
+    /// The JSON Schema of each type's `data` (as `schema/event-data.v1.schema.json`),
+    /// which every event's `dataschema` points into.
+    DataSchema,
 }
 
 /// A rate: a positive number of messages a second.
@@ -229,6 +239,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_body_bytes,
             max_events_per_message,
             max_output_bytes,
+            passthrough,
             file,
         } => {
             let body = match read_input(file.as_deref(), max_body_bytes)? {
@@ -252,9 +263,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 max_output_bytes,
             };
             let received_at = received_at.unwrap_or_else(Utc::now);
+            let mut unmapped = Unmapped::default();
+            for vendor in passthrough {
+                *unmapped.of_mut(vendor) = UnmappedPolicy::Passthrough;
+            }
             // Serialized (and bounded) before anything is printed: an error prints nothing
             // on stdout.
-            match normalize_json(&body, vendor.as_deref(), received_at, &limits) {
+            match normalize_json(&body, vendor.as_deref(), received_at, &limits, &unmapped) {
                 Ok(events) => written_to_stdout(print_events(&events)),
                 Err(e) => {
                     report(format_args!("error: {}: {e}", e.kind()));
@@ -532,7 +547,11 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
 
 fn print_event_types(format: TableFormat) -> io::Result<()> {
     let mut out = io::stdout().lock();
-    if let TableFormat::Asyncapi = format {
+    if let TableFormat::DataSchema = format {
+        let doc = webhook_normalizer::canonical::data_schema_document();
+        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+    } else if let TableFormat::Asyncapi = format {
         let doc = webhook_normalizer::asyncapi::document(env!("CARGO_PKG_VERSION"));
         serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
         out.write_all(b"\n")?;

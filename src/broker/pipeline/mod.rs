@@ -212,7 +212,13 @@ impl<'s> Pipeline<'s> {
             failing_since: None,
             admitted_at: Instant::now(),
         };
-        let planned = plan_checked(&entry.raw, &self.limits, &self.signatures, Utc::now());
+        let planned = plan_checked(
+            &entry.raw,
+            &self.limits,
+            &self.signatures,
+            &self.settings.unmapped,
+            Utc::now(),
+        );
         self.prepare(&mut entry, planned);
         self.held_bytes += entry.bytes;
         self.entries.push_back(entry);
@@ -230,7 +236,7 @@ impl<'s> Pipeline<'s> {
         let dead_letter = match planned {
             Plan::Publish { vendor, events } => {
                 let count = events.len();
-                let types: Vec<&'static str> = events.iter().map(|e| e.routing_key).collect();
+                let types: Vec<&'static str> = events.iter().map(|e| e.type_label).collect();
                 let correlation_id = entry.original.message_id().clone();
                 let messages: Vec<_> = events
                     .into_iter()

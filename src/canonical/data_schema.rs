@@ -1,0 +1,328 @@
+//! The JSON Schema of each canonical type's `data`: what the mapping knows beyond the
+//! envelope (the entity kinds, where `status` comes from and the values it can take, which
+//! parts of `person` are ever filled, whether a tenant is). One document,
+//! `schema/event-data.v1.schema.json`, holds a definition per type; every event's
+//! `dataschema` attribute points at its own (`…/event-data.v1.schema.json#/$defs/{type}`).
+//!
+//! The version is in the file name. A change after which an event could carry a `data`
+//! that the published definition refuses (a new entity kind, a field that was always
+//! `null` now filled, another stage) is a new version, a new file beside the old; a new
+//! type is a new definition in the same version (`docs/contract.md`).
+//! A test fails when the checked-in document is not what [`document`] makes.
+
+use serde_json::{Map, Value, json};
+
+use super::{CanonicalType, EventType};
+
+/// The version of the `data` schemas, in their file name and every `dataschema`.
+pub const DATA_SCHEMA_VERSION: u32 = 1;
+
+/// Where the document is published: the repository's `schema/` folder.
+pub const DATA_SCHEMA_DOCUMENT: &str =
+    "https://github.com/webhook-normalizer/webhook-normalizer/schema/event-data.v1.schema.json";
+
+/// The definition name of the generic `data` of every unmapped type passed through.
+pub const UNMAPPED_DEFINITION: &str = "unmapped";
+
+/// The checked-in document, as published.
+pub const DATA_JSON_SCHEMA: &str = include_str!("../../schema/event-data.v1.schema.json");
+
+/// The `dataschema` of an event of type `t`: the document and a JSON Pointer to the
+/// type's definition.
+pub fn data_schema_uri(t: &CanonicalType) -> String {
+    let definition = match t {
+        CanonicalType::Mapped(t) => t.as_str(),
+        CanonicalType::Unmapped(_) => UNMAPPED_DEFINITION,
+    };
+    format!("{DATA_SCHEMA_DOCUMENT}#/$defs/{definition}")
+}
+
+/// The document: one definition per canonical type, and one for generic events.
+pub fn document() -> Value {
+    let mut defs = Map::new();
+    for t in EventType::ALL {
+        defs.insert(t.as_str().into(), definition(*t));
+    }
+    defs.insert(UNMAPPED_DEFINITION.into(), unmapped_definition());
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": DATA_SCHEMA_DOCUMENT,
+        "title": "The data of each canonical event type, version 1",
+        "description": "Each event's `dataschema` names its definition here (`#/$defs/{type}`). The envelope, `data` included in outline, is schema/canonical-event.schema.json.",
+        "$defs": defs,
+    })
+}
+
+/// Which parts of `person` a type ever fills.
+enum PersonShape {
+    /// Always `null`: the type names nobody.
+    Never,
+    /// `null`, or an object in which only these fields may be strings.
+    Some(&'static [&'static str]),
+    /// Always an object, with these fields possibly strings and `email` always one.
+    AlwaysWithEmail(&'static [&'static str]),
+}
+
+/// Where `status` comes from, and what the mapping knows of its values.
+struct Status {
+    field: &'static str,
+    /// The one value it can have, in any letter case (the report's stage).
+    stage: Option<&'static str>,
+}
+
+fn status(t: EventType) -> Status {
+    use EventType::*;
+    let field = match t {
+        AuthenticateBackgroundCheckUpdated => "order.orderDetails.search_status",
+        AuthenticateUserUpdated
+        | AuthenticateIdentityVerificationAttempted
+        | AuthenticateIdDocumentReviewCompleted
+        | AuthenticatePassportReviewCompleted
+        | AuthenticateBackgroundCheckCompleted
+        | AuthenticateReportInitiated
+        | AuthenticateReportCompleted
+        | AuthenticateReportFailed => "order.status",
+        DeelProfileKycChanged => "resource.kyc_status",
+        t if t.vendor() == super::Vendor::Deel => "resource.status",
+        _ => "status of the event object",
+    };
+    let stage = match t {
+        AuthenticateReportInitiated => Some("INITIATED"),
+        AuthenticateReportCompleted => Some("COMPLETED"),
+        AuthenticateReportFailed => Some("FAILED"),
+        _ => None,
+    };
+    Status { field, stage }
+}
+
+fn person(t: EventType) -> PersonShape {
+    use EventType::*;
+    const NAMES: &[&str] = &["id", "first_name", "last_name", "full_name"];
+    match t {
+        EntuitiveUserCreated
+        | EntuitiveUserUpdated
+        | EntuitiveUserDeactivated
+        | EntuitiveComplianceStatusUpdated => PersonShape::AlwaysWithEmail(NAMES),
+        DeelBackgroundCheckCompleted => PersonShape::Some(&["email"]),
+        DeelContractCreated
+        | DeelContractStatusUpdated
+        | DeelContractTerminated
+        | DeelContractArchived => {
+            PersonShape::Some(&["id", "email", "first_name", "last_name", "full_name"])
+        }
+        DeelProfileKycChanged => PersonShape::Some(&["id", "email", "first_name", "last_name"]),
+        DeelTimeOffCreated | DeelTimeOffReviewed | DeelTimeOffUpdated => {
+            PersonShape::Some(&["id", "full_name"])
+        }
+        DeelEorQuoteCreated
+        | DeelInvoiceAdjustmentCreated
+        | DeelInvoiceAdjustmentReviewed
+        | DeelTimesheetCreated
+        | DeelTimesheetReviewed => PersonShape::Never,
+        // Authenticate: the order's user access code, when it has one.
+        _ => PersonShape::Some(&["id"]),
+    }
+}
+
+/// The entity kinds of a type, read off its subject rule (`report/{…}, else user/{…}`).
+fn kinds(t: EventType) -> Vec<&'static str> {
+    t.subject_rule()
+        .split(", else ")
+        .filter_map(|alternative| alternative.split_once('/').map(|(kind, _)| kind))
+        .collect()
+}
+
+fn definition(t: EventType) -> Value {
+    let kinds = kinds(t);
+    let kind = match kinds.as_slice() {
+        [one] => json!({"const": one}),
+        many => json!({"enum": many}),
+    };
+    let status = status(t);
+    let status_schema = match status.stage {
+        Some(stage) => json!({
+            "description": format!("From `{}`: the report's stage, in the vendor's letter case.", status.field),
+            "type": "string",
+            "pattern": any_case(stage),
+        }),
+        None => json!({
+            "description": format!("From `{}`, as the vendor wrote it (text; numbers and booleans as text); null when absent.", status.field),
+            "type": ["string", "null"],
+        }),
+    };
+    let tenant = if t.vendor() == super::Vendor::Authenticate {
+        json!({"description": "Authenticate sends no tenant.", "type": "null"})
+    } else {
+        json!({"oneOf": [{"type": "null"}, tenant_object()]})
+    };
+    json!({
+        "title": format!("data of {}", t.as_str()),
+        "description": format!("{} `{}`{}.", t.vendor(), t.vendor_event_type(), if t.condition().is_empty() { String::new() } else { format!(" when {}", t.condition()) }),
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["entity", "status", "person", "tenant", "payload"],
+        "properties": {
+            "entity": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["kind", "id"],
+                "properties": {
+                    "kind": kind,
+                    "id": {
+                        "description": format!("As in the subject: {}.", t.subject_rule()),
+                        "type": "string",
+                        "minLength": 1,
+                    },
+                },
+            },
+            "status": status_schema,
+            "person": person_schema(person(t)),
+            "tenant": tenant,
+            "payload": {"description": "The vendor's body as parsed (for a fanned-out array, narrowed to this event's element).", "type": "object"},
+        },
+    })
+}
+
+fn unmapped_definition() -> Value {
+    json!({
+        "title": "data of a generic event ({vendor}.unmapped.{word})",
+        "description": "An unmapped vendor type passed through: the mapping knows nothing of the body beyond its vendor's envelope.",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["entity", "status", "person", "tenant", "payload"],
+        "properties": {
+            "entity": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["kind", "id"],
+                "properties": {
+                    "kind": {"const": crate::vendors::GENERIC_ENTITY_KIND},
+                    "id": {"description": "The event's own id.", "type": "string", "format": "uuid"},
+                },
+            },
+            "status": {"type": "null"},
+            "person": {"type": "null"},
+            "tenant": {"description": "Deel's meta.organization_id and name; null for the others.", "oneOf": [{"type": "null"}, tenant_object()]},
+            "payload": {"description": "The vendor's whole body as parsed.", "type": "object"},
+        },
+    })
+}
+
+fn tenant_object() -> Value {
+    json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["id", "name"],
+        "properties": {
+            "id": {"type": "string", "minLength": 1},
+            "name": {"type": ["string", "null"]},
+        },
+    })
+}
+
+fn person_schema(shape: PersonShape) -> Value {
+    const FIELDS: [&str; 5] = ["id", "email", "first_name", "last_name", "full_name"];
+    let object = |filled: &[&str], email_required: bool| {
+        let properties: Map<String, Value> = FIELDS
+            .iter()
+            .map(|f| {
+                let schema = if *f == "email" && email_required {
+                    json!({"type": "string"})
+                } else if filled.contains(f) {
+                    json!({"type": ["string", "null"]})
+                } else {
+                    json!({"type": "null"})
+                };
+                ((*f).to_owned(), schema)
+            })
+            .collect();
+        json!({
+            "type": "object",
+            "additionalProperties": false,
+            "required": FIELDS,
+            "properties": properties,
+        })
+    };
+    match shape {
+        PersonShape::Never => json!({"type": "null"}),
+        PersonShape::Some(filled) => json!({"oneOf": [{"type": "null"}, object(filled, false)]}),
+        PersonShape::AlwaysWithEmail(filled) => object(filled, true),
+    }
+}
+
+/// A pattern matching exactly `word` in any ASCII letter case: `^[Ff][Aa]…$`.
+fn any_case(word: &str) -> String {
+    let mut pattern = String::from("^");
+    for c in word.chars() {
+        if c.is_ascii_alphabetic() {
+            pattern.push('[');
+            pattern.push(c.to_ascii_uppercase());
+            pattern.push(c.to_ascii_lowercase());
+            pattern.push(']');
+        } else {
+            pattern.push(c);
+        }
+    }
+    pattern.push('$');
+    pattern
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let generated = serde_json::to_string_pretty(&document()).unwrap() + "\n";
+        assert!(
+            DATA_JSON_SCHEMA == generated,
+            "schema/event-data.v1.schema.json is stale: `cargo run -- event-types --format data-schema > schema/event-data.v1.schema.json`"
+        );
+    }
+
+    #[test]
+    fn kinds_come_from_the_subject_rule() {
+        assert_eq!(
+            kinds(EventType::AuthenticateReportCompleted),
+            ["report", "user"]
+        );
+        assert_eq!(
+            kinds(EventType::DeelEorQuoteCreated),
+            ["eor_quote", "contract"]
+        );
+        assert_eq!(kinds(EventType::DeelTimesheetReviewed), ["timesheet"]);
+        for t in EventType::ALL {
+            let kinds = kinds(*t);
+            assert!(!kinds.is_empty(), "{t}");
+            assert!(
+                kinds.iter().all(
+                    |k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                ),
+                "{t}: {kinds:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_case_spells_each_letter_both_ways() {
+        assert_eq!(any_case("FAILED"), "^[Ff][Aa][Ii][Ll][Ee][Dd]$");
+    }
+
+    #[test]
+    fn every_type_points_at_its_own_definition() {
+        let doc = document();
+        for t in EventType::ALL {
+            let uri = data_schema_uri(&(*t).into());
+            let (document, pointer) = uri.split_once('#').unwrap();
+            assert_eq!(document, DATA_SCHEMA_DOCUMENT);
+            assert!(document.ends_with(&format!(".v{DATA_SCHEMA_VERSION}.schema.json")));
+            let definition = doc.pointer(pointer).unwrap();
+            assert_eq!(definition["title"], format!("data of {t}"));
+        }
+        let generic = CanonicalType::unmapped(super::super::Vendor::Deel, "x").unwrap();
+        assert!(
+            doc.pointer(data_schema_uri(&generic).split_once('#').unwrap().1)
+                .is_some()
+        );
+    }
+}

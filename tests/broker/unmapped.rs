@@ -1,0 +1,85 @@
+//! `unmapped.{vendor} = "passthrough"`: an unmapped Deel type reaches the bindings on
+//! `deel.unmapped.*` as one generic event with a stable id, while the other vendors'
+//! unmapped types stay dead letters.
+
+use std::time::Duration;
+
+use serde_json::json;
+use webhook_normalizer::CanonicalEvent;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_id() {
+    let vhost = TestVhost::new("unmapped");
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__UNMAPPED__DEEL", "passthrough")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(
+        &channel,
+        "test.generic",
+        "events.canonical",
+        "deel.unmapped.*",
+    )
+    .await;
+    capture_queue(&channel, "test.dead", "webhooks.dead-letter", "#").await;
+
+    // Deel delivers one payslip twice (a retry: new tracking id and timestamp), then an
+    // Entuitive type we do not map either.
+    let first = fixture("deel/payslip.available.json");
+    let mut retry = fixture_json("deel/payslip.available.json");
+    retry["data"]["meta"]["tracking_id"] = json!("retry-tracking-id");
+    retry["timestamp"] = json!("2023-05-11T12:40:00.000Z");
+    let webhooks = [
+        RawWebhook::new(first, Some("deel"), "payslip-1"),
+        RawWebhook::new(retry.to_string().into_bytes(), None, "payslip-2"),
+        RawWebhook::new(
+            fixture("entuitive/user.password_reset.json"),
+            Some("entuitive"),
+            "reset-1",
+        ),
+    ];
+    publish_raw(&channel, &webhooks).await;
+
+    let events = read_messages(&channel, "test.generic", 2, Duration::from_secs(30)).await;
+    let bodies: Vec<CanonicalEvent> = events
+        .iter()
+        .map(|d| serde_json::from_slice(&d.data).unwrap())
+        .collect();
+    for (d, event) in events.iter().zip(&bodies) {
+        assert_eq!(d.routing_key.as_str(), "deel.unmapped.payslip_available");
+        assert_eq!(event.event_type.as_str(), "deel.unmapped.payslip_available");
+        assert_eq!(message_id(d), event.id.to_string());
+        assert_eq!(event.vendoreventtype, "payslip.available");
+        assert_eq!(
+            event.data.payload["data"]["resource"]["id"],
+            json!(10446275)
+        );
+    }
+    assert_eq!(bodies[0].id, bodies[1].id, "a retry is the same event");
+    assert_eq!(
+        bodies[0].vendoreventid.as_deref(),
+        Some("xGt7b5_uCVenTFN_88IsU52ztxXg")
+    );
+    assert_eq!(
+        bodies[1].vendoreventid.as_deref(),
+        Some("retry-tracking-id")
+    );
+
+    let dead = read_messages(&channel, "test.dead", 1, Duration::from_secs(30)).await;
+    assert_eq!(dead[0].routing_key.as_str(), "entuitive.unknown_event_type");
+    assert_eq!(
+        dead[0].data,
+        fixture("entuitive/user.password_reset.json"),
+        "the original bytes"
+    );
+
+    // Metrics label generic types by vendor only: vendors name them, not us.
+    let (_, text) = worker.get("/metrics");
+    assert!(
+        text.contains(r#"normalizer_events_published_total{vendor="deel",type="deel.unmapped"} 2"#),
+        "{text}"
+    );
+    assert!(!text.contains("payslip"), "{text}");
+}
