@@ -756,6 +756,23 @@ mod tests {
     }
 
     #[test]
+    fn unmapped_types_are_dead_letters_unless_a_vendor_passes_them_through() {
+        use crate::canonical::Vendor;
+        use crate::vendors::{Unmapped, UnmappedPolicy};
+        let s = load_env(&[]).unwrap();
+        assert_eq!(s.unmapped, Unmapped::default());
+        assert_eq!(s.unmapped.of(Vendor::Deel), UnmappedPolicy::DeadLetter);
+        let s = load_env(&[("NORMALIZER__UNMAPPED__DEEL", "passthrough")]).unwrap();
+        assert_eq!(s.unmapped.of(Vendor::Deel), UnmappedPolicy::Passthrough);
+        assert_eq!(s.unmapped.of(Vendor::Entuitive), UnmappedPolicy::DeadLetter);
+        let e = load_env(&[("NORMALIZER__UNMAPPED__DEEL", "pass")]).unwrap_err();
+        assert!(e.to_string().contains("unmapped.deel"), "{e}");
+        assert!(e.to_string().contains("dead-letter"), "{e}");
+        let e = load_env(&[("NORMALIZER__UNMAPPED__ACME", "passthrough")]).unwrap_err();
+        assert!(e.to_string().contains("acme"), "{e}");
+    }
+
+    #[test]
     fn invalid_values_name_their_key() {
         let e = load_env(&[("NORMALIZER__INPUT__PREFETCH", "0")]).unwrap_err();
         assert!(e.to_string().starts_with("input.prefetch: "), "{e}");

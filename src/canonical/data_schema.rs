@@ -196,7 +196,7 @@ fn unmapped_definition() -> Value {
                 "additionalProperties": false,
                 "required": ["kind", "id"],
                 "properties": {
-                    "kind": {"const": crate::vendors::GENERIC_ENTITY_KIND},
+                    "kind": {"const": super::GENERIC_ENTITY_KIND},
                     "id": {"description": "The event's own id.", "type": "string", "format": "uuid"},
                 },
             },

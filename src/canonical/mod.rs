@@ -22,8 +22,8 @@ pub use id::{
     id_from_content, id_from_vendor_event_id, user_key,
 };
 pub use types::{
-    CanonicalType, EventType, MAX_UNMAPPED_WORD_BYTES, NotACanonicalType, UNMAPPED_ENTITY,
-    UnmappedType, markdown_table,
+    CanonicalType, EventType, GENERIC_ENTITY_KIND, MAX_UNMAPPED_WORD_BYTES, NotACanonicalType,
+    UNMAPPED_ENTITY, UnmappedType, markdown_table,
 };
 pub use vendor::{NotAVendor, Vendor};
 

@@ -216,6 +216,10 @@ pub struct UnmappedType {
 /// The middle word of every generic type.
 pub const UNMAPPED_ENTITY: &str = "unmapped";
 
+/// The kind of `data.entity` in every generic event: the event itself (its subject is
+/// `event/{id}`), since the mapping does not know what the body is about.
+pub const GENERIC_ENTITY_KIND: &str = "event";
+
 /// Longest word a vendor type is normalised into: a generic type stays well inside the
 /// 255 bytes of an AMQP routing key whatever the vendor sends.
 pub const MAX_UNMAPPED_WORD_BYTES: usize = 64;

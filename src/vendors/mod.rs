@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::canonical::{CanonicalEvent, Uncanonicalizable, Vendor};
 
 pub use fields::{MAX_ENTITY_ID_BYTES, PayloadError, Problem};
-pub use unmapped::{GENERIC_ENTITY_KIND, Unmapped, UnmappedPolicy};
+pub use unmapped::{Unmapped, UnmappedPolicy};
 
 /// Why a body of a known vendor could not be mapped.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::{MapError, uncanonicalizable};
 use crate::canonical::{
-    CanonicalEvent, CanonicalType, Entity, EventData, EventFacts, Tenant, Vendor,
-    id_from_any_content, id_from_vendor_event_id,
+    CanonicalEvent, CanonicalType, Entity, EventData, EventFacts, GENERIC_ENTITY_KIND, Tenant,
+    Vendor, id_from_any_content, id_from_vendor_event_id,
 };
 
 /// What becomes of a body whose vendor type is not in the type table.
@@ -59,10 +59,6 @@ impl Unmapped {
         }
     }
 }
-
-/// The kind of `data.entity` in every generic event: the event itself, since the
-/// mapping does not know what the body is about.
-pub const GENERIC_ENTITY_KIND: &str = "event";
 
 /// What identifies one generic event, by the same rules as a mapped one of its vendor.
 pub(super) enum Identity<'a> {

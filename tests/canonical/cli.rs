@@ -537,3 +537,48 @@ fn an_amqp_url_naming_the_empty_vhost_is_refused_at_start() {
         assert!(err.contains("empty vhost") && err.contains("%2f"), "{err}");
     }
 }
+
+/// `normalize --passthrough VENDOR` shows what `unmapped.{vendor} = "passthrough"` makes;
+/// without it, or for another vendor, the type stays unknown.
+#[test]
+fn normalize_passthrough_shows_the_generic_event() {
+    let fixture = crate::fixtures_dir().join("deel/payslip.available.json");
+    let run = |args: &[&str]| {
+        bin()
+            .arg("normalize")
+            .args(args)
+            .arg(&fixture)
+            .output()
+            .unwrap()
+    };
+
+    let out = run(&["--passthrough", "deel"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let event: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(event["type"], "deel.unmapped.payslip_available");
+    assert_eq!(
+        event["subject"],
+        format!("event/{}", event["id"].as_str().unwrap())
+    );
+
+    for args in [&[][..], &["--passthrough", "entuitive"]] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(65), "{args:?}");
+        assert!(out.stdout.is_empty());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).starts_with("error: unknown_event_type: "),
+            "{args:?}"
+        );
+    }
+    let out = run(&["--passthrough", "acme"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a vendor we do not know is a usage error"
+    );
+}
