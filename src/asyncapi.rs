@@ -62,35 +62,20 @@ pub fn document(version: &str) -> Value {
                 "bindings": {"amqp": exchange("events.canonical", "topic")},
             }),
         );
-        operations.insert(
-            format!("publish_{key}"),
-            json!({
-                "action": "send",
-                "channel": {"$ref": format!("#/channels/{name}")},
-                "messages": [{"$ref": format!("#/channels/{name}/messages/{key}")}],
-                "bindings": published(),
-            }),
-        );
+        operations.insert(format!("publish_{key}"), sends(name, &key));
         messages.insert(
             key,
-            json!({
-                "name": name,
-                "title": name,
-                "contentType": "application/cloudevents+json",
-                "correlationId": {"location": "$message.header#/correlation_id"},
-                "payload": {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/CanonicalEvent"},
-                        {"properties": {
-                            "type": {"const": name},
-                            "vendor": {"const": t.vendor().key()},
-                            "vendoreventtype": {"const": t.vendor_event_type()},
-                            "dataschema": {"const": data_schema_uri(&(*t).into())},
-                            "data": {"$ref": format!("#/components/schemas/{}", data_key(name))},
-                        }},
-                    ],
-                }
-            }),
+            event_message(
+                name,
+                name,
+                json!({
+                    "type": {"const": name},
+                    "vendor": {"const": t.vendor().key()},
+                    "vendoreventtype": {"const": t.vendor_event_type()},
+                    "dataschema": {"const": data_schema_uri(&(*t).into())},
+                    "data": {"$ref": format!("#/components/schemas/{}", data_key(name))},
+                }),
+            ),
         );
     }
 
@@ -114,31 +99,19 @@ pub fn document(version: &str) -> Value {
     );
     operations.insert(
         "publishUnmappedEvents".into(),
-        json!({
-            "action": "send",
-            "channel": {"$ref": "#/channels/unmapped"},
-            "messages": [{"$ref": "#/channels/unmapped/messages/unmappedEvent"}],
-            "bindings": published(),
-        }),
+        sends("unmapped", "unmappedEvent"),
     );
     messages.insert(
         "unmappedEvent".into(),
-        json!({
-            "name": "unmappedEvent",
-            "title": "{vendor}.unmapped.{word}",
-            "contentType": "application/cloudevents+json",
-            "correlationId": {"location": "$message.header#/correlation_id"},
-            "payload": {
-                "allOf": [
-                    {"$ref": "#/components/schemas/CanonicalEvent"},
-                    {"properties": {
-                        "type": {"pattern": "^(entuitive|authenticate|deel)\\.unmapped\\."},
-                        "dataschema": {"const": generic_example},
-                        "data": {"$ref": format!("#/components/schemas/{}", data_key(UNMAPPED_DEFINITION))},
-                    }},
-                ],
-            }
-        }),
+        event_message(
+            "unmappedEvent",
+            "{vendor}.unmapped.{word}",
+            json!({
+                "type": {"pattern": "^(entuitive|authenticate|deel)\\.unmapped\\."},
+                "dataschema": {"const": generic_example},
+                "data": {"$ref": format!("#/components/schemas/{}", data_key(UNMAPPED_DEFINITION))},
+            }),
+        ),
     );
 
     let vendors: Vec<&str> = Vendor::ALL
@@ -167,12 +140,7 @@ pub fn document(version: &str) -> Value {
     );
     operations.insert(
         "publishDeadLetters".into(),
-        json!({
-            "action": "send",
-            "channel": {"$ref": "#/channels/deadLetters"},
-            "messages": [{"$ref": "#/channels/deadLetters/messages/deadLetter"}],
-            "bindings": published(),
-        }),
+        sends("deadLetters", "deadLetter"),
     );
 
     messages.insert(
@@ -272,6 +240,32 @@ fn vendor_name(v: Vendor) -> &'static str {
         Vendor::Authenticate => "Authenticate",
         Vendor::Deel => "Deel",
     }
+}
+
+/// The operation of publishing `message` on `channel` (keys in the document).
+fn sends(channel: &str, message: &str) -> Value {
+    json!({
+        "action": "send",
+        "channel": {"$ref": format!("#/channels/{channel}")},
+        "messages": [{"$ref": format!("#/channels/{channel}/messages/{message}")}],
+        "bindings": published(),
+    })
+}
+
+/// A canonical event message: the envelope schema with these attributes `fixed`.
+fn event_message(name: &str, title: &str, fixed: Value) -> Value {
+    json!({
+        "name": name,
+        "title": title,
+        "contentType": "application/cloudevents+json",
+        "correlationId": {"location": "$message.header#/correlation_id"},
+        "payload": {
+            "allOf": [
+                {"$ref": "#/components/schemas/CanonicalEvent"},
+                {"properties": fixed},
+            ],
+        }
+    })
 }
 
 /// How the worker publishes: persistent, `mandatory` (with publisher confirms), stamped.

@@ -1,4 +1,4 @@
-//! The RabbitMQ permissions the worker and the `dlq` / `unrouted` commands need, for the
+//! The RabbitMQ permissions the worker and the `dlq` / `unrouted` / `tail` commands need, for the
 //! names in the configuration: the regular expressions of `rabbitmqctl set_permissions`.
 //! Pure: settings in, patterns out.
 //!
@@ -10,7 +10,9 @@
 //! - binding a queue to an exchange: write on the queue, read on the exchange;
 //! - publishing: write on the exchange (`amq.default` for the default exchange);
 //! - consuming or `basic.get`: read on the queue;
-//! - the walks' lock, an exclusive queue `{queue}.lock`: configure on it.
+//! - the walks' lock, an exclusive queue `{queue}.lock`: configure on it;
+//! - `tail`'s queue, exclusive and named by the broker (`amq.gen-…`): configure, write
+//!   and read on it.
 
 use crate::config::Settings;
 
@@ -116,26 +118,50 @@ pub fn worker(s: &Settings) -> Permissions {
     }
 }
 
-/// What the `dlq` and `unrouted` commands need (an operator's user, apart from the
-/// worker's): the lock queues, reading the two queues, copies through the default
-/// exchange, replays to the raw and the canonical exchange.
+/// What the `dlq`, `unrouted` and `tail` commands need (an operator's user, apart from
+/// the worker's): the lock queues, reading the two queues, copies through the default
+/// exchange, replays to the raw and the canonical exchange; and for `tail`, a
+/// server-named exclusive queue (`amq.gen-…`: configure to declare it, write to bind it,
+/// read to consume it) bound to the canonical, dead-letter or unrouted exchange (read).
 pub fn operator(s: &Settings) -> Permissions {
     let dead_letter_lock = format!("{}.lock", s.dead_letter.queue);
     let unrouted_lock = format!("{}.lock", s.output.unrouted_queue);
+    let names = |names: &[&str]| names.iter().map(|n| escape(n)).collect::<Vec<_>>();
+    let with_tail_queue = |mut alternatives: Vec<String>| {
+        alternatives.push(SERVER_NAMED_QUEUES.to_owned());
+        pattern(alternatives)
+    };
     Permissions {
-        configure: any_of(&[&dead_letter_lock, &unrouted_lock]),
-        write: any_of(&["amq.default", &s.input.exchange, &s.output.exchange]),
-        read: any_of(&[&s.dead_letter.queue, &s.output.unrouted_queue]),
+        configure: with_tail_queue(names(&[&dead_letter_lock, &unrouted_lock])),
+        write: with_tail_queue(names(&[
+            "amq.default",
+            &s.input.exchange,
+            &s.output.exchange,
+        ])),
+        read: with_tail_queue(names(&[
+            &s.dead_letter.queue,
+            &s.output.unrouted_queue,
+            &s.output.exchange,
+            &s.dead_letter.exchange,
+            &s.output.unrouted_exchange,
+        ])),
     }
 }
 
+/// The names RabbitMQ gives queues declared without one, as `tail` declares its own.
+const SERVER_NAMED_QUEUES: &str = r"amq\.gen-.*";
+
 /// A pattern matching exactly these names.
 fn any_of(names: &[&str]) -> String {
+    pattern(names.iter().map(|n| escape(n)).collect())
+}
+
+/// A pattern matching any of these regular expressions, each once.
+fn pattern(alternatives: Vec<String>) -> String {
     let mut unique: Vec<String> = Vec::new();
-    for name in names {
-        let escaped = escape(name);
-        if !unique.contains(&escaped) {
-            unique.push(escaped);
+    for alternative in alternatives {
+        if !unique.contains(&alternative) {
+            unique.push(alternative);
         }
     }
     format!("^({})$", unique.join("|"))
@@ -223,15 +249,15 @@ mod tests {
         let both = worker(&s).union(&operator(&s));
         assert_eq!(
             both.configure,
-            r"^(normalizer\.dead-letter\.lock|events\.unrouted\.lock)$"
+            r"^(normalizer\.dead-letter\.lock|events\.unrouted\.lock|amq\.gen-.*)$"
         );
         assert_eq!(
             both.write,
-            r"^(events\.canonical|webhooks\.dead-letter|amq\.default|webhooks\.raw)$"
+            r"^(events\.canonical|webhooks\.dead-letter|amq\.default|webhooks\.raw|amq\.gen-.*)$"
         );
         assert_eq!(
             both.read,
-            r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted)$"
+            r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted|events\.canonical|webhooks\.dead-letter|amq\.gen-.*)$"
         );
     }
 
@@ -243,7 +269,7 @@ mod tests {
         let p = operator(&defaults());
         assert_eq!(
             p.command("it's", "ops"),
-            r#"rabbitmqctl set_permissions -p 'it'\''s' 'ops' '^(normalizer\.dead-letter\.lock|events\.unrouted\.lock)$' '^(amq\.default|webhooks\.raw|events\.canonical)$' '^(normalizer\.dead-letter|events\.unrouted)$'"#
+            r#"rabbitmqctl set_permissions -p 'it'\''s' 'ops' '^(normalizer\.dead-letter\.lock|events\.unrouted\.lock|amq\.gen-.*)$' '^(amq\.default|webhooks\.raw|events\.canonical|amq\.gen-.*)$' '^(normalizer\.dead-letter|events\.unrouted|events\.canonical|webhooks\.dead-letter|amq\.gen-.*)$'"#
         );
     }
 }

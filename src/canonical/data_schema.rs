@@ -155,38 +155,60 @@ fn definition(t: EventType) -> Value {
     } else {
         json!({"oneOf": [{"type": "null"}, tenant_object()]})
     };
-    json!({
-        "title": format!("data of {}", t.as_str()),
-        "description": format!("{} `{}`{}.", t.vendor(), t.vendor_event_type(), if t.condition().is_empty() { String::new() } else { format!(" when {}", t.condition()) }),
-        "type": "object",
-        "additionalProperties": false,
-        "required": ["entity", "status", "person", "tenant", "payload"],
-        "properties": {
-            "entity": {
-                "type": "object",
-                "additionalProperties": false,
-                "required": ["kind", "id"],
-                "properties": {
-                    "kind": kind,
-                    "id": {
-                        "description": format!("As in the subject: {}.", t.subject_rule()),
-                        "type": "string",
-                        "minLength": 1,
-                    },
-                },
-            },
-            "status": status_schema,
-            "person": person_schema(person(t)),
-            "tenant": tenant,
-            "payload": {"description": "The vendor's body as parsed (for a fanned-out array, narrowed to this event's element).", "type": "object"},
-        },
+    data_definition(DataParts {
+        title: format!("data of {}", t.as_str()),
+        description: format!(
+            "{} `{}`{}.",
+            t.vendor(),
+            t.vendor_event_type(),
+            if t.condition().is_empty() {
+                String::new()
+            } else {
+                format!(" when {}", t.condition())
+            }
+        ),
+        kind,
+        id: json!({
+            "description": format!("As in the subject: {}.", t.subject_rule()),
+            "type": "string",
+            "minLength": 1,
+        }),
+        status: status_schema,
+        person: person_schema(person(t)),
+        tenant,
+        payload: "The vendor's body as parsed (for a fanned-out array, narrowed to this event's element).",
     })
 }
 
 fn unmapped_definition() -> Value {
+    data_definition(DataParts {
+        title: "data of a generic event ({vendor}.unmapped.{word})".into(),
+        description: "An unmapped vendor type passed through: the mapping knows nothing of the body beyond its vendor's envelope.".into(),
+        kind: json!({"const": super::GENERIC_ENTITY_KIND}),
+        id: json!({"description": "The event's own id.", "type": "string", "format": "uuid"}),
+        status: json!({"type": "null"}),
+        person: json!({"type": "null"}),
+        tenant: json!({"description": "Deel's meta.organization_id and name; null for the others.", "oneOf": [{"type": "null"}, tenant_object()]}),
+        payload: "The vendor's whole body as parsed.",
+    })
+}
+
+/// The schemas of a definition's parts; the object around them is the same for all.
+struct DataParts {
+    title: String,
+    description: String,
+    kind: Value,
+    id: Value,
+    status: Value,
+    person: Value,
+    tenant: Value,
+    payload: &'static str,
+}
+
+fn data_definition(parts: DataParts) -> Value {
     json!({
-        "title": "data of a generic event ({vendor}.unmapped.{word})",
-        "description": "An unmapped vendor type passed through: the mapping knows nothing of the body beyond its vendor's envelope.",
+        "title": parts.title,
+        "description": parts.description,
         "type": "object",
         "additionalProperties": false,
         "required": ["entity", "status", "person", "tenant", "payload"],
@@ -195,15 +217,12 @@ fn unmapped_definition() -> Value {
                 "type": "object",
                 "additionalProperties": false,
                 "required": ["kind", "id"],
-                "properties": {
-                    "kind": {"const": super::GENERIC_ENTITY_KIND},
-                    "id": {"description": "The event's own id.", "type": "string", "format": "uuid"},
-                },
+                "properties": {"kind": parts.kind, "id": parts.id},
             },
-            "status": {"type": "null"},
-            "person": {"type": "null"},
-            "tenant": {"description": "Deel's meta.organization_id and name; null for the others.", "oneOf": [{"type": "null"}, tenant_object()]},
-            "payload": {"description": "The vendor's whole body as parsed.", "type": "object"},
+            "status": parts.status,
+            "person": parts.person,
+            "tenant": parts.tenant,
+            "payload": {"description": parts.payload, "type": "object"},
         },
     })
 }

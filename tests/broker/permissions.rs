@@ -2,7 +2,8 @@
 //! / `unrouted` commands work as users holding exactly what `webhook-normalizer
 //! permissions` prints, and a missing permission says which and what to do.
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
@@ -61,6 +62,30 @@ async fn the_worker_and_the_commands_run_with_exactly_the_printed_permissions() 
     let webhooks = webhook_mix(40, "least");
     publish_raw(&channel, &webhooks).await;
     assert_nothing_lost(&channel, &webhooks).await;
+    // `tail`, as the operator: its own queue, bound to each exchange it watches.
+    // It says "watching" once its queue is declared, bound and consumed; a refusal ends it.
+    for source in [&[][..], &["--dead-letters"][..], &["--unrouted"][..]] {
+        let mut tail = Command::new(worker_binary())
+            .arg("tail")
+            .args(source)
+            .env("NORMALIZER__AMQP__URL", node.url("ops", "pw", &vhost.name))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(tail.stderr.take().unwrap()).lines();
+        let mut before = Vec::new();
+        let watching = loop {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("watching") => break true,
+                Some(Ok(line)) => before.push(line),
+                _ => break false,
+            }
+        };
+        let _ = tail.kill();
+        let _ = tail.wait();
+        assert!(watching, "tail {source:?} as ops: {before:?}");
+    }
     drop(worker);
     // The operator's commands, as the operator.
     for command in [&["dlq", "stats"][..], &["unrouted", "stats"][..]] {

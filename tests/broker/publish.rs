@@ -22,7 +22,11 @@ fn publish_command(vhost: &TestVhost, args: &[&str], stdin: Option<&[u8]>) -> st
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     if let Some(bytes) = stdin {
-        input.write_all(bytes).unwrap();
+        // A command that refuses its arguments exits without reading its input.
+        match input.write_all(bytes) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            written => written.unwrap(),
+        }
     }
     drop(input);
     output_within(child, Duration::from_secs(30))
@@ -120,6 +124,6 @@ async fn a_returned_body_fails_the_command() {
         err.contains("returned: no queue is bound to webhooks.raw"),
         "{err}"
     );
-    let out = publish_command(&vhost, &["--vendor", "acme"], Some(b"{}"));
+    let out = publish_command(&vhost, &["--vendor", "acme"], None);
     assert_eq!(out.status.code(), Some(2), "not a vendor key");
 }

@@ -123,7 +123,7 @@ enum Command {
     /// JSON Lines when piped.
     Tail(tail::TailArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
-    /// worker's user, for an operator's user (the `dlq` and `unrouted` commands), and for
+    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), and for
     /// one user doing both.
     Permissions {
         /// The worker's user; default: the user in amqp.url.
@@ -538,7 +538,10 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
     let mut out = io::stdout().lock();
     writeln!(out, "# webhook-normalizer run, which {declares}:")?;
     writeln!(out, "{}", worker.command(&vhost, &user))?;
-    writeln!(out, "# the dlq and unrouted commands, as another user:")?;
+    writeln!(
+        out,
+        "# the dlq, unrouted and tail commands, as another user:"
+    )?;
     writeln!(out, "{}", ops.command(&vhost, operator))?;
     writeln!(out, "# both, as one user:")?;
     writeln!(out, "{}", worker.union(&ops).command(&vhost, &user))?;
