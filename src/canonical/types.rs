@@ -490,6 +490,31 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2000,
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// Whatever a vendor sends as its type, the generic type is one routing-key word
+        /// that parses back to itself, or there is none because nothing was a letter or
+        /// digit.
+        #[test]
+        fn any_vendor_type_gives_one_word_or_none(vendor_type in "\\PC{0,200}") {
+            match CanonicalType::unmapped(Vendor::Authenticate, &vendor_type) {
+                Some(t) => {
+                    let word = t.as_str().strip_prefix("authenticate.unmapped.").unwrap();
+                    proptest::prop_assert!(!word.is_empty() && word.len() <= MAX_UNMAPPED_WORD_BYTES);
+                    proptest::prop_assert!(word.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+                    proptest::prop_assert!(!word.starts_with('_') && !word.ends_with('_') && !word.contains("__"));
+                    proptest::prop_assert_eq!(t.as_str().parse::<CanonicalType>(), Ok(t.clone()));
+                }
+                None => proptest::prop_assert!(!vendor_type.chars().any(|c| c.is_ascii_alphanumeric())),
+            }
+        }
+    }
+
     #[test]
     fn no_table_row_looks_like_a_generic_type() {
         for t in EventType::ALL {

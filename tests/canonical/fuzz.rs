@@ -21,7 +21,9 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::RngSeed;
 use serde_json::{Map, Value};
-use webhook_normalizer::canonical::{JSON_SCHEMA, rfc3339_utc};
+use webhook_normalizer::canonical::{
+    DATA_JSON_SCHEMA, DATA_SCHEMA_DOCUMENT, JSON_SCHEMA, rfc3339_utc,
+};
 use webhook_normalizer::{CanonicalEvent, ErrorKind, Limits, Unmapped, Vendor, normalize};
 
 use crate::{all_fixtures, received_at};
@@ -266,6 +268,8 @@ struct Input {
     hint: Option<&'static str>,
     /// What must come of it, when the mutation decides it.
     must_be_invalid_json: bool,
+    /// Normalized with every vendor's unmapped types passed through.
+    passthrough: bool,
 }
 
 fn build(seed: &Seed, marks: u64, pretty: bool, mutation: &Mutation, hint: &Hint) -> Input {
@@ -360,6 +364,7 @@ fn build(seed: &Seed, marks: u64, pretty: bool, mutation: &Mutation, hint: &Hint
         body,
         hint,
         must_be_invalid_json,
+        passthrough: false,
     }
 }
 
@@ -571,13 +576,38 @@ fn normalize_kind(kind: ErrorKind) -> bool {
     )
 }
 
+/// Each event's `data` against the definition its `dataschema` names.
+fn data_validator(uri: &str) -> Option<&'static jsonschema::Validator> {
+    static VALIDATORS: OnceLock<Vec<(String, jsonschema::Validator)>> = OnceLock::new();
+    let validators = VALIDATORS.get_or_init(|| {
+        let document: Value = serde_json::from_str(DATA_JSON_SCHEMA).unwrap();
+        document["$defs"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(name, definition)| {
+                (
+                    format!("{DATA_SCHEMA_DOCUMENT}#/$defs/{name}"),
+                    jsonschema::validator_for(definition).unwrap(),
+                )
+            })
+            .collect()
+    });
+    validators.iter().find(|(u, _)| u == uri).map(|(_, v)| v)
+}
+
 fn check(input: &Input, received_at: DateTime<Utc>) -> Result<(), TestCaseError> {
+    let unmapped = if input.passthrough {
+        Unmapped::PASSTHROUGH
+    } else {
+        Unmapped::default()
+    };
     let result = normalize(
         &input.body,
         input.hint,
         received_at,
         &Limits::default(),
-        &Unmapped::default(),
+        &unmapped,
     );
     match result {
         Ok(events) => {
@@ -593,6 +623,18 @@ fn check(input: &Input, received_at: DateTime<Utc>) -> Result<(), TestCaseError>
                     .map(|e| format!("{e} at {}", e.instance_path()))
                     .collect();
                 prop_assert!(errors.is_empty(), "schema: {errors:?}");
+                let uri = event.dataschema.as_deref().unwrap_or_default();
+                let data = data_validator(uri);
+                prop_assert!(data.is_some(), "dataschema {}", uri);
+                let errors: Vec<String> = data
+                    .into_iter()
+                    .flat_map(|v| v.iter_errors(&json["data"]))
+                    .map(|e| format!("{e} at {}", e.instance_path()))
+                    .collect();
+                prop_assert!(errors.is_empty(), "data schema {}: {errors:?}", uri);
+                if event.event_type.mapped().is_none() {
+                    prop_assert!(input.passthrough, "a generic type without passthrough");
+                }
                 prop_assert!(rfc3339_utc::writable(&event.time), "time {}", event.time);
                 let time = event.time_rfc3339();
                 let parsed = DateTime::parse_from_rfc3339(&time).map(|t| t.with_timezone(&Utc));
@@ -643,9 +685,13 @@ proptest! {
         mutation in mutation(),
         hint in hint(),
         received_at in receipt_time(),
+        passthrough in any::<bool>(),
     ) {
         let seed = &seeds()[seed.index(seeds().len())];
-        let input = build(seed, marks, pretty, &mutation, &hint);
+        let input = Input {
+            passthrough,
+            ..build(seed, marks, pretty, &mutation, &hint)
+        };
         check(&input, received_at).map_err(|e| {
             TestCaseError::fail(format!("{} ({}): {e}", seed.name, String::from_utf8_lossy(&input.body)))
         })?;
