@@ -102,9 +102,13 @@ pub struct TestVhost {
 const TEST_PREFIX: &str = "wn-test-";
 
 impl TestVhost {
-    /// A vhost on the shared broker, `wn-test-{pid}-{n}-{label}`.
+    /// A vhost on the shared broker, `wn-test-{pid}-{n}-{label}`. The first in a process
+    /// also deletes the vhosts of test processes that are gone: one killed by a signal
+    /// skips its guards, and would leave its vhosts behind for good.
     pub fn new(label: &str) -> TestVhost {
         let shared = shared();
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| delete_stale_vhosts(TEST_PREFIX));
         TestVhost::create(TEST_PREFIX, label, shared.url.clone(), shared.node.clone())
     }
 
