@@ -83,3 +83,71 @@ async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_i
     );
     assert!(!text.contains("payslip"), "{text}");
 }
+
+/// The documented way to start passing a vendor's types through: what was dead-lettered
+/// before is replayed (`dlq replay --kind unknown_event_type --vendor deel`) into the
+/// worker, now configured `passthrough`, and comes out as the generic event, with the id
+/// the same body gets when it arrives new.
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_lettered_unmapped_types_replay_into_generic_events_once_passed_through() {
+    let vhost = TestVhost::new("unmapped-replay");
+    let mut worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(
+        &channel,
+        "test.generic",
+        "events.canonical",
+        "deel.unmapped.#",
+    )
+    .await;
+    let body = fixture("deel/payslip.available.json");
+    publish_raw(
+        &channel,
+        &[RawWebhook::new(body.clone(), Some("deel"), "p-1")],
+    )
+    .await;
+    wait_until(Duration::from_secs(20), "the dead letter", || {
+        worker.get("/metrics").1.contains(
+            r#"normalizer_dead_lettered_total{vendor="deel",kind="unknown_event_type"} 1"#,
+        )
+    });
+    worker.terminate();
+
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__UNMAPPED__DEEL", "passthrough")]);
+    worker.wait_ready(Duration::from_secs(20));
+    let replay = run_command(
+        &vhost,
+        &[
+            "dlq",
+            "replay",
+            "--kind",
+            "unknown_event_type",
+            "--vendor",
+            "deel",
+        ],
+    );
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+    let got = read_messages(&channel, "test.generic", 1, Duration::from_secs(30)).await;
+    let event: CanonicalEvent = serde_json::from_slice(&got[0].data).unwrap();
+    let passthrough = webhook_normalizer::Unmapped {
+        deel: webhook_normalizer::UnmappedPolicy::Passthrough,
+        ..Default::default()
+    };
+    let want = webhook_normalizer::normalize(
+        &body,
+        Some("deel"),
+        received_at(),
+        &webhook_normalizer::Limits::default(),
+        &passthrough,
+    )
+    .unwrap();
+    assert_eq!(event.id, want[0].id);
+    assert_eq!(event.event_type.as_str(), "deel.unmapped.payslip_available");
+    assert_eq!(queue_depth(&channel, "normalizer.dead-letter").await, 0);
+}
