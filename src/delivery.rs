@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::canonical::{Vendor, rfc3339_utc};
+use crate::canonical::{CanonicalType, Vendor, rfc3339_utc};
 use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
 use crate::signatures::{Signatures, verify};
 use crate::vendors::Unmapped;
@@ -211,14 +211,11 @@ pub enum Plan {
 /// property of the same name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingEvent {
-    pub routing_key: String,
+    /// The canonical type: the routing key and AMQP `type`.
+    pub event_type: CanonicalType,
     pub body: Vec<u8>,
     /// The stable id: AMQP `message_id`.
     pub message_id: String,
-    /// The canonical type: AMQP `type`.
-    pub event_type: String,
-    /// The type's metrics label ([`crate::canonical::CanonicalType::label`]).
-    pub type_label: &'static str,
     /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
     /// time (not the publish time) so that a redelivered event is the same message.
     pub timestamp: u64,
@@ -235,16 +232,20 @@ impl OutgoingEvent {
     /// those (id, type, source, time, spec version) cost the broker about 7% of its work
     /// per event and were dropped (`docs/performance.md`).
     fn new(event: EventJson) -> OutgoingEvent {
-        let event_type = event.event_type.as_str().to_owned();
         OutgoingEvent {
-            routing_key: event_type.clone(),
+            event_type: event.event_type,
             message_id: event.id.to_string(),
-            event_type,
-            type_label: event.event_type.label(),
             timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
             headers: vec![("cloudEvents_subject", event.subject)],
             body: event.json,
         }
+    }
+}
+
+impl OutgoingEvent {
+    /// The routing key on the canonical exchange: the type.
+    pub fn routing_key(&self) -> &str {
+        self.event_type.as_str()
     }
 }
 
@@ -763,8 +764,8 @@ mod tests {
         assert_eq!(out.len(), 1);
         let e = &out[0];
         let event: CanonicalEvent = serde_json::from_slice(&e.body).unwrap();
-        assert_eq!(e.routing_key, "authenticate.user.updated");
-        assert_eq!(e.event_type, "authenticate.user.updated");
+        assert_eq!(e.routing_key(), "authenticate.user.updated");
+        assert_eq!(e.event_type.as_str(), "authenticate.user.updated");
         assert_eq!(e.message_id, event.id.to_string());
         assert_eq!(e.timestamp, 1_607_368_712);
         let h: std::collections::HashMap<_, _> = e.headers.iter().cloned().collect();

@@ -39,6 +39,8 @@ impl AmqpMessage {
         exchange: &ShortString,
         correlation_id: Option<&ShortString>,
     ) -> AmqpMessage {
+        // The type is both the routing key and the `type` property.
+        let event_type: ShortString = event.routing_key().into();
         let mut headers = FieldTable::default();
         for (name, value) in event.headers {
             headers.insert(name.into(), AMQPValue::LongString(value.into()));
@@ -47,7 +49,7 @@ impl AmqpMessage {
             .with_content_type(EVENT_CONTENT_TYPE.into())
             .with_delivery_mode(PERSISTENT)
             .with_message_id(event.message_id.into())
-            .with_type(event.event_type.into())
+            .with_type(event_type.clone())
             .with_timestamp(event.timestamp)
             .with_app_id(APP_ID.into())
             .with_headers(headers);
@@ -56,7 +58,7 @@ impl AmqpMessage {
         }
         AmqpMessage {
             exchange: exchange.clone(),
-            routing_key: event.routing_key.into(),
+            routing_key: event_type,
             body: Arc::new(event.body),
             properties,
         }

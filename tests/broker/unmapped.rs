@@ -9,10 +9,12 @@ use webhook_normalizer::CanonicalEvent;
 
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_id() {
-    let vhost = TestVhost::new("unmapped");
-    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__UNMAPPED__DEEL", "passthrough")]);
+/// A ready worker with `env`, and a capture queue `test.generic` on `deel.unmapped.*`.
+async fn start(
+    vhost: &TestVhost,
+    env: &[(&str, &str)],
+) -> (WorkerProcess, lapin::Connection, lapin::Channel) {
+    let worker = WorkerProcess::start(vhost, env);
     worker.wait_ready(Duration::from_secs(20));
     let conn = vhost.connect().await;
     let channel = conn.create_channel().await.unwrap();
@@ -23,6 +25,14 @@ async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_i
         "deel.unmapped.*",
     )
     .await;
+    (worker, conn, channel)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_id() {
+    let vhost = TestVhost::new("unmapped");
+    let (worker, _conn, channel) =
+        start(&vhost, &[("NORMALIZER__UNMAPPED__DEEL", "passthrough")]).await;
     capture_queue(&channel, "test.dead", "webhooks.dead-letter", "#").await;
 
     // Deel delivers one payslip twice (a retry: new tracking id and timestamp), then an
@@ -91,17 +101,7 @@ async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_i
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_lettered_unmapped_types_replay_into_generic_events_once_passed_through() {
     let vhost = TestVhost::new("unmapped-replay");
-    let mut worker = WorkerProcess::start(&vhost, &[]);
-    worker.wait_ready(Duration::from_secs(20));
-    let conn = vhost.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    capture_queue(
-        &channel,
-        "test.generic",
-        "events.canonical",
-        "deel.unmapped.#",
-    )
-    .await;
+    let (mut worker, _conn, channel) = start(&vhost, &[]).await;
     let body = fixture("deel/payslip.available.json");
     publish_raw(
         &channel,

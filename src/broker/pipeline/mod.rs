@@ -236,7 +236,8 @@ impl<'s> Pipeline<'s> {
         let dead_letter = match planned {
             Plan::Publish { vendor, events } => {
                 let count = events.len();
-                let types: Vec<&'static str> = events.iter().map(|e| e.type_label).collect();
+                let types: Vec<&'static str> =
+                    events.iter().map(|e| e.event_type.label()).collect();
                 let correlation_id = entry.original.message_id().clone();
                 let messages: Vec<_> = events
                     .into_iter()
