@@ -30,10 +30,7 @@ pub(super) fn map(
             };
             let data_path = fields::child_path(&root.path, "data");
             let time = match fields::as_object(data, data_path.clone()) {
-                Ok(event) => match event.opt_timestamp("updated_on")? {
-                    Some(t) => t,
-                    None => event.opt_timestamp("created_on")?.unwrap_or(received_at),
-                },
+                Ok(event) => event_time(&event, received_at)?,
                 Err(_) => received_at,
             };
             return Generic::new(Envelope {
@@ -72,10 +69,7 @@ pub(super) fn map(
         kind: "user".into(),
         id: user_key(email).to_string(),
     };
-    let time = match event.opt_timestamp("updated_on")? {
-        Some(t) => t,
-        None => event.opt_timestamp("created_on")?.unwrap_or(received_at),
-    };
+    let time = event_time(&event, received_at)?;
     let tenant = if compliance {
         event
             .opt_id("compliance_company_id")
@@ -118,4 +112,15 @@ pub(super) fn map(
             payload: Arc::clone(&body),
         },
     }))
+}
+
+/// When an Entuitive event happened: `updated_on`, else `created_on`, else the receipt.
+fn event_time(
+    event: &fields::Obj<'_>,
+    received_at: DateTime<Utc>,
+) -> Result<DateTime<Utc>, fields::PayloadError> {
+    match event.opt_timestamp("updated_on")? {
+        Some(t) => Ok(t),
+        None => Ok(event.opt_timestamp("created_on")?.unwrap_or(received_at)),
+    }
 }
