@@ -85,7 +85,11 @@ async fn passthrough_of_an_unmapped_deel_type_is_a_generic_event_with_a_stable_i
         "the original bytes"
     );
 
-    // Metrics label generic types by vendor only: vendors name them, not us.
+    // Metrics label generic types by vendor only: vendors name them, not us. They are
+    // counted when a message is settled, which may be after its events reach the queue.
+    wait_until(Duration::from_secs(20), "all three settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(3)
+    });
     let (_, text) = worker.get("/metrics");
     assert!(
         text.contains(r#"normalizer_events_published_total{vendor="deel",type="deel.unmapped"} 2"#),
