@@ -10,6 +10,8 @@
 //! type is a new definition in the same version (`docs/contract.md`).
 //! A test fails when the checked-in document is not what [`document`] makes.
 
+use std::sync::LazyLock;
+
 use serde_json::{Map, Value, json};
 
 use super::{CanonicalType, EventType};
@@ -28,12 +30,19 @@ pub const UNMAPPED_DEFINITION: &str = "unmapped";
 pub const DATA_JSON_SCHEMA: &str = include_str!("../../schema/event-data.v1.schema.json");
 
 /// The `dataschema` of an event of type `t`: the document and a JSON Pointer to the
-/// type's definition.
-pub fn data_schema_uri(t: &CanonicalType) -> String {
-    let definition = match t {
-        CanonicalType::Mapped(t) => t.as_str(),
-        CanonicalType::Unmapped(_) => UNMAPPED_DEFINITION,
-    };
+/// type's definition. One string per definition, made once: every event carries one.
+pub fn data_schema_uri(t: &CanonicalType) -> &'static str {
+    static MAPPED: LazyLock<Vec<String>> =
+        LazyLock::new(|| EventType::ALL.iter().map(|t| uri(t.as_str())).collect());
+    static UNMAPPED: LazyLock<String> = LazyLock::new(|| uri(UNMAPPED_DEFINITION));
+    match t {
+        // `ALL` lists the variants in declaration order, so a variant's index is its place.
+        CanonicalType::Mapped(t) => &MAPPED[*t as usize],
+        CanonicalType::Unmapped(_) => &UNMAPPED,
+    }
+}
+
+fn uri(definition: &str) -> String {
     format!("{DATA_SCHEMA_DOCUMENT}#/$defs/{definition}")
 }
 

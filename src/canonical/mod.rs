@@ -6,6 +6,7 @@ mod id;
 mod types;
 mod vendor;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -41,7 +42,7 @@ pub struct CanonicalEvent {
     /// The stable id: the same vendor event always gets the same id (see `docs/stable-ids.md`).
     pub id: Uuid,
     /// `/vendors/{vendor}`.
-    pub source: String,
+    pub source: Cow<'static, str>,
     /// The canonical type; also the routing key.
     #[serde(rename = "type")]
     pub event_type: CanonicalType,
@@ -54,7 +55,7 @@ pub struct CanonicalEvent {
     /// The JSON Schema of `data` for this type, versioned (see `data_schema`). Always
     /// set on what we publish; absent on events from before it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataschema: Option<String>,
+    pub dataschema: Option<Cow<'static, str>>,
     pub vendor: Vendor,
     /// The vendor's own event type string, as sent.
     pub vendoreventtype: String,
@@ -155,11 +156,11 @@ impl CanonicalEvent {
     /// the facts so that they can never disagree with `type` and `data`.
     pub fn new(facts: EventFacts) -> CanonicalEvent {
         let vendor = facts.event_type.vendor();
-        let dataschema = Some(data_schema_uri(&facts.event_type));
+        let dataschema = Some(Cow::Borrowed(data_schema_uri(&facts.event_type)));
         CanonicalEvent {
             specversion: SpecVersion::V1_0,
             id: facts.id,
-            source: vendor.source().to_owned(),
+            source: Cow::Borrowed(vendor.source()),
             event_type: facts.event_type,
             subject: format!("{}/{}", facts.data.entity.kind, facts.data.entity.id),
             time: facts.time,
