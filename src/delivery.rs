@@ -582,6 +582,8 @@ pub fn coalesce(settles: &[Settle]) -> Vec<SettleFrame> {
 mod tests {
     use super::*;
     use crate::canonical::CanonicalEvent;
+    // Hex HMAC-SHA256 of a prefix and the body: the vendors' schemes.
+    use crate::signatures::tests::sign;
 
     fn now() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
@@ -600,19 +602,6 @@ mod tests {
 
     const PII_UPDATE: &[u8] =
         br#"{"id":"e-1","event":"USER_PII_UPDATE","eventDate":"2020-12-07T19:18:32.076Z","order":{"userAccessCode":"u-1"}}"#;
-
-    /// Hex HMAC-SHA256 of `prefix` + `body` with `secret`: the vendors' schemes.
-    fn hmac_hex(secret: &str, prefix: &[u8], body: &[u8]) -> String {
-        use hmac::{Hmac, Mac};
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(prefix);
-        mac.update(body);
-        mac.finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    }
 
     const ENTUITIVE_CREATED: &[u8] =
         br#"{"event_type":"user.created","data":{"id":7,"email":"a@example.com","first_name":"A","last_name":"B","status":"active"}}"#;
@@ -639,7 +628,7 @@ mod tests {
             Plan::DeadLetter(dl) => Some((dl.kind, dl.routing_key, dl.detail)),
         };
         // Detected from the body, signed: events. Unsigned or wrongly signed: refused.
-        let good = hmac_hex("e-key", b"", ENTUITIVE_CREATED);
+        let good = sign("e-key", b"", ENTUITIVE_CREATED);
         assert_eq!(
             kind(&signed(
                 ENTUITIVE_CREATED,
@@ -657,7 +646,7 @@ mod tests {
                 "missing x-entuitive-signature (signatures.entuitive.required)".into()
             ))
         );
-        let wrong = hmac_hex("other", b"", ENTUITIVE_CREATED);
+        let wrong = sign("other", b"", ENTUITIVE_CREATED);
         let (k, _, detail) = kind(&signed(
             ENTUITIVE_CREATED,
             ENTUITIVE_HEADER,
@@ -671,20 +660,14 @@ mod tests {
         // invalid_signature; a good one on it gets the mapping's verdict.
         let junk = b"not json";
         assert_eq!(
-            kind(&signed(
-                junk,
-                DEEL_HEADER,
-                hmac_hex("x", b"POST", junk),
-                "deel"
-            ))
-            .map(|k| k.0),
+            kind(&signed(junk, DEEL_HEADER, sign("x", b"POST", junk), "deel")).map(|k| k.0),
             Some(ErrorKind::InvalidSignature)
         );
         assert_eq!(
             kind(&signed(
                 junk,
                 DEEL_HEADER,
-                hmac_hex("d-key", b"POST", junk),
+                sign("d-key", b"POST", junk),
                 "deel"
             ))
             .map(|k| k.0),
