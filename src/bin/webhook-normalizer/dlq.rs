@@ -10,7 +10,7 @@ use webhook_normalizer::broker;
 use webhook_normalizer::dead_letters::{self, Filter, Stats};
 
 use super::{
-    ProgressBar, configure, parse_rfc3339, positive_rate, report, report_taken_by_others,
+    ConfigFile, ProgressBar, ReplayPace, configure, parse_rfc3339, report, report_taken_by_others,
     walk_failed, write_lines, written_to_stdout,
 };
 
@@ -21,8 +21,8 @@ pub(super) enum DlqCommand {
     Stats {
         #[command(flatten)]
         filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// One line per dead letter: age, vendor, kind, where it was published, size,
     /// message id, detail. Reads every dead letter and leaves each as it was.
@@ -35,35 +35,29 @@ pub(super) enum DlqCommand {
         show_body: bool,
         #[command(flatten)]
         filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Publish matching dead letters to where their raw messages were first published,
     /// as they were then, confirmed; only then are they taken off the dead-letter queue.
     /// The others stay as they were. Prints one line per message replayed.
     Replay {
-        /// Replay at most this many.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// At most this many a second.
-        #[arg(long, value_parser = positive_rate)]
-        rate: Option<f64>,
-        /// List and count what would be replayed; move nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        pace: ReplayPace,
         #[command(flatten)]
         filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Write matching dead letters to FILE as JSON Lines (what they are, their routing key
     /// and properties, the body in base64), leaving each as it was. FILE must not exist.
     Export {
+        /// The JSON Lines file to write; it must not exist yet.
         file: PathBuf,
         #[command(flatten)]
         filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Remove matching dead letters for good. Needs --yes; export them first.
     Purge {
@@ -72,8 +66,8 @@ pub(super) enum DlqCommand {
         yes: bool,
         #[command(flatten)]
         filter: DlqFilter,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
 }
 
@@ -133,9 +127,12 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             config,
         } => (DlqMode::Peek { show_body }, filter, limit, None, config),
         DlqCommand::Replay {
-            limit,
-            rate,
-            dry_run,
+            pace:
+                ReplayPace {
+                    limit,
+                    rate,
+                    dry_run,
+                },
             filter,
             config,
         } => (DlqMode::Replay { dry_run }, filter, limit, rate, config),

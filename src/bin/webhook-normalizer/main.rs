@@ -57,15 +57,13 @@ enum Command {
     /// Stops on SIGTERM or SIGINT after finishing what is in flight (exit 0); a second
     /// signal exits at once (what was in flight is redelivered).
     Run {
-        /// A TOML file layered over the defaults (config/default.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Declare the exchanges, queues and bindings, then exit: for infrastructure pipelines.
     Topology {
-        /// A TOML file layered over the defaults (config/default.toml).
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Normalize one webhook body offline and print its canonical events as JSON Lines.
     ///
@@ -115,8 +113,8 @@ enum Command {
     /// on `ingest.listen`) and publish each body as received, answering 200 only once the
     /// broker has confirmed it, 503 otherwise. Stops on SIGTERM or SIGINT.
     Ingest {
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Watch canonical events go by (or dead letters, or unrouted events), from a
     /// temporary queue of its own: a line each on a terminal (time, type, subject, id),
@@ -132,11 +130,12 @@ enum Command {
         /// The operator's user.
         #[arg(long, default_value = "OPERATOR")]
         operator: String,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
     EventTypes {
+        /// What to print: the table, or a document made from it.
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
         format: TableFormat,
     },
@@ -155,6 +154,34 @@ enum TableFormat {
     /// The JSON Schema of each type's `data` (as `schema/event-data.v1.schema.json`),
     /// which every event's `dataschema` points into.
     DataSchema,
+}
+
+/// `--config FILE`: every command that reads the settings takes it.
+#[derive(clap::Args)]
+struct ConfigFile {
+    /// A TOML file layered over the defaults (config/default.toml); `NORMALIZER__{SECTION}__{KEY}` variables override both
+    #[arg(long = "config", value_name = "FILE")]
+    path: Option<PathBuf>,
+}
+
+impl ConfigFile {
+    fn as_deref(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+}
+
+/// How much a `replay` moves, and how fast: the same for dead letters and unrouted events.
+#[derive(clap::Args)]
+struct ReplayPace {
+    /// Move at most this many.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// At most this many a second.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
+    /// List and count what would be moved; move nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// A rate: a positive number of messages a second.
@@ -610,4 +637,35 @@ fn print_event_types(format: TableFormat) -> io::Result<()> {
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// `--help` explains every option and argument of every command.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if !matches!(id, "help" | "version") && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "webhook-normalizer", &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }

@@ -9,7 +9,7 @@ use anyhow::Context;
 use webhook_normalizer::broker::{self, Published, RawBody};
 use webhook_normalizer::canonical::{Vendor, rfc3339_utc};
 
-use super::{EXIT_UNAVAILABLE, configure, report};
+use super::{ConfigFile, EXIT_UNAVAILABLE, configure, report};
 
 #[derive(clap::Args)]
 pub(super) struct PublishArgs {
@@ -26,8 +26,8 @@ pub(super) struct PublishArgs {
     /// Files, each one raw body, sent byte for byte; `-` or nothing reads one body from
     /// stdin.
     files: Vec<PathBuf>,
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigFile,
 }
 
 /// Publishes each body, confirmed; exit 0 when the broker took every one, 1 when one was

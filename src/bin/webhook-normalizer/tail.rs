@@ -2,7 +2,6 @@
 //! events) go by, from a queue of its own.
 
 use std::io::{self, IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use webhook_normalizer::broker::{self, TailSource, Tailed};
@@ -10,7 +9,7 @@ use webhook_normalizer::dead_letters;
 use webhook_normalizer::telemetry;
 use webhook_normalizer::unrouted::TypePattern;
 
-use super::{EXIT_UNAVAILABLE, configure, report, written_to_stdout};
+use super::{ConfigFile, EXIT_UNAVAILABLE, configure, report, written_to_stdout};
 
 #[derive(clap::Args)]
 pub(super) struct TailArgs {
@@ -30,8 +29,8 @@ pub(super) struct TailArgs {
     /// Stop after this many.
     #[arg(long)]
     limit: Option<u64>,
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigFile,
 }
 
 fn type_pattern(s: &str) -> Result<TypePattern, String> {

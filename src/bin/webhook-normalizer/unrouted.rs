@@ -1,7 +1,6 @@
 //! `webhook-normalizer unrouted …`: one walk of the unrouted queue per command.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -10,7 +9,7 @@ use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
 
 use super::{
-    ProgressBar, configure, positive_rate, report, report_taken_by_others, walk_failed,
+    ConfigFile, ProgressBar, ReplayPace, configure, report, report_taken_by_others, walk_failed,
     write_lines, written_to_stdout,
 };
 
@@ -22,8 +21,8 @@ pub(super) enum UnroutedCommand {
         /// Only types matching this binding pattern (`deel.contract.*`, `*.background_check.completed`, `deel.#`).
         #[arg(long = "type", value_parser = type_pattern)]
         pattern: Option<TypePattern>,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Publish kept events to the canonical exchange, as they were first published,
     /// confirmed; only then are they taken off the unrouted queue. Bind for them first:
@@ -34,17 +33,10 @@ pub(super) enum UnroutedCommand {
         /// without it, every kept event.
         #[arg(long = "type", value_parser = type_pattern)]
         pattern: Option<TypePattern>,
-        /// Send at most this many.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// At most this many a second.
-        #[arg(long, value_parser = positive_rate)]
-        rate: Option<f64>,
-        /// List and count what would be sent; move nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        pace: ReplayPace,
+        #[command(flatten)]
+        config: ConfigFile,
     },
 }
 
@@ -70,9 +62,12 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
         UnroutedCommand::Stats { pattern, config } => (pattern, None, None, true, true, config),
         UnroutedCommand::Replay {
             pattern,
-            limit,
-            rate,
-            dry_run,
+            pace:
+                ReplayPace {
+                    limit,
+                    rate,
+                    dry_run,
+                },
             config,
         } => (pattern, limit, rate, dry_run, false, config),
     };
