@@ -156,7 +156,7 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let filter: Filter = filter.into();
-    let settings = match configure(config.as_deref()) {
+    let settings = match configure(&config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
     };

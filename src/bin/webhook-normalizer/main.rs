@@ -164,12 +164,6 @@ struct ConfigFile {
     path: Option<PathBuf>,
 }
 
-impl ConfigFile {
-    fn as_deref(&self) -> Option<&std::path::Path> {
-        self.path.as_deref()
-    }
-}
-
 /// How much a `replay` moves, and how fast: the same for dead letters and unrouted events.
 #[derive(clap::Args)]
 struct ReplayPace {
@@ -233,7 +227,7 @@ fn report(message: std::fmt::Arguments<'_>) {
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { config } => {
-            let settings = match configure(config.as_deref()) {
+            let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
@@ -244,7 +238,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             tokio::runtime::Runtime::new()?.block_on(run_worker(settings, &health_addrs))
         }
         Command::Topology { config } => {
-            let settings = match configure(config.as_deref()) {
+            let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
@@ -309,7 +303,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Unrouted { command } => unrouted::unrouted(command),
         Command::Publish(args) => publish::publish(args),
         Command::Ingest { config } => {
-            let settings = match configure(config.as_deref()) {
+            let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
@@ -325,7 +319,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             operator,
             config,
         } => {
-            let settings = match configure(config.as_deref()) {
+            let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
@@ -371,8 +365,8 @@ fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
 /// Loads the settings and installs logging. An invalid configuration (a setting, or
 /// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
 /// returned.
-fn configure(file: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(file).map_err(|e| configuration_error(&e))?;
+fn configure(file: &ConfigFile) -> Result<Settings, ExitCode> {
+    let settings = Settings::load(file.path.as_deref()).map_err(|e| configuration_error(&e))?;
     if settings.amqp.url.expose().starts_with("amqps:") {
         broker::tls_client_config(&settings.amqp.tls).map_err(|e| configuration_error(&e))?;
     }

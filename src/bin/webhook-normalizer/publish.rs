@@ -41,7 +41,7 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         ));
         return Ok(ExitCode::from(2));
     }
-    let settings = match configure(args.config.as_deref()) {
+    let settings = match configure(&args.config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
     };

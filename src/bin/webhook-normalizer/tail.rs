@@ -55,7 +55,7 @@ fn event_line(body: &[u8], routing_key: &str, colour: bool) -> String {
 }
 
 pub(super) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let settings = match configure(args.config.as_deref()) {
+    let settings = match configure(&args.config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
     };

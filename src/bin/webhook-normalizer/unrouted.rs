@@ -71,7 +71,7 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             config,
         } => (pattern, limit, rate, dry_run, false, config),
     };
-    let settings = match configure(config.as_deref()) {
+    let settings = match configure(&config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
     };
