@@ -16,7 +16,7 @@ use futures_lite::io::{AsyncReadExt, Cursor};
 use lapin::BasicProperties;
 use lapin::protocol::basic::gen_properties;
 use lapin::types::{AMQPValue, FieldTable};
-use webhook_normalizer::broker::wire::{CheckedStream, WireReports};
+use webhook_normalizer::broker::wire::{CheckedStream, FrameCheck};
 
 const MESSAGES: usize = 1000;
 /// lapin reads into a buffer the size of a frame.
@@ -105,7 +105,7 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("checked", |b| {
         b.iter(|| {
-            let stream = CheckedStream::new(Cursor::new(bytes.as_slice()), WireReports::default());
+            let stream = CheckedStream::new(Cursor::new(bytes.as_slice()), FrameCheck::default());
             black_box(read_all(stream, &mut buf))
         });
     });

@@ -6,7 +6,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use super::error::{BrokerError, Role};
 use super::tls::TlsTarget;
-use super::wire::{CheckedTokio, WireReports};
+use super::wire::{CheckedTokio, FrameCheck};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::warn;
@@ -16,7 +16,7 @@ use crate::config::{AmqpSettings, AmqpUrl};
 /// Connects with the configured heartbeat and timeout (a `heartbeat` or
 /// `connection_timeout` in the URI's query wins).
 pub async fn connect(amqp: &AmqpSettings, role: Role) -> Result<Connection, BrokerError> {
-    connect_checked(amqp, role, WireReports::default()).await
+    connect_checked(amqp, role, FrameCheck::default()).await
 }
 
 /// Which of `amqp.url`'s URLs a connection tries first: the one that answered last, or,
@@ -29,20 +29,20 @@ pub fn prefer_next_url() {
     FIRST_URL.fetch_add(1, Ordering::Relaxed);
 }
 
-/// [`connect`], filing what its frame checks find in `reports` (see [`super::wire`]).
+/// [`connect`], filing what its frame checks find in `check` (see [`super::wire`]).
 /// With several URLs in `amqp.url`, tries each in turn from [`FIRST_URL`] and connects
 /// to the first that answers.
 pub async fn connect_checked(
     amqp: &AmqpSettings,
     role: Role,
-    reports: WireReports,
+    check: FrameCheck,
 ) -> Result<Connection, BrokerError> {
     let urls = amqp.url.each();
     let first = FIRST_URL.load(Ordering::Relaxed) % urls.len();
     let mut failed = None;
     for i in 0..urls.len() {
         let at = (first + i) % urls.len();
-        match connect_to(&urls[at], amqp, role, reports.clone()).await {
+        match connect_to(&urls[at], amqp, role, check.clone()).await {
             Ok(connection) => {
                 FIRST_URL.store(at, Ordering::Relaxed);
                 return Ok(connection);
@@ -65,7 +65,7 @@ async fn connect_to(
     url: &AmqpUrl,
     amqp: &AmqpSettings,
     role: Role,
-    reports: WireReports,
+    check: FrameCheck,
 ) -> Result<Connection, BrokerError> {
     // Validated at start; the parser's error text could quote the password, so it is
     // not passed on.
@@ -103,7 +103,7 @@ async fn connect_to(
         .get_or_insert(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let properties = ConnectionProperties::default()
         .with_connection_name(format!("webhook-normalizer {role} {}", std::process::id()).into());
-    let runtime = async_rs::Runtime::new(CheckedTokio::current(reports).with_tls(tls));
+    let runtime = async_rs::Runtime::new(CheckedTokio::current(check).with_tls(tls));
     let connecting = Connection::connect_uri_with_runtime(uri, properties, runtime);
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(connection)) => Ok(connection),

@@ -6,9 +6,16 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::connection::connect;
+use std::sync::Arc;
+use std::task::Poll;
+
+use super::confirm::judge;
+use super::connection::connect_checked;
 use super::error::{BrokerError, Role};
+use super::ordered;
+use super::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
+use crate::delivery::PublishOutcome;
 
 /// One raw webhook to publish to `input.exchange`.
 #[derive(Debug, Clone)]
@@ -52,11 +59,7 @@ pub async fn publish_bodies(
 
 /// Publishes one body (persistent, mandatory, with the contract's headers) and waits for
 /// the broker's answer.
-async fn publish_one(
-    channel: &Channel,
-    exchange: &str,
-    raw: &RawBody,
-) -> Result<Published, BrokerError> {
+async fn publish_one(link: &Link, exchange: &str, raw: &RawBody) -> Result<Published, BrokerError> {
     let mut headers = FieldTable::default();
     headers.insert(
         "x-received-at".into(),
@@ -80,35 +83,68 @@ async fn publish_one(
     if let Some(id) = &raw.message_id {
         properties = properties.with_message_id(id.as_str().into());
     }
-    let confirmation = channel
-        .basic_publish(
-            exchange.into(),
-            raw.routing_key.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &raw.body,
-            properties,
-        )
-        .await
-        .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?
+    let mut publish = std::pin::pin!(link.channel.basic_publish(
+        exchange.into(),
+        raw.routing_key.as_str().into(),
+        BasicPublishOptions {
+            mandatory: true,
+            ..BasicPublishOptions::default()
+        },
+        &raw.body,
+        properties,
+    ));
+    // The client numbers a publish and queues its frames in one step, but not atomically:
+    // two requests publishing at once could go out in the other order than numbered, and
+    // a confirm would then reach the other's publish. One at a time, in turn.
+    let started = {
+        let _turn = link.turn.lock().await;
+        ordered::start(&mut publish).await
+    };
+    let confirm = match started {
+        Poll::Ready(confirm) => confirm,
+        Poll::Pending => publish.await,
+    }
+    .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?;
+    let confirmation = confirm
         .await
         .map_err(BrokerError::amqp(format!("publishing to {exchange}")))?;
-    Ok(
-        match (confirmation.is_ack(), confirmation.take_message().is_some()) {
-            (true, false) => Published::Confirmed,
-            (true, true) => Published::Returned,
-            (false, _) => Published::Nacked,
-        },
-    )
+    let sent = Sent {
+        exchange,
+        routing_key: &raw.routing_key,
+        message_id: raw.message_id.as_deref(),
+        body: &raw.body,
+    };
+    match judge(&confirmation, &link.returns, link.channel.id(), &sent) {
+        PublishOutcome::Confirmed => Ok(Published::Confirmed),
+        PublishOutcome::Returned => Ok(Published::Returned),
+        PublishOutcome::Nacked => Ok(Published::Nacked),
+        other => Err(BrokerError::ConnectionLost {
+            role: Role::Publisher,
+            reason: crate::ops::describe(&other),
+        }),
+    }
 }
 
 /// A long-lived publishing channel for the reference gateway, shared by its requests:
 /// opened on first use and again after it is lost.
 pub struct GatewayPublisher {
     settings: Settings,
-    open: tokio::sync::Mutex<Option<(Connection, Channel)>>,
+    open: tokio::sync::Mutex<Option<Open>>,
+}
+
+/// The open connection and what requests publish through.
+struct Open {
+    connection: Connection,
+    link: Link,
+}
+
+/// A confirm-mode channel, the returns its connection's frame check files, and the turn
+/// requests take to start a publish on it.
+#[derive(Clone)]
+struct Link {
+    channel: Channel,
+    returns: Returns,
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl GatewayPublisher {
@@ -122,8 +158,8 @@ impl GatewayPublisher {
     /// Publishes one body and waits for the broker's answer; an error when the broker
     /// cannot be reached (the next call tries to connect again).
     pub async fn publish(&self, raw: &RawBody) -> Result<Published, BrokerError> {
-        let channel = self.channel().await?;
-        let published = publish_one(&channel, &self.settings.input.exchange, raw).await;
+        let link = self.link().await?;
+        let published = publish_one(&link, &self.settings.input.exchange, raw).await;
         if published.is_err() {
             *self.open.lock().await = None;
         }
@@ -132,21 +168,23 @@ impl GatewayPublisher {
 
     /// Closes the connection, if open.
     pub async fn close(&self) {
-        if let Some((connection, _)) = self.open.lock().await.take() {
-            let _ = connection.close(200, "published".into()).await;
+        if let Some(open) = self.open.lock().await.take() {
+            let _ = open.connection.close(200, "published".into()).await;
         }
     }
 
     /// The open channel, or a new one (on a new connection when the old one is gone).
-    async fn channel(&self) -> Result<Channel, BrokerError> {
+    async fn link(&self) -> Result<Link, BrokerError> {
         let mut open = self.open.lock().await;
-        if let Some((connection, channel)) = open.as_ref()
-            && connection.status().connected()
-            && channel.status().connected()
+        if let Some(open) = open.as_ref()
+            && open.connection.status().connected()
+            && open.link.channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok(open.link.clone());
         }
-        let connection = connect(&self.settings.amqp, Role::Publisher).await?;
+        let check = FrameCheck::default();
+        let returns = check.returns.clone();
+        let connection = connect_checked(&self.settings.amqp, Role::Publisher, check).await?;
         let channel = connection
             .create_channel()
             .await
@@ -155,7 +193,15 @@ impl GatewayPublisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(BrokerError::amqp("turning on publisher confirms"))?;
-        *open = Some((connection, channel.clone()));
-        Ok(channel)
+        let link = Link {
+            channel,
+            returns,
+            turn: Arc::default(),
+        };
+        *open = Some(Open {
+            connection,
+            link: link.clone(),
+        });
+        Ok(link)
     }
 }

@@ -2,6 +2,7 @@
 //! pipeline, publishing, dead letters. No lapin type leaves this module; deliveries
 //! become [`crate::delivery::RawMessage`] at the edge.
 
+mod confirm;
 mod connection;
 mod dead_letter;
 mod dlq;

@@ -13,9 +13,11 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Event, PublisherConfirm};
 use tracing::{info, warn};
 
-use super::connection::connect;
+use super::confirm::judge;
+use super::connection::connect_checked;
 use super::error::{BrokerError, Role};
 use super::topology::prepare_topology;
+use super::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
 use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, OutgoingEvent, PublishOutcome};
 use crate::ops::Health;
@@ -135,6 +137,8 @@ pub(crate) fn header_entry_size(name: &ShortString, value: &AMQPValue) -> usize 
 pub(crate) struct Publisher {
     connection: Connection,
     channel: Channel,
+    /// The connection's returned publishes, filed by its frame check.
+    returns: Returns,
     confirm_timeout: Duration,
     /// Set while the broker blocks the connection (memory or disk alarm).
     blocked: Arc<AtomicBool>,
@@ -150,7 +154,9 @@ impl Publisher {
         settings: &Settings,
         health: &Health,
     ) -> Result<Publisher, BrokerError> {
-        let connection = connect(&settings.amqp, Role::Publisher).await?;
+        let check = FrameCheck::default();
+        let returns = check.returns.clone();
+        let connection = connect_checked(&settings.amqp, Role::Publisher, check).await?;
         // A new connection starts unblocked; the broker says so if it is not.
         health.set_blocked(None);
         let blocked = Arc::new(AtomicBool::new(false));
@@ -166,6 +172,7 @@ impl Publisher {
         Ok(Publisher {
             connection,
             channel,
+            returns,
             confirm_timeout: settings.amqp.confirm_timeout(),
             blocked,
             connection_lost,
@@ -218,6 +225,7 @@ impl Publisher {
     ) -> impl Future<Output = PublishOutcome> + Send + 'static {
         let channel = self.channel.clone();
         let blocked = self.blocked.clone();
+        let returns = self.returns.clone();
         let timeout = self.confirm_timeout;
         async move {
             let options = BasicPublishOptions {
@@ -234,9 +242,19 @@ impl Publisher {
                     message.properties.clone(),
                 )
                 .await;
-            match published {
-                Ok(confirm) => await_confirm(confirm, timeout, &blocked).await,
-                Err(e) => closed(&e),
+            let confirm = match published {
+                Ok(confirm) => confirm,
+                Err(e) => return closed(&e),
+            };
+            let sent = Sent {
+                exchange: message.exchange.as_str(),
+                routing_key: message.routing_key.as_str(),
+                message_id: message.properties.message_id().as_ref().map(|m| m.as_str()),
+                body: &message.body,
+            };
+            match await_confirm(confirm, timeout, &blocked).await {
+                Ok(confirmation) => judge(&confirmation, &returns, channel.id(), &sent),
+                Err(outcome) => outcome,
             }
         }
     }
@@ -297,31 +315,22 @@ fn watch(
     })
 }
 
-/// Waits for the confirm. The timeout does not run while the broker blocks us: an
-/// alarm is waited out (holding the delivery) rather than turned into retries.
+/// Waits for the confirm; the outcome when none came. The timeout does not run while the
+/// broker blocks us: an alarm is waited out (holding the delivery) rather than turned
+/// into retries. The confirm's returned message, if any, is dropped here unlooked-at
+/// (it holds personal data, and may be another publish's: see [`judge`]).
 async fn await_confirm(
     confirm: PublisherConfirm,
     timeout: Duration,
     blocked: &AtomicBool,
-) -> PublishOutcome {
+) -> Result<Confirmation, PublishOutcome> {
     let mut confirm = std::pin::pin!(confirm);
     loop {
         match tokio::time::timeout(timeout, &mut confirm).await {
-            Ok(Ok(Confirmation::Ack(None))) => return PublishOutcome::Confirmed,
-            // An unroutable mandatory publish is still acked, with the message back; the
-            // message is dropped here unlooked-at (it holds personal data).
-            Ok(Ok(Confirmation::Ack(Some(_)))) => return PublishOutcome::Returned,
-            Ok(Ok(Confirmation::Nack(_))) => return PublishOutcome::Nacked,
-            // Confirms not enabled on the channel: nothing proves it is stored.
-            Ok(Ok(Confirmation::NotRequested)) => {
-                return PublishOutcome::Closed {
-                    code: None,
-                    reason: "publisher confirms are not enabled on the channel".into(),
-                };
-            }
-            Ok(Err(e)) => return closed(&e),
+            Ok(Ok(confirmation)) => return Ok(confirmation),
+            Ok(Err(e)) => return Err(closed(&e)),
             Err(_) if blocked.load(Ordering::Relaxed) => continue,
-            Err(_) => return PublishOutcome::TimedOut,
+            Err(_) => return Err(PublishOutcome::TimedOut),
         }
     }
 }

@@ -19,7 +19,7 @@ use super::error::{BrokerError, Role};
 use super::pipeline::Pipeline;
 use super::publish::Publisher;
 use super::settler::Settler;
-use super::wire::WireReports;
+use super::wire::{FrameCheck, WireReports};
 use crate::config::Settings;
 use crate::ops::{Health, WorkerState};
 
@@ -51,8 +51,9 @@ impl Session {
     /// lapin closes a dropped connection.
     pub async fn open(settings: &Settings, health: &Health) -> Result<Session, BrokerError> {
         let publisher = Publisher::open(settings, health).await?;
-        let reports = WireReports::default();
-        let connection = connect_checked(&settings.amqp, Role::Consumer, reports.clone()).await?;
+        let check = FrameCheck::default();
+        let reports = check.reports.clone();
+        let connection = connect_checked(&settings.amqp, Role::Consumer, check).await?;
         let (failure_tx, failures) = mpsc::channel(4);
         let watcher = watch_consumer_connection(&connection, failure_tx);
         let channel = connection

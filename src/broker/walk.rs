@@ -43,9 +43,12 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use super::connection::connect;
+use super::confirm::judge;
+use super::connection::connect_checked;
 use super::error::{BrokerError, Role};
+use super::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
+use crate::delivery::PublishOutcome;
 
 /// Messages in hand at once: taken, their copy or replay published, not yet acked.
 /// Killed mid-walk, at most this many are both copied and given back.
@@ -133,7 +136,9 @@ pub(crate) async fn walk_queue(
     mut decide: impl FnMut(&Delivery, &str) -> Step,
 ) -> Result<WalkSummary, WalkError> {
     let queue = walk.queue;
-    let connection = connect(&settings.amqp, Role::Admin).await?;
+    let check = FrameCheck::default();
+    let returns = check.returns.clone();
+    let connection = connect_checked(&settings.amqp, Role::Admin, check).await?;
     let channel = connection
         .create_channel()
         .await
@@ -162,6 +167,7 @@ pub(crate) async fn walk_queue(
         })?;
     let mut reader = Reader {
         channel: &channel,
+        returns,
         walk: &walk,
         pace: walk
             .per_second
@@ -185,14 +191,43 @@ pub(crate) async fn walk_queue(
 /// A message taken and not yet acked.
 struct InHand {
     acker: Acker,
-    /// The copy's or the replay's confirm; none for a drop.
-    confirm: Option<PublisherConfirm>,
-    /// For a replay: the copy to keep if it comes back unroutable.
-    fallback: Option<(Vec<u8>, BasicProperties)>,
+    /// The copy's or the replay's confirm, and what it sent; none for a drop.
+    confirm: Option<(PublisherConfirm, Published)>,
+    /// For a replay: the copy's properties, to keep it if it comes back unroutable.
+    fallback: Option<BasicProperties>,
+}
+
+/// What one publish of the walk sent, to tell whether it came back.
+struct Published {
+    exchange: String,
+    routing_key: String,
+    message_id: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Published {
+    fn new(exchange: &str, routing_key: &str, properties: &BasicProperties, body: Vec<u8>) -> Self {
+        Published {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            message_id: properties.message_id().as_ref().map(|m| m.to_string()),
+            body,
+        }
+    }
+
+    fn sent(&self) -> Sent<'_> {
+        Sent {
+            exchange: &self.exchange,
+            routing_key: &self.routing_key,
+            message_id: self.message_id.as_deref(),
+            body: &self.body,
+        }
+    }
 }
 
 struct Reader<'a> {
     channel: &'a Channel,
+    returns: Returns,
     walk: &'a Walk<'a>,
     pace: Option<Duration>,
     next_send: tokio::time::Instant,
@@ -293,10 +328,11 @@ impl Reader<'_> {
                     self.walk.routing_key_header,
                     routing_key,
                 );
-                let confirm = publish(self.channel, "", queue, &delivery.data, properties)
+                let published = Published::new("", queue, &properties, delivery.data);
+                let confirm = publish(self.channel, &published, properties)
                     .await
                     .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
-                (Some(confirm), None)
+                (Some((confirm, published)), None)
             }
             Step::Send {
                 exchange,
@@ -307,7 +343,8 @@ impl Reader<'_> {
                     tokio::time::sleep_until(self.next_send).await;
                     self.next_send = tokio::time::Instant::now() + pace;
                 }
-                let confirm = publish(self.channel, &exchange, &to, &delivery.data, *properties)
+                let published = Published::new(&exchange, &to, &properties, delivery.data);
+                let confirm = publish(self.channel, &published, *properties)
                     .await
                     .map_err(BrokerError::amqp(format!("replaying to {exchange}")))?;
                 let copy = copy_properties(
@@ -315,7 +352,7 @@ impl Reader<'_> {
                     self.walk.routing_key_header,
                     routing_key,
                 );
-                (Some(confirm), Some((delivery.data, copy)))
+                (Some((confirm, published)), Some(copy))
             }
         };
         Ok(InHand {
@@ -332,8 +369,8 @@ impl Reader<'_> {
         while let Some(oldest) = self.in_hand.front_mut() {
             let outcome = match oldest.confirm.as_mut() {
                 None => None,
-                Some(confirm) if wait_for_oldest => Some(confirm.await),
-                Some(confirm) => {
+                Some((confirm, _)) if wait_for_oldest => Some(confirm.await),
+                Some((confirm, _)) => {
                     let polled =
                         std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *confirm).poll(cx)))
                             .await;
@@ -360,22 +397,20 @@ impl Reader<'_> {
         confirmed: Option<Result<Confirmation, lapin::Error>>,
     ) -> Result<(), WalkError> {
         let queue = self.walk.queue;
-        match confirmed {
-            None => self.summary.dropped += 1,
-            Some(confirmation) => {
-                let came_back = returned(confirmation, "publishing")?;
+        match (confirmed, held.confirm) {
+            (Some(confirmation), Some((_, published))) => {
+                let came_back = self.returned(confirmation, &published, "publishing")?;
                 match (came_back, held.fallback) {
                     (false, Some(_)) => self.summary.replayed += 1,
                     (false, None) => {}
-                    (true, Some((body, copy))) => {
+                    (true, Some(copy)) => {
                         // Nowhere to go: it stays where it was.
                         self.summary.unroutable += 1;
-                        let confirm = publish(self.channel, "", queue, &body, copy)
-                            .await
-                            .map_err(BrokerError::amqp(format!(
-                                "putting a copy back on {queue}"
-                            )))?;
-                        if returned(confirm.await, "putting a copy back")? {
+                        let copied = Published::new("", queue, &copy, published.body);
+                        let confirm = publish(self.channel, &copied, copy).await.map_err(
+                            BrokerError::amqp(format!("putting a copy back on {queue}")),
+                        )?;
+                        if self.returned(confirm.await, &copied, "putting a copy back")? {
                             return Err(WalkError::NotConfirmed(format!(
                                 "putting a copy back on {queue}: returned as unroutable"
                             )));
@@ -388,6 +423,7 @@ impl Reader<'_> {
                     }
                 }
             }
+            _ => self.summary.dropped += 1,
         }
         held.acker
             .ack(BasicAckOptions::default())
@@ -403,35 +439,47 @@ impl Reader<'_> {
 /// Publishes one message, mandatory; the confirm is waited for later.
 async fn publish(
     channel: &Channel,
-    exchange: &str,
-    routing_key: &str,
-    body: &[u8],
+    published: &Published,
     properties: BasicProperties,
 ) -> Result<PublisherConfirm, lapin::Error> {
     channel
         .basic_publish(
-            exchange.into(),
-            routing_key.into(),
+            published.exchange.as_str().into(),
+            published.routing_key.as_str().into(),
             BasicPublishOptions {
                 mandatory: true,
                 ..BasicPublishOptions::default()
             },
-            body,
+            &published.body,
             properties,
         )
         .await
 }
 
-/// A publish's confirm: `Ok(true)` when the message came back as unroutable.
-fn returned(
-    confirmation: Result<Confirmation, lapin::Error>,
-    what: &str,
-) -> Result<bool, WalkError> {
-    let confirmation = confirmation.map_err(BrokerError::amqp(what))?;
-    if !confirmation.is_ack() {
-        return Err(WalkError::NotConfirmed(format!("{what}: nacked")));
+impl Reader<'_> {
+    /// A publish's confirm: `Ok(true)` when the message came back as unroutable.
+    fn returned(
+        &self,
+        confirmation: Result<Confirmation, lapin::Error>,
+        published: &Published,
+        what: &str,
+    ) -> Result<bool, WalkError> {
+        let confirmation = confirmation.map_err(BrokerError::amqp(what))?;
+        match judge(
+            &confirmation,
+            &self.returns,
+            self.channel.id(),
+            &published.sent(),
+        ) {
+            PublishOutcome::Confirmed => Ok(false),
+            PublishOutcome::Returned => Ok(true),
+            PublishOutcome::Nacked => Err(WalkError::NotConfirmed(format!("{what}: nacked"))),
+            other => Err(WalkError::NotConfirmed(format!(
+                "{what}: {}",
+                crate::ops::describe(&other)
+            ))),
+        }
     }
-    Ok(confirmation.take_message().is_some())
 }
 
 /// The copy's properties: the original's, with the routing key kept in `header` and the

@@ -199,6 +199,24 @@ impl TestVhost {
         ]);
     }
 
+    /// Messages in `queue`, ready and unacknowledged; `None` when it does not exist.
+    pub fn queue_messages(&self, queue: &str) -> Option<u64> {
+        let out = self.rabbitmqctl(&[
+            "-q",
+            "list_queues",
+            "-p",
+            &self.name,
+            "--no-table-headers",
+            "name",
+            "messages",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .find(|(name, _)| *name == queue)
+            .and_then(|(_, n)| n.trim().parse().ok())
+    }
+
     /// `name` and `arguments` of each queue, as rabbitmqctl prints them.
     pub fn queue_arguments(&self) -> HashMap<String, String> {
         let out = self.rabbitmqctl(&[

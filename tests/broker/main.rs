@@ -17,6 +17,7 @@ mod properties;
 mod publish;
 mod quickstart;
 mod resilience;
+mod returns;
 mod signatures;
 mod tail;
 mod tls;

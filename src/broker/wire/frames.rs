@@ -1,14 +1,19 @@
 //! Splitting the bytes the broker sends into frames, and passing each on checked: method
 //! and content header frames whole (rewritten when [`super::properties`] says so), body
-//! and heartbeat frames as they arrive. Pure, apart from filing reports.
+//! and heartbeat frames as they arrive. Returned messages are filed in [`Returns`] as
+//! their frames go by. Pure, apart from filing reports and returns.
 
 use std::collections::HashMap;
 
-use super::properties::{MethodKind, check_content_header, check_method};
+use super::properties::{
+    MethodKind, check_content_header, check_method, content_summary, returned_route,
+};
 use super::reports::WireReports;
+use super::returns::{Digesting, Returned, Returns};
 
 const FRAME_METHOD: u8 = 1;
 const FRAME_HEADER: u8 = 2;
+const FRAME_BODY: u8 = 3;
 /// Frame type, channel, payload size.
 const FRAME_HEAD: usize = 1 + 2 + 4;
 const FRAME_END: u8 = 0xCE;
@@ -16,15 +21,45 @@ const FRAME_END: u8 = 0xCE;
 /// any frame over `frame_max` (128 KiB by default) anyway.
 const MAX_CHECKED_FRAME: usize = 1 << 20;
 
+/// What a connection's frame check knows and where it files what it finds: shared by
+/// the connection's stream and whoever reads the findings.
+#[derive(Debug, Clone, Default)]
+pub struct FrameCheck {
+    /// What had to change in a delivery's frames, by channel and delivery tag.
+    pub reports: WireReports,
+    /// Our own publishes the broker returned, by channel.
+    pub returns: Returns,
+}
+
 /// The state of one connection's inbound byte stream.
 #[derive(Debug)]
 pub struct FrameFilter {
     state: State,
-    reports: WireReports,
-    /// Per channel: the delivery tag of the message whose frames come next, if any.
-    next_message: HashMap<u16, Option<u64>>,
+    check: FrameCheck,
+    /// Per channel: the message whose frames come next, if any.
+    next_message: HashMap<u16, Incoming>,
+    /// Per channel: the body of a returned message being received.
+    returned_bodies: HashMap<u16, ReturnedBody>,
     /// A method or header frame split across reads, gathered (reused).
     gathered: Vec<u8>,
+}
+
+/// The message a channel's next content frames belong to.
+#[derive(Debug)]
+enum Incoming {
+    Delivery(u64),
+    Return {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// A returned message whose body frames are still to come.
+#[derive(Debug)]
+struct ReturnedBody {
+    returned: Returned,
+    left: u64,
+    digesting: Digesting,
 }
 
 #[derive(Debug)]
@@ -34,22 +69,29 @@ enum State {
     /// Gathering a method or content header frame (payload and end octet) in
     /// `gathered`.
     Whole { head: [u8; FRAME_HEAD], need: usize },
-    /// Passing on this many more bytes of the current frame.
-    Pass { left: usize },
+    /// Passing on this many more bytes of the current frame; of a returned message's
+    /// body frame, `digest` names the channel and how many of them are body bytes.
+    Pass {
+        left: usize,
+        digest: Option<(u16, usize)>,
+    },
     /// Not AMQP frames (the broker answered our protocol header with its own): passed on
     /// as they are; the client will say what is wrong.
     Raw,
 }
 
+const HEAD: State = State::Head {
+    head: [0; FRAME_HEAD],
+    have: 0,
+};
+
 impl FrameFilter {
-    pub fn new(reports: WireReports) -> Self {
+    pub fn new(check: FrameCheck) -> Self {
         FrameFilter {
-            state: State::Head {
-                head: [0; FRAME_HEAD],
-                have: 0,
-            },
-            reports,
+            state: HEAD,
+            check,
             next_message: HashMap::new(),
+            returned_bodies: HashMap::new(),
             gathered: Vec::new(),
         }
     }
@@ -57,21 +99,37 @@ impl FrameFilter {
     /// Whether the next bytes pass on unchanged, and how many of them.
     pub fn passing(&self) -> usize {
         match self.state {
-            State::Pass { left } => left,
+            State::Pass { left, .. } => left,
             _ => 0,
         }
     }
 
-    /// Records that `n` bytes were passed on by the caller (at most [`Self::passing`]).
-    pub fn passed(&mut self, n: usize) {
-        if let State::Pass { left } = &mut self.state {
-            *left -= n.min(*left);
-            if *left == 0 {
-                self.state = State::Head {
-                    head: [0; FRAME_HEAD],
-                    have: 0,
-                };
+    /// Records that these bytes were passed on by the caller (at most
+    /// [`Self::passing`] of them).
+    pub fn passed(&mut self, bytes: &[u8]) {
+        let State::Pass { left, digest } = &mut self.state else {
+            return;
+        };
+        let n = bytes.len().min(*left);
+        *left -= n;
+        let done = *left == 0;
+        if let Some((channel, body_left)) = digest {
+            let body = n.min(*body_left);
+            *body_left -= body;
+            let channel = *channel;
+            if let Some(returned) = self.returned_bodies.get_mut(&channel) {
+                returned.digesting.update(&bytes[..body]);
             }
+        }
+        if done {
+            if let State::Pass {
+                digest: Some((channel, _)),
+                ..
+            } = self.state
+            {
+                self.body_frame_done(channel);
+            }
+            self.state = HEAD;
         }
     }
 
@@ -83,11 +141,11 @@ impl FrameFilter {
                     out.extend_from_slice(input);
                     return;
                 }
-                State::Pass { left } => {
+                State::Pass { left, .. } => {
                     let n = (*left).min(input.len());
                     out.extend_from_slice(&input[..n]);
+                    self.passed(&input[..n]);
                     input = &input[n..];
-                    self.passed(n);
                 }
                 State::Head { head, have } => {
                     if *have == 0 && input[0] == b'A' {
@@ -106,13 +164,17 @@ impl FrameFilter {
                             && size <= MAX_CHECKED_FRAME;
                         if !checked {
                             out.extend_from_slice(&head);
-                            self.state = State::Pass { left: size + 1 };
+                            let channel = u16::from_be_bytes([head[1], head[2]]);
+                            let digest = (head[0] == FRAME_BODY
+                                && self.returned_bodies.contains_key(&channel))
+                            .then_some((channel, size));
+                            self.state = State::Pass {
+                                left: size + 1,
+                                digest,
+                            };
                         } else if input.len() > size {
                             // The whole frame is here: checked in place.
-                            self.state = State::Head {
-                                head: [0; FRAME_HEAD],
-                                have: 0,
-                            };
+                            self.state = HEAD;
                             let (frame, rest) = input.split_at(size + 1);
                             self.finish(head, frame, out);
                             input = rest;
@@ -131,10 +193,7 @@ impl FrameFilter {
                     input = &input[n..];
                     if self.gathered.len() == *need {
                         let head = *head;
-                        self.state = State::Head {
-                            head: [0; FRAME_HEAD],
-                            have: 0,
-                        };
+                        self.state = HEAD;
                         let frame = std::mem::take(&mut self.gathered);
                         self.finish(head, &frame, out);
                         self.gathered = frame;
@@ -154,37 +213,55 @@ impl FrameFilter {
             out.extend_from_slice(frame);
             return;
         }
-        let checked = if head[0] == FRAME_METHOD {
+        let (kind, checked) = if head[0] == FRAME_METHOD {
             let (kind, checked) = check_method(payload);
-            match kind {
-                MethodKind::Delivery(tag) => {
-                    self.next_message.insert(channel, Some(tag));
-                }
-                MethodKind::Return => {
-                    self.next_message.insert(channel, None);
-                }
-                MethodKind::ChannelReset => {
-                    self.next_message.remove(&channel);
-                    self.reports.forget_channel(channel);
-                }
-                MethodKind::Other => {}
-            }
-            checked
+            (Some(kind), checked)
         } else {
-            check_content_header(payload)
+            (None, check_content_header(payload))
         };
-        if !checked.report.is_empty()
-            && let Some(Some(tag)) = self.next_message.get(&channel)
-        {
-            self.reports.file(channel, *tag, checked.report);
+        let payload = checked.rewritten.as_deref().unwrap_or(payload);
+        match kind {
+            Some(MethodKind::Delivery(tag)) => {
+                self.next_message.insert(channel, Incoming::Delivery(tag));
+            }
+            Some(MethodKind::Return) => match returned_route(payload) {
+                Some((exchange, routing_key)) => {
+                    self.next_message.insert(
+                        channel,
+                        Incoming::Return {
+                            exchange,
+                            routing_key,
+                        },
+                    );
+                }
+                None => {
+                    self.next_message.remove(&channel);
+                }
+            },
+            Some(MethodKind::ChannelReset) => {
+                self.next_message.remove(&channel);
+                self.returned_bodies.remove(&channel);
+                self.check.reports.forget_channel(channel);
+                self.check.returns.forget_channel(channel);
+            }
+            Some(MethodKind::Other) => {}
+            None => self.content_header(channel, payload, &checked.report),
         }
-        match checked.rewritten {
+        if kind.is_some()
+            && !checked.report.is_empty()
+            && let Some(Incoming::Delivery(tag)) = self.next_message.get(&channel)
+        {
+            self.check
+                .reports
+                .file(channel, *tag, checked.report.clone());
+        }
+        match &checked.rewritten {
             Some(payload) => {
                 let size = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                 out.push(head[0]);
                 out.extend_from_slice(&head[1..3]);
                 out.extend_from_slice(&size.to_be_bytes());
-                out.extend_from_slice(&payload);
+                out.extend_from_slice(payload);
                 out.push(FRAME_END);
             }
             None => {
@@ -193,11 +270,73 @@ impl FrameFilter {
             }
         }
     }
+
+    /// A content header (as checked) on `channel`: files what was found for a delivery;
+    /// starts a returned message's record.
+    fn content_header(&mut self, channel: u16, payload: &[u8], report: &super::WireReport) {
+        match self.next_message.get(&channel) {
+            Some(Incoming::Delivery(tag)) if !report.is_empty() => {
+                self.check.reports.file(channel, *tag, report.clone());
+            }
+            Some(Incoming::Delivery(_)) => {}
+            Some(Incoming::Return { .. }) => {
+                let Some(Incoming::Return {
+                    exchange,
+                    routing_key,
+                }) = self.next_message.remove(&channel)
+                else {
+                    return;
+                };
+                let Some((size, message_id)) = content_summary(payload) else {
+                    return;
+                };
+                let returned = ReturnedBody {
+                    returned: Returned {
+                        exchange,
+                        routing_key,
+                        message_id,
+                        body: Digesting::default().finish(),
+                    },
+                    left: size,
+                    digesting: Digesting::default(),
+                };
+                if size == 0 {
+                    self.check.returns.file(channel, returned.returned);
+                } else {
+                    self.returned_bodies.insert(channel, returned);
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// A body frame of a returned message passed: files the message once its body is
+    /// complete.
+    fn body_frame_done(&mut self, channel: u16) {
+        let Some(body) = self.returned_bodies.get_mut(&channel) else {
+            return;
+        };
+        let seen = body.digesting.finish();
+        if seen.len < body.left {
+            return;
+        }
+        if let Some(mut body) = self.returned_bodies.remove(&channel) {
+            body.returned.body = seen;
+            self.check.returns.file(channel, body.returned);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_reports(reports: &WireReports) -> FrameCheck {
+        FrameCheck {
+            reports: reports.clone(),
+            ..FrameCheck::default()
+        }
+    }
 
     fn frame(kind: u8, channel: u16, payload: &[u8]) -> Vec<u8> {
         let mut out = vec![kind];
@@ -256,7 +395,7 @@ mod tests {
     fn every_split_of_the_input_gives_the_same_output_and_one_report() {
         let input = stream(9);
         let whole = run(
-            &mut FrameFilter::new(WireReports::default()),
+            &mut FrameFilter::new(FrameCheck::default()),
             &input,
             input.len(),
         );
@@ -265,7 +404,7 @@ mod tests {
         assert_eq!(whole.len(), input.len() - 1);
         for chunk in 1..input.len() {
             let reports = WireReports::default();
-            let out = run(&mut FrameFilter::new(reports.clone()), &input, chunk);
+            let out = run(&mut FrameFilter::new(with_reports(&reports)), &input, chunk);
             assert_eq!(out, whole, "fed {chunk} bytes at a time");
             let report = reports.take(1, 9).expect("filed under channel 1, tag 9");
             assert_eq!(report.problems, ["message_id: not UTF-8"]);
@@ -283,7 +422,7 @@ mod tests {
         .concat();
         let reports = WireReports::default();
         assert_eq!(
-            run(&mut FrameFilter::new(reports.clone()), &input, 7),
+            run(&mut FrameFilter::new(with_reports(&reports)), &input, 7),
             input
         );
         assert!(reports.take(1, 1).is_none());
@@ -292,7 +431,7 @@ mod tests {
     #[test]
     fn a_channel_opened_again_forgets_its_reports() {
         let reports = WireReports::default();
-        let mut filter = FrameFilter::new(reports.clone());
+        let mut filter = FrameFilter::new(with_reports(&reports));
         let input = [
             stream(5),
             frame(FRAME_METHOD, 1, &[0, 20, 0, 11, 0, 0, 0, 0]),
@@ -306,7 +445,7 @@ mod tests {
     fn a_protocol_header_from_the_broker_passes_as_it_is() {
         let input = b"AMQP\x00\x00\x09\x01".to_vec();
         assert_eq!(
-            run(&mut FrameFilter::new(WireReports::default()), &input, 3),
+            run(&mut FrameFilter::new(FrameCheck::default()), &input, 3),
             input
         );
     }

@@ -12,10 +12,30 @@
 mod frames;
 mod properties;
 mod reports;
+mod returns;
 mod runtime;
 mod stream;
 
+pub use frames::FrameCheck;
 pub use properties::{MAX_NESTING, WireReport};
 pub use reports::WireReports;
+pub use returns::{Returns, Sent};
 pub use runtime::CheckedTokio;
 pub use stream::CheckedStream;
+
+/// Driving a frame check from unit tests elsewhere in the broker glue.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::frames::{FrameCheck, FrameFilter};
+
+    pub(crate) fn filter(check: &FrameCheck) -> FrameFilter {
+        FrameFilter::new(check.clone())
+    }
+
+    /// Feeds `bytes` and returns what the client would read.
+    pub(crate) fn feed_all(filter: &mut FrameFilter, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        filter.feed(bytes, &mut out);
+        out
+    }
+}

@@ -131,6 +131,55 @@ pub fn check_method(payload: &[u8]) -> (MethodKind, Checked) {
     (kind, Checked { rewritten, report })
 }
 
+/// The exchange and routing key of a `basic.return` payload (as checked: UTF-8).
+pub fn returned_route(payload: &[u8]) -> Option<(String, String)> {
+    let mut cur = Cursor::new(payload);
+    cur.take(4 + 2)?; // class, method, reply code
+    let mut short = || {
+        let len = cur.u8()?;
+        cur.take(usize::from(len))
+    };
+    let _reply_text = short()?;
+    let exchange = short()?;
+    let routing_key = short()?;
+    Some((
+        String::from_utf8_lossy(exchange).into_owned(),
+        String::from_utf8_lossy(routing_key).into_owned(),
+    ))
+}
+
+/// What a (checked) content header says of its message: the body size and the
+/// `message_id`, if any. `None` for a payload too short to be a content header.
+pub fn content_summary(payload: &[u8]) -> Option<(u64, Option<String>)> {
+    let mut cur = Cursor::new(payload);
+    cur.take(4)?; // class, weight
+    let body_size = cur.u64()?;
+    let flags = cur.u16()?;
+    for (i, (name, encoding)) in PROPERTIES.iter().enumerate() {
+        if flags & (1 << (15 - i)) == 0 {
+            continue;
+        }
+        match encoding {
+            Encoding::Fixed(n) => {
+                cur.take(*n)?;
+            }
+            Encoding::ShortString => {
+                let len = cur.u8()?;
+                let bytes = cur.take(usize::from(len))?;
+                if *name == "message_id" {
+                    let id = String::from_utf8_lossy(bytes).into_owned();
+                    return Some((body_size, Some(id)));
+                }
+            }
+            Encoding::Table => {
+                let len = cur.u32()? as usize;
+                cur.take(len)?;
+            }
+        }
+    }
+    Some((body_size, None))
+}
+
 /// The basic class's properties in flag order (bit 15 first), with how each is encoded.
 const PROPERTIES: [(&str, Encoding); 14] = [
     ("content_type", Encoding::ShortString),

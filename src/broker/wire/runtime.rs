@@ -13,24 +13,24 @@ use async_rs::traits::{Executor, Reactor, RuntimeKit};
 use async_rs::util::Task;
 use futures_core::Stream;
 
-use super::reports::WireReports;
+use super::frames::FrameCheck;
 use super::stream::CheckedStream;
 use crate::broker::tls::{self, TlsTarget, Transport};
 
-/// Tokio, with checked TCP streams whose reports go to `reports`, through TLS to `tls`.
+/// Tokio, with checked TCP streams whose findings go to `check`, through TLS to `tls`.
 #[derive(Debug, Clone)]
 pub struct CheckedTokio {
     tokio: Tokio,
-    reports: WireReports,
+    check: FrameCheck,
     tls: Option<TlsTarget>,
 }
 
 impl CheckedTokio {
     /// Bound to the current tokio runtime.
-    pub fn current(reports: WireReports) -> Self {
+    pub fn current(check: FrameCheck) -> Self {
         CheckedTokio {
             tokio: Tokio::current(),
-            reports,
+            check,
             tls: None,
         }
     }
@@ -96,11 +96,11 @@ impl Reactor for CheckedTokio {
         addr: SocketAddr,
     ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send + 'static {
         let connect = self.tokio.tcp_connect_addr(addr);
-        let reports = self.reports.clone();
+        let check = self.check.clone();
         let target = self.tls.clone();
         async move {
             let transport = tls::over(connect.await?, target.as_ref()).await?;
-            Ok(CheckedStream::new(transport, reports))
+            Ok(CheckedStream::new(transport, check))
         }
     }
 }

@@ -7,8 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use futures_io::{AsyncRead, AsyncWrite};
 
-use super::frames::FrameFilter;
-use super::reports::WireReports;
+use super::frames::{FrameCheck, FrameFilter};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -23,10 +22,10 @@ pub struct CheckedStream<S> {
 }
 
 impl<S> CheckedStream<S> {
-    pub fn new(inner: S, reports: WireReports) -> Self {
+    pub fn new(inner: S, check: FrameCheck) -> Self {
         CheckedStream {
             inner,
-            filter: FrameFilter::new(reports),
+            filter: FrameFilter::new(check),
             read: vec![0; READ_CHUNK].into_boxed_slice(),
             out: Vec::new(),
             out_at: 0,
@@ -57,7 +56,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for CheckedStream<S> {
             if passing > 0 && !buf.is_empty() {
                 let want = passing.min(buf.len());
                 let n = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf[..want]))?;
-                this.filter.passed(n);
+                this.filter.passed(&buf[..n]);
                 return Poll::Ready(Ok(n));
             }
             let n = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut this.read))?;
