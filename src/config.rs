@@ -85,6 +85,8 @@ pub struct InputSettings {
 #[serde(deny_unknown_fields)]
 pub struct OutputSettings {
     pub exchange: String,
+    /// Where observers (`tail`, history) get a copy of what was stored.
+    pub tap_exchange: String,
     pub unrouted_exchange: String,
     pub unrouted_queue: String,
     /// Most events `unrouted_queue` keeps (`x-max-length`); the oldest go first.
@@ -491,11 +493,12 @@ impl Settings {
         if self.input.delivery_limit == 0 {
             return reject("input.delivery_limit", "must be at least 1");
         }
-        let names: [(&'static str, &str); 8] = [
+        let names: [(&'static str, &str); 9] = [
             ("input.exchange", &self.input.exchange),
             ("input.queue", &self.input.queue),
             ("input.binding_key", &self.input.binding_key),
             ("output.exchange", &self.output.exchange),
+            ("output.tap_exchange", &self.output.tap_exchange),
             ("output.unrouted_exchange", &self.output.unrouted_exchange),
             ("output.unrouted_queue", &self.output.unrouted_queue),
             ("dead_letter.exchange", &self.dead_letter.exchange),
@@ -537,11 +540,31 @@ impl Settings {
                 "must be between 60 and 4294967 (RabbitMQ's message TTL is at most 2^32-1 ms)",
             );
         }
-        if self.output.exchange == self.output.unrouted_exchange {
-            return reject(
-                "output.unrouted_exchange",
-                "must differ from output.exchange",
-            );
+        // Two roles on one exchange or queue would loop or mix: a dead letter published
+        // to the raw exchange comes back as a raw message, fails again, and so on.
+        let exchanges: [(&'static str, &str); 5] = [
+            ("input.exchange", &self.input.exchange),
+            ("output.exchange", &self.output.exchange),
+            ("output.tap_exchange", &self.output.tap_exchange),
+            ("output.unrouted_exchange", &self.output.unrouted_exchange),
+            ("dead_letter.exchange", &self.dead_letter.exchange),
+        ];
+        let queues: [(&'static str, &str); 3] = [
+            ("input.queue", &self.input.queue),
+            ("output.unrouted_queue", &self.output.unrouted_queue),
+            ("dead_letter.queue", &self.dead_letter.queue),
+        ];
+        for names in [&exchanges[..], &queues[..]] {
+            for (i, (key, name)) in names.iter().enumerate() {
+                if let Some((earlier, _)) = names[..i].iter().find(|(_, n)| n == name) {
+                    return reject(
+                        key,
+                        &format!(
+                            "must differ from {earlier}: each has a role of its own, and sharing one would loop messages back (a dead letter to the raw exchange is consumed again, fails again, ...)"
+                        ),
+                    );
+                }
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return reject("log.filter", &format!("not a log filter: {e}"));
@@ -926,6 +949,59 @@ mod tests {
         assert_eq!(s.output.unrouted_max_age_secs, 4_294_967);
         assert_eq!(s.shutdown.drain_timeout(), Duration::ZERO);
         assert_eq!(s.retry.max(), Duration::from_secs(3600));
+    }
+
+    /// Each exchange and queue has one role: a dead-letter exchange that is the raw
+    /// exchange would send every dead letter back to be consumed, fail again and loop.
+    #[test]
+    fn one_name_for_two_roles_is_refused_naming_both() {
+        let cases = [
+            (
+                "DEAD_LETTER__EXCHANGE",
+                "webhooks.raw",
+                "dead_letter.exchange",
+                "input.exchange",
+            ),
+            (
+                "OUTPUT__EXCHANGE",
+                "webhooks.raw",
+                "output.exchange",
+                "input.exchange",
+            ),
+            (
+                "OUTPUT__TAP_EXCHANGE",
+                "events.canonical",
+                "output.tap_exchange",
+                "output.exchange",
+            ),
+            (
+                "OUTPUT__UNROUTED_EXCHANGE",
+                "events.canonical",
+                "output.unrouted_exchange",
+                "output.exchange",
+            ),
+            (
+                "DEAD_LETTER__QUEUE",
+                "normalizer.raw",
+                "dead_letter.queue",
+                "input.queue",
+            ),
+            (
+                "OUTPUT__UNROUTED_QUEUE",
+                "normalizer.dead-letter",
+                "dead_letter.queue",
+                "output.unrouted_queue",
+            ),
+        ];
+        for (var, value, key, other) in cases {
+            let e = load_env(&[(&format!("{ENV_PREFIX}{var}"), value)])
+                .expect_err(&format!("{var}={value} must be refused"))
+                .to_string();
+            assert!(
+                e.starts_with(&format!("{key}: must differ from {other}")),
+                "{var}={value}: {e}"
+            );
+        }
     }
 
     /// The same from a file, where TOML's integers are signed 64-bit: a value beyond them

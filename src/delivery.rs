@@ -28,17 +28,21 @@
 //! - **Permanent or transient is decided per publish** ([`fault_of`]): the broker closing
 //!   the channel over a publish (access refused, precondition failed, frame error) may be
 //!   that message's fault; the worker finds which message by republishing the suspects
-//!   one at a time and dead-letters it as `publish_refused`. Everything else (nack,
-//!   return, confirm timeout, lost connection, missing exchange) is about the broker.
-//! - **Transient failures are retried in place** ([`RetryPolicy`]): the delivery is held
-//!   and its failed publishes are republished with jittered exponential backoff, while no
-//!   new delivery is taken. Only after `retry.max_elapsed_secs` of failure is it rejected
-//!   with `requeue=true` (`basic.reject`, which RabbitMQ 4.3+ counts toward the delivery
-//!   limit, unlike `basic.nack`), so the delivery limit counts real redeliveries.
+//!   one at a time and dead-letters it as `publish_refused`. A lost connection or a
+//!   missing exchange is about the broker.
+//! - **A refused output is retried in place, holding no one else** ([`RetryPolicy`]): a
+//!   nacked, returned or unconfirmed publish is republished with jittered exponential
+//!   backoff while the other deliveries go on. Refused again while others to the same
+//!   exchange are stored, the refusal is the message's own: past `retry.max_elapsed_secs`
+//!   (or sooner, when held messages fill half the window) it is dead-lettered as
+//!   `undeliverable`. When nothing is stored either, the broker refuses everything: past
+//!   the budget the message is rejected with `requeue=true` (`basic.reject`, which
+//!   RabbitMQ 4.3+ counts toward the delivery limit, unlike `basic.nack`), so the delivery
+//!   limit counts real redeliveries. The steps are in the broker glue's pipeline core.
 //! - **Order.** Within one worker, messages are published in the order they were
-//!   consumed and settled in that order; acks are batched with `multiple`
-//!   ([`coalesce`]). After a transient failure, messages already in flight behind the
-//!   failed one may be stored before its retry (at most the in-flight window).
+//!   consumed. They are settled as they finish: acks are batched with `multiple` while
+//!   nothing earlier is held, one by one behind a held delivery ([`coalesce`]). A message
+//!   held for retry comes out after those consumed behind it.
 //! - **Bounded retries.** The raw queue's `x-delivery-limit` moves a message whose output
 //!   fails every time to the dead-letter exchange (broker-side, at-least-once strategy,
 //!   routing key `unknown.delivery_limit`), so nothing loops forever.
@@ -87,6 +91,15 @@ pub mod headers {
     /// Header entries whose name repeated an earlier one in the same table, as sent:
     /// an array of `{name, value}` tables (`name` is the entry's path).
     pub const DUPLICATE_HEADERS: &str = "x-normalizer-duplicate-headers";
+    /// On a kept copy (an event nobody is bound for, on the unrouted queue; a tap copy):
+    /// when it was first kept (RFC 3339, UTC). A walk's copy keeps it, and the time left
+    /// to live with it.
+    pub const KEPT_AT: &str = "x-normalizer-kept-at";
+    /// On a message that came back to the raw queue through one of the worker's own
+    /// exchanges and was put in the dead-letter queue as it was: that exchange.
+    pub const LOOPED_THROUGH: &str = "x-normalizer-looped-through";
+    /// On an event kept on the unrouted queue: its routing key (the canonical type).
+    pub const UNROUTED_ROUTING_KEY: &str = "x-normalizer-unrouted-routing-key";
 }
 
 /// A raw webhook delivery as the broker glue hands it over: only what the decision needs,
@@ -415,6 +428,22 @@ fn plan_unchecked(
     }
 }
 
+/// Which of the worker's two publishing channels a publish goes on. A publish in flight
+/// when its channel is closed over another one may have been stored all the same, and
+/// is published again; dead letters have a channel of their own, so that a refused event
+/// never makes one go out twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// Events, their kept and tapped copies, and the tap copies of dead letters.
+    Events = 0,
+    /// Dead letters (and messages that came back to the raw queue), delivered.
+    DeadLetters = 1,
+}
+
+impl Lane {
+    pub const ALL: [Lane; 2] = [Lane::Events, Lane::DeadLetters];
+}
+
 /// How one publish ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublishOutcome {
@@ -510,11 +539,12 @@ pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, jitter: f64
     half + half.mul_f64(jitter.clamp(0.0, 1.0))
 }
 
-/// How one raw message is settled with the broker, in consumption order.
+/// How one raw message is settled with the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
-    /// Everything it produced is stored.
-    Ack { tag: u64 },
+    /// Everything it produced is stored. `multiple`: every earlier delivery is settled
+    /// already (here or before), so an ack up to this tag acks nothing else.
+    Ack { tag: u64, multiple: bool },
     /// Give it back: `requeue` for a redelivery, else the raw queue's dead-letter
     /// exchange takes it (the last resort for an unpublishable dead letter).
     Reject { tag: u64, requeue: bool },
@@ -526,6 +556,8 @@ pub enum SettleFrame {
     /// `basic.ack` with `multiple`: every unsettled delivery up to `tag`; `deliveries`
     /// of them were settled by this batch.
     AckUpTo { tag: u64, deliveries: u64 },
+    /// `basic.ack` of one delivery, with earlier ones still held.
+    Ack { tag: u64 },
     /// `basic.reject` of one delivery.
     Reject { tag: u64, requeue: bool },
 }
@@ -554,15 +586,18 @@ impl AckPolicy {
     }
 }
 
-/// Batches settlements: consecutive acks become one `multiple` ack of the highest tag.
-/// Settlements arrive in consumption (= delivery tag) order, so every tag below an ack
-/// is already settled or acked by it; a reject ends a batch, since acking past it first
-/// would ack the rejected delivery.
+/// Batches settlements, kept in their order: consecutive acks that may cover every
+/// earlier delivery become one `multiple` ack of the highest tag; an ack with an earlier
+/// delivery still held goes alone (a `multiple` ack would settle that one too); a reject
+/// ends a batch, since acking past it first would ack the rejected delivery.
 pub fn coalesce(settles: &[Settle]) -> Vec<SettleFrame> {
     let mut frames: Vec<SettleFrame> = Vec::new();
     for settle in settles {
         match *settle {
-            Settle::Ack { tag } => match frames.last_mut() {
+            Settle::Ack {
+                tag,
+                multiple: true,
+            } => match frames.last_mut() {
                 Some(SettleFrame::AckUpTo {
                     tag: last,
                     deliveries,
@@ -572,6 +607,10 @@ pub fn coalesce(settles: &[Settle]) -> Vec<SettleFrame> {
                 }
                 _ => frames.push(SettleFrame::AckUpTo { tag, deliveries: 1 }),
             },
+            Settle::Ack {
+                tag,
+                multiple: false,
+            } => frames.push(SettleFrame::Ack { tag }),
             Settle::Reject { tag, requeue } => frames.push(SettleFrame::Reject { tag, requeue }),
         }
     }
@@ -950,26 +989,57 @@ mod tests {
     }
 
     #[test]
+    fn acks_behind_a_held_delivery_go_alone_and_the_rest_batch_again_after_it() {
+        let ack = |tag| Settle::Ack {
+            tag,
+            multiple: true,
+        };
+        let single = |tag| Settle::Ack {
+            tag,
+            multiple: false,
+        };
+        // 3 is held: 4 and 5 go alone; once 3 is settled, one multiple ack covers it
+        // and 6.
+        assert_eq!(
+            coalesce(&[ack(1), ack(2), single(4), single(5), ack(3), ack(6)]),
+            [
+                SettleFrame::AckUpTo {
+                    tag: 2,
+                    deliveries: 2
+                },
+                SettleFrame::Ack { tag: 4 },
+                SettleFrame::Ack { tag: 5 },
+                SettleFrame::AckUpTo {
+                    tag: 6,
+                    deliveries: 2
+                },
+            ]
+        );
+    }
+
+    #[test]
     fn consecutive_acks_become_one_multiple_ack_and_rejects_end_a_batch() {
-        use Settle::*;
+        use Settle::Reject;
+        #[allow(non_snake_case)]
+        let Ack = |tag: u64| Settle::Ack {
+            tag,
+            multiple: true,
+        };
         let ack = |tag, deliveries| SettleFrame::AckUpTo { tag, deliveries };
         let cases: [(&[Settle], Vec<SettleFrame>); 5] = [
             (&[], vec![]),
-            (&[Ack { tag: 1 }], vec![ack(1, 1)]),
-            (
-                &[Ack { tag: 1 }, Ack { tag: 2 }, Ack { tag: 3 }],
-                vec![ack(3, 3)],
-            ),
+            (&[Ack(1)], vec![ack(1, 1)]),
+            (&[Ack(1), Ack(2), Ack(3)], vec![ack(3, 3)]),
             (
                 &[
-                    Ack { tag: 4 },
-                    Ack { tag: 5 },
+                    Ack(4),
+                    Ack(5),
                     Reject {
                         tag: 6,
                         requeue: true,
                     },
-                    Ack { tag: 7 },
-                    Ack { tag: 8 },
+                    Ack(7),
+                    Ack(8),
                 ],
                 vec![
                     ack(5, 2),

@@ -13,9 +13,12 @@
 //!                                  pure mapping of one vendor's envelope
 //!         -> canonical::CanonicalEvent
 //!                                  CloudEvents 1.0, canonical type, stable id
-//!      -> broker publish           frame check; events.canonical or webhooks.dead-letter,
-//!                                  in order, confirmed; retried in place, or isolated
-//!   -> delivery::coalesce          acks in order, batched with `multiple`
+//!      -> broker pipeline core     no I/O: each output delivered (events.canonical,
+//!                                  webhooks.dead-letter), kept (events.unrouted, when no
+//!                                  team binds it), tapped (events.tap, for observers);
+//!                                  refusals retried in place, or isolated
+//!      -> broker publish           frame check; confirmed, returns told by content
+//!   -> delivery::coalesce          acks batched with `multiple` where nothing is held
 //! ```
 //!
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema);

@@ -39,9 +39,9 @@ impl Default for Limits {
 
 /// The machine-readable kind of a dead letter. Its string is part of the public
 /// contract: dead-letter routing keys and headers carry it. `normalize` produces all but
-/// [`ErrorKind::InvalidProperties`], [`ErrorKind::PublishRefused`] and
-/// [`ErrorKind::InvalidSignature`], which only the worker can observe (they depend on
-/// the message's properties, the broker, the headers).
+/// [`ErrorKind::InvalidProperties`], [`ErrorKind::PublishRefused`],
+/// [`ErrorKind::Undeliverable`] and [`ErrorKind::InvalidSignature`], which only the worker
+/// can observe (they depend on the message's properties, the broker, the headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
@@ -58,6 +58,11 @@ pub enum ErrorKind {
     /// The broker refused a publish of this message for good (it closed the channel:
     /// access refused, precondition failed, frame error).
     PublishRefused,
+    /// An event of this message was not stored for `retry.max_elapsed_secs` while others
+    /// to the same exchange were: nacked (a queue bound for its type refuses it, full with
+    /// `reject-publish` or unavailable), returned with `events.unrouted` missing, or not
+    /// confirmed in time.
+    Undeliverable,
     /// The message's AMQP properties could not be taken as sent: a short string that is
     /// not UTF-8, headers nested too deep or not parseable, a repeated `x-vendor`.
     InvalidProperties,
@@ -67,7 +72,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 10] = [
+    pub const ALL: [ErrorKind; 11] = [
         ErrorKind::InvalidJson,
         ErrorKind::BodyTooLarge,
         ErrorKind::UnknownVendor,
@@ -76,6 +81,7 @@ impl ErrorKind {
         ErrorKind::TooManyEvents,
         ErrorKind::OutputTooLarge,
         ErrorKind::PublishRefused,
+        ErrorKind::Undeliverable,
         ErrorKind::InvalidProperties,
         ErrorKind::InvalidSignature,
     ];
@@ -90,6 +96,7 @@ impl ErrorKind {
             ErrorKind::TooManyEvents => "too_many_events",
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::PublishRefused => "publish_refused",
+            ErrorKind::Undeliverable => "undeliverable",
             ErrorKind::InvalidProperties => "invalid_properties",
             ErrorKind::InvalidSignature => "invalid_signature",
         }
@@ -562,6 +569,7 @@ mod tests {
                 "too_many_events",
                 "output_too_large",
                 "publish_refused",
+                "undeliverable",
                 "invalid_properties",
                 "invalid_signature"
             ]

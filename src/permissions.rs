@@ -8,7 +8,9 @@
 //!   exchange also write on that exchange and read on the queue; an exchange with an
 //!   alternate exchange also write on that one and read on the exchange;
 //! - binding a queue to an exchange: write on the queue, read on the exchange;
-//! - publishing: write on the exchange (`amq.default` for the default exchange);
+//! - binding or unbinding a queue: write on the queue, read on the exchange;
+//! - publishing: write on the exchange (`amq.default` for the default exchange, which
+//!   the worker keeps events nobody is bound for through);
 //! - consuming or `basic.get`: read on the queue;
 //! - the walks' lock, an exclusive queue `{queue}.lock`: configure on it;
 //! - `tail`'s queue, exclusive and named by the broker (`amq.gen-…`): configure, write
@@ -74,6 +76,7 @@ pub fn worker(s: &Settings) -> Permissions {
     let raw_exchange = s.input.exchange.as_str();
     let raw_queue = s.input.queue.as_str();
     let canonical = s.output.exchange.as_str();
+    let tap = s.output.tap_exchange.as_str();
     let unrouted_exchange = s.output.unrouted_exchange.as_str();
     let unrouted_queue = s.output.unrouted_queue.as_str();
     let dead_letter_exchange = s.dead_letter.exchange.as_str();
@@ -81,8 +84,8 @@ pub fn worker(s: &Settings) -> Permissions {
     if !s.amqp.declare_topology {
         return Permissions {
             configure: none(),
-            // Events and dead letters.
-            write: any_of(&[canonical, dead_letter_exchange]),
+            // Events, their copies kept and tapped, and dead letters.
+            write: any_of(&[canonical, "amq.default", tap, dead_letter_exchange]),
             read: any_of(&[raw_queue]),
         };
     }
@@ -91,15 +94,19 @@ pub fn worker(s: &Settings) -> Permissions {
             raw_exchange,
             raw_queue,
             canonical,
+            tap,
             unrouted_exchange,
             unrouted_queue,
             dead_letter_exchange,
             dead_letter_queue,
         ]),
-        // Publishing events and dead letters; binding the three queues; the canonical
-        // exchange's alternate exchange and the raw queue's dead-letter exchange.
+        // Publishing events (their copies kept through the default exchange and tapped)
+        // and dead letters; binding the queues (and unbinding the unrouted one); the
+        // canonical exchange's alternate exchange and the raw queue's dead-letter exchange.
         write: any_of(&[
             canonical,
+            "amq.default",
+            tap,
             dead_letter_exchange,
             raw_queue,
             unrouted_queue,
@@ -122,7 +129,7 @@ pub fn worker(s: &Settings) -> Permissions {
 /// the worker's): the lock queues, reading the two queues, copies through the default
 /// exchange, replays to the raw and the canonical exchange; and for `tail`, a
 /// server-named exclusive queue (`amq.gen-…`: configure to declare it, write to bind it,
-/// read to consume it) bound to the canonical, dead-letter or unrouted exchange (read).
+/// read to consume it) bound to the tap exchange (read).
 pub fn operator(s: &Settings) -> Permissions {
     let dead_letter_lock = format!("{}.lock", s.dead_letter.queue);
     let unrouted_lock = format!("{}.lock", s.output.unrouted_queue);
@@ -141,9 +148,7 @@ pub fn operator(s: &Settings) -> Permissions {
         read: with_tail_queue(names(&[
             &s.dead_letter.queue,
             &s.output.unrouted_queue,
-            &s.output.exchange,
-            &s.dead_letter.exchange,
-            &s.output.unrouted_exchange,
+            &s.output.tap_exchange,
         ])),
     }
 }
@@ -220,11 +225,11 @@ mod tests {
         let p = worker(&defaults());
         assert_eq!(
             p.configure,
-            r"^(webhooks\.raw|normalizer\.raw|events\.canonical|events\.unrouted|webhooks\.dead-letter|normalizer\.dead-letter)$"
+            r"^(webhooks\.raw|normalizer\.raw|events\.canonical|events\.tap|events\.unrouted|webhooks\.dead-letter|normalizer\.dead-letter)$"
         );
         assert_eq!(
             p.write,
-            r"^(events\.canonical|webhooks\.dead-letter|normalizer\.raw|events\.unrouted|normalizer\.dead-letter)$"
+            r"^(events\.canonical|amq\.default|events\.tap|webhooks\.dead-letter|normalizer\.raw|events\.unrouted|normalizer\.dead-letter)$"
         );
         assert_eq!(
             p.read,
@@ -238,7 +243,10 @@ mod tests {
         s.amqp.declare_topology = false;
         let p = worker(&s);
         assert_eq!(p.configure, "^$");
-        assert_eq!(p.write, r"^(events\.canonical|webhooks\.dead-letter)$");
+        assert_eq!(
+            p.write,
+            r"^(events\.canonical|amq\.default|events\.tap|webhooks\.dead-letter)$"
+        );
         assert_eq!(p.read, r"^(normalizer\.raw)$");
     }
 
@@ -253,11 +261,11 @@ mod tests {
         );
         assert_eq!(
             both.write,
-            r"^(events\.canonical|webhooks\.dead-letter|amq\.default|webhooks\.raw|amq\.gen-.*)$"
+            r"^(events\.canonical|amq\.default|events\.tap|webhooks\.dead-letter|webhooks\.raw|amq\.gen-.*)$"
         );
         assert_eq!(
             both.read,
-            r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted|events\.canonical|webhooks\.dead-letter|amq\.gen-.*)$"
+            r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted|events\.tap|amq\.gen-.*)$"
         );
     }
 
@@ -269,7 +277,7 @@ mod tests {
         let p = operator(&defaults());
         assert_eq!(
             p.command("it's", "ops"),
-            r#"rabbitmqctl set_permissions -p 'it'\''s' 'ops' '^(normalizer\.dead-letter\.lock|events\.unrouted\.lock|amq\.gen-.*)$' '^(amq\.default|webhooks\.raw|events\.canonical|amq\.gen-.*)$' '^(normalizer\.dead-letter|events\.unrouted|events\.canonical|webhooks\.dead-letter|amq\.gen-.*)$'"#
+            r#"rabbitmqctl set_permissions -p 'it'\''s' 'ops' '^(normalizer\.dead-letter\.lock|events\.unrouted\.lock|amq\.gen-.*)$' '^(amq\.default|webhooks\.raw|events\.canonical|amq\.gen-.*)$' '^(normalizer\.dead-letter|events\.unrouted|events\.tap|amq\.gen-.*)$'"#
         );
     }
 }

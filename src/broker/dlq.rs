@@ -27,6 +27,7 @@ pub async fn walk_dead_letters(
         command: "dlq",
         queue: &settings.dead_letter.queue,
         routing_key_header: ROUTING_KEY_HEADER,
+        ttl: None,
         per_second,
     };
     walk_queue(settings, walk, progress, |delivery, _| {

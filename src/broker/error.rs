@@ -132,3 +132,13 @@ impl BrokerError {
         }
     }
 }
+
+/// Whether the client's error is the broker closing one channel (a soft error: 403 on a
+/// publish, 404 for a missing exchange, ...), not the connection.
+pub(crate) fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(amqp)
+            if matches!(amqp.kind(), lapin::protocol::AMQPErrorKind::Soft(_))
+    )
+}

@@ -1,4 +1,5 @@
-//! The publishing side: one connection with one confirm-mode channel, reopened in place
+//! The publishing side: one connection with two confirm-mode channels (one for dead
+//! letters, one for the rest: [`Lane`]), each reopened in place
 //! when the broker closes it; AMQP messages built and measured against the negotiated
 //! frame before they are sent; each publish `mandatory`, each confirm awaited.
 
@@ -19,7 +20,7 @@ use super::error::{BrokerError, Role};
 use super::topology::prepare_topology;
 use super::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
-use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, OutgoingEvent, PublishOutcome};
+use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, Lane, OutgoingEvent, PublishOutcome};
 use crate::ops::Health;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -133,10 +134,10 @@ pub(crate) fn header_entry_size(name: &ShortString, value: &AMQPValue) -> usize 
     encoded.map_or(usize::MAX, |bytes| bytes.len().saturating_sub(4))
 }
 
-/// The publishing connection and its confirm-mode channel.
+/// The publishing connection and its confirm-mode channels, one per [`Lane`].
 pub(crate) struct Publisher {
     connection: Connection,
-    channel: Channel,
+    channels: [Channel; 2],
     /// The connection's returned publishes, filed by its frame check.
     returns: Returns,
     confirm_timeout: Duration,
@@ -149,7 +150,7 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
-    /// Connects, opens a confirm-mode channel and declares the topology on it.
+    /// Connects, opens the confirm-mode channels and declares the topology.
     pub(crate) async fn open(
         settings: &Settings,
         health: &Health,
@@ -167,11 +168,15 @@ impl Publisher {
             connection_lost.clone(),
             health.clone(),
         );
-        let channel = confirm_channel(&connection).await?;
-        prepare_topology(&channel, settings).await?;
+        let channels = [
+            confirm_channel(&connection).await?,
+            confirm_channel(&connection).await?,
+        ];
+        prepare_topology(&channels[0], settings).await?;
+        check_writable(&channels[0], settings, &blocked).await?;
         Ok(Publisher {
             connection,
-            channel,
+            channels,
             returns,
             confirm_timeout: settings.amqp.confirm_timeout(),
             blocked,
@@ -181,12 +186,13 @@ impl Publisher {
         })
     }
 
-    /// Replaces a channel the broker closed: a new channel on the same connection when
-    /// it is still up, else a new connection. `redeclare` declares the topology again
-    /// (after an exchange went missing).
+    /// Replaces `lane`'s channel the broker closed: a new channel on the same connection
+    /// when it is still up, else a new connection (and both channels). `redeclare`
+    /// declares the topology again (after an exchange went missing).
     pub(crate) async fn reopen(
         &mut self,
         settings: &Settings,
+        lane: Lane,
         redeclare: bool,
     ) -> Result<(), BrokerError> {
         let connected =
@@ -202,13 +208,8 @@ impl Publisher {
         if redeclare {
             prepare_topology(&channel, settings).await?;
         }
-        self.channel = channel;
+        self.channels[lane as usize] = channel;
         Ok(())
-    }
-
-    /// Whether the channel can take publishes.
-    pub(crate) fn is_open(&self) -> bool {
-        self.channel.status().connected() && !self.connection_lost.load(Ordering::Relaxed)
     }
 
     /// The negotiated largest frame.
@@ -216,21 +217,23 @@ impl Publisher {
         self.connection.configuration().frame_max()
     }
 
-    /// Publishes `message` (`mandatory`) and resolves when it is confirmed, returned,
-    /// nacked, timed out or its channel closed. The frames are handed to the client the
-    /// first time the future is polled: poll it at once to fix the order of publishes.
+    /// Publishes `message` (`mandatory`: unroutable is not success, the broker returns
+    /// it) and resolves when it is confirmed, returned, nacked, timed out or its channel
+    /// closed. The frames are handed to the client the first time the future is polled:
+    /// poll it at once to fix the order of publishes.
     pub(crate) fn publish(
         &self,
         message: Arc<AmqpMessage>,
+        lane: Lane,
+        mandatory: bool,
     ) -> impl Future<Output = PublishOutcome> + Send + 'static {
-        let channel = self.channel.clone();
+        let channel = self.channels[lane as usize].clone();
         let blocked = self.blocked.clone();
         let returns = self.returns.clone();
         let timeout = self.confirm_timeout;
         async move {
             let options = BasicPublishOptions {
-                // Unroutable is not success: the broker returns it.
-                mandatory: true,
+                mandatory,
                 ..BasicPublishOptions::default()
             };
             let published = channel
@@ -270,6 +273,69 @@ impl Publisher {
     }
 }
 
+/// Publishes, where nobody receives them, an empty message to each place the worker
+/// puts copies that its user may not be allowed to write to (the tap exchange, and the
+/// default exchange it keeps unrouted events through), so that a missing permission
+/// fails the session here, with the broker's words, not every message later.
+async fn check_writable(
+    channel: &Channel,
+    settings: &Settings,
+    blocked: &AtomicBool,
+) -> Result<(), BrokerError> {
+    for (exchange, routing_key) in [
+        (settings.output.tap_exchange.as_str(), PROBE_ROUTING_KEY),
+        ("", PROBE_ROUTING_KEY),
+    ] {
+        let what = || {
+            format!(
+                "checking that the worker may publish to {} (a probe nobody receives)",
+                if exchange.is_empty() {
+                    "the default exchange (amq.default)"
+                } else {
+                    exchange
+                }
+            )
+        };
+        let probe = async {
+            let confirm = channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    &[],
+                    BasicProperties::default(),
+                )
+                .await
+                .map_err(BrokerError::amqp(what()))?;
+            confirm.await.map_err(BrokerError::amqp(what()))?;
+            Ok::<(), BrokerError>(())
+        };
+        // A broker alarm blocks the publishing connection (the client then sends nothing):
+        // the probe would wait for it to clear, and the session with it. Checked again at
+        // the next session.
+        let mut probe = std::pin::pin!(probe);
+        loop {
+            tokio::select! {
+                probed = &mut probe => {
+                    probed?;
+                    break;
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)) => {
+                    if blocked.load(Ordering::Relaxed) {
+                        info!("the broker blocks publishing (an alarm): write permissions not checked this session");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The routing key of [`check_writable`]'s probes: no queue has this name, and the tap's
+/// own keys start with `canonical.`, `unrouted.` or `dead-letter.`.
+pub(crate) const PROBE_ROUTING_KEY: &str = "probe.webhook-normalizer";
+
 async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerError> {
     let channel = connection
         .create_channel()
@@ -294,6 +360,9 @@ fn watch(
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             match event {
+                // The client reports a channel the broker closed here too: that one
+                // channel's publishes fail and it is reopened, not the connection.
+                Event::Error(e) if super::error::is_channel_error(&e) => {}
                 Event::Error(e) => {
                     warn!(error = %e, "publishing connection failed");
                     lost.store(true, Ordering::Relaxed);

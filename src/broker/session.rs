@@ -107,7 +107,7 @@ impl Session {
         let mut drain_deadline: Option<Instant> = None;
         let end = loop {
             let can_take = drain_deadline.is_none() && pipeline.can_take();
-            let retry_at = pipeline.retry_at();
+            let wake_at = pipeline.wake_at();
             let settle_at = settler.due_at();
             tokio::select! {
                 biased;
@@ -127,13 +127,13 @@ impl Session {
                         break SessionEnd::Failed(failure);
                     }
                 }
-                _ = sleep_until(retry_at), if retry_at.is_some() => pipeline.retry().await,
+                _ = sleep_until(wake_at), if wake_at.is_some() => pipeline.tick(),
                 // Settlements waited long enough: sent below.
                 _ = sleep_until(settle_at), if settle_at.is_some() => {}
                 next = self.consumer.next(), if can_take => match next {
                     Some(Ok(delivery)) => {
                         let report = self.reports.take(self.channel.id(), delivery.delivery_tag);
-                        pipeline.admit(delivery, report).await;
+                        pipeline.admit(delivery, report);
                     }
                     Some(Err(e)) => break SessionEnd::Failed(BrokerError::Amqp {
                         what: "consuming".into(),
@@ -150,9 +150,10 @@ impl Session {
                     break SessionEnd::Shutdown;
                 }
             }
-            // Settle everything already decided; acks go out in batches.
+            // Hand the core everything already decided, run what it asks for, and settle
+            // what it finished; acks go out in batches.
             pipeline.drain_decided();
-            pipeline.advance();
+            pipeline.run_commands().await;
             settler.queue(pipeline.take_settled());
             if let Err(failure) = settler.send_due(drain_deadline.is_some()).await {
                 break SessionEnd::Failed(failure);
@@ -201,7 +202,9 @@ fn watch_consumer_connection(
     let mut events = connection.events_listener();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
-            if let Event::Error(e) = event {
+            if let Event::Error(e) = event
+                && !super::error::is_channel_error(&e)
+            {
                 let _ = failures
                     .send(BrokerError::ConnectionLost {
                         role: Role::Consumer,

@@ -82,6 +82,12 @@ impl Settler {
                         .await
                         .map(|()| deliveries)
                 }),
+                SettleFrame::Ack { tag } => Box::pin(async move {
+                    channel
+                        .basic_ack(tag, BasicAckOptions { multiple: false })
+                        .await
+                        .map(|()| 1)
+                }),
                 SettleFrame::Reject { tag, requeue } => Box::pin(async move {
                     channel
                         .basic_reject(tag, BasicRejectOptions { requeue })

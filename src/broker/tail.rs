@@ -1,6 +1,8 @@
 //! Watching what flows (`webhook-normalizer tail`): a temporary exclusive queue of its
-//! own, bound to the canonical exchange (or the dead-letter or unrouted exchange), read
-//! without acknowledgements. It takes nothing from anyone else's queue.
+//! own, bound to the tap exchange, where the worker puts a copy of each message once it
+//! is stored, read without acknowledgements. It takes nothing from anyone else's queue,
+//! and, bound nowhere an event is routed, never changes where one goes: an event no team
+//! binds is unroutable whether `tail` runs or not.
 
 use std::future::Future;
 
@@ -66,20 +68,13 @@ pub async fn tail(
         .await
         .map_err(BrokerError::amqp("declaring a queue of its own"))?;
     let name = queue.name().clone();
-    let bindings: Vec<(&str, &str)> = match source {
-        TailSource::Events(patterns) => patterns
-            .iter()
-            .map(|p| (settings.output.exchange.as_str(), p.as_str()))
-            .collect(),
-        TailSource::DeadLetters => vec![(settings.dead_letter.exchange.as_str(), "#")],
-        TailSource::Unrouted => vec![(settings.output.unrouted_exchange.as_str(), "")],
-    };
-    for (exchange, key) in bindings {
+    let exchange = settings.output.tap_exchange.as_str();
+    for key in tap_bindings(source) {
         channel
             .queue_bind(
                 name.clone(),
                 exchange.into(),
-                key.into(),
+                key.as_str().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -106,17 +101,19 @@ pub async fn tail(
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.map_err(BrokerError::amqp("reading its queue"))?;
             seen += 1;
+            let (_, routing_key) = tapped_route(delivery.routing_key.as_str());
             let item = match source {
-                TailSource::DeadLetters => Tailed::DeadLetter {
-                    info: Box::new(DeadLetterInfo::read(&delivered(&delivery))),
-                    body: &delivery.data,
-                    properties: properties_json(
-                        delivery.routing_key.as_str(),
-                        &delivery.properties,
-                    ),
-                },
+                TailSource::DeadLetters => {
+                    let mut seen = delivered(&delivery);
+                    seen.routing_key = routing_key.to_owned();
+                    Tailed::DeadLetter {
+                        info: Box::new(DeadLetterInfo::read(&seen)),
+                        body: &delivery.data,
+                        properties: properties_json(routing_key, &delivery.properties),
+                    }
+                }
                 _ => Tailed::Event {
-                    routing_key: delivery.routing_key.as_str(),
+                    routing_key,
                     body: &delivery.data,
                 },
             };
@@ -132,4 +129,65 @@ pub async fn tail(
     };
     let _ = connection.close(200, "tail done".into()).await;
     watched.map(|()| seen)
+}
+
+/// The tap's binding keys for what `source` watches.
+fn tap_bindings(source: &TailSource) -> Vec<String> {
+    match source {
+        TailSource::Events(patterns) => patterns
+            .iter()
+            .flat_map(|p| [format!("canonical.{p}"), format!("unrouted.{p}")])
+            .collect(),
+        TailSource::DeadLetters => vec!["dead-letter.#".to_owned()],
+        TailSource::Unrouted => vec!["unrouted.#".to_owned()],
+    }
+}
+
+/// A tap copy's routing key split into where it was stored (`canonical`, `unrouted`,
+/// `dead-letter`) and its own routing key.
+fn tapped_route(routing_key: &str) -> (&str, &str) {
+    ["canonical.", "unrouted.", "dead-letter."]
+        .iter()
+        .find_map(|prefix| {
+            routing_key
+                .strip_prefix(prefix)
+                .map(|rest| (&prefix[..prefix.len() - 1], rest))
+        })
+        .unwrap_or(("", routing_key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watching_events_binds_both_places_an_event_is_stored() {
+        assert_eq!(
+            tap_bindings(&TailSource::Events(vec![
+                "deel.contract.*".into(),
+                "#".into()
+            ])),
+            [
+                "canonical.deel.contract.*",
+                "unrouted.deel.contract.*",
+                "canonical.#",
+                "unrouted.#"
+            ]
+        );
+        assert_eq!(tap_bindings(&TailSource::Unrouted), ["unrouted.#"]);
+        assert_eq!(tap_bindings(&TailSource::DeadLetters), ["dead-letter.#"]);
+    }
+
+    #[test]
+    fn a_tap_routing_key_gives_back_the_stored_one() {
+        assert_eq!(
+            tapped_route("canonical.deel.contract.created"),
+            ("canonical", "deel.contract.created")
+        );
+        assert_eq!(
+            tapped_route("dead-letter.unknown.invalid_json"),
+            ("dead-letter", "unknown.invalid_json")
+        );
+        assert_eq!(tapped_route("other"), ("", "other"));
+    }
 }

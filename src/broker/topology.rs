@@ -44,6 +44,7 @@ pub async fn check_topology(channel: &Channel, s: &Settings) -> Result<(), Broke
     for exchange in [
         &s.input.exchange,
         &s.output.exchange,
+        &s.output.tap_exchange,
         &s.output.unrouted_exchange,
         &s.dead_letter.exchange,
     ] {
@@ -84,10 +85,13 @@ pub async fn check_topology(channel: &Channel, s: &Settings) -> Result<(), Broke
 ///   the queue has `x-delivery-limit` and dead-letters, at least once, to the dead-letter
 ///   exchange with routing key `unknown.delivery_limit`; with
 ///   `input.single_active_consumer`, also `x-single-active-consumer`.
-/// - `output.unrouted_exchange` (fanout) and `output.unrouted_queue` (quorum, bounded by
-///   `x-max-length` and `x-message-ttl`) bound to it, then `output.exchange` (topic) with
-///   it as `alternate-exchange`, so events nobody is bound for are kept for a while
-///   rather than dropped.
+/// - `output.unrouted_queue` (quorum, bounded by `x-max-length` and `x-message-ttl`),
+///   where the worker keeps events nobody is bound for; `output.unrouted_exchange`
+///   (fanout) with nothing bound to it, and `output.exchange` (topic) with it as
+///   `alternate-exchange`: so an event no team binds comes back to the worker
+///   (`mandatory`) whatever else is bound, and the worker keeps it. Earlier versions bound
+///   the unrouted queue to the alternate exchange: that binding is removed.
+/// - `output.tap_exchange` (topic), where observers get a copy of what was stored.
 /// - `dead_letter.exchange` (topic) and `dead_letter.queue` (quorum) bound with `#`.
 pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
@@ -121,13 +125,27 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
         unrouted_queue_arguments(s),
     )
     .await?;
-    bind(
-        channel,
-        &s.output.unrouted_queue,
-        &s.output.unrouted_exchange,
-        "",
+    // Bound by earlier versions: with it, events no team binds would be stored there by
+    // the broker, and an observer bound beside it would count as a destination.
+    channel
+        .queue_unbind(
+            s.output.unrouted_queue.as_str().into(),
+            s.output.unrouted_exchange.as_str().into(),
+            "".into(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp(format!(
+            "unbinding queue {} from exchange {}",
+            s.output.unrouted_queue, s.output.unrouted_exchange
+        )))?;
+    declare_exchange(
+        &s.output.tap_exchange,
+        ExchangeKind::Topic,
+        FieldTable::default(),
     )
-    .await?;
+    .await
+    .map_err(BrokerError::amqp("declaring the tap exchange"))?;
     let mut output_args = FieldTable::default();
     output_args.insert(
         "alternate-exchange".into(),

@@ -2,12 +2,15 @@
 //! read as an [`UnroutedEvent`], and replayed to the canonical exchange as it was first
 //! published.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
 use super::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 use crate::config::Settings;
+use crate::delivery::headers;
 use crate::unrouted::{ROUTING_KEY_HEADER, UnroutedEvent};
 
 /// Reads every event in the unrouted queue when it starts, in order, and leaves the queue
@@ -26,6 +29,7 @@ pub async fn walk_unrouted(
         queue: &settings.output.unrouted_queue,
         routing_key_header: ROUTING_KEY_HEADER,
         per_second,
+        ttl: Some(Duration::from_secs(settings.output.unrouted_max_age_secs)),
     };
     walk_queue(settings, walk, progress, |delivery, routing_key| {
         let p = &delivery.properties;
@@ -51,17 +55,60 @@ pub async fn walk_unrouted(
     .await
 }
 
-/// An event's properties as the worker published it: without the walk's header and the
-/// broker's delivery count.
+/// An event's properties as the worker published it: without what keeping it added (its
+/// routing key, when it was kept, the time it had left) and the broker's delivery count.
 fn as_published(kept: &BasicProperties) -> BasicProperties {
-    let Some(table) = kept.headers() else {
-        return kept.clone();
-    };
     let mut headers = FieldTable::default();
-    for (k, v) in table.inner() {
-        if !matches!(k.as_str(), ROUTING_KEY_HEADER | "x-delivery-count") {
-            headers.insert(k.clone(), v.clone());
+    if let Some(table) = kept.headers() {
+        for (k, v) in table.inner() {
+            if !matches!(
+                k.as_str(),
+                ROUTING_KEY_HEADER | headers::KEPT_AT | "x-delivery-count"
+            ) {
+                headers.insert(k.clone(), v.clone());
+            }
         }
     }
-    kept.clone().with_headers(headers)
+    let mut published = BasicProperties::default();
+    let p = kept;
+    if let Some(v) = p.content_type() {
+        published = published.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        published = published.with_content_encoding(v.clone());
+    }
+    if !headers.inner().is_empty() {
+        published = published.with_headers(headers);
+    }
+    if let Some(v) = p.delivery_mode() {
+        published = published.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        published = published.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        published = published.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        published = published.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        published = published.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        published = published.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        published = published.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        published = published.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        published = published.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        published = published.with_cluster_id(v.clone());
+    }
+    published
 }

@@ -16,6 +16,9 @@
 //!    exchange, so that no other queue bound where the message came from gets one), with
 //!    the same body and properties, its routing key kept in a header and no
 //!    `x-delivery-count`; and once the broker has confirmed the copy, acks the original.
+//!    In a queue with a message TTL, the copy expires when the original would have: it
+//!    carries the time it has left (`expiration`), from when it was first kept
+//!    (`x-normalizer-kept-at`); one whose time is up is not copied.
 //! 4. Or, for a message the caller picks, it sends it on instead (a replay), confirmed,
 //!    and then acks it: it leaves the queue. If it comes back as unroutable, a copy is
 //!    kept as in 3. Or it drops it (acks it without a copy).
@@ -86,6 +89,8 @@ pub(crate) struct Walk<'a> {
     pub(crate) routing_key_header: &'a str,
     /// At most this many replays a second.
     pub(crate) per_second: Option<f64>,
+    /// The queue's message TTL, if it has one.
+    pub(crate) ttl: Option<Duration>,
 }
 
 /// How far a walk is: called once the count is known, then after each message.
@@ -108,6 +113,8 @@ pub struct WalkSummary {
     pub unroutable: u64,
     /// Taken off the queue for good.
     pub dropped: u64,
+    /// Kept past the queue's TTL (the broker would have dropped them): not copied.
+    pub expired: u64,
 }
 
 /// Why a walk could not run or stopped.
@@ -181,6 +188,7 @@ pub(crate) async fn walk_queue(
             replayed: 0,
             unroutable: 0,
             dropped: 0,
+            expired: 0,
         },
     };
     let walked = reader.read_through(progress, &mut decide).await;
@@ -193,8 +201,21 @@ struct InHand {
     acker: Acker,
     /// The copy's or the replay's confirm, and what it sent; none for a drop.
     confirm: Option<(PublisherConfirm, Published)>,
-    /// For a replay: the copy's properties, to keep it if it comes back unroutable.
-    fallback: Option<BasicProperties>,
+    took: Took,
+}
+
+/// What a walk did with a message in hand.
+enum Took {
+    /// Put a copy back at the tail.
+    Kept,
+    /// Sent it on; `copy` is what to keep if it comes back unroutable (none when its time
+    /// in the queue is up).
+    Replayed {
+        copy: Option<Box<BasicProperties>>,
+    },
+    Dropped,
+    /// Its time in the queue was up: not copied.
+    Expired,
 }
 
 /// What one publish of the walk sent, to tell whether it came back.
@@ -320,19 +341,26 @@ impl Reader<'_> {
         routing_key: &str,
     ) -> Result<InHand, WalkError> {
         let queue = self.walk.queue;
-        let (confirm, fallback) = match step {
-            Step::Drop => (None, None),
+        let (confirm, took) = match step {
+            Step::Drop => (None, Took::Dropped),
             Step::Keep => {
-                let properties = copy_properties(
+                let Some(properties) = copy_properties(
                     &delivery.properties,
                     self.walk.routing_key_header,
                     routing_key,
-                );
+                    self.walk.ttl,
+                ) else {
+                    return Ok(InHand {
+                        acker: delivery.acker,
+                        confirm: None,
+                        took: Took::Expired,
+                    });
+                };
                 let published = Published::new("", queue, &properties, delivery.data);
                 let confirm = publish(self.channel, &published, properties)
                     .await
                     .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
-                (Some((confirm, published)), None)
+                (Some((confirm, published)), Took::Kept)
             }
             Step::Send {
                 exchange,
@@ -351,14 +379,20 @@ impl Reader<'_> {
                     &delivery.properties,
                     self.walk.routing_key_header,
                     routing_key,
+                    self.walk.ttl,
                 );
-                (Some((confirm, published)), Some(copy))
+                (
+                    Some((confirm, published)),
+                    Took::Replayed {
+                        copy: copy.map(Box::new),
+                    },
+                )
             }
         };
         Ok(InHand {
             acker: delivery.acker,
             confirm,
-            fallback,
+            took,
         })
     }
 
@@ -397,17 +431,16 @@ impl Reader<'_> {
         confirmed: Option<Result<Confirmation, lapin::Error>>,
     ) -> Result<(), WalkError> {
         let queue = self.walk.queue;
-        match (confirmed, held.confirm) {
-            (Some(confirmation), Some((_, published))) => {
+        match (confirmed, held.confirm, held.took) {
+            (Some(confirmation), Some((_, published)), took) => {
                 let came_back = self.returned(confirmation, &published, "publishing")?;
-                match (came_back, held.fallback) {
-                    (false, Some(_)) => self.summary.replayed += 1,
-                    (false, None) => {}
-                    (true, Some(copy)) => {
+                match (took, came_back) {
+                    (Took::Replayed { .. }, false) => self.summary.replayed += 1,
+                    (Took::Replayed { copy: Some(copy) }, true) => {
                         // Nowhere to go: it stays where it was.
                         self.summary.unroutable += 1;
                         let copied = Published::new("", queue, &copy, published.body);
-                        let confirm = publish(self.channel, &copied, copy).await.map_err(
+                        let confirm = publish(self.channel, &copied, *copy).await.map_err(
                             BrokerError::amqp(format!("putting a copy back on {queue}")),
                         )?;
                         if self.returned(confirm.await, &copied, "putting a copy back")? {
@@ -416,13 +449,20 @@ impl Reader<'_> {
                             )));
                         }
                     }
-                    (true, None) => {
+                    (Took::Replayed { copy: None }, true) => {
+                        // Nowhere to go, and its time in the queue is up.
+                        self.summary.unroutable += 1;
+                        self.summary.expired += 1;
+                    }
+                    (_, false) => {}
+                    (_, true) => {
                         return Err(WalkError::NotConfirmed(format!(
                             "putting a copy back on {queue}: returned as unroutable"
                         )));
                     }
                 }
             }
+            (_, _, Took::Expired) => self.summary.expired += 1,
             _ => self.summary.dropped += 1,
         }
         held.acker
@@ -484,7 +524,14 @@ impl Reader<'_> {
 
 /// The copy's properties: the original's, with the routing key kept in `header` and the
 /// broker's delivery count left out (the copy is a new message; its count starts again).
-fn copy_properties(original: &BasicProperties, header: &str, routing_key: &str) -> BasicProperties {
+/// In a queue with a `ttl`, the copy expires when the original would have (from
+/// `x-normalizer-kept-at`); `None` when that time has passed.
+fn copy_properties(
+    original: &BasicProperties,
+    header: &str,
+    routing_key: &str,
+    ttl: Option<Duration>,
+) -> Option<BasicProperties> {
     let mut headers = FieldTable::default();
     if let Some(table) = original.headers() {
         for (k, v) in table.inner() {
@@ -496,5 +543,28 @@ fn copy_properties(original: &BasicProperties, header: &str, routing_key: &str) 
     if !headers.contains_key(header) {
         headers.insert(header.into(), AMQPValue::LongString(routing_key.into()));
     }
-    original.clone().with_headers(headers)
+    let copy = original.clone().with_headers(headers);
+    let Some(ttl) = ttl else {
+        return Some(copy);
+    };
+    let kept_at = match original
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(crate::delivery::headers::KEPT_AT))
+    {
+        Some(AMQPValue::LongString(t)) => {
+            chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(t.as_bytes())).ok()
+        }
+        _ => None,
+    };
+    // Kept by a version that did not say when: its time starts again.
+    let Some(kept_at) = kept_at else {
+        return Some(copy);
+    };
+    let age = chrono::Utc::now()
+        .signed_duration_since(kept_at)
+        .to_std()
+        .unwrap_or_default();
+    let left = ttl.checked_sub(age).filter(|left| !left.is_zero())?;
+    Some(copy.with_expiration(left.as_millis().max(1).to_string().as_str().into()))
 }

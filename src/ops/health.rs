@@ -59,6 +59,7 @@ struct Shared {
     consumed: AtomicU64,
     acked: AtomicU64,
     events_published: AtomicU64,
+    events_kept: AtomicU64,
     dead_lettered: AtomicU64,
     requeued: AtomicU64,
     settle_failed: AtomicU64,
@@ -84,8 +85,10 @@ pub struct HealthSnapshot {
     pub consumed: u64,
     /// Raw messages acknowledged (their events or dead letter confirmed).
     pub acked: u64,
-    /// Canonical events confirmed by the broker.
+    /// Canonical events stored in a team's queue.
     pub events_published: u64,
+    /// Canonical events nobody is bound for, kept on the unrouted queue.
+    pub events_unrouted: u64,
     /// Raw messages dead-lettered by us (confirmed).
     pub dead_lettered: u64,
     /// Raw messages rejected for redelivery after a transient failure.
@@ -145,7 +148,25 @@ impl Health {
             .metrics
             .add_dead_lettered(vendor.map_or("unknown", Vendor::key), kind.as_str());
     }
-    /// A publish the broker returned as unroutable.
+    /// One raw message's events nobody is bound for, kept on the unrouted queue: one per
+    /// canonical type in `types`.
+    pub fn add_events_kept(&self, vendor: Vendor, types: &[&'static str]) {
+        self.0
+            .events_kept
+            .fetch_add(types.len() as u64, Ordering::Relaxed);
+        self.0
+            .metrics
+            .add_events_kept(vendor.key(), types.iter().copied());
+    }
+    /// A message that came back through the worker's own exchange, stopped.
+    pub fn add_loop_stopped(&self) {
+        self.0.metrics.add_loop_stopped();
+    }
+    /// Tap copies (for observers) given up on after failing past the retry budget.
+    pub fn add_taps_given_up(&self, n: u64) {
+        self.0.metrics.add_taps_given_up(n);
+    }
+    /// A publish the broker returned as unroutable with nowhere to keep it.
     pub fn add_unroutable(&self) {
         self.0.metrics.add_unroutable();
     }
@@ -205,6 +226,7 @@ impl Health {
             consumed: s.consumed.load(Ordering::Relaxed),
             acked: s.acked.load(Ordering::Relaxed),
             events_published: s.events_published.load(Ordering::Relaxed),
+            events_unrouted: s.events_kept.load(Ordering::Relaxed),
             dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
             requeued: s.requeued.load(Ordering::Relaxed),
             settle_failed: s.settle_failed.load(Ordering::Relaxed),

@@ -37,9 +37,12 @@ pub struct Metrics {
     registry: Registry,
     consumed: Counter,
     events_published: Family<EventLabels, Counter>,
+    events_unrouted: Family<EventLabels, Counter>,
     dead_lettered: Family<DeadLetterLabels, Counter>,
     redeliveries: Counter,
     unroutable: Counter,
+    taps_given_up: Counter,
+    loops_stopped: Counter,
     publish_retries: Counter,
     processing: Histogram,
     in_flight: Gauge,
@@ -64,9 +67,12 @@ impl Metrics {
         let metrics = Metrics {
             consumed: Counter::default(),
             events_published: Family::default(),
+            events_unrouted: Family::default(),
             dead_lettered: Family::default(),
             redeliveries: Counter::default(),
             unroutable: Counter::default(),
+            taps_given_up: Counter::default(),
+            loops_stopped: Counter::default(),
             publish_retries: Counter::default(),
             processing: Histogram::new(processing_buckets()),
             in_flight: Gauge::default(),
@@ -81,8 +87,23 @@ impl Metrics {
         );
         registry.register(
             "normalizer_events_published",
-            "Canonical events confirmed by the broker, by vendor and canonical type",
+            "Canonical events stored in a team's queue (confirmed), by vendor and canonical type",
             metrics.events_published.clone(),
+        );
+        registry.register(
+            "normalizer_events_unrouted",
+            "Canonical events nobody is bound for, kept on the unrouted queue (confirmed), by vendor and canonical type",
+            metrics.events_unrouted.clone(),
+        );
+        registry.register(
+            "normalizer_loops_stopped",
+            "Messages that came back to the raw queue through the worker's own exchanges (a binding made by hand), put in the dead-letter queue as they were",
+            metrics.loops_stopped.clone(),
+        );
+        registry.register(
+            "normalizer_tap_given_up",
+            "Copies for observers (the tap exchange) given up on after failing past the retry budget",
+            metrics.taps_given_up.clone(),
         );
         registry.register(
             "normalizer_dead_lettered",
@@ -161,6 +182,23 @@ impl Metrics {
         }
     }
 
+    /// One raw message's events kept on the unrouted queue: one per type in `types`.
+    pub fn add_events_kept(&self, vendor: &'static str, types: impl Iterator<Item = &'static str>) {
+        for t in types {
+            self.events_unrouted
+                .get_or_create(&EventLabels { vendor, r#type: t })
+                .inc();
+        }
+    }
+
+    pub fn add_loop_stopped(&self) {
+        self.loops_stopped.inc();
+    }
+
+    pub fn add_taps_given_up(&self, n: u64) {
+        self.taps_given_up.inc_by(n);
+    }
+
     pub fn add_dead_lettered(&self, vendor: &'static str, kind: &'static str) {
         self.dead_lettered
             .get_or_create(&DeadLetterLabels { vendor, kind })
@@ -213,6 +251,8 @@ mod tests {
             "normalizer_events_published_total{vendor=\"deel\",type=\"deel.contract.created\"} 2",
             "normalizer_dead_lettered_total{vendor=\"unknown\",kind=\"invalid_json\"} 1",
             "normalizer_unroutable_total 0",
+            "normalizer_tap_given_up_total 0",
+            "normalizer_loops_stopped_total 0",
             "normalizer_publish_retries_total 0",
             "normalizer_processing_seconds_count 1",
             "normalizer_in_flight 0",

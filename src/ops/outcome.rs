@@ -33,10 +33,12 @@ impl Delivery<'_> {
 /// How one raw message was settled.
 #[derive(Debug)]
 pub enum Outcome<'a> {
-    /// Its events are confirmed; it is acknowledged. `types`: each event's canonical type.
+    /// Its events are stored; it is acknowledged. The canonical type of each event
+    /// `delivered` to a team's queue, and of each `kept` on the unrouted queue.
     Published {
         vendor: Vendor,
-        types: &'a [&'static str],
+        delivered: &'a [&'static str],
+        kept: &'a [&'static str],
     },
     /// Its dead letter is confirmed; it is acknowledged.
     DeadLettered(&'a DeadLetter),
@@ -48,17 +50,30 @@ pub enum Outcome<'a> {
     /// Its dead letter cannot be published: rejected without requeue, so the raw queue's
     /// dead-letter exchange takes it (as `unknown.delivery_limit`, reason `rejected`).
     HandedToBroker { why: &'a str },
+    /// It came back to the raw queue `through` one of the worker's own exchanges, and was
+    /// put in the dead-letter `queue` as it was.
+    Looped { through: &'a str, queue: &'a str },
 }
 
 impl Outcome<'_> {
     /// Counts and logs the outcome. The span is made only when the log is written: the
     /// common outcome, published, logs at debug.
     pub fn record(&self, health: &Health, delivery: Delivery<'_>) {
-        if let Outcome::Published { vendor, types } = self {
-            health.add_events_published(*vendor, types);
-            let events = types.len();
+        if let Outcome::Published {
+            vendor,
+            delivered,
+            kept,
+        } = self
+        {
+            health.add_events_published(*vendor, delivered);
+            if !kept.is_empty() {
+                health.add_events_kept(*vendor, kept);
+            }
             if tracing::enabled!(Level::DEBUG) {
-                delivery.span().in_scope(|| debug!(events, "published"));
+                let (events, unrouted) = (delivered.len(), kept.len());
+                delivery
+                    .span()
+                    .in_scope(|| debug!(events, unrouted, "published"));
             }
             return;
         }
@@ -80,6 +95,14 @@ impl Outcome<'_> {
                     failing_for_ms = failing_for.as_millis() as u64,
                     last = %describe(last),
                     "publishes kept failing; rejected for redelivery"
+                );
+            }
+            Outcome::Looped { through, queue } => {
+                health.add_loop_stopped();
+                error!(
+                    through,
+                    queue,
+                    "a message came back to the raw queue through the worker's own exchange (a binding made by hand?); put in the dead-letter queue as it was, not published again"
                 );
             }
             Outcome::HandedToBroker { why } => {

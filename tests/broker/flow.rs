@@ -181,7 +181,9 @@ async fn redelivered_webhooks_keep_their_ids() {
     assert_eq!(by_raw["first"], by_raw["vendor-retry"]);
 }
 
-/// With nobody bound for a type, its events land in events.unrouted instead of vanishing.
+/// With nobody bound for a type, its events land in events.unrouted instead of vanishing:
+/// kept there by the worker, the type in the `type` property and in
+/// `x-normalizer-unrouted-routing-key`, with when it was kept.
 #[tokio::test(flavor = "multi_thread")]
 async fn events_nobody_is_bound_for_land_in_unrouted() {
     let vhost = TestVhost::new("unrouted");
@@ -214,8 +216,19 @@ async fn events_nobody_is_bound_for_land_in_unrouted() {
     assert_eq!(contracts[0].routing_key.as_str(), "deel.contract.created");
     let unrouted = read_messages(&channel, "events.unrouted", 1, Duration::from_secs(20)).await;
     assert_eq!(
-        unrouted[0].routing_key.as_str(),
-        "authenticate.user.updated"
+        header(&unrouted[0], "x-normalizer-unrouted-routing-key").as_deref(),
+        Some("authenticate.user.updated")
+    );
+    assert_eq!(
+        unrouted[0].properties.kind().as_ref().map(|t| t.as_str()),
+        Some("authenticate.user.updated")
+    );
+    let kept_at = header(&unrouted[0], "x-normalizer-kept-at").expect("when it was kept");
+    let kept_at = chrono::DateTime::parse_from_rfc3339(&kept_at).unwrap();
+    let age = chrono::Utc::now().signed_duration_since(kept_at);
+    assert!(
+        age >= chrono::TimeDelta::zero() && age < chrono::TimeDelta::seconds(30),
+        "{kept_at}"
     );
     assert_eq!(
         unrouted[0]

@@ -9,6 +9,7 @@ mod flow;
 mod fuzz;
 mod ingest;
 mod metrics;
+mod neighbours;
 mod ops;
 mod ordering;
 mod permissions;

@@ -119,8 +119,11 @@ async fn a_second_signal_exits_at_once_without_loss() {
         let mut worker = WorkerProcess::start(&vhost, &[]);
         wait_until(
             Duration::from_secs(20),
-            "the worker to see the block",
-            || worker.readiness().1["blocked"] == true,
+            "the worker to hold deliveries it cannot publish",
+            || {
+                let (_, doc) = worker.readiness();
+                doc["blocked"] == true && doc["in_flight"].as_u64() > Some(0)
+            },
         );
         worker.signal("TERM");
         std::thread::sleep(Duration::from_millis(500));

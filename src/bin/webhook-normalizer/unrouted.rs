@@ -139,6 +139,12 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             summary.replayed
         ));
     }
+    if summary.expired > 0 {
+        report(format_args!(
+            "{} were older than output.unrouted_max_age_secs: not kept (the broker drops those)",
+            summary.expired
+        ));
+    }
     report_taken_by_others(&summary);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,25 +1,12 @@
-//! The path from `basic.deliver` to `basic.ack`: each raw delivery, in consumption
-//! order, becomes bounded AMQP messages ([`crate::delivery::plan`], then the frame
-//! check), which are published in that order; once its publishes are decided it is
-//! settled, in that order. One task drives it all, and nothing here restarts the session:
-//! what one message causes is settled for that message (see `crate::delivery` for the
+//! The path from `basic.deliver` to `basic.ack`, around a core without I/O
+//! ([`core`]): each raw delivery, in consumption order, becomes bounded AMQP messages
+//! ([`crate::delivery::plan`], then the frame check); the core says what to publish,
+//! when to reopen the channel and how to settle each delivery, and this glue does it with
+//! lapin, feeding back what the broker said. One task drives it all, and nothing here
+//! restarts the session: what one message causes is settled for that message (see the
+//! core for the steps and the failure policy, and `crate::delivery` for the delivery
 //! policy).
-//!
-//! Failures:
-//! - **transient** (nack, return, confirm timeout, lost channel, missing exchange): the
-//!   pipeline enters an *outage*: it stops taking deliveries, and republishes every
-//!   failed publish, in order, after a jittered exponential backoff, reopening the
-//!   channel (and re-declaring the topology) when needed. A message failing for longer
-//!   than `retry.max_elapsed_secs` is rejected for redelivery when its turn comes.
-//! - **possibly one message's** (the broker closed the channel with 403, 406, 501, ...):
-//!   the pipeline *isolates*: every publish that was in flight is a suspect, and the
-//!   suspects are republished one message at a time on a fresh channel; a message whose
-//!   publish closes the channel again is dead-lettered as `publish_refused`. When every
-//!   one of several suspects is refused, the broker refuses everything (a permission
-//!   lost, say): that is treated as transient instead, so a misconfiguration does not
-//!   dead-letter the whole stream.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,17 +15,15 @@ use std::task::Poll;
 use chrono::Utc;
 use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::ShortString;
-use tokio::time::{Duration, Instant};
+use lapin::types::{AMQPValue, ShortString};
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-mod entry;
-mod isolation;
+mod core;
 
-use entry::{Entry, Fate, PublishState};
-use isolation::Isolation;
-
+use self::core::{Command, Core, Fate, Finish, Messages, PublishId, Route, Status, Tuning};
 use super::dead_letter::dead_letter_message;
 use super::ordered;
 use super::publish::{
@@ -46,52 +31,162 @@ use super::publish::{
 };
 use super::raw::raw_message;
 use super::wire::WireReport;
+use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
-use crate::delivery::{DeadLetter, Fault, Plan, PublishOutcome, RetryPolicy, Settle, plan_checked};
+use crate::dead_letters::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
+use crate::delivery::{
+    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan_checked,
+};
 use crate::normalize::{ErrorKind, Limits};
-use crate::ops::{Health, Outcome, WorkerState, describe};
+use crate::ops::{Delivery as Who, Health, Outcome, WorkerState};
 use crate::signatures::Signatures;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
-    seq: u64,
-    index: usize,
-    attempt: u64,
+    id: PublishId,
     outcome: PublishOutcome,
 }
 
 type DecidedFuture = Pin<Box<dyn Future<Output = Decided> + Send>>;
 
-/// Publishes are failing: deliveries are held and retried.
-struct Outage {
-    since: Instant,
-    /// Retry rounds so far (the backoff's exponent).
-    rounds: u32,
-    /// When the next round (or isolation step) runs; `None` until a failure asks.
-    next: Option<Instant>,
-    /// An exchange went missing: declare the topology when reopening.
-    redeclare: bool,
-    last: PublishOutcome,
+/// A raw message as the core holds it: what its dead letter is made from.
+pub(crate) struct Held {
+    raw: RawMessage,
+    original: BasicProperties,
+}
+
+/// How the worker's messages and their copies are made.
+pub(crate) struct Amqp {
+    dead_letter_exchange: ShortString,
+    tap_exchange: ShortString,
+    unrouted_queue: ShortString,
+    frame_max: u32,
+}
+
+impl Messages for Amqp {
+    type Message = AmqpMessage;
+    type Raw = Held;
+
+    fn exchange<'a>(&self, message: &'a AmqpMessage) -> &'a str {
+        message.exchange.as_str()
+    }
+
+    fn routing_key<'a>(&self, message: &'a AmqpMessage) -> &'a str {
+        message.routing_key.as_str()
+    }
+
+    fn size(&self, message: &AmqpMessage) -> usize {
+        message.body.len()
+    }
+
+    /// The event as published, to the unrouted queue through the default exchange, with
+    /// its type in `x-normalizer-unrouted-routing-key` and when it was kept.
+    fn kept(&self, event: &AmqpMessage) -> AmqpMessage {
+        let kept_at = rfc3339_utc::format(&Utc::now());
+        let properties = with_headers(
+            &event.properties,
+            &[
+                (headers::UNROUTED_ROUTING_KEY, event.routing_key.as_str()),
+                (headers::KEPT_AT, &kept_at),
+            ],
+        );
+        AmqpMessage {
+            exchange: ShortString::from(""),
+            routing_key: self.unrouted_queue.clone(),
+            body: event.body.clone(),
+            properties,
+        }
+    }
+
+    /// The stored message, to the tap exchange: `canonical.{type}`, `unrouted.{type}` or
+    /// `dead-letter.{routing key}`, with when it was kept (a kept event's own time).
+    fn tapped(&self, stored: &AmqpMessage, route: Route) -> AmqpMessage {
+        let routing_key = match route {
+            Route::Canonical => format!("canonical.{}", stored.routing_key),
+            Route::Unrouted => format!(
+                "unrouted.{}",
+                stored
+                    .properties
+                    .kind()
+                    .as_ref()
+                    .map_or(stored.routing_key.as_str(), |t| t.as_str())
+            ),
+            Route::DeadLetter => format!(
+                "dead-letter.{}",
+                stored
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| match h.inner().get(DEAD_LETTER_ROUTING_KEY) {
+                        Some(AMQPValue::LongString(k)) => {
+                            Some(String::from_utf8_lossy(k.as_bytes()).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| stored.routing_key.to_string())
+            ),
+        };
+        let kept = stored
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key(headers::KEPT_AT));
+        let properties = if kept {
+            stored.properties.clone()
+        } else {
+            with_headers(
+                &stored.properties,
+                &[(headers::KEPT_AT, &rfc3339_utc::format(&Utc::now()))],
+            )
+        };
+        AmqpMessage {
+            exchange: self.tap_exchange.clone(),
+            routing_key: routing_key.as_str().into(),
+            body: stored.body.clone(),
+            properties,
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        raw: &Held,
+        kind: ErrorKind,
+        vendor: Option<Vendor>,
+        detail: &str,
+    ) -> (DeadLetter, Result<AmqpMessage, String>) {
+        let dead_letter = DeadLetter::new(&raw.raw, kind, vendor, detail, Utc::now());
+        let message = dead_letter_message(
+            &dead_letter,
+            Arc::new(raw.raw.body.clone()),
+            &raw.original,
+            &self.dead_letter_exchange,
+            self.frame_max,
+        )
+        .map_err(|e| e.to_string());
+        (dead_letter, message)
+    }
+}
+
+/// `properties` with these text headers added (replacing same-named ones).
+fn with_headers(properties: &BasicProperties, added: &[(&str, &str)]) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    for (name, value) in added {
+        table.insert((*name).into(), AMQPValue::LongString((*value).into()));
+    }
+    properties.clone().with_headers(table)
 }
 
 pub(crate) struct Pipeline<'s> {
     settings: &'s Settings,
     limits: Limits,
     signatures: Signatures,
-    retry: RetryPolicy,
     output_exchange: ShortString,
-    dead_letter_exchange: ShortString,
     publisher: Publisher,
-    /// Settlements made and not yet handed to the settler, in order.
+    core: Core<Amqp>,
+    /// Settlements made and not yet handed to the settler.
     settled: Vec<Settle>,
     health: Health,
-    entries: VecDeque<Entry>,
-    next_seq: u64,
-    next_attempt: u64,
     decided: FuturesUnordered<DecidedFuture>,
-    held_bytes: usize,
-    outage: Option<Outage>,
-    isolation: Option<Isolation>,
 }
 
 impl<'s> Pipeline<'s> {
@@ -100,27 +195,31 @@ impl<'s> Pipeline<'s> {
         publisher: Publisher,
         health: Health,
     ) -> Pipeline<'s> {
-        Pipeline {
-            settings,
-            limits: settings.limits(),
-            signatures: settings.signatures.clone(),
+        let amqp = Amqp {
+            dead_letter_exchange: settings.dead_letter.exchange.as_str().into(),
+            tap_exchange: settings.output.tap_exchange.as_str().into(),
+            unrouted_queue: settings.output.unrouted_queue.as_str().into(),
+            frame_max: publisher.frame_max(),
+        };
+        let tuning = Tuning {
             retry: RetryPolicy {
                 initial: settings.retry.initial(),
                 max: settings.retry.max(),
                 max_elapsed: settings.retry.max_elapsed(),
             },
+            window: usize::from(settings.input.prefetch),
+            window_bytes: settings.limits.max_in_flight_bytes,
+        };
+        Pipeline {
+            settings,
+            limits: settings.limits(),
+            signatures: settings.signatures.clone(),
             output_exchange: settings.output.exchange.as_str().into(),
-            dead_letter_exchange: settings.dead_letter.exchange.as_str().into(),
             publisher,
+            core: Core::new(amqp, tuning, fastrand::u64(..)),
             settled: Vec::new(),
             health,
-            entries: VecDeque::new(),
-            next_seq: 0,
-            next_attempt: 0,
             decided: FuturesUnordered::new(),
-            held_bytes: 0,
-            outage: None,
-            isolation: None,
         }
     }
 
@@ -131,18 +230,17 @@ impl<'s> Pipeline<'s> {
 
     /// Raw messages held: consumed, not yet settled.
     pub(crate) fn held(&self) -> usize {
-        self.entries.len()
+        self.core.held()
     }
 
-    /// Whether to take another delivery: not while publishes are failing (they would only
-    /// pile up) and not while the output held is over its budget.
+    /// Whether to take another delivery.
     pub(crate) fn can_take(&self) -> bool {
-        self.outage.is_none() && self.held_bytes < self.settings.limits.max_in_flight_bytes
+        self.core.can_take()
     }
 
-    /// When the next retry round or isolation step is due.
-    pub(crate) fn retry_at(&self) -> Option<Instant> {
-        self.outage.as_ref().and_then(|o| o.next)
+    /// When the core needs to run again at the latest (a retry, a reopen, a budget).
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        self.core.wake_at()
     }
 
     /// The next decided publish; `None` when nothing is in flight.
@@ -150,23 +248,28 @@ impl<'s> Pipeline<'s> {
         self.decided.next().await
     }
 
-    /// Records every publish already decided, without waiting: confirms arrive in
-    /// bursts, and settling a whole burst at once makes one `multiple` ack of it.
+    /// Hands a decided publish to the core.
+    pub(crate) fn on_decided(&mut self, decided: Decided) {
+        self.core
+            .decided(Instant::now(), decided.id, decided.outcome);
+    }
+
+    /// Hands every publish already decided to the core, without waiting: confirms
+    /// arrive in bursts, and settling a whole burst at once makes one `multiple` ack.
     pub(crate) fn drain_decided(&mut self) {
         while let Some(Some(decided)) = self.decided.next().now_or_never() {
             self.on_decided(decided);
         }
     }
 
-    /// The settlements made since the last call, in order.
-    pub(crate) fn take_settled(&mut self) -> Vec<Settle> {
-        std::mem::take(&mut self.settled)
+    /// Runs what is due now (retries, reopens, budgets).
+    pub(crate) fn tick(&mut self) {
+        self.core.tick(Instant::now());
     }
 
-    /// Takes a delivery: plans it, bounds it, and publishes it (unless publishes are
-    /// failing, in which case it waits its turn).
+    /// Takes a delivery: plans it, bounds it, and hands it to the core.
     /// `report` is what the frame checks changed in the delivery's frames, if anything.
-    pub(crate) async fn admit(&mut self, delivery: Delivery, report: Option<WireReport>) {
+    pub(crate) fn admit(&mut self, delivery: Delivery, report: Option<WireReport>) {
         let Delivery {
             delivery_tag,
             data,
@@ -198,39 +301,67 @@ impl<'s> Pipeline<'s> {
                 );
             }
         }
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let mut entry = Entry {
-            seq,
-            tag: delivery_tag,
+        let held = Held {
             raw,
             original: properties,
-            messages: Vec::new(),
-            states: Vec::new(),
-            fate: Fate::HandToBroker(String::new()),
-            bytes: 0,
-            failing_since: None,
-            admitted_at: Instant::now(),
         };
+        if let Some(through) = self.came_back(&held.raw.exchange) {
+            let fate = Fate::Looped(through.to_owned());
+            let message = self.looped(&held);
+            self.core
+                .admit(Instant::now(), delivery_tag, held, fate, vec![message]);
+            return;
+        }
         let planned = plan_checked(
-            &entry.raw,
+            &held.raw,
             &self.limits,
             &self.signatures,
             &self.settings.unmapped,
             Utc::now(),
         );
-        self.prepare(&mut entry, planned);
-        self.held_bytes += entry.bytes;
-        self.entries.push_back(entry);
-        self.health.set_in_flight(self.entries.len());
-        if self.outage.is_none() {
-            self.publish_unsent(seq).await;
+        let (fate, messages) = self.prepare(&held, planned);
+        self.core
+            .admit(Instant::now(), delivery_tag, held, fate, messages);
+    }
+
+    /// The worker's own exchange a delivery came through, when it did: only a binding
+    /// made outside the topology (the raw queue bound to the dead-letter exchange, say)
+    /// routes what the worker publishes back to its raw queue, and each round would make
+    /// another dead letter, for ever. Such bindings cannot be read over AMQP 0-9-1, so
+    /// every delivery is checked.
+    fn came_back(&self, exchange: &str) -> Option<&'s str> {
+        let output = &self.settings.output;
+        [
+            self.settings.dead_letter.exchange.as_str(),
+            output.exchange.as_str(),
+            output.tap_exchange.as_str(),
+            output.unrouted_exchange.as_str(),
+        ]
+        .into_iter()
+        .find(|own| *own == exchange)
+    }
+
+    /// A delivery that came back, as it is, to the dead-letter queue through the default
+    /// exchange (so that no binding can send it round again), saying where it came from.
+    fn looped(&self, held: &Held) -> AmqpMessage {
+        let properties = with_headers(
+            &held.original,
+            &[
+                (headers::LOOPED_THROUGH, held.raw.exchange.as_str()),
+                (DEAD_LETTER_ROUTING_KEY, held.raw.routing_key.as_str()),
+            ],
+        );
+        AmqpMessage {
+            exchange: ShortString::from(""),
+            routing_key: self.settings.dead_letter.queue.as_str().into(),
+            body: Arc::new(held.raw.body.clone()),
+            properties,
         }
     }
 
     /// Turns a plan into AMQP messages that fit the broker's frame, or into the dead
     /// letter that says why not.
-    fn prepare(&self, entry: &mut Entry, planned: Plan) {
+    fn prepare(&self, held: &Held, planned: Plan) -> (Fate, Vec<AmqpMessage>) {
         let frame_max = self.publisher.frame_max();
         let room = header_room(frame_max);
         let dead_letter = match planned {
@@ -238,7 +369,7 @@ impl<'s> Pipeline<'s> {
                 let count = events.len();
                 let types: Vec<&'static str> =
                     events.iter().map(|e| e.event_type.label()).collect();
-                let correlation_id = entry.original.message_id().clone();
+                let correlation_id = held.original.message_id().clone();
                 let messages: Vec<_> = events
                     .into_iter()
                     .map(|e| AmqpMessage::event(e, &self.output_exchange, correlation_id.as_ref()))
@@ -252,13 +383,9 @@ impl<'s> Pipeline<'s> {
                     (size > room).then_some((i, size))
                 });
                 match oversized {
-                    None => {
-                        entry.fate = Fate::Events { vendor, types };
-                        entry.set_messages(messages.into_iter().map(Arc::new).collect());
-                        return;
-                    }
+                    None => return (Fate::Events { vendor, types }, messages),
                     Some((i, size)) => DeadLetter::new(
-                        &entry.raw,
+                        &held.raw,
                         ErrorKind::OutputTooLarge,
                         Some(vendor),
                         &format!(
@@ -271,61 +398,67 @@ impl<'s> Pipeline<'s> {
             }
             Plan::DeadLetter(dead_letter) => dead_letter,
         };
-        self.set_dead_letter(entry, dead_letter);
-    }
-
-    /// Makes `dead_letter` what `entry` publishes (or, when it cannot be published,
-    /// hands the delivery to the broker's dead-lettering).
-    fn set_dead_letter(&self, entry: &mut Entry, dead_letter: DeadLetter) {
         let built = dead_letter_message(
             &dead_letter,
-            Arc::new(entry.raw.body.clone()),
-            &entry.original,
-            &self.dead_letter_exchange,
-            self.publisher.frame_max(),
+            Arc::new(held.raw.body.clone()),
+            &held.original,
+            &self.settings.dead_letter.exchange.as_str().into(),
+            frame_max,
         );
         match built {
-            Ok(message) => {
-                entry.fate = Fate::DeadLetter(dead_letter);
-                entry.set_messages(vec![Arc::new(message)]);
-            }
-            Err(e) => {
-                entry.fate = Fate::HandToBroker(format!("{}: {e}", dead_letter.kind));
-                entry.set_messages(Vec::new());
-            }
+            Ok(message) => (Fate::DeadLetter(dead_letter), vec![message]),
+            Err(e) => (
+                Fate::HandToBroker(format!("{}: {e}", dead_letter.kind)),
+                Vec::new(),
+            ),
         }
     }
 
-    /// Publishes every waiting or failed message of entry `seq`, in order.
-    async fn publish_unsent(&mut self, seq: u64) {
-        let Some(i) = self.position(seq) else { return };
-        let unsent: Vec<usize> = self.entries[i]
-            .states
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| matches!(s, PublishState::Waiting | PublishState::Failed(_)))
-            .map(|(index, _)| index)
-            .collect();
-        for index in unsent {
-            self.start_publish(seq, index).await;
+    /// Runs the core's commands, in order, until it has none: publishes (their frames
+    /// handed to the client in this order) and channel reopens.
+    pub(crate) async fn run_commands(&mut self) {
+        loop {
+            let commands = self.core.take_commands();
+            if commands.is_empty() {
+                break;
+            }
+            for command in commands {
+                match command {
+                    Command::Publish {
+                        id,
+                        lane,
+                        message,
+                        mandatory,
+                    } => self.start_publish(id, lane, message, mandatory).await,
+                    Command::Reopen { lane, redeclare } => {
+                        let reopened = self.publisher.reopen(self.settings, lane, redeclare).await;
+                        if let Err(e) = &reopened {
+                            warn!(error = %e, "cannot reopen the publishing channel");
+                        }
+                        self.core.messages_mut().frame_max = self.publisher.frame_max();
+                        self.core.reopened(
+                            Instant::now(),
+                            lane,
+                            reopened.map_err(|e| e.to_string()),
+                        );
+                    }
+                }
+            }
         }
+        self.collect();
     }
 
-    async fn start_publish(&mut self, seq: u64, index: usize) {
-        let Some(i) = self.position(seq) else { return };
-        let attempt = self.next_attempt;
-        self.next_attempt += 1;
-        let entry = &mut self.entries[i];
-        if matches!(entry.states[index], PublishState::Failed(_)) {
-            self.health.add_publish_retries(1);
-        }
-        entry.states[index] = PublishState::InFlight { attempt };
-        let publish = self.publisher.publish(entry.messages[index].clone());
+    async fn start_publish(
+        &mut self,
+        id: PublishId,
+        lane: Lane,
+        message: Arc<AmqpMessage>,
+        mandatory: bool,
+    ) {
+        let publish = self.publisher.publish(message, lane, mandatory);
         let mut decided: DecidedFuture = Box::pin(async move {
             Decided {
-                seq,
-                index,
-                attempt,
+                id,
                 outcome: publish.await,
             }
         });
@@ -337,251 +470,110 @@ impl<'s> Pipeline<'s> {
         }
     }
 
-    fn position(&self, seq: u64) -> Option<usize> {
-        let first = self.entries.front()?.seq;
-        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
-        (i < self.entries.len()).then_some(i)
-    }
-
-    /// Records how a publish ended.
-    pub(crate) fn on_decided(&mut self, decided: Decided) {
-        let Some(i) = self.position(decided.seq) else {
-            return;
-        };
-        let entry = &mut self.entries[i];
-        if entry.states.get(decided.index)
-            != Some(&PublishState::InFlight {
-                attempt: decided.attempt,
-            })
-        {
-            return; // A stale confirm of an attempt already given up on.
+    /// Records what the core finished and counted, and tells `/readyz` what it is doing.
+    fn collect(&mut self) {
+        let counts = self.core.take_counts();
+        if counts.retries > 0 {
+            self.health.add_publish_retries(counts.retries);
         }
-        let Some(fault) = decided.outcome.fault() else {
-            entry.states[decided.index] = PublishState::Confirmed;
-            if self.isolation.is_some() {
-                self.step_isolation_if_done(decided.seq);
-            }
-            return;
-        };
-        if decided.outcome == PublishOutcome::Returned {
+        for _ in 0..counts.unroutable {
             self.health.add_unroutable();
         }
-        let now = Instant::now();
-        entry.failing_since.get_or_insert(now);
-        entry.states[decided.index] = PublishState::Failed(decided.outcome.clone());
-        let outage = self.outage.get_or_insert_with(|| {
+        if counts.taps_given_up > 0 {
+            self.health.add_taps_given_up(counts.taps_given_up);
             warn!(
-                reason = %describe(&decided.outcome),
-                "publishes failing; holding deliveries and retrying"
+                copies = counts.taps_given_up,
+                "tap copies for observers kept failing; given up (the messages are stored)"
             );
-            Outage {
-                since: now,
-                rounds: 0,
-                next: None,
-                redeclare: false,
-                last: decided.outcome.clone(),
-            }
-        });
-        outage.last = decided.outcome.clone();
-        match fault {
-            Fault::Topology => outage.redeclare = true,
-            Fault::Message if self.isolation.is_none() => {
-                warn!(
-                    reason = %describe(&decided.outcome),
-                    "the broker closed the publishing channel over a publish; republishing the suspects one message at a time"
-                );
-                self.isolation = Some(Isolation::new());
-            }
-            _ => {}
         }
-        if self.isolation.is_some() {
-            self.step_isolation_if_done(decided.seq);
-        }
-        let outage = self.outage.as_mut();
-        if let Some(outage) = outage
-            && outage.next.is_none()
-        {
-            let delay = if self.isolation.is_some() {
-                Duration::ZERO
-            } else {
-                self.retry.delay(outage.rounds, fastrand::f64())
+        for finished in self.core.take_finished() {
+            let who = Who {
+                tag: finished.tag,
+                message_id: finished
+                    .raw
+                    .original
+                    .message_id()
+                    .as_ref()
+                    .map(|id| id.as_str()),
             };
-            outage.next = Some(now + delay);
-        }
-        self.report_state();
-    }
-
-    /// Runs a retry round, or the next isolation step: reopens the channel if it is
-    /// gone, then republishes.
-    pub(crate) async fn retry(&mut self) {
-        let Some(outage) = &mut self.outage else {
-            return;
-        };
-        outage.next = None;
-        if let Some(isolation) = &self.isolation {
-            if isolation.current.is_some() {
-                // A suspect is being tried alone; its verdict schedules the next step.
-                return;
-            }
-            if isolation.queue.is_none() && self.entries.iter().any(Entry::in_flight) {
-                // Isolation starts once every publish of the closed channel is decided;
-                // they come back at once, failed.
-                outage.next = Some(Instant::now() + Duration::from_millis(20));
-                return;
-            }
-        }
-        if !self.publisher.is_open() || outage.redeclare {
-            let redeclare = outage.redeclare;
-            match self.publisher.reopen(self.settings, redeclare).await {
-                Ok(()) => {
-                    if let Some(outage) = &mut self.outage {
-                        outage.redeclare = false;
-                    }
+            match &finished.finish {
+                Finish::Stored {
+                    vendor,
+                    delivered,
+                    kept,
+                } => Outcome::Published {
+                    vendor: *vendor,
+                    delivered,
+                    kept,
                 }
-                Err(e) => {
-                    warn!(error = %e, "cannot reopen the publishing channel");
-                    if let Some(outage) = &mut self.outage {
-                        outage.rounds += 1;
-                        outage.next =
-                            Some(Instant::now() + self.retry.delay(outage.rounds, fastrand::f64()));
+                .record(&self.health, who),
+                Finish::DeadLettered(dead_letter) => {
+                    Outcome::DeadLettered(dead_letter).record(&self.health, who);
+                }
+                Finish::Requeued { failing_for, last } => Outcome::Requeued {
+                    failing_for: *failing_for,
+                    last,
+                }
+                .record(&self.health, who),
+                Finish::HandedToBroker(why) => {
+                    Outcome::HandedToBroker { why }.record(&self.health, who);
+                }
+                Finish::Looped(through) => {
+                    Outcome::Looped {
+                        through,
+                        queue: &self.settings.dead_letter.queue,
                     }
-                    self.report_state();
-                    return;
+                    .record(&self.health, who);
                 }
             }
-        }
-        if self.isolation.is_some() {
-            self.isolation_step().await;
-        } else {
-            self.retry_round().await;
-        }
-        self.report_state();
-    }
-
-    /// Republishes everything failed or waiting, in order.
-    async fn retry_round(&mut self) {
-        if let Some(outage) = &mut self.outage {
-            outage.rounds += 1;
-        }
-        let seqs: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|e| e.unsent())
-            .map(|e| e.seq)
-            .collect();
-        for seq in seqs {
-            self.publish_unsent(seq).await;
-        }
-    }
-
-    /// Settles every delivery at the head whose publishes are decided, in order.
-    pub(crate) fn advance(&mut self) {
-        let now = Instant::now();
-        while let Some(head) = self.entries.front() {
-            if head.in_flight() || head.states.contains(&PublishState::Waiting) {
-                break;
-            }
-            let all_confirmed = head.states.iter().all(|s| *s == PublishState::Confirmed);
-            let settle = match &head.fate {
-                Fate::HandToBroker(why) => {
-                    Outcome::HandedToBroker { why }.record(&self.health, head.delivery());
-                    Settle::Reject {
-                        tag: head.tag,
-                        requeue: false,
-                    }
-                }
-                Fate::Events { vendor, types } if all_confirmed => {
-                    Outcome::Published {
-                        vendor: *vendor,
-                        types,
-                    }
-                    .record(&self.health, head.delivery());
-                    Settle::Ack { tag: head.tag }
-                }
-                Fate::DeadLetter(dead_letter) if all_confirmed => {
-                    Outcome::DeadLettered(dead_letter).record(&self.health, head.delivery());
-                    Settle::Ack { tag: head.tag }
-                }
-                _ => {
-                    // Failed: retried in place until the budget is spent, unless it may
-                    // be the message's own fault (isolation decides that).
-                    let failing_for = head
-                        .failing_since
-                        .map_or(Duration::ZERO, |t| now.duration_since(t));
-                    if self.isolation.is_some()
-                        || head.refusal().is_some()
-                        || !self.retry.gives_up(failing_for)
-                    {
-                        break;
-                    }
-                    let last = head
-                        .states
-                        .iter()
-                        .find_map(|s| match s {
-                            PublishState::Failed(o) => Some(o.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or(PublishOutcome::TimedOut);
-                    Outcome::Requeued {
-                        failing_for,
-                        last: &last,
-                    }
-                    .record(&self.health, head.delivery());
-                    Settle::Reject {
-                        tag: head.tag,
-                        requeue: true,
-                    }
-                }
-            };
-            self.settled.push(settle);
             self.health
-                .observe_processing(head.admitted_at.elapsed().as_secs_f64());
-            if let Some(done) = self.entries.pop_front() {
-                self.held_bytes = self.held_bytes.saturating_sub(done.bytes);
-            }
+                .observe_processing(finished.admitted_at.elapsed().as_secs_f64());
+            self.settled.push(finished.settle);
         }
-        self.health.set_in_flight(self.entries.len());
-        self.end_outage_if_over();
+        self.health.set_in_flight(self.core.held());
+        self.report_state();
     }
 
-    fn end_outage_if_over(&mut self) {
-        let Some(outage) = &self.outage else { return };
-        if self.isolation.is_some() || self.entries.iter().any(Entry::troubled) {
-            return;
-        }
-        info!(
-            failing_for_ms = outage.since.elapsed().as_millis() as u64,
-            retry_rounds = outage.rounds,
-            "publishing recovered"
-        );
-        self.outage = None;
-        self.report_state();
+    /// The settlements made since the last call.
+    pub(crate) fn take_settled(&mut self) -> Vec<Settle> {
+        std::mem::take(&mut self.settled)
     }
 
     /// Tells `/readyz` what the pipeline is doing.
     fn report_state(&self) {
-        if self.health.state() == WorkerState::Draining {
+        if matches!(
+            self.health.state(),
+            WorkerState::Draining | WorkerState::Connecting
+        ) {
             return;
         }
-        let held = self.entries.len();
-        match (&self.outage, &self.isolation) {
-            (None, _) => self.health.set_state(WorkerState::Consuming, None),
-            (Some(outage), Some(_)) => self.health.set_state(
-                WorkerState::Isolating,
+        let (state, reason) = match self.core.status() {
+            Status::Flowing { held: 0, .. } => (WorkerState::Consuming, None),
+            Status::Flowing { held, last } => (
+                WorkerState::Consuming,
                 Some(format!(
-                    "the broker closed the publishing channel ({}); republishing {held} held deliveries one at a time",
-                    describe(&outage.last)
+                    "{held} messages held for retry ({}); the others flow",
+                    last.unwrap_or_default()
                 )),
             ),
-            (Some(outage), None) => self.health.set_state(
+            Status::Retrying { since, held, last } => (
                 WorkerState::Retrying,
                 Some(format!(
-                    "publishes failing for {:.1} s ({}); holding {held} deliveries, retry round {}",
-                    outage.since.elapsed().as_secs_f64(),
-                    describe(&outage.last),
-                    outage.rounds
+                    "publishes failing for {:.1} s ({last}); holding {held} deliveries",
+                    since.elapsed().as_secs_f64()
                 )),
             ),
+            Status::Isolating { held, last } => (
+                WorkerState::Isolating,
+                Some(format!(
+                    "the broker closed the publishing channel ({last}); trying {held} held deliveries one at a time"
+                )),
+            ),
+        };
+        let changed = self.health.state() != state;
+        self.health.set_state(state, reason);
+        if changed && state == WorkerState::Consuming {
+            info!("publishing recovered");
         }
     }
 }

@@ -1,0 +1,2089 @@
+//! The publish pipeline's decisions, with no I/O and no clock of its own: planned raw
+//! messages, publish outcomes and the time go in; publishes, channel reopens and
+//! settlements come out. The broker glue around it (`super`) runs the commands and feeds
+//! back what the broker said, so every branch here is tested without a broker.
+//!
+//! # What one raw message's outputs go through
+//!
+//! Each output (an event, or the one dead letter) is published in steps, each confirmed
+//! before the next:
+//!
+//! 1. **deliver**: to its exchange, `mandatory`. An event no queue is bound for comes
+//!    back (the canonical exchange's alternate exchange has nothing bound to it), and
+//! 2. **keep**: is then put on the unrouted queue (through the default exchange, so no
+//!    binding can take it instead), stamped with when it was kept.
+//! 3. **tap**: once stored, a copy goes to the tap exchange, routed `canonical.{type}`,
+//!    `unrouted.{type}` or `dead-letter.{routing key}`, for observers (`tail`, history).
+//!    Observers bind there and nowhere else, so they never change what a publish routes
+//!    to: what is unroutable is decided by the teams' bindings alone. Taps go out in
+//!    consumption order, except that a message held for retry does not hold back the
+//!    taps of those behind it.
+//!
+//! A raw message is settled (acked) once every output went through every step.
+//!
+//! # Failures
+//!
+//! - **One output refused** (nacked: a queue bound for it refuses it, full with
+//!   `reject-publish` or unavailable; returned with nowhere to keep it; or not confirmed
+//!   in time): that message alone is held and its failed step retried with backoff, while
+//!   the others go on. Past `retry.max_elapsed_secs`, or sooner when messages held for
+//!   retry fill half the window, it is given up on: when other publishes to the same
+//!   exchange were stored since it began failing, the failure is its own, and it is
+//!   dead-lettered as `undeliverable` (a replay sends it again once the queue takes it);
+//!   when nothing was, the broker refuses everything, and it is rejected for redelivery.
+//!   A tap copy that keeps failing is given up on alone (observers miss it; counted).
+//! - **A channel closed** (connection lost, an exchange missing, a refusal): nothing is
+//!   published on it until it is reopened, with backoff; then the failed steps are
+//!   retried. Dead letters go on a channel of their own ([`Lane`]): a publish in flight
+//!   when its channel closes may have been stored all the same, and is published again;
+//!   a refused event then never makes a dead letter go out twice.
+//! - **The channel closed over a publish** (403, 406, ...: possibly one message's own):
+//!   the suspects (every message whose publish failed with it) are tried again one at a
+//!   time. One refused alone, while another publish to the same exchange is stored, is
+//!   dead-lettered as `publish_refused`. When every suspect is refused, the next
+//!   deliveries are tried alone as probes, until one to that exchange is stored; after
+//!   [`MAX_PROBES`] refused in a row the broker refuses everything, and the next probe
+//!   waits with backoff (nothing is dead-lettered for a lost permission).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::canonical::Vendor;
+use crate::delivery::{DeadLetter, Fault, Lane, PublishOutcome, RetryPolicy, Settle, fault_of};
+use crate::normalize::ErrorKind;
+use crate::ops::describe;
+
+/// Probes refused in a row before the broker is taken to refuse everything.
+pub(crate) const MAX_PROBES: u32 = 4;
+
+/// What the core needs of a message, and the copies it asks for.
+pub(crate) trait Messages {
+    type Message;
+    /// What a dead letter is made from.
+    type Raw;
+    fn exchange<'a>(&self, message: &'a Self::Message) -> &'a str;
+    fn routing_key<'a>(&self, message: &'a Self::Message) -> &'a str;
+    fn size(&self, message: &Self::Message) -> usize;
+    /// An event nobody is bound for, as kept on the unrouted queue.
+    fn kept(&self, event: &Self::Message) -> Self::Message;
+    /// A stored message's copy for observers.
+    fn tapped(&self, stored: &Self::Message, route: Route) -> Self::Message;
+    /// The dead letter of a raw message, and its message (or why it cannot be published).
+    fn dead_letter(
+        &self,
+        raw: &Self::Raw,
+        kind: ErrorKind,
+        vendor: Option<Vendor>,
+        detail: &str,
+    ) -> (DeadLetter, Result<Self::Message, String>);
+}
+
+/// Where a stored message was stored, for its tap copy's routing key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// An event a team's queue took.
+    Canonical,
+    /// An event nobody is bound for, kept on the unrouted queue.
+    Unrouted,
+    DeadLetter,
+}
+
+/// One attempt at one step of one output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PublishId {
+    pub(crate) seq: u64,
+    pub(crate) output: usize,
+    pub(crate) attempt: u64,
+}
+
+/// What the glue must do, in this order.
+pub(crate) enum Command<M> {
+    /// Publish now (mandatory unless a tap copy); the outcome comes back through
+    /// [`Core::decided`].
+    Publish {
+        id: PublishId,
+        lane: Lane,
+        message: Arc<M>,
+        mandatory: bool,
+    },
+    /// Open a new publishing channel for `lane` (declaring the topology again with
+    /// `redeclare`); the result comes back through [`Core::reopened`].
+    Reopen { lane: Lane, redeclare: bool },
+}
+
+/// What a raw message ends as, once its outputs are decided.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Fate {
+    /// Its events, all of one vendor, with their canonical types (one per output).
+    Events {
+        vendor: Vendor,
+        types: Vec<&'static str>,
+    },
+    DeadLetter(DeadLetter),
+    /// Its dead letter cannot be published: rejected without requeue, so the raw
+    /// queue's own dead-lettering keeps it.
+    HandToBroker(String),
+    /// It came back through one of the worker's own exchanges (a binding sends them to
+    /// the raw queue): its one output puts it in the dead-letter queue as it is, so it
+    /// loops no more. Says through which exchange.
+    Looped(String),
+}
+
+/// How a raw message was settled.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Finish {
+    /// Every event stored: `delivered` to a team's queue, or `kept` on the unrouted
+    /// queue (canonical types, one per event).
+    Stored {
+        vendor: Vendor,
+        delivered: Vec<&'static str>,
+        kept: Vec<&'static str>,
+    },
+    DeadLettered(DeadLetter),
+    /// Failing for `failing_for` with nothing stored meanwhile: rejected for redelivery.
+    Requeued {
+        failing_for: Duration,
+        last: PublishOutcome,
+    },
+    HandedToBroker(String),
+    /// Came back through this exchange of the worker's own; put in the dead-letter queue.
+    Looped(String),
+}
+
+/// A raw message settled.
+pub(crate) struct Finished<R> {
+    pub(crate) tag: u64,
+    pub(crate) settle: Settle,
+    pub(crate) finish: Finish,
+    pub(crate) raw: R,
+    pub(crate) admitted_at: Instant,
+}
+
+/// Counters the glue adds to the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    /// Publishes made again after a failure.
+    pub(crate) retries: u64,
+    /// Publishes returned with nowhere to keep them.
+    pub(crate) unroutable: u64,
+    /// Tap copies given up on.
+    pub(crate) taps_given_up: u64,
+}
+
+/// What the pipeline is doing, for `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Status {
+    /// Publishing; `held` messages are being retried (their own failures).
+    Flowing { held: usize, last: Option<String> },
+    /// The channel is closed or the broker refuses everything: publishes wait.
+    Retrying {
+        since: Instant,
+        held: usize,
+        last: String,
+    },
+    /// Trying suspects of a refused publish one at a time.
+    Isolating { held: usize, last: String },
+}
+
+/// How the core is tuned.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tuning {
+    pub(crate) retry: RetryPolicy,
+    /// Raw messages consumed at once at most (the prefetch).
+    pub(crate) window: usize,
+    /// Output bytes held at once before no new delivery is taken.
+    pub(crate) window_bytes: usize,
+}
+
+/// The publish pipeline.
+pub(crate) struct Core<X: Messages> {
+    messages: X,
+    tuning: Tuning,
+    entries: BTreeMap<u64, Entry<X>>,
+    next_seq: u64,
+    next_attempt: u64,
+    held_bytes: usize,
+    channels: [Channel; 2],
+    isolation: Option<Isolation>,
+    /// Per exchange, the latest attempt (they are numbered in the order sent) that was
+    /// stored there.
+    stored_after: HashMap<String, u64>,
+    /// Per exchange and routing key, the latest failed attempt judged the message's own
+    /// (refused among stored ones).
+    refused_keys: HashMap<(String, String), u64>,
+    rng: fastrand::Rng,
+    commands: Vec<Command<X::Message>>,
+    finished: Vec<Finished<X::Raw>>,
+    counts: Counts,
+}
+
+struct Entry<X: Messages> {
+    tag: u64,
+    raw: X::Raw,
+    fate: Fate,
+    outputs: Vec<Output<X::Message>>,
+    bytes: usize,
+    admitted_at: Instant,
+    /// Since when one of its publishes fails (not counting a closed channel's).
+    failing_since: Option<Instant>,
+    /// When its failed steps are published again.
+    retry_at: Option<Instant>,
+    rounds: u32,
+    /// The last failure, for logs and `/readyz`.
+    last: Option<PublishOutcome>,
+    /// The attempt that failed last.
+    failed_attempt: Option<u64>,
+    /// Whether, when it last failed, a publish sent after its previous failed attempt had
+    /// been stored.
+    refused_among_stored: bool,
+    /// The attempt that failed first.
+    first_failed_attempt: Option<u64>,
+}
+
+struct Output<M> {
+    primary: Arc<M>,
+    dead_letter: bool,
+    step: Step,
+    state: State,
+    /// The current step's message when it is a copy (kept or tapped).
+    copy: Option<Arc<M>>,
+    kept: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Deliver,
+    Keep,
+    Tap,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// To be published at its step.
+    Ready,
+    InFlight(u64),
+    /// Its step failed; waits for the entry's retry (or the channel).
+    Failed(PublishOutcome),
+}
+
+#[derive(Debug)]
+enum Channel {
+    Up,
+    Down {
+        since: Instant,
+        rounds: u32,
+        next: Instant,
+        redeclare: bool,
+        reopening: bool,
+        last: PublishOutcome,
+    },
+}
+
+/// Trying the suspects of a refused publish one at a time.
+#[derive(Debug, Default)]
+struct Isolation {
+    /// Suspects to try alone, in order; filled once nothing is in flight.
+    queue: Option<VecDeque<u64>>,
+    /// The message being tried alone, and the tries made so far (`step`).
+    current: Option<u64>,
+    step: u64,
+    /// Messages refused alone.
+    candidates: Vec<Candidate>,
+    /// Exchanges a publish was stored to while isolating, and at which step first.
+    vouched: HashMap<String, u64>,
+    /// Candidates already tried again after a vouch.
+    retried: Vec<u64>,
+    /// The message tried alone is a probe (a new delivery), not a suspect.
+    probing: bool,
+    probes_refused: u32,
+    /// Passes that ended with the broker refusing everything (the backoff's exponent).
+    passes: u32,
+    /// No probe before then.
+    wait_until: Option<Instant>,
+    reason: String,
+}
+
+impl<X: Messages> Core<X> {
+    pub(crate) fn new(messages: X, tuning: Tuning, seed: u64) -> Core<X> {
+        Core {
+            messages,
+            tuning,
+            entries: BTreeMap::new(),
+            next_seq: 0,
+            next_attempt: 0,
+            held_bytes: 0,
+            channels: [Channel::Up, Channel::Up],
+            isolation: None,
+            stored_after: HashMap::new(),
+            refused_keys: HashMap::new(),
+            rng: fastrand::Rng::with_seed(seed),
+            commands: Vec::new(),
+            finished: Vec::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The message maker, to update (a new frame size after a reconnect).
+    pub(crate) fn messages_mut(&mut self) -> &mut X {
+        &mut self.messages
+    }
+
+    /// Raw messages held: consumed, not yet settled.
+    pub(crate) fn held(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether to take another delivery: not while a channel is closed, not while
+    /// isolating (but for a probe), not while the output held is over its budget.
+    pub(crate) fn can_take(&self) -> bool {
+        if self.held_bytes >= self.tuning.window_bytes || !self.all_up() {
+            return false;
+        }
+        self.isolation.as_ref().is_none_or(Isolation::wants_probe)
+    }
+
+    fn all_up(&self) -> bool {
+        self.channels.iter().all(|c| matches!(c, Channel::Up))
+    }
+
+    /// When the core next needs [`Core::tick`] at the latest.
+    pub(crate) fn wake_at(&self) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        let mut earliest = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        for channel in &self.channels {
+            if let Channel::Down {
+                next, reopening, ..
+            } = channel
+                && !reopening
+            {
+                earliest(*next);
+            }
+        }
+        if let Some(wait) = self.isolation.as_ref().and_then(|i| i.wait_until) {
+            earliest(wait);
+        }
+        for entry in self.entries.values() {
+            if let Some(retry) = entry.retry_at {
+                earliest(retry);
+            }
+            if let Some(since) = entry.failing_since
+                && entry.retry_at.is_none()
+                && !entry.in_flight()
+            {
+                earliest(since + self.tuning.retry.max_elapsed);
+            }
+        }
+        at
+    }
+
+    /// Takes a planned raw message: `messages` are its events (for [`Fate::Events`]) or
+    /// its dead letter. Publishes them at once unless the channel is closed.
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        tag: u64,
+        raw: X::Raw,
+        fate: Fate,
+        messages: Vec<X::Message>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let dead_letter = matches!(fate, Fate::DeadLetter(_) | Fate::Looped(_));
+        let outputs: Vec<Output<X::Message>> = messages
+            .into_iter()
+            .map(|m| Output::new(Arc::new(m), dead_letter))
+            .collect();
+        let bytes = outputs.iter().map(|o| self.messages.size(&o.primary)).sum();
+        self.held_bytes += bytes;
+        self.entries.insert(
+            seq,
+            Entry {
+                tag,
+                raw,
+                fate,
+                outputs,
+                bytes,
+                admitted_at: now,
+                failing_since: None,
+                retry_at: None,
+                rounds: 0,
+                last: None,
+                failed_attempt: None,
+                refused_among_stored: false,
+                first_failed_attempt: None,
+            },
+        );
+        if let Some(isolation) = &mut self.isolation
+            && isolation.wants_probe()
+        {
+            isolation.current = Some(seq);
+            isolation.probing = true;
+            isolation.step += 1;
+        }
+        self.pump(now);
+    }
+
+    /// How a publish ended.
+    pub(crate) fn decided(&mut self, now: Instant, id: PublishId, outcome: PublishOutcome) {
+        let Some(entry) = self.entries.get_mut(&id.seq) else {
+            return;
+        };
+        let Some(output) = entry.outputs.get_mut(id.output) else {
+            return;
+        };
+        if output.state != State::InFlight(id.attempt) {
+            return; // A stale outcome of an attempt given up on.
+        }
+        let step = output.step;
+        let lane = output.lane();
+        let mut closed = None;
+        match (step, &outcome) {
+            (Step::Deliver | Step::Keep, PublishOutcome::Confirmed) => {
+                let exchange = self.messages.exchange(output.current_message());
+                let latest = self.stored_after.entry(exchange.to_owned()).or_default();
+                *latest = (*latest).max(id.attempt);
+                output.kept |= step == Step::Keep;
+                let route = match (output.dead_letter, output.kept) {
+                    (true, _) => Route::DeadLetter,
+                    (false, true) => Route::Unrouted,
+                    (false, false) => Route::Canonical,
+                };
+                let tapped = self.messages.tapped(output.current_message(), route);
+                output.copy = Some(Arc::new(tapped));
+                output.step = Step::Tap;
+                output.state = State::Ready;
+            }
+            (Step::Deliver, PublishOutcome::Returned) if !output.dead_letter => {
+                // Nobody is bound for it: keep it.
+                output.copy = Some(Arc::new(self.messages.kept(&output.primary)));
+                output.step = Step::Keep;
+                output.state = State::Ready;
+            }
+            (Step::Tap, PublishOutcome::Confirmed) => {
+                output.copy = None;
+                output.step = Step::Done;
+                output.state = State::Ready;
+            }
+            (_, failed) => {
+                if *failed == PublishOutcome::Returned {
+                    self.counts.unroutable += 1;
+                }
+                if step == Step::Keep {
+                    // Kept nowhere: deliver again (a team may have bound meanwhile).
+                    output.step = Step::Deliver;
+                    output.copy = None;
+                }
+                let exchange = self.messages.exchange(&output.primary);
+                let stored_after = self.stored_after.get(exchange).copied();
+                output.state = State::Failed(failed.clone());
+                entry.last = Some(failed.clone());
+                entry.failing_since.get_or_insert(now);
+                entry.first_failed_attempt.get_or_insert(id.attempt);
+                // Something sent after its previous failed attempt was stored before this
+                // one failed: the broker refused it again while taking others.
+                entry.refused_among_stored = entry
+                    .failed_attempt
+                    .zip(stored_after)
+                    .is_some_and(|(previous, stored)| stored > previous);
+                entry.failed_attempt = Some(id.attempt);
+                if entry.refused_among_stored && !matches!(failed, PublishOutcome::Closed { .. }) {
+                    let key = (
+                        exchange.to_owned(),
+                        self.messages.routing_key(&output.primary).to_owned(),
+                    );
+                    self.refused_keys.insert(key, id.attempt);
+                }
+                if let PublishOutcome::Closed { code, .. } = failed {
+                    closed = Some(code.map_or(Fault::Broker, fault_of));
+                }
+            }
+        }
+        if let Some(fault) = closed {
+            self.channel_closed(now, lane, fault, &outcome);
+        }
+        if let Some(isolation) = &mut self.isolation
+            && isolation.current == Some(id.seq)
+            && let Some(entry) = self.entries.get(&id.seq)
+            && !entry.in_flight()
+        {
+            isolation.judge(id.seq, entry, &self.messages);
+        }
+        self.pump(now);
+    }
+
+    /// The glue reopened `lane`'s channel (`Ok`), or could not.
+    pub(crate) fn reopened(&mut self, now: Instant, lane: Lane, result: Result<(), String>) {
+        let channel = &mut self.channels[lane as usize];
+        let Channel::Down {
+            since,
+            rounds,
+            redeclare,
+            last,
+            ..
+        } = channel
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => *channel = Channel::Up,
+            Err(reason) => {
+                let rounds = *rounds + 1;
+                *channel = Channel::Down {
+                    since: *since,
+                    rounds,
+                    next: now + self.tuning.retry.delay(rounds, self.rng.f64()),
+                    redeclare: *redeclare,
+                    reopening: false,
+                    last: match last {
+                        PublishOutcome::Closed { code, .. } => PublishOutcome::Closed {
+                            code: *code,
+                            reason,
+                        },
+                        other => other.clone(),
+                    },
+                };
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Runs what is due at `now`.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.pump(now);
+    }
+
+    /// The commands to run, in order.
+    pub(crate) fn take_commands(&mut self) -> Vec<Command<X::Message>> {
+        std::mem::take(&mut self.commands)
+    }
+
+    /// The raw messages settled since the last call.
+    pub(crate) fn take_finished(&mut self) -> Vec<Finished<X::Raw>> {
+        std::mem::take(&mut self.finished)
+    }
+
+    pub(crate) fn take_counts(&mut self) -> Counts {
+        std::mem::take(&mut self.counts)
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let held = self.entries.len();
+        if let Some(isolation) = &self.isolation {
+            return Status::Isolating {
+                held,
+                last: isolation.reason.clone(),
+            };
+        }
+        if let Some(Channel::Down { since, last, .. }) = self
+            .channels
+            .iter()
+            .find(|c| matches!(c, Channel::Down { .. }))
+        {
+            return Status::Retrying {
+                since: *since,
+                held,
+                last: describe(last),
+            };
+        }
+        let failing: Vec<(u64, Instant, Option<&PublishOutcome>)> = self
+            .entries
+            .iter()
+            .filter_map(|(s, e)| e.failing_since.map(|t| (*s, t, e.last.as_ref())))
+            .collect();
+        let last = failing.iter().find_map(|(_, _, l)| *l).map(describe);
+        // A failure nothing else escapes (no other publish to its exchange stored since):
+        // the broker refuses everything there.
+        if let Some(since) = failing
+            .iter()
+            .filter(|(s, _, _)| !self.own_failure(*s))
+            .map(|(_, t, _)| *t)
+            .min()
+        {
+            return Status::Retrying {
+                since,
+                held,
+                last: last.unwrap_or_default(),
+            };
+        }
+        Status::Flowing {
+            held: failing.len(),
+            last,
+        }
+    }
+
+    fn channel_closed(&mut self, now: Instant, lane: Lane, fault: Fault, outcome: &PublishOutcome) {
+        if fault == Fault::Message && self.isolation.is_none() {
+            self.isolation = Some(Isolation {
+                reason: describe(outcome),
+                ..Isolation::default()
+            });
+        }
+        let channel = &mut self.channels[lane as usize];
+        match channel {
+            Channel::Up => {
+                let delay = if fault == Fault::Message {
+                    Duration::ZERO
+                } else {
+                    self.tuning.retry.delay(0, self.rng.f64())
+                };
+                *channel = Channel::Down {
+                    since: now,
+                    rounds: 0,
+                    next: now + delay,
+                    redeclare: fault == Fault::Topology,
+                    reopening: false,
+                    last: outcome.clone(),
+                };
+            }
+            Channel::Down {
+                redeclare, last, ..
+            } => {
+                *redeclare |= fault == Fault::Topology;
+                *last = outcome.clone();
+            }
+        }
+    }
+
+    /// Does everything that can be done now: reopen, isolate, retry, publish, give up,
+    /// settle.
+    fn pump(&mut self, now: Instant) {
+        for lane in Lane::ALL {
+            let in_flight = self.entries.values().any(|e| e.in_flight_on(lane));
+            if let Channel::Down {
+                next,
+                reopening,
+                redeclare,
+                ..
+            } = &mut self.channels[lane as usize]
+                && !*reopening
+                && *next <= now
+                && !in_flight
+            {
+                *reopening = true;
+                self.commands.push(Command::Reopen {
+                    lane,
+                    redeclare: *redeclare,
+                });
+            }
+        }
+        self.give_up_where_due(now);
+        if self.isolation.is_some() && self.all_up() {
+            self.isolate(now);
+            if let Some(seq) = self.isolation.as_ref().and_then(|i| i.current) {
+                self.publish_entry(seq, now);
+            }
+        }
+        if self.isolation.is_none() {
+            self.publish_due(now);
+        }
+        self.settle_done();
+    }
+
+    /// Publishes, in order, every step that is ready: new messages and retries due go at
+    /// once; a keep only when no earlier output is still being delivered, a tap only when
+    /// none is still being delivered or kept, so that the unrouted queue and the tap see
+    /// consumption order (publishes on one channel are stored in the order sent; an output
+    /// waiting for its retry holds nothing back).
+    fn publish_due(&mut self, now: Instant) {
+        let seqs: Vec<u64> = self.entries.keys().copied().collect();
+        let up = self.channels.each_ref().map(|c| matches!(c, Channel::Up));
+        let (mut keeps_wait, mut taps_wait) = (false, false);
+        for seq in seqs {
+            let Some(entry) = self.entries.get_mut(&seq) else {
+                continue;
+            };
+            if let Some(at) = entry.retry_at
+                && at <= now
+            {
+                entry.retry_at = None;
+                entry.rounds += 1;
+                for output in &mut entry.outputs {
+                    if matches!(output.state, State::Failed(_)) {
+                        output.state = State::Ready;
+                        self.counts.retries += 1;
+                    }
+                }
+            }
+            for (index, output) in entry.outputs.iter_mut().enumerate() {
+                // Failed steps wait for their retry; a closed channel's go again now.
+                if let State::Failed(PublishOutcome::Closed { .. }) = output.state {
+                    output.state = State::Ready;
+                    self.counts.retries += 1;
+                }
+                let go = up[output.lane() as usize]
+                    && match (output.step, &output.state) {
+                        (Step::Deliver, State::Ready) => true,
+                        (Step::Keep, State::Ready) => !keeps_wait,
+                        (Step::Tap, State::Ready) => !taps_wait,
+                        _ => false,
+                    };
+                if go {
+                    let attempt = self.next_attempt;
+                    self.next_attempt += 1;
+                    output.state = State::InFlight(attempt);
+                    self.commands.push(Command::Publish {
+                        id: PublishId {
+                            seq,
+                            output: index,
+                            attempt,
+                        },
+                        lane: output.lane(),
+                        message: output.current_message().clone(),
+                        mandatory: output.step != Step::Tap,
+                    });
+                }
+                if !matches!(output.state, State::Failed(_)) {
+                    keeps_wait |= output.step == Step::Deliver;
+                    taps_wait |= matches!(output.step, Step::Deliver | Step::Keep);
+                }
+            }
+        }
+        self.schedule_retries(now);
+    }
+
+    /// Publishes every ready step of one message, in order (while isolating, it is the
+    /// one tried alone).
+    fn publish_entry(&mut self, seq: u64, now: Instant) {
+        if let Some(entry) = self.entries.get_mut(&seq) {
+            for output in &mut entry.outputs {
+                if let State::Failed(_) = output.state {
+                    output.state = State::Ready;
+                    self.counts.retries += 1;
+                }
+            }
+        }
+        self.publish_steps(seq, |s| s != Step::Done);
+        self.schedule_retries(now);
+    }
+
+    fn publish_steps(&mut self, seq: u64, which: impl Fn(Step) -> bool) {
+        let Some(entry) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        for (index, output) in entry.outputs.iter_mut().enumerate() {
+            if output.state != State::Ready || output.step == Step::Done || !which(output.step) {
+                continue;
+            }
+            let attempt = self.next_attempt;
+            self.next_attempt += 1;
+            output.state = State::InFlight(attempt);
+            self.commands.push(Command::Publish {
+                id: PublishId {
+                    seq,
+                    output: index,
+                    attempt,
+                },
+                lane: output.lane(),
+                message: output.current_message().clone(),
+                mandatory: output.step != Step::Tap,
+            });
+        }
+    }
+
+    /// Gives each message whose failed steps wait a time to retry them.
+    fn schedule_retries(&mut self, now: Instant) {
+        for entry in self.entries.values_mut() {
+            let waiting = entry
+                .outputs
+                .iter()
+                .any(|o| matches!(o.state, State::Failed(ref f) if !matches!(f, PublishOutcome::Closed { .. })));
+            if waiting && entry.retry_at.is_none() && !entry.in_flight() {
+                entry.retry_at = Some(now + self.tuning.retry.delay(entry.rounds, self.rng.f64()));
+            }
+        }
+    }
+
+    /// Gives up on messages failing past the budget, or, when messages held for retry
+    /// fill half the window, on the one failing longest whose failure is its own.
+    fn give_up_where_due(&mut self, now: Instant) {
+        let max_elapsed = self.tuning.retry.max_elapsed;
+        let failing: Vec<(u64, Instant)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.in_flight())
+            .filter_map(|(s, e)| e.failing_since.map(|t| (*s, t)))
+            .collect();
+        let held_bytes: usize = failing
+            .iter()
+            .filter_map(|(s, _)| self.entries.get(s))
+            .map(|e| e.bytes)
+            .sum();
+        let crowded =
+            failing.len() * 2 > self.tuning.window || held_bytes * 2 > self.tuning.window_bytes;
+        let mut crowding = crowded
+            .then(|| {
+                failing
+                    .iter()
+                    .filter(|(s, _)| self.own_failure(*s))
+                    .min_by_key(|(_, t)| *t)
+                    .map(|(s, _)| *s)
+            })
+            .flatten();
+        for (seq, since) in failing {
+            if now.duration_since(since) >= max_elapsed || crowding == Some(seq) {
+                crowding = None;
+                self.give_up(now, seq);
+            }
+        }
+    }
+
+    /// Whether the failure of message `seq` is its own: it was refused again, on a retry,
+    /// after a publish to the same exchange sent after its previous attempt had been
+    /// stored (the broker took that one and still refused this one). Publishes are
+    /// numbered in the order sent, so a confirm that merely arrives later does not count
+    /// (it may be of a publish taken before the refusals began), and neither do stores
+    /// while it waits for its retry (a queue draining takes new publishes; the retry then
+    /// succeeds).
+    ///
+    /// A message with the same routing key judged so since this one began failing speaks
+    /// for it too: the last messages of a burst have no later ones to compare with.
+    fn own_failure(&self, seq: u64) -> bool {
+        let Some(entry) = self.entries.get(&seq) else {
+            return false;
+        };
+        if entry.refused_among_stored {
+            return true;
+        }
+        let Some(first) = entry.first_failed_attempt else {
+            return false;
+        };
+        entry
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.state, State::Failed(ref f) if !matches!(f, PublishOutcome::Closed { .. })))
+            .any(|o| {
+                let key = (
+                    self.messages.exchange(&o.primary).to_owned(),
+                    self.messages.routing_key(&o.primary).to_owned(),
+                );
+                self.refused_keys.get(&key).is_some_and(|at| *at >= first)
+            })
+    }
+
+    fn give_up(&mut self, now: Instant, seq: u64) {
+        let own = self
+            .entries
+            .get(&seq)
+            .and_then(|e| e.failing_since)
+            .is_some_and(|_| self.own_failure(seq));
+        let Some(entry) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        let failing_for = entry
+            .failing_since
+            .map_or(Duration::ZERO, |t| now.duration_since(t));
+        let last = entry.last.clone().unwrap_or(PublishOutcome::TimedOut);
+        // Only tap copies failing: the message is stored; observers miss it.
+        let only_taps = entry
+            .outputs
+            .iter()
+            .all(|o| o.step == Step::Done || o.step == Step::Tap);
+        if only_taps {
+            for output in &mut entry.outputs {
+                if output.step == Step::Tap && matches!(output.state, State::Failed(_)) {
+                    output.step = Step::Done;
+                    output.copy = None;
+                    output.state = State::Ready;
+                    self.counts.taps_given_up += 1;
+                }
+            }
+            entry.failing_since = None;
+            entry.retry_at = None;
+            return;
+        }
+        match (&entry.fate, own) {
+            (Fate::Events { vendor, types }, true) => {
+                let vendor = *vendor;
+                let (index, failed) = entry
+                    .outputs
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, o)| match &o.state {
+                        State::Failed(f) => Some((i, f.clone())),
+                        _ => None,
+                    })
+                    .unwrap_or((0, last.clone()));
+                let detail = format!(
+                    "event {} of {} ({}) not stored for {:.1} s: {}; other messages to {} were stored meanwhile",
+                    index + 1,
+                    entry.outputs.len(),
+                    types.get(index).copied().unwrap_or("?"),
+                    failing_for.as_secs_f64(),
+                    describe(&failed),
+                    self.messages.exchange(&entry.outputs[index].primary),
+                );
+                self.replace_with_dead_letter(seq, ErrorKind::Undeliverable, Some(vendor), &detail);
+            }
+            _ => {
+                let entry = self.entries.remove(&seq);
+                if let Some(entry) = entry {
+                    self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
+                    self.finished.push(Finished {
+                        tag: entry.tag,
+                        settle: Settle::Reject {
+                            tag: entry.tag,
+                            requeue: true,
+                        },
+                        finish: Finish::Requeued { failing_for, last },
+                        raw: entry.raw,
+                        admitted_at: entry.admitted_at,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Makes a message's output its dead letter (or, when that cannot be published, hands
+    /// it to the broker).
+    fn replace_with_dead_letter(
+        &mut self,
+        seq: u64,
+        kind: ErrorKind,
+        vendor: Option<Vendor>,
+        detail: &str,
+    ) {
+        let Some(entry) = self.entries.get_mut(&seq) else {
+            return;
+        };
+        let (dead_letter, message) = self.messages.dead_letter(&entry.raw, kind, vendor, detail);
+        self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
+        match message {
+            Ok(message) => {
+                let output = Output::new(Arc::new(message), true);
+                entry.bytes = self.messages.size(&output.primary);
+                entry.outputs = vec![output];
+                entry.fate = Fate::DeadLetter(dead_letter);
+            }
+            Err(why) => {
+                entry.bytes = 0;
+                entry.outputs = Vec::new();
+                entry.fate = Fate::HandToBroker(format!("{kind}: {why}"));
+            }
+        }
+        self.held_bytes += entry.bytes;
+        entry.failing_since = None;
+        entry.retry_at = None;
+        entry.rounds = 0;
+        entry.last = None;
+    }
+
+    /// Settles every message whose outputs are all done, in any order; an ack covers
+    /// every earlier delivery (`multiple`) only when none of them is still held.
+    fn settle_done(&mut self) {
+        let done: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.done())
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in done {
+            let first = self.entries.keys().next() == Some(&seq);
+            let Some(entry) = self.entries.remove(&seq) else {
+                continue;
+            };
+            self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
+            let (settle, finish) = match entry.fate {
+                Fate::HandToBroker(why) => (
+                    Settle::Reject {
+                        tag: entry.tag,
+                        requeue: false,
+                    },
+                    Finish::HandedToBroker(why),
+                ),
+                Fate::DeadLetter(dead_letter) => (
+                    Settle::Ack {
+                        tag: entry.tag,
+                        multiple: first,
+                    },
+                    Finish::DeadLettered(dead_letter),
+                ),
+                Fate::Looped(through) => (
+                    Settle::Ack {
+                        tag: entry.tag,
+                        multiple: first,
+                    },
+                    Finish::Looped(through),
+                ),
+                Fate::Events { vendor, types } => {
+                    let (mut delivered, mut kept) = (Vec::new(), Vec::new());
+                    for (output, t) in entry.outputs.iter().zip(types) {
+                        if output.kept {
+                            kept.push(t);
+                        } else {
+                            delivered.push(t);
+                        }
+                    }
+                    (
+                        Settle::Ack {
+                            tag: entry.tag,
+                            multiple: first,
+                        },
+                        Finish::Stored {
+                            vendor,
+                            delivered,
+                            kept,
+                        },
+                    )
+                }
+            };
+            self.finished.push(Finished {
+                tag: entry.tag,
+                settle,
+                finish,
+                raw: entry.raw,
+                admitted_at: entry.admitted_at,
+            });
+        }
+    }
+
+    /// One isolation step: fill the suspects, try the next alone, or decide.
+    fn isolate(&mut self, now: Instant) {
+        let any_in_flight = self.entries.values().any(Entry::in_flight);
+        let Some(isolation) = &mut self.isolation else {
+            return;
+        };
+        if isolation.current.is_some() {
+            return;
+        }
+        if isolation.queue.is_none() {
+            if any_in_flight {
+                // The closed channel's publishes come back failed, all at once.
+                return;
+            }
+            isolation.queue = Some(
+                self.entries
+                    .iter()
+                    .filter(|(_, e)| e.refused())
+                    .map(|(s, _)| *s)
+                    .collect(),
+            );
+        }
+        let queue = isolation.queue.get_or_insert_with(VecDeque::new);
+        if let Some(seq) = queue.pop_front() {
+            isolation.current = Some(seq);
+            isolation.step += 1;
+            return;
+        }
+        // Refusals that need no proof of being the message's own: a tap copy is given up
+        // (observers miss it; the message is stored), and a dead letter is handed to the
+        // raw queue's own dead-lettering, which does not need our permissions.
+        let (unproven, events): (Vec<Candidate>, Vec<Candidate>) = isolation
+            .candidates
+            .drain(..)
+            .partition(|c| c.refused != Refused::Event);
+        isolation.candidates = events;
+        // Event candidates refused before their exchange was vouched for are tried once
+        // more: the broker may have changed its mind since.
+        let retry = isolation
+            .candidates
+            .iter()
+            .find(|c| {
+                isolation
+                    .vouched
+                    .get(&c.exchange)
+                    .is_some_and(|v| *v > c.at)
+                    && !isolation.retried.contains(&c.seq)
+            })
+            .map(|c| c.seq);
+        let unvouched = isolation
+            .candidates
+            .iter()
+            .any(|c| !isolation.vouched.contains_key(&c.exchange));
+        let mut finish = false;
+        if let Some(seq) = retry {
+            isolation.retried.push(seq);
+            isolation.candidates.retain(|c| c.seq != seq);
+            isolation.current = Some(seq);
+            isolation.step += 1;
+        } else if unvouched {
+            let allowed = if isolation.passes == 0 { MAX_PROBES } else { 1 };
+            if isolation.probes_refused >= allowed {
+                let delay = self.tuning.retry.delay(isolation.passes, self.rng.f64());
+                isolation.passes += 1;
+                isolation.probes_refused = 0;
+                isolation.wait_until = Some(now + delay);
+            } else if isolation.wait_until.is_some_and(|t| t <= now) {
+                isolation.wait_until = None;
+            }
+            // Waiting for a probe (a new delivery).
+        } else {
+            finish = true;
+        }
+        for candidate in unproven {
+            self.refused_without_proof(candidate);
+        }
+        if finish {
+            self.finish_isolation();
+        }
+    }
+
+    /// A tap copy or a dead letter refused alone.
+    fn refused_without_proof(&mut self, candidate: Candidate) {
+        let Some(entry) = self.entries.get_mut(&candidate.seq) else {
+            return;
+        };
+        match candidate.refused {
+            Refused::Tap => {
+                for output in &mut entry.outputs {
+                    if output.step == Step::Tap && matches!(output.state, State::Failed(_)) {
+                        output.step = Step::Done;
+                        output.copy = None;
+                        output.state = State::Ready;
+                        self.counts.taps_given_up += 1;
+                    }
+                }
+                entry.failing_since = None;
+                entry.retry_at = None;
+            }
+            Refused::DeadLetter | Refused::Event => {
+                let reason = refusal_reason(entry);
+                self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
+                entry.bytes = 0;
+                entry.outputs = Vec::new();
+                entry.fate =
+                    Fate::HandToBroker(format!("the broker refused the dead letter: {reason}"));
+                entry.failing_since = None;
+                entry.retry_at = None;
+            }
+        }
+    }
+
+    /// Every event candidate refused alone while another publish to its exchange was
+    /// stored: dead-lettered as `publish_refused`.
+    fn finish_isolation(&mut self) {
+        let Some(isolation) = self.isolation.take() else {
+            return;
+        };
+        for candidate in isolation.candidates {
+            let Some(entry) = self.entries.get(&candidate.seq) else {
+                continue;
+            };
+            let reason = refusal_reason(entry);
+            if let Fate::Events { vendor, .. } = &entry.fate {
+                let vendor = *vendor;
+                self.replace_with_dead_letter(
+                    candidate.seq,
+                    ErrorKind::PublishRefused,
+                    Some(vendor),
+                    &format!("the broker refused an event of this message: {reason}"),
+                );
+            }
+        }
+    }
+}
+
+/// The broker's words for the refusal of one of `entry`'s publishes.
+fn refusal_reason<X: Messages>(entry: &Entry<X>) -> String {
+    entry
+        .outputs
+        .iter()
+        .find_map(|o| match &o.state {
+            State::Failed(PublishOutcome::Closed { reason, .. }) => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A message refused when tried alone.
+#[derive(Debug)]
+struct Candidate {
+    seq: u64,
+    /// The exchange its refused publish went to.
+    exchange: String,
+    refused: Refused,
+    /// The isolation step it was refused at.
+    at: u64,
+}
+
+/// Which of a message's publishes was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    Event,
+    DeadLetter,
+    Tap,
+}
+
+impl Isolation {
+    fn wants_probe(&self) -> bool {
+        let allowed = if self.passes == 0 { MAX_PROBES } else { 1 };
+        self.current.is_none()
+            && self.queue.as_ref().is_some_and(VecDeque::is_empty)
+            && self.wait_until.is_none()
+            && self.probes_refused < allowed
+            && !self.candidates.is_empty()
+    }
+
+    /// The message tried alone is decided: refused again (a candidate) or not (its
+    /// stores vouch for their exchanges).
+    fn judge<X: Messages>(&mut self, seq: u64, entry: &Entry<X>, messages: &X) {
+        self.current = None;
+        let probe = std::mem::take(&mut self.probing);
+        let refused = entry.outputs.iter().find_map(|o| match &o.state {
+            State::Failed(PublishOutcome::Closed {
+                code: Some(code), ..
+            }) if fault_of(*code) == Fault::Message => Some(Candidate {
+                seq,
+                exchange: messages.exchange(o.current_message()).to_owned(),
+                refused: match (o.step, o.dead_letter) {
+                    (Step::Tap, _) => Refused::Tap,
+                    (_, true) => Refused::DeadLetter,
+                    (_, false) => Refused::Event,
+                },
+                at: self.step,
+            }),
+            _ => None,
+        });
+        match refused {
+            Some(candidate) => {
+                if probe && candidate.refused == Refused::Event {
+                    self.probes_refused += 1;
+                }
+                self.candidates.push(candidate);
+            }
+            None => {
+                for output in &entry.outputs {
+                    if matches!(output.step, Step::Keep | Step::Tap | Step::Done) {
+                        let exchange = messages.exchange(&output.primary).to_owned();
+                        self.vouched.entry(exchange).or_insert(self.step);
+                        self.probes_refused = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<M> Output<M> {
+    fn new(primary: Arc<M>, dead_letter: bool) -> Self {
+        Output {
+            primary,
+            dead_letter,
+            step: Step::Deliver,
+            state: State::Ready,
+            copy: None,
+            kept: false,
+        }
+    }
+
+    fn current_message(&self) -> &Arc<M> {
+        self.copy.as_ref().unwrap_or(&self.primary)
+    }
+
+    /// The channel its current step goes on.
+    fn lane(&self) -> Lane {
+        if self.dead_letter && self.step == Step::Deliver {
+            Lane::DeadLetters
+        } else {
+            Lane::Events
+        }
+    }
+}
+
+impl<X: Messages> Entry<X> {
+    fn in_flight(&self) -> bool {
+        self.outputs
+            .iter()
+            .any(|o| matches!(o.state, State::InFlight(_)))
+    }
+
+    fn in_flight_on(&self, lane: Lane) -> bool {
+        self.outputs
+            .iter()
+            .any(|o| matches!(o.state, State::InFlight(_)) && o.lane() == lane)
+    }
+
+    fn done(&self) -> bool {
+        self.outputs.iter().all(|o| o.step == Step::Done)
+    }
+
+    /// Whether the channel closed over one of its publishes, possibly its own fault.
+    fn refused(&self) -> bool {
+        self.outputs.iter().any(|o| {
+            matches!(&o.state, State::Failed(PublishOutcome::Closed { code: Some(code), .. })
+                if fault_of(*code) == Fault::Message)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message as the tests see it: where it goes, and what it is.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Msg {
+        exchange: String,
+        key: String,
+        what: String,
+    }
+
+    struct Make;
+
+    const CANONICAL: &str = "events.canonical";
+    const DLX: &str = "webhooks.dead-letter";
+
+    impl Messages for Make {
+        type Message = Msg;
+        type Raw = &'static str;
+        fn exchange<'a>(&self, m: &'a Msg) -> &'a str {
+            &m.exchange
+        }
+        fn routing_key<'a>(&self, m: &'a Msg) -> &'a str {
+            &m.key
+        }
+        fn size(&self, _: &Msg) -> usize {
+            100
+        }
+        fn kept(&self, m: &Msg) -> Msg {
+            Msg {
+                exchange: String::new(),
+                key: "events.unrouted".into(),
+                what: format!("kept {}", m.what),
+            }
+        }
+        fn tapped(&self, m: &Msg, route: Route) -> Msg {
+            Msg {
+                exchange: "events.tap".into(),
+                key: format!("{route:?}"),
+                what: format!("tap {}", m.what),
+            }
+        }
+        fn dead_letter(
+            &self,
+            raw: &&'static str,
+            kind: ErrorKind,
+            vendor: Option<Vendor>,
+            detail: &str,
+        ) -> (DeadLetter, Result<Msg, String>) {
+            let dl = DeadLetter {
+                routing_key: format!("{}.{kind}", vendor.map_or("unknown", Vendor::key)),
+                kind,
+                vendor,
+                detail: detail.to_owned(),
+                headers: Vec::new(),
+            };
+            let m = Msg {
+                exchange: DLX.into(),
+                key: dl.routing_key.clone(),
+                what: format!("dead letter of {raw}"),
+            };
+            (dl, Ok(m))
+        }
+    }
+
+    fn event(what: &str) -> Msg {
+        Msg {
+            exchange: CANONICAL.into(),
+            key: "deel.contract.created".into(),
+            what: what.into(),
+        }
+    }
+
+    fn closed(code: u16) -> PublishOutcome {
+        PublishOutcome::Closed {
+            code: Some(code),
+            reason: format!("{code} refused"),
+        }
+    }
+
+    /// The core, the test's clock, and what it asked to publish.
+    struct Run {
+        core: Core<Make>,
+        now: Instant,
+        next_tag: u64,
+        /// Publishes asked for and not yet answered, in order.
+        published: Vec<(PublishId, Msg)>,
+        /// Reopens asked for and not yet answered, by lane.
+        reopens: Vec<Lane>,
+        finished: Vec<(u64, Settle, Finish)>,
+    }
+
+    impl Run {
+        fn new() -> Run {
+            Run::with_window(16)
+        }
+
+        fn with_window(window: usize) -> Run {
+            let tuning = Tuning {
+                retry: RetryPolicy {
+                    initial: Duration::from_millis(100),
+                    max: Duration::from_secs(5),
+                    max_elapsed: Duration::from_secs(60),
+                },
+                window,
+                window_bytes: 1 << 30,
+            };
+            Run {
+                core: Core::new(Make, tuning, 7),
+                now: Instant::now(),
+                next_tag: 1,
+                published: Vec::new(),
+                reopens: Vec::new(),
+                finished: Vec::new(),
+            }
+        }
+
+        fn collect(&mut self) {
+            for c in self.core.take_commands() {
+                match c {
+                    Command::Publish { id, message, .. } => {
+                        self.published.push((id, (*message).clone()));
+                    }
+                    Command::Reopen { lane, .. } => self.reopens.push(lane),
+                }
+            }
+            for f in self.core.take_finished() {
+                self.finished.push((f.tag, f.settle, f.finish));
+            }
+        }
+
+        /// Admits a raw message with these events; returns its tag.
+        fn events(&mut self, whats: &[&str]) -> u64 {
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            let fate = Fate::Events {
+                vendor: Vendor::Deel,
+                types: whats.iter().map(|_| "deel.contract.created").collect(),
+            };
+            let raw: &'static str = Box::leak(format!("raw {tag}").into_boxed_str());
+            self.core.admit(
+                self.now,
+                tag,
+                raw,
+                fate,
+                whats.iter().map(|w| event(w)).collect(),
+            );
+            self.collect();
+            tag
+        }
+
+        /// Answers the oldest pending publish whose description is `what`.
+        fn answer(&mut self, what: &str, outcome: PublishOutcome) {
+            let at = self
+                .published
+                .iter()
+                .position(|(_, m)| m.what == what)
+                .unwrap_or_else(|| panic!("{what} was not published: {:?}", self.pending()));
+            let (id, _) = self.published.remove(at);
+            self.core.decided(self.now, id, outcome);
+            self.collect();
+        }
+
+        /// Confirms everything pending, oldest first, until nothing is.
+        fn confirm_all(&mut self) {
+            while let Some((id, _)) = self.published.first().cloned() {
+                self.published.remove(0);
+                self.core.decided(self.now, id, PublishOutcome::Confirmed);
+                self.collect();
+            }
+        }
+
+        fn pending(&self) -> Vec<String> {
+            self.published.iter().map(|(_, m)| m.what.clone()).collect()
+        }
+
+        fn advance(&mut self, by: Duration) {
+            self.now += by;
+            self.core.tick(self.now);
+            self.collect();
+        }
+
+        fn reopen(&mut self, result: Result<(), String>) {
+            let lane = self.reopens.pop().expect("a reopen was asked for");
+            self.core.reopened(self.now, lane, result);
+            self.collect();
+        }
+
+        fn settled(&self) -> Vec<(u64, Settle)> {
+            self.finished.iter().map(|(t, s, _)| (*t, *s)).collect()
+        }
+
+        fn finish_of(&self, tag: u64) -> &Finish {
+            &self
+                .finished
+                .iter()
+                .find(|(t, _, _)| *t == tag)
+                .unwrap_or_else(|| panic!("{tag} not settled"))
+                .2
+        }
+    }
+
+    #[test]
+    fn events_are_delivered_then_tapped_in_order_then_acked() {
+        let mut run = Run::new();
+        run.events(&["a1", "a2"]);
+        run.events(&["b1"]);
+        assert_eq!(run.pending(), ["a1", "a2", "b1"]);
+        // b1's confirm comes first: its tap still waits for a's.
+        run.answer("b1", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["a1", "a2"]);
+        run.answer("a2", PublishOutcome::Confirmed);
+        run.answer("a1", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["tap a1", "tap a2", "tap b1"]);
+        assert!(run.published.iter().all(|(_, m)| m.key == "Canonical"));
+        run.confirm_all();
+        assert_eq!(
+            run.settled(),
+            [
+                (
+                    1,
+                    Settle::Ack {
+                        tag: 1,
+                        multiple: true
+                    }
+                ),
+                (
+                    2,
+                    Settle::Ack {
+                        tag: 2,
+                        multiple: true
+                    }
+                )
+            ]
+        );
+        assert_eq!(
+            run.finish_of(1),
+            &Finish::Stored {
+                vendor: Vendor::Deel,
+                delivered: vec!["deel.contract.created"; 2],
+                kept: vec![]
+            }
+        );
+        assert_eq!(run.core.held(), 0);
+    }
+
+    #[test]
+    fn an_event_nobody_is_bound_for_is_kept_and_tapped_as_unrouted() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Returned);
+        assert_eq!(
+            run.published[0].1,
+            Msg {
+                exchange: String::new(),
+                key: "events.unrouted".into(),
+                what: "kept a".into()
+            }
+        );
+        run.answer("kept a", PublishOutcome::Confirmed);
+        assert_eq!(run.published[0].1.key, "Unrouted");
+        run.confirm_all();
+        assert_eq!(
+            run.finish_of(1),
+            &Finish::Stored {
+                vendor: Vendor::Deel,
+                delivered: vec![],
+                kept: vec!["deel.contract.created"]
+            }
+        );
+        assert_eq!(run.core.take_counts().unroutable, 0, "kept, not unroutable");
+    }
+
+    /// Events nobody is bound for are kept in consumption order, whatever order their
+    /// returns are read in.
+    #[test]
+    fn events_are_kept_in_consumption_order() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["b"]);
+        run.answer("b", PublishOutcome::Returned);
+        assert!(
+            run.pending() == ["a"],
+            "b's keep waits for a: {:?}",
+            run.pending()
+        );
+        run.answer("a", PublishOutcome::Returned);
+        assert_eq!(run.pending(), ["kept a", "kept b"]);
+        run.answer("kept b", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["kept a"], "b's tap waits for a's keep");
+        run.answer("kept a", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["tap kept a", "tap kept b"]);
+    }
+
+    /// `events.unrouted` missing: the keep is returned too. While other events to the
+    /// canonical exchange are stored, the message is held and retried alone, and past the
+    /// budget dead-lettered as `undeliverable`; nothing behind it waits.
+    #[test]
+    fn an_event_kept_nowhere_is_retried_then_dead_lettered_while_others_flow() {
+        let mut run = Run::new();
+        run.events(&["lost"]);
+        run.answer("lost", PublishOutcome::Returned);
+        run.answer("kept lost", PublishOutcome::Returned);
+        assert!(run.pending().is_empty(), "held for a retry");
+        run.events(&["ok"]);
+        run.answer("ok", PublishOutcome::Confirmed);
+        run.confirm_all();
+        assert_eq!(
+            run.settled(),
+            [(
+                2,
+                Settle::Ack {
+                    tag: 2,
+                    multiple: false
+                }
+            )]
+        );
+        run.advance(Duration::from_millis(200));
+        assert_eq!(run.pending(), ["lost"], "delivered again, not kept again");
+        run.answer("lost", PublishOutcome::Returned);
+        run.answer("kept lost", PublishOutcome::Returned);
+        // Keep the canonical exchange busy, then let the budget run out.
+        for _ in 0..30 {
+            run.advance(Duration::from_secs(2));
+            while run.pending().first().map(String::as_str) == Some("lost") {
+                run.answer("lost", PublishOutcome::Returned);
+                run.answer("kept lost", PublishOutcome::Returned);
+            }
+            run.events(&["more"]);
+            run.confirm_all();
+        }
+        run.confirm_all();
+        let Finish::DeadLettered(dl) = run.finish_of(1) else {
+            panic!("{:?}", run.finish_of(1));
+        };
+        assert_eq!(dl.kind, ErrorKind::Undeliverable);
+        assert!(
+            dl.detail
+                .starts_with("event 1 of 1 (deel.contract.created) not stored for 6"),
+            "{}",
+            dl.detail
+        );
+        assert!(
+            dl.detail.contains("returned as unroutable"),
+            "{}",
+            dl.detail
+        );
+        assert!(run.settled().contains(&(
+            1,
+            Settle::Ack {
+                tag: 1,
+                multiple: true
+            }
+        )));
+        assert!(run.core.take_counts().unroutable >= 2);
+    }
+
+    /// The same with nothing stored anywhere meanwhile: the broker refuses everything,
+    /// and the message is rejected for redelivery, not dead-lettered.
+    #[test]
+    fn a_failure_nothing_else_escapes_is_requeued_past_the_budget() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Nacked);
+        for _ in 0..200 {
+            run.advance(Duration::from_millis(500));
+            if run.pending() == ["a"] {
+                run.answer("a", PublishOutcome::Nacked);
+            }
+        }
+        assert_eq!(
+            run.settled(),
+            [(
+                1,
+                Settle::Reject {
+                    tag: 1,
+                    requeue: true
+                }
+            )]
+        );
+        assert!(matches!(
+            run.finish_of(1),
+            Finish::Requeued {
+                last: PublishOutcome::Nacked,
+                ..
+            }
+        ));
+        assert!(matches!(run.core.status(), Status::Flowing { held: 0, .. }));
+    }
+
+    /// One team's full queue (its publishes nacked) never holds back the others: later
+    /// messages are settled at once, and once the held ones fill half the window the one
+    /// failing longest is dead-lettered early.
+    #[test]
+    fn nacked_messages_never_stall_the_rest() {
+        let mut run = Run::with_window(8);
+        for i in 0..14 {
+            run.events(&[&format!("m{i}")]);
+            if i == 11 {
+                // Retries of the held ones fail again, while later ones are stored.
+                run.advance(Duration::from_millis(200));
+            }
+            // The full team's (even) events are nacked; everything else is stored.
+            while let Some(what) = run.pending().first().cloned() {
+                let nacked = what
+                    .strip_prefix('m')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n % 2 == 0);
+                let outcome = if nacked {
+                    PublishOutcome::Nacked
+                } else {
+                    PublishOutcome::Confirmed
+                };
+                run.answer(&what, outcome);
+            }
+        }
+        let settled: Vec<u64> = run.settled().iter().map(|(t, _)| *t).collect();
+        for tag in [2, 4, 6, 8, 10, 12, 14] {
+            assert!(settled.contains(&tag), "{tag} not settled: {settled:?}");
+        }
+        // Seven failing in a window of eight: once they failed again, the oldest given up
+        // until half the window is left.
+        let early: Vec<u64> = run
+            .finished
+            .iter()
+            .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(dl) if dl.kind == ErrorKind::Undeliverable))
+            .map(|(t, _, _)| *t)
+            .collect();
+        assert_eq!(early, [1, 3, 5], "{:?}", run.finished);
+        assert_eq!(run.core.held(), 4, "{}", run.core.held());
+    }
+
+    /// Copies to the tap (another exchange) being stored does not make a canonical
+    /// failure the message's own: only stores to the exchange it failed on count.
+    #[test]
+    fn stores_elsewhere_do_not_make_a_failure_a_messages_own() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Confirmed);
+        run.events(&["b"]);
+        run.answer("b", PublishOutcome::Nacked);
+        run.answer("tap a", PublishOutcome::Confirmed);
+        run.advance(Duration::from_millis(200));
+        run.answer("b", PublishOutcome::Nacked);
+        run.events(&["c"]);
+        run.answer("c", PublishOutcome::Nacked);
+        run.advance(Duration::from_millis(200));
+        run.answer("c", PublishOutcome::Nacked);
+        assert!(
+            matches!(run.core.status(), Status::Retrying { .. }),
+            "{:?}",
+            run.core.status()
+        );
+    }
+
+    /// A queue fills up: a message sent before the refusals began may be confirmed after
+    /// one is refused, and one draining takes new messages while a refused one waits for
+    /// its retry. Neither makes a refusal the message's own; refused again on a retry
+    /// while others sent around it are stored, it is.
+    #[test]
+    fn a_refusal_is_a_messages_own_once_refused_again_among_stored_ones() {
+        let mut run = Run::new();
+        run.events(&["before"]);
+        run.events(&["refused"]);
+        run.answer("refused", PublishOutcome::Nacked);
+        run.answer("before", PublishOutcome::Confirmed);
+        assert!(matches!(run.core.status(), Status::Retrying { .. }));
+        run.events(&["between"]);
+        run.answer("between", PublishOutcome::Confirmed);
+        assert!(
+            matches!(run.core.status(), Status::Retrying { .. }),
+            "one round is not enough: {:?}",
+            run.core.status()
+        );
+        run.advance(Duration::from_millis(200));
+        run.answer("refused", PublishOutcome::Nacked);
+        run.events(&["after"]);
+        run.answer("after", PublishOutcome::Confirmed);
+        assert!(
+            matches!(run.core.status(), Status::Flowing { held: 1, .. }),
+            "{:?}",
+            run.core.status()
+        );
+    }
+
+    #[test]
+    fn a_tap_copy_that_keeps_failing_is_given_up_and_the_message_acked() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Confirmed);
+        run.answer("tap a", PublishOutcome::Nacked);
+        for _ in 0..200 {
+            run.advance(Duration::from_millis(500));
+            if run.pending() == ["tap a"] {
+                run.answer("tap a", PublishOutcome::Nacked);
+            }
+        }
+        assert_eq!(
+            run.settled(),
+            [(
+                1,
+                Settle::Ack {
+                    tag: 1,
+                    multiple: true
+                }
+            )]
+        );
+        assert_eq!(run.core.take_counts().taps_given_up, 1);
+    }
+
+    /// The channel lost: nothing is published until it is reopened, with backoff; then
+    /// the failed publishes go again, in order.
+    #[test]
+    fn a_closed_channel_is_reopened_with_backoff_and_publishes_resume_in_order() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["b"]);
+        let lost = PublishOutcome::Closed {
+            code: None,
+            reason: "connection reset".into(),
+        };
+        run.answer("a", lost.clone());
+        run.answer("b", lost);
+        assert!(!run.core.can_take());
+        assert!(matches!(run.core.status(), Status::Retrying { .. }));
+        run.advance(Duration::from_millis(100));
+        assert_eq!(run.reopens, [Lane::Events]);
+        run.reopen(Err("refused".into()));
+        run.advance(Duration::from_millis(50));
+        assert!(run.reopens.is_empty(), "not again at once");
+        run.advance(Duration::from_secs(1));
+        assert_eq!(run.reopens, [Lane::Events]);
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["a", "b"]);
+        assert!(run.core.can_take());
+    }
+
+    /// Three messages in flight when the channel closes over one of them (403): each is
+    /// tried alone; the one refused again is dead-lettered once, the others go on.
+    #[test]
+    fn a_refused_publish_is_found_by_trying_the_suspects_alone() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["bad"]);
+        run.events(&["c"]);
+        for what in ["a", "bad", "c"] {
+            run.answer(what, closed(403));
+        }
+        assert!(matches!(run.core.status(), Status::Isolating { .. }));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["a"], "alone");
+        run.answer("a", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["bad"]);
+        run.answer("bad", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["c"]);
+        run.answer("c", PublishOutcome::Confirmed);
+        // In order: c's tap waits for the dead letter in its place to be stored.
+        assert_eq!(run.pending(), ["tap a", "dead letter of raw 2"]);
+        run.answer("dead letter of raw 2", PublishOutcome::Confirmed);
+        assert_eq!(
+            run.pending(),
+            ["tap a", "tap dead letter of raw 2", "tap c"]
+        );
+        run.confirm_all();
+        let Finish::DeadLettered(dl) = run.finish_of(2) else {
+            panic!()
+        };
+        assert_eq!(dl.kind, ErrorKind::PublishRefused);
+        assert_eq!(run.settled().len(), 3);
+        assert!(run.pending().is_empty(), "one dead letter, published once");
+    }
+
+    /// Every suspect refused alone: that alone does not prove it is theirs. The next
+    /// delivery is tried alone as a probe; once one to the same exchange is stored, the
+    /// suspects are dead-lettered.
+    #[test]
+    fn when_every_suspect_is_refused_a_probe_decides() {
+        let mut run = Run::new();
+        run.events(&["bad1"]);
+        run.events(&["bad2"]);
+        run.answer("bad1", closed(403));
+        run.answer("bad2", closed(403));
+        run.reopen(Ok(()));
+        run.answer("bad1", closed(403));
+        run.reopen(Ok(()));
+        run.answer("bad2", closed(403));
+        run.reopen(Ok(()));
+        assert!(run.pending().is_empty());
+        assert!(run.core.can_take(), "a probe is wanted");
+        run.events(&["good"]);
+        assert_eq!(run.pending(), ["good"]);
+        assert!(!run.core.can_take(), "one probe at a time");
+        run.answer("good", PublishOutcome::Confirmed);
+        // Refused before anything was stored: each is tried once more, and refused again.
+        for bad in ["bad1", "bad2"] {
+            assert_eq!(run.pending(), [bad]);
+            run.answer(bad, closed(403));
+            run.reopen(Ok(()));
+        }
+        assert_eq!(
+            run.pending(),
+            ["dead letter of raw 1", "dead letter of raw 2"]
+        );
+        run.confirm_all();
+        assert_eq!(run.settled().len(), 3);
+        for tag in [1, 2] {
+            assert!(
+                matches!(run.finish_of(tag), Finish::DeadLettered(dl) if dl.kind == ErrorKind::PublishRefused)
+            );
+        }
+    }
+
+    /// The broker refuses everything (a permission lost): suspects and probes all
+    /// refused. After a few probes the next waits with backoff; nothing is dead-lettered
+    /// and the channel is not reopened in a loop.
+    #[test]
+    fn a_broker_refusing_everything_is_waited_out_not_looped_on() {
+        let mut run = Run::with_window(64);
+        run.events(&["s1"]);
+        run.events(&["s2"]);
+        run.answer("s1", closed(403));
+        run.answer("s2", closed(403));
+        let mut probes = 0;
+        for step in 0..400 {
+            run.advance(Duration::from_millis(50));
+            while !run.reopens.is_empty() {
+                run.reopen(Ok(()));
+            }
+            if let Some(what) = run.pending().first().cloned() {
+                run.answer(&what, closed(403));
+            } else if run.core.can_take() {
+                probes += 1;
+                run.events(&[&format!("p{step}")]);
+            }
+        }
+        // 20 s: a handful of probes, not hundreds, and every message still held.
+        assert!((4..=16).contains(&probes), "{probes} probes");
+        assert!(run.finished.is_empty(), "{:?}", run.finished);
+        assert!(matches!(run.core.status(), Status::Isolating { .. }));
+    }
+
+    #[test]
+    fn a_refused_dead_letter_is_handed_to_the_broker() {
+        let mut run = Run::new();
+        // A dead letter admitted as such.
+        let (dl, msg) = Make.dead_letter(&"raw 1", ErrorKind::InvalidJson, None, "bad");
+        run.core.admit(
+            run.now,
+            1,
+            "raw 1",
+            Fate::DeadLetter(dl),
+            vec![msg.unwrap()],
+        );
+        run.next_tag = 2;
+        run.collect();
+        run.events(&["ok"]);
+        // On a channel of its own: the event goes on.
+        run.answer("dead letter of raw 1", closed(403));
+        run.answer("ok", PublishOutcome::Confirmed);
+        assert_eq!(run.reopens, [Lane::DeadLetters]);
+        run.reopen(Ok(()));
+        run.answer("dead letter of raw 1", closed(403));
+        // Handed to the broker once refused alone: its own dead-lettering needs no
+        // permission of ours.
+        run.reopen(Ok(()));
+        run.confirm_all();
+        assert_eq!(
+            run.settled()[0],
+            (
+                1,
+                Settle::Reject {
+                    tag: 1,
+                    requeue: false
+                }
+            )
+        );
+        assert!(matches!(run.finish_of(1), Finish::HandedToBroker(why) if why.contains("403")));
+    }
+
+    /// The last messages of a burst have no later ones to compare with: one with the same
+    /// routing key refused among stored ones speaks for them.
+    #[test]
+    fn a_routing_key_refused_among_stored_speaks_for_the_last_of_a_burst() {
+        let mut run = Run::new();
+        let admit = |run: &mut Run, what: &str, key: &str| {
+            let tag = run.next_tag;
+            run.next_tag += 1;
+            let mut m = event(what);
+            m.key = key.into();
+            let fate = Fate::Events {
+                vendor: Vendor::Deel,
+                types: vec!["deel.contract.created"],
+            };
+            run.core.admit(run.now, tag, "raw", fate, vec![m]);
+            run.collect();
+        };
+        admit(&mut run, "a", "full");
+        admit(&mut run, "b", "other");
+        admit(&mut run, "c", "full");
+        run.answer("a", PublishOutcome::Nacked);
+        run.answer("b", PublishOutcome::Confirmed);
+        run.answer("c", PublishOutcome::Nacked);
+        run.advance(Duration::from_millis(200));
+        run.answer("a", PublishOutcome::Nacked);
+        run.answer("c", PublishOutcome::Nacked);
+        assert!(
+            matches!(run.core.status(), Status::Flowing { held: 2, .. }),
+            "{:?}",
+            run.core.status()
+        );
+    }
+
+    /// A dead letter in flight when an event is refused (its channel closed) goes on, on
+    /// its own channel: it is not published again (it may have been stored already).
+    #[test]
+    fn a_refused_event_never_makes_a_dead_letter_go_out_twice() {
+        let mut run = Run::new();
+        let (dl, msg) = Make.dead_letter(&"raw 1", ErrorKind::InvalidJson, None, "bad");
+        run.core.admit(
+            run.now,
+            1,
+            "raw 1",
+            Fate::DeadLetter(dl),
+            vec![msg.unwrap()],
+        );
+        run.next_tag = 2;
+        run.collect();
+        run.events(&["refused"]);
+        run.answer("refused", closed(403));
+        assert_eq!(run.reopens, [Lane::Events]);
+        run.answer("dead letter of raw 1", PublishOutcome::Confirmed);
+        run.reopen(Ok(()));
+        run.answer("refused", closed(403));
+        run.reopen(Ok(()));
+        // Nothing else was stored to the canonical exchange: a probe is wanted.
+        run.events(&["probe"]);
+        run.answer("probe", PublishOutcome::Confirmed);
+        run.answer("refused", closed(403));
+        run.reopen(Ok(()));
+        run.confirm_all();
+        let dead_letters = run
+            .finished
+            .iter()
+            .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(_)))
+            .count();
+        assert_eq!(dead_letters, 2, "raw 1's, once, and the refused one's");
+        assert_eq!(run.settled().len(), 3);
+    }
+
+    /// A message held for retry does not hold back the taps of those behind it.
+    #[test]
+    fn a_held_message_does_not_hold_back_later_taps() {
+        let mut run = Run::new();
+        run.events(&["held"]);
+        run.events(&["next"]);
+        run.answer("held", PublishOutcome::Nacked);
+        run.answer("next", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["tap next"]);
+    }
+
+    #[test]
+    fn an_outcome_of_an_attempt_given_up_on_is_ignored() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        let (id, _) = run.published[0].clone();
+        run.answer("a", PublishOutcome::TimedOut);
+        run.advance(Duration::from_millis(200));
+        assert_eq!(run.pending(), ["a"]);
+        // The first attempt's confirm, late.
+        run.core.decided(run.now, id, PublishOutcome::Confirmed);
+        run.collect();
+        assert_eq!(run.pending(), ["a"], "still waiting for the retry's own");
+        run.confirm_all();
+        assert_eq!(run.settled().len(), 1);
+    }
+}
