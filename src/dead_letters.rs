@@ -9,7 +9,9 @@
 //!   it came from in `x-original-exchange` and `x-original-routing-key`;
 //! - the broker's, for a raw message over the raw queue's delivery limit (or rejected
 //!   without requeue): routing key `unknown.delivery_limit` and only `x-death`, whose
-//!   first entry says the reason, the time, the exchange and the routing keys.
+//!   first entry says the reason, the time, the exchange and the routing keys. One
+//!   rejected with a body over `limits.max_body_bytes` is one the worker left to the
+//!   broker unread: it reads as `body_too_large` ([`DeadLetterInfo::read_with_limit`]).
 
 use std::collections::BTreeMap;
 
@@ -68,6 +70,25 @@ pub struct DeadLetterInfo {
 }
 
 impl DeadLetterInfo {
+    /// [`DeadLetterInfo::read`], knowing the worker's body limit: a broker-made dead
+    /// letter of a raw message rejected with a larger body is one the worker never read,
+    /// and reads as `body_too_large`.
+    pub fn read_with_limit(d: &Delivered, max_body_bytes: usize) -> DeadLetterInfo {
+        let mut info = DeadLetterInfo::read(d);
+        let rejected =
+            d.death.as_ref().and_then(|death| death.reason.as_deref()) == Some("rejected");
+        if info.shape == Shape::Broker && rejected && d.body_len > max_body_bytes {
+            info.kind = crate::normalize::ErrorKind::BodyTooLarge
+                .as_str()
+                .to_owned();
+            info.detail = format!(
+                "body of {} bytes, over limits.max_body_bytes ({max_body_bytes}): not read; dead-lettered by the broker",
+                d.body_len
+            );
+        }
+        info
+    }
+
     pub fn read(d: &Delivered) -> DeadLetterInfo {
         let routing_key = d
             .headers
@@ -327,6 +348,40 @@ mod tests {
         assert_eq!(info.original_exchange, "webhooks.raw");
         assert_eq!(info.original_routing_key, "deel");
         assert_eq!(info.failed_at, Some(at("2026-01-03T00:00:00Z")));
+    }
+
+    /// Rejected with a body over the limit: the worker left it to the broker unread.
+    /// Rejected with a body within it, or over the delivery limit, it stays what it was.
+    #[test]
+    fn a_rejected_body_over_the_limit_reads_as_too_large() {
+        let rejected = |body_len| Delivered {
+            routing_key: DELIVERY_LIMIT_ROUTING_KEY.into(),
+            death: Some(Death {
+                reason: Some("rejected".into()),
+                ..Death::default()
+            }),
+            body_len,
+            ..Delivered::default()
+        };
+        let info = DeadLetterInfo::read_with_limit(&rejected(2_000_000), 1_048_576);
+        assert_eq!(
+            (info.vendor.as_str(), info.kind.as_str()),
+            ("unknown", "body_too_large")
+        );
+        assert_eq!(
+            info.detail,
+            "body of 2000000 bytes, over limits.max_body_bytes (1048576): not read; dead-lettered by the broker"
+        );
+        assert_eq!(
+            DeadLetterInfo::read_with_limit(&rejected(10), 1_048_576).kind,
+            "delivery_limit"
+        );
+        let mut over_limit = rejected(2_000_000);
+        over_limit.death.as_mut().unwrap().reason = Some("delivery_limit".into());
+        assert_eq!(
+            DeadLetterInfo::read_with_limit(&over_limit, 1_048_576).kind,
+            "delivery_limit"
+        );
     }
 
     #[test]

@@ -31,7 +31,8 @@ pub async fn walk_dead_letters(
         per_second,
     };
     walk_queue(settings, walk, progress, |delivery, _| {
-        let info = DeadLetterInfo::read(&delivered(delivery));
+        let info =
+            DeadLetterInfo::read_with_limit(&delivered(delivery), settings.limits.max_body_bytes);
         let properties = properties_json(delivery.routing_key.as_str(), &delivery.properties);
         match decide(&info, &delivery.data, &properties) {
             Action::Keep => Step::Keep,

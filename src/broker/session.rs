@@ -51,7 +51,11 @@ impl Session {
     /// lapin closes a dropped connection.
     pub async fn open(settings: &Settings, health: &Health) -> Result<Session, BrokerError> {
         let publisher = Publisher::open(settings, health).await?;
-        let check = FrameCheck::default();
+        // A body over the limit would be a dead letter anyway: the worker never holds it.
+        let check = FrameCheck {
+            max_body_bytes: u64::try_from(settings.limits.max_body_bytes).ok(),
+            ..FrameCheck::default()
+        };
         let reports = check.reports.clone();
         let connection = connect_checked(&settings.amqp, Role::Consumer, check).await?;
         let (failure_tx, failures) = mpsc::channel(4);

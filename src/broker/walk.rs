@@ -23,7 +23,8 @@
 //!    and then acks it: it leaves the queue. If it comes back as unroutable, a copy is
 //!    kept as in 3. Or it drops it (acks it without a copy).
 //!
-//! Publishes are pipelined: up to [`WINDOW`] messages are in hand at once, each acked in
+//! Publishes are pipelined: up to [`WINDOW`] messages (and at most [`WINDOW_BYTES`] of
+//! bodies, beyond the first) are in hand at once, each acked in
 //! order once its own publish is confirmed. After a whole walk the queue holds the same
 //! messages in the same order (messages that arrived meanwhile may sit among them; a
 //! replay that came back sits a little later). Killed at any point, nothing is lost: the
@@ -56,6 +57,10 @@ use crate::delivery::PublishOutcome;
 /// Messages in hand at once: taken, their copy or replay published, not yet acked.
 /// Killed mid-walk, at most this many are both copied and given back.
 pub const WINDOW: usize = 32;
+
+/// Bytes of bodies in hand at once, beyond the oldest: a queue of large messages (a
+/// broker-made dead letter of an oversized body can be 100 MiB) is walked one at a time.
+pub const WINDOW_BYTES: usize = 64 * 1024 * 1024;
 
 /// What to do with one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -204,6 +209,13 @@ struct InHand {
     took: Took,
 }
 
+impl InHand {
+    /// The body it holds.
+    fn bytes(&self) -> usize {
+        self.confirm.as_ref().map_or(0, |(_, p)| p.body.len())
+    }
+}
+
 /// What a walk did with a message in hand.
 enum Took {
     /// Put a copy back at the tail.
@@ -314,9 +326,11 @@ impl Reader<'_> {
             let step = decide(&delivery, &routing_key);
             let in_hand = self.start(step, delivery, &routing_key).await?;
             self.in_hand.push_back(in_hand);
+            let bytes: usize = self.in_hand.iter().map(InHand::bytes).sum();
             // Ack what is confirmed already (few are left to give back if killed); wait
             // for the oldest only when the window is full.
-            if self.settle(self.in_hand.len() >= WINDOW).await? > 0 {
+            let full = self.in_hand.len() >= WINDOW || bytes >= WINDOW_BYTES;
+            if self.settle(full).await? > 0 {
                 progress(Progress {
                     done: self.summary.read,
                     at_start,

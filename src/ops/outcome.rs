@@ -50,6 +50,9 @@ pub enum Outcome<'a> {
     /// Its dead letter cannot be published: rejected without requeue, so the raw queue's
     /// dead-letter exchange takes it (as `unknown.delivery_limit`, reason `rejected`).
     HandedToBroker { why: &'a str },
+    /// Rejected without requeue so that the raw queue's own dead-lettering keeps it (its
+    /// body was too large to read): counted as a dead letter of this kind.
+    LeftToBroker(&'a DeadLetter),
     /// It came back to the raw queue `through` one of the worker's own exchanges, and was
     /// put in the dead-letter `queue` as it was.
     Looped { through: &'a str, queue: &'a str },
@@ -95,6 +98,14 @@ impl Outcome<'_> {
                     failing_for_ms = failing_for.as_millis() as u64,
                     last = %describe(last),
                     "publishes kept failing; rejected for redelivery"
+                );
+            }
+            Outcome::LeftToBroker(dead_letter) => {
+                health.add_dead_lettered(dead_letter.vendor, dead_letter.kind);
+                warn!(
+                    kind = %dead_letter.kind,
+                    detail = %dead_letter.detail,
+                    "left to the raw queue's dead-lettering"
                 );
             }
             Outcome::Looped { through, queue } => {

@@ -89,8 +89,8 @@ pub use webhooks::{
     fixture_webhooks, fixtures_dir, raw_properties, received_at, webhook_mix,
 };
 pub use worker::{
-    WorkerBuilder, WorkerProcess, assert_alive, declare_topology, run_command, wait_for_progress,
-    worker_binary,
+    WorkerBuilder, WorkerProcess, assert_alive, declare_topology, run_command, run_command_with,
+    wait_for_progress, worker_binary,
 };
 
 /// Waits for a spawned child to end and collects its output, failing the test (not

@@ -312,8 +312,18 @@ pub fn declare_topology(vhost: &TestVhost) {
 /// Runs `webhook-normalizer ARGS…` against `vhost` (no stdin), output captured; fails
 /// the test if it takes over a minute.
 pub fn run_command(vhost: &TestVhost, args: &[&str]) -> std::process::Output {
+    run_command_with(vhost, args, &[])
+}
+
+/// [`run_command`] with these environment variables too (the worker's settings).
+pub fn run_command_with(
+    vhost: &TestVhost,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
     let child = Command::new(worker_binary())
         .args(args)
+        .envs(env.iter().copied())
         .env("NORMALIZER__AMQP__URL", vhost.url())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

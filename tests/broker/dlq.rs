@@ -233,23 +233,34 @@ async fn events_until(
     got
 }
 
-/// `n` webhooks of the standard mix (the normalizable ones), dead-lettered as
-/// `body_too_large` by a worker with a 100-byte body limit, which is then stopped: what a
-/// replay after a fix starts from.
-async fn dead_lettered_by_a_small_limit(
+/// The Deel and Entuitive webhooks of `n` of the standard mix (the normalizable ones),
+/// unsigned, dead-lettered as `invalid_signature` by a worker that requires both
+/// vendors' signatures, which is then stopped: what a replay after a fix (a worker
+/// without that requirement) starts from.
+async fn dead_lettered_for_want_of_a_signature(
     vhost: &TestVhost,
     n: usize,
 ) -> (lapin::Connection, lapin::Channel, Vec<RawWebhook>) {
-    let small = WorkerProcess::start(vhost, &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "100")]);
-    small.wait_ready(Duration::from_secs(20));
+    let strict = WorkerProcess::start(
+        vhost,
+        &[
+            ("NORMALIZER__SIGNATURES__DEEL__SECRETS", r#"["s3cret"]"#),
+            (
+                "NORMALIZER__SIGNATURES__ENTUITIVE__SECRETS",
+                r#"["s3cret"]"#,
+            ),
+        ],
+    );
+    strict.wait_ready(Duration::from_secs(20));
     let (conn, channel) = setup(vhost).await;
     let webhooks: Vec<RawWebhook> = webhook_mix(n, &vhost.name)
         .into_iter()
         .filter(|w| expected(w).is_ok())
+        .filter(|w| matches!(w.vendor, Some("deel" | "entuitive")))
         .collect();
     publish_raw(&channel, &webhooks).await;
     wait_until(Duration::from_secs(30), "every raw message settled", || {
-        small.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+        strict.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
     });
     assert_eq!(queue_depth(&channel, DLQ).await as usize, webhooks.len());
     (conn, channel, webhooks)
@@ -283,14 +294,14 @@ fn listed_message_ids(vhost: &TestVhost) -> Vec<String> {
         .collect()
 }
 
-/// Dead letters made by a worker with a 100-byte body limit (`body_too_large`) are
-/// replayed once the limit is fixed: `--dry-run` lists and moves nothing; `--vendor deel`
+/// Dead letters made by a worker that required signatures the webhooks lack
+/// (`invalid_signature`) are replayed once it no longer does: `--dry-run` lists and moves nothing; `--vendor deel`
 /// moves exactly the Deel ones, which the worker then normalizes, and leaves the others
 /// in order; a broker-made dead letter replays too.
 #[tokio::test(flavor = "multi_thread")]
 async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes_it() {
     let vhost = TestVhost::new("replay");
-    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
+    let (_conn, channel, webhooks) = dead_lettered_for_want_of_a_signature(&vhost, 20).await;
     let (deel, others) = split_deel(&webhooks);
     assert!(!deel.is_empty() && !others.is_empty());
 
@@ -375,7 +386,7 @@ async fn replay_moves_exactly_the_filtered_subset_and_the_worker_then_normalizes
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replay_killed_midway_loses_nothing() {
     let vhost = TestVhost::new("replaykill");
-    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 40).await;
+    let (_conn, channel, webhooks) = dead_lettered_for_want_of_a_signature(&vhost, 40).await;
     let worker = WorkerProcess::start(&vhost, &[]);
     worker.wait_ready(Duration::from_secs(20));
 
@@ -437,7 +448,7 @@ async fn a_replay_killed_midway_loses_nothing() {
 async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
     use base64::Engine as _;
     let vhost = TestVhost::new("purge");
-    let (_conn, channel, webhooks) = dead_lettered_by_a_small_limit(&vhost, 20).await;
+    let (_conn, channel, webhooks) = dead_lettered_for_want_of_a_signature(&vhost, 20).await;
     let (deel, others) = split_deel(&webhooks);
 
     let dir = std::env::temp_dir().join(format!("wn-export-{}", vhost.name));
@@ -457,10 +468,10 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
         .lines()
         .map(|l| {
             let record: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert_eq!(record["kind"], "body_too_large");
+            assert_eq!(record["kind"], "invalid_signature");
             assert_eq!(
                 record["message"]["headers"]["x-normalizer-error-kind"],
-                "body_too_large"
+                "invalid_signature"
             );
             base64::engine::general_purpose::STANDARD
                 .decode(record["body_base64"].as_str().unwrap())

@@ -246,7 +246,9 @@ async fn events_nobody_is_bound_for_land_in_unrouted() {
     );
 }
 
-/// A body over the configured limit is dead-lettered as body_too_large, bytes intact.
+/// A body over the configured limit is dead-lettered, bytes intact, without the worker
+/// reading it: rejected, so the raw queue's own dead-lettering keeps it, and the `dlq`
+/// commands read it as `body_too_large` (`tests/broker/oversized.rs` has the 100 MiB case).
 #[tokio::test(flavor = "multi_thread")]
 async fn oversized_bodies_are_dead_lettered_whole() {
     let vhost = TestVhost::new("oversize");
@@ -268,8 +270,32 @@ async fn oversized_bodies_are_dead_lettered_whole() {
         Duration::from_secs(20),
     )
     .await;
-    assert_eq!(dead[0].routing_key.as_str(), "deel.body_too_large");
+    assert_eq!(dead[0].routing_key.as_str(), "unknown.delivery_limit");
     assert_eq!(dead[0].data, body);
+    let (_, doc) = worker.readiness();
+    assert_eq!(doc["dead_lettered"], 1, "{doc}");
+    assert_eq!(doc["acked"], 0, "rejected, not acknowledged: {doc}");
+    // Put back as it was (the copy the walk reads), and read as too large.
+    channel
+        .basic_publish(
+            "".into(),
+            "normalizer.dead-letter".into(),
+            Default::default(),
+            &dead[0].data,
+            dead[0].properties.clone(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // The dlq commands take the worker's configuration, its body limit included.
+    let out = run_command_with(
+        &vhost,
+        &["dlq", "peek"],
+        &[("NORMALIZER__LIMITS__MAX_BODY_BYTES", "1000")],
+    );
+    let peek = String::from_utf8_lossy(&out.stdout);
+    assert!(peek.contains("\tbody_too_large\t"), "{peek}");
 }
 
 /// The gateway example in `docs/raw-message-contract.md` works as written: run as it is

@@ -12,6 +12,7 @@ mod metrics;
 mod neighbours;
 mod ops;
 mod ordering;
+mod oversized;
 mod permissions;
 mod pipeline;
 mod properties;

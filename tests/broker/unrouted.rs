@@ -239,3 +239,80 @@ async fn a_queue_declared_with_other_arguments_is_reported_with_a_hint() {
         .count();
     assert_eq!(errors, 1, "logged once");
 }
+
+/// A walk's copy keeps the time its event has left in `events.unrouted` (from
+/// `x-normalizer-kept-at`): an event kept 59 s ago in a queue that keeps them 60 s goes
+/// back with about one second to live, one kept 61 s ago is not copied (the broker would
+/// have dropped it), and one kept by an older version (no header) starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_walk_copy_keeps_the_time_its_event_had_left() {
+    let vhost = TestVhost::new("unrouted-ttl");
+    declare_topology(&vhost);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let ago = |secs: i64| {
+        webhook_normalizer::canonical::rfc3339_utc::format(
+            &(chrono::Utc::now() - chrono::TimeDelta::seconds(secs)),
+        )
+    };
+    for (id, kept_at) in [
+        ("almost", Some(ago(59))),
+        ("gone", Some(ago(61))),
+        ("old", None),
+    ] {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-normalizer-unrouted-routing-key".into(),
+            lapin::types::AMQPValue::LongString("deel.contract.created".into()),
+        );
+        if let Some(t) = kept_at {
+            headers.insert(
+                "x-normalizer-kept-at".into(),
+                lapin::types::AMQPValue::LongString(t.as_str().into()),
+            );
+        }
+        channel
+            .basic_publish(
+                "".into(),
+                UNROUTED.into(),
+                Default::default(),
+                b"{}",
+                lapin::BasicProperties::default()
+                    .with_message_id(id.into())
+                    .with_headers(headers),
+            )
+            .await
+            .unwrap();
+    }
+    let out = run_command_with(
+        &vhost,
+        &["unrouted", "stats"],
+        &[("NORMALIZER__OUTPUT__UNROUTED_MAX_AGE_SECS", "60")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains("1 were older than output.unrouted_max_age_secs"),
+        "{summary}"
+    );
+    let kept = read_until_quiet(&channel, UNROUTED, Duration::from_millis(500)).await;
+    let by_id: BTreeMap<String, Option<u64>> = kept
+        .iter()
+        .map(|d| {
+            let expiration = d
+                .properties
+                .expiration()
+                .as_ref()
+                .map(|e| e.as_str().parse().unwrap());
+            (message_id(d), expiration)
+        })
+        .collect();
+    assert_eq!(by_id.len(), 2, "{by_id:?}");
+    let left = by_id["almost"].expect("a copy with the time it had left");
+    assert!((500..=1000).contains(&left), "{left} ms left");
+    assert_eq!(by_id["old"], None, "no header: its time starts again");
+}

@@ -130,6 +130,10 @@ pub(crate) enum Fate {
     /// the raw queue): its one output puts it in the dead-letter queue as it is, so it
     /// loops no more. Says through which exchange.
     Looped(String),
+    /// Its body was too large to read: rejected without requeue, so the raw queue's own
+    /// dead-lettering keeps it, bytes and all. The dead letter says why (and is not
+    /// published: it has no body).
+    LeftToBroker(DeadLetter),
 }
 
 /// How a raw message was settled.
@@ -151,6 +155,8 @@ pub(crate) enum Finish {
     HandedToBroker(String),
     /// Came back through this exchange of the worker's own; put in the dead-letter queue.
     Looped(String),
+    /// Rejected to the raw queue's dead-lettering, for this reason.
+    LeftToBroker(DeadLetter),
 }
 
 /// A raw message settled.
@@ -993,6 +999,13 @@ impl<X: Messages> Core<X> {
                         requeue: false,
                     },
                     Finish::HandedToBroker(why),
+                ),
+                Fate::LeftToBroker(dead_letter) => (
+                    Settle::Reject {
+                        tag: entry.tag,
+                        requeue: false,
+                    },
+                    Finish::LeftToBroker(dead_letter),
                 ),
                 Fate::DeadLetter(dead_letter) => (
                     Settle::Ack {

@@ -280,6 +280,7 @@ impl<'s> Pipeline<'s> {
             ..
         } = delivery;
         self.health.add_consumed(redelivered);
+        let body_omitted = report.as_ref().and_then(|r| r.body_omitted);
         let (properties, property_problems) = match report {
             Some(report) => report.apply(properties),
             None => (properties, Vec::new()),
@@ -305,6 +306,22 @@ impl<'s> Pipeline<'s> {
             raw,
             original: properties,
         };
+        if let Some(size) = body_omitted {
+            let dead_letter = DeadLetter::new(
+                &held.raw,
+                ErrorKind::BodyTooLarge,
+                None,
+                &format!(
+                    "body of {size} bytes, over limits.max_body_bytes ({}): not read; dead-lettered by the broker with its bytes",
+                    self.settings.limits.max_body_bytes
+                ),
+                Utc::now(),
+            );
+            let fate = Fate::LeftToBroker(dead_letter);
+            self.core
+                .admit(Instant::now(), delivery_tag, held, fate, Vec::new());
+            return;
+        }
         if let Some(through) = self.came_back(&held.raw.exchange) {
             let fate = Fate::Looped(through.to_owned());
             let message = self.looped(&held);
@@ -517,6 +534,9 @@ impl<'s> Pipeline<'s> {
                 .record(&self.health, who),
                 Finish::HandedToBroker(why) => {
                     Outcome::HandedToBroker { why }.record(&self.health, who);
+                }
+                Finish::LeftToBroker(dead_letter) => {
+                    Outcome::LeftToBroker(dead_letter).record(&self.health, who);
                 }
                 Finish::Looped(through) => {
                     Outcome::Looped {

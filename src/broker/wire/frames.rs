@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::properties::{
-    MethodKind, check_content_header, check_method, content_summary, returned_route,
+    MethodKind, check_content_header, check_method, content_summary, returned_route, with_body_size,
 };
 use super::reports::WireReports;
 use super::returns::{Digesting, Returned, Returns};
@@ -29,6 +29,10 @@ pub struct FrameCheck {
     pub reports: WireReports,
     /// Our own publishes the broker returned, by channel.
     pub returns: Returns,
+    /// Deliveries with a larger body are handed to the client with an empty one, and the
+    /// body is dropped as it goes by: the worker never holds it (see
+    /// [`super::WireReport::body_omitted`]).
+    pub max_body_bytes: Option<u64>,
 }
 
 /// The state of one connection's inbound byte stream.
@@ -40,6 +44,8 @@ pub struct FrameFilter {
     next_message: HashMap<u16, Incoming>,
     /// Per channel: the body of a returned message being received.
     returned_bodies: HashMap<u16, ReturnedBody>,
+    /// Per channel: bytes left of an oversized body being dropped.
+    dropping: HashMap<u16, u64>,
     /// A method or header frame split across reads, gathered (reused).
     gathered: Vec<u8>,
 }
@@ -75,6 +81,13 @@ enum State {
         left: usize,
         digest: Option<(u16, usize)>,
     },
+    /// Dropping this many more bytes of a body frame of `channel` (`body` of them are
+    /// body bytes): the client never sees them.
+    Drop {
+        left: usize,
+        channel: u16,
+        body: usize,
+    },
     /// Not AMQP frames (the broker answered our protocol header with its own): passed on
     /// as they are; the client will say what is wrong.
     Raw,
@@ -92,6 +105,7 @@ impl FrameFilter {
             check,
             next_message: HashMap::new(),
             returned_bodies: HashMap::new(),
+            dropping: HashMap::new(),
             gathered: Vec::new(),
         }
     }
@@ -147,6 +161,25 @@ impl FrameFilter {
                     self.passed(&input[..n]);
                     input = &input[n..];
                 }
+                State::Drop {
+                    left,
+                    channel,
+                    body,
+                } => {
+                    let n = (*left).min(input.len());
+                    *left -= n;
+                    input = &input[n..];
+                    if *left == 0 {
+                        let (channel, body) = (*channel, *body as u64);
+                        self.state = HEAD;
+                        if let Some(dropping) = self.dropping.get_mut(&channel) {
+                            *dropping = dropping.saturating_sub(body);
+                            if *dropping == 0 {
+                                self.dropping.remove(&channel);
+                            }
+                        }
+                    }
+                }
                 State::Head { head, have } => {
                     if *have == 0 && input[0] == b'A' {
                         self.state = State::Raw;
@@ -162,9 +195,15 @@ impl FrameFilter {
                         let size = size as usize;
                         let checked = matches!(head[0], FRAME_METHOD | FRAME_HEADER)
                             && size <= MAX_CHECKED_FRAME;
-                        if !checked {
+                        let channel = u16::from_be_bytes([head[1], head[2]]);
+                        if head[0] == FRAME_BODY && self.dropping.contains_key(&channel) {
+                            self.state = State::Drop {
+                                left: size + 1,
+                                channel,
+                                body: size,
+                            };
+                        } else if !checked {
                             out.extend_from_slice(&head);
-                            let channel = u16::from_be_bytes([head[1], head[2]]);
                             let digest = (head[0] == FRAME_BODY
                                 && self.returned_bodies.contains_key(&channel))
                             .then_some((channel, size));
@@ -219,6 +258,7 @@ impl FrameFilter {
         } else {
             (None, check_content_header(payload))
         };
+        let mut rewritten = checked.rewritten.clone();
         let payload = checked.rewritten.as_deref().unwrap_or(payload);
         match kind {
             Some(MethodKind::Delivery(tag)) => {
@@ -241,11 +281,16 @@ impl FrameFilter {
             Some(MethodKind::ChannelReset) => {
                 self.next_message.remove(&channel);
                 self.returned_bodies.remove(&channel);
+                self.dropping.remove(&channel);
                 self.check.reports.forget_channel(channel);
                 self.check.returns.forget_channel(channel);
             }
             Some(MethodKind::Other) => {}
-            None => self.content_header(channel, payload, &checked.report),
+            None => {
+                if let Some(smaller) = self.content_header(channel, payload, &checked.report) {
+                    rewritten = Some(smaller);
+                }
+            }
         }
         if kind.is_some()
             && !checked.report.is_empty()
@@ -255,7 +300,7 @@ impl FrameFilter {
                 .reports
                 .file(channel, *tag, checked.report.clone());
         }
-        match &checked.rewritten {
+        match &rewritten {
             Some(payload) => {
                 let size = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                 out.push(head[0]);
@@ -271,25 +316,41 @@ impl FrameFilter {
         }
     }
 
-    /// A content header (as checked) on `channel`: files what was found for a delivery;
-    /// starts a returned message's record.
-    fn content_header(&mut self, channel: u16, payload: &[u8], report: &super::WireReport) {
+    /// A content header (as checked) on `channel`: files what was found for a delivery
+    /// (and, for one whose body is over the limit, returns the header announcing an
+    /// empty body, and drops the body's frames); starts a returned message's record.
+    fn content_header(
+        &mut self,
+        channel: u16,
+        payload: &[u8],
+        report: &super::WireReport,
+    ) -> Option<Vec<u8>> {
         match self.next_message.get(&channel) {
-            Some(Incoming::Delivery(tag)) if !report.is_empty() => {
-                self.check.reports.file(channel, *tag, report.clone());
+            Some(Incoming::Delivery(tag)) => {
+                let tag = *tag;
+                let size = content_summary(payload).map_or(0, |(size, _)| size);
+                let oversized = self.check.max_body_bytes.is_some_and(|max| size > max);
+                let mut report = report.clone();
+                let mut smaller = None;
+                if oversized && let Some(empty) = with_body_size(payload, 0) {
+                    report.body_omitted = Some(size);
+                    self.dropping.insert(channel, size);
+                    smaller = Some(empty);
+                }
+                if !report.is_empty() {
+                    self.check.reports.file(channel, tag, report);
+                }
+                smaller
             }
-            Some(Incoming::Delivery(_)) => {}
             Some(Incoming::Return { .. }) => {
                 let Some(Incoming::Return {
                     exchange,
                     routing_key,
                 }) = self.next_message.remove(&channel)
                 else {
-                    return;
+                    return None;
                 };
-                let Some((size, message_id)) = content_summary(payload) else {
-                    return;
-                };
+                let (size, message_id) = content_summary(payload)?;
                 let returned = ReturnedBody {
                     returned: Returned {
                         exchange,
@@ -305,8 +366,9 @@ impl FrameFilter {
                 } else {
                     self.returned_bodies.insert(channel, returned);
                 }
+                None
             }
-            None => {}
+            None => None,
         }
     }
 
@@ -439,6 +501,64 @@ mod tests {
         .concat();
         run(&mut filter, &input, 64);
         assert!(reports.take(1, 5).is_none());
+    }
+
+    /// A content header with a body of `size` and a message id.
+    fn header_with_body(size: u64) -> Vec<u8> {
+        let mut out = vec![0, 60, 0, 0];
+        out.extend_from_slice(&size.to_be_bytes());
+        out.extend_from_slice(&(1u16 << 7).to_be_bytes());
+        out.extend(short(b"m-1"));
+        out
+    }
+
+    /// A body over the connection's limit never reaches the client: the header says the
+    /// body is empty, the body's frames (on its channel, between others) are dropped, the
+    /// report names the size, and the next delivery passes as it came.
+    #[test]
+    fn a_body_over_the_limit_is_dropped_and_reported_by_its_size() {
+        let big = [
+            frame(FRAME_METHOD, 1, &deliver(7)),
+            frame(FRAME_HEADER, 1, &header_with_body(300)),
+            frame(FRAME_BODY, 1, &[0xAA; 200]),
+            frame(8, 0, b""),
+            frame(FRAME_BODY, 1, &[0xAA; 100]),
+        ]
+        .concat();
+        let small = [
+            frame(FRAME_METHOD, 1, &deliver(8)),
+            frame(FRAME_HEADER, 1, &header_with_body(3)),
+            frame(FRAME_BODY, 1, b"abc"),
+        ]
+        .concat();
+        let want = [
+            frame(FRAME_METHOD, 1, &deliver(7)),
+            frame(FRAME_HEADER, 1, &header_with_body(0)),
+            frame(8, 0, b""),
+            small.clone(),
+        ]
+        .concat();
+        let input = [big, small].concat();
+        for chunk in [1, 7, 64, input.len()] {
+            let reports = WireReports::default();
+            let check = FrameCheck {
+                reports: reports.clone(),
+                max_body_bytes: Some(100),
+                ..FrameCheck::default()
+            };
+            assert_eq!(
+                run(&mut FrameFilter::new(check), &input, chunk),
+                want,
+                "{chunk}"
+            );
+            assert_eq!(reports.take(1, 7).and_then(|r| r.body_omitted), Some(300));
+            assert!(reports.take(1, 8).is_none());
+        }
+        // Without a limit, it all passes.
+        assert_eq!(
+            run(&mut FrameFilter::new(FrameCheck::default()), &input, 64),
+            input
+        );
     }
 
     #[test]

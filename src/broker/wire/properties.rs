@@ -35,17 +35,29 @@ pub struct WireReport {
     /// Table entries whose key repeated an earlier one in the same table: their path and
     /// their value's encoding (type octet and value, already made safe).
     pub duplicates: Vec<(String, Vec<u8>)>,
+    /// The size of a body over the connection's limit, which the client was not given
+    /// (it got an empty one).
+    pub body_omitted: Option<u64>,
 }
 
 impl WireReport {
     pub fn is_empty(&self) -> bool {
-        self.problems.is_empty() && self.duplicates.is_empty()
+        self.problems.is_empty() && self.duplicates.is_empty() && self.body_omitted.is_none()
     }
 
     pub fn merge(&mut self, other: WireReport) {
         self.problems.extend(other.problems);
         self.duplicates.extend(other.duplicates);
+        self.body_omitted = self.body_omitted.or(other.body_omitted);
     }
+}
+
+/// A content header payload announcing a body of `size` bytes instead; `None` for a
+/// payload too short to be one.
+pub fn with_body_size(payload: &[u8], size: u64) -> Option<Vec<u8>> {
+    let mut out = payload.to_vec();
+    out.get_mut(4..12)?.copy_from_slice(&size.to_be_bytes());
+    Some(out)
 }
 
 /// A frame payload after the check: `rewritten` is `None` when it was fine as it was.
