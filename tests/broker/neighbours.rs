@@ -96,15 +96,18 @@ async fn a_full_team_queue_holds_back_no_other_team() {
     let deel_count = webhooks.iter().filter(|w| is_deel(w)).count() as u64;
     // Once the Deel messages are refused again on a retry while others are stored, the
     // refusal is theirs: the worker says it is consuming, holding them for retry.
-    wait_until(
-        Duration::from_secs(10),
-        "only the Deel messages held",
-        || {
-            let (_, doc) = worker.readiness();
-            doc["in_flight"].as_u64() == Some(deel_count) && doc["state"] == "consuming"
-        },
-    );
-    let (_, doc) = worker.readiness();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let (_, doc) = worker.readiness();
+        if doc["in_flight"].as_u64() == Some(deel_count) && doc["state"] == "consuming" {
+            break doc;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only the {deel_count} Deel messages held, consuming: {doc}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         doc["reason"].as_str().is_some_and(
             |r| r.starts_with(&format!("{deel_count} messages held for retry (nacked"))

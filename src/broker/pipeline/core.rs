@@ -45,7 +45,7 @@
 //!   [`MAX_PROBES`] refused in a row the broker refuses everything, and the next probe
 //!   waits with backoff (nothing is dead-lettered for a lost permission).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -224,6 +224,29 @@ pub(crate) struct Core<X: Messages> {
     commands: Vec<Command<X::Message>>,
     finished: Vec<Finished<X::Raw>>,
     counts: Counts,
+    /// When the next tick is due, as of the last one.
+    wake: Option<Instant>,
+    /// Which entries a tick must look at, so that it never scans them all:
+    index: Index,
+}
+
+/// Sets of entries by what a tick has to do with them, kept up to date for every entry
+/// that changed ([`Core::touch`], then [`Core::reindex`]).
+#[derive(Debug, Default)]
+struct Index {
+    /// Changed since the last tick.
+    touched: BTreeSet<u64>,
+    /// With an output being delivered (not failed): later keeps wait for them.
+    delivering: BTreeSet<u64>,
+    /// With an output being delivered or kept (not failed): later taps wait for them.
+    storing: BTreeSet<u64>,
+    /// With a keep or a tap ready to go (maybe waiting for one of the above).
+    waiting: BTreeSet<u64>,
+    /// With an output ready to be delivered that could not go yet (a channel closed,
+    /// isolating).
+    unsent: BTreeSet<u64>,
+    /// Failing: held for a retry, or waiting for a closed channel.
+    failing: BTreeSet<u64>,
 }
 
 struct Entry<X: Messages> {
@@ -330,6 +353,8 @@ impl<X: Messages> Core<X> {
             commands: Vec::new(),
             finished: Vec::new(),
             counts: Counts::default(),
+            wake: None,
+            index: Index::default(),
         }
     }
 
@@ -356,8 +381,12 @@ impl<X: Messages> Core<X> {
         self.channels.iter().all(|c| matches!(c, Channel::Up))
     }
 
-    /// When the core next needs [`Core::tick`] at the latest.
+    /// When the core next needs [`Core::tick`] at the latest (as of the last tick).
     pub(crate) fn wake_at(&self) -> Option<Instant> {
+        self.wake
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
         let mut at: Option<Instant> = None;
         let mut earliest = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
         for channel in &self.channels {
@@ -372,7 +401,12 @@ impl<X: Messages> Core<X> {
         if let Some(wait) = self.isolation.as_ref().and_then(|i| i.wait_until) {
             earliest(wait);
         }
-        for entry in self.entries.values() {
+        for entry in self
+            .index
+            .failing
+            .iter()
+            .filter_map(|s| self.entries.get(s))
+        {
             if let Some(retry) = entry.retry_at {
                 earliest(retry);
             }
@@ -384,6 +418,114 @@ impl<X: Messages> Core<X> {
             }
         }
         at
+    }
+
+    /// Notes that an entry changed: the next tick looks at it.
+    fn touch(&mut self, seq: u64) {
+        self.index.touched.insert(seq);
+    }
+
+    /// Files an entry in the index sets by what it holds now.
+    fn reindex(&mut self, seq: u64) {
+        let index = &mut self.index;
+        index.delivering.remove(&seq);
+        index.storing.remove(&seq);
+        index.waiting.remove(&seq);
+        index.unsent.remove(&seq);
+        index.failing.remove(&seq);
+        let Some(entry) = self.entries.get(&seq) else {
+            return;
+        };
+        let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
+        if entry
+            .outputs
+            .iter()
+            .filter(live)
+            .any(|o| o.step == Step::Deliver)
+        {
+            index.delivering.insert(seq);
+        }
+        if entry
+            .outputs
+            .iter()
+            .filter(live)
+            .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
+        {
+            index.storing.insert(seq);
+        }
+        if entry
+            .outputs
+            .iter()
+            .any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap))
+        {
+            index.waiting.insert(seq);
+        }
+        if entry
+            .outputs
+            .iter()
+            .any(|o| o.state == State::Ready && o.step == Step::Deliver)
+        {
+            index.unsent.insert(seq);
+        }
+        if entry.failing_since.is_some() {
+            index.failing.insert(seq);
+        }
+    }
+
+    /// Asserts that the index sets say what a scan of every entry says.
+    #[cfg(test)]
+    fn check_index(&self) {
+        assert!(self.index.touched.is_empty(), "touched after a tick");
+        let mut scanned = Index::default();
+        for (seq, entry) in &self.entries {
+            let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
+            if entry
+                .outputs
+                .iter()
+                .filter(live)
+                .any(|o| o.step == Step::Deliver)
+            {
+                scanned.delivering.insert(*seq);
+            }
+            if entry
+                .outputs
+                .iter()
+                .filter(live)
+                .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
+            {
+                scanned.storing.insert(*seq);
+            }
+            if entry
+                .outputs
+                .iter()
+                .any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap))
+            {
+                scanned.waiting.insert(*seq);
+            }
+            if entry
+                .outputs
+                .iter()
+                .any(|o| o.state == State::Ready && o.step == Step::Deliver)
+            {
+                scanned.unsent.insert(*seq);
+            }
+            if entry.failing_since.is_some() {
+                scanned.failing.insert(*seq);
+            }
+        }
+        assert_eq!(self.index.unsent, scanned.unsent, "unsent");
+        assert_eq!(self.index.delivering, scanned.delivering, "delivering");
+        assert_eq!(self.index.storing, scanned.storing, "storing");
+        assert_eq!(self.index.waiting, scanned.waiting, "waiting");
+        assert_eq!(self.index.failing, scanned.failing, "failing");
+    }
+
+    /// Reindexes every entry touched since.
+    fn reindex_touched(&mut self) {
+        let touched: Vec<u64> = self.index.touched.iter().copied().collect();
+        for seq in touched {
+            self.reindex(seq);
+        }
     }
 
     /// Takes a planned raw message: `messages` are its events (for [`Fate::Events`]) or
@@ -430,7 +572,7 @@ impl<X: Messages> Core<X> {
             isolation.probing = true;
             isolation.step += 1;
         }
-        self.pump(now);
+        self.touch(seq);
     }
 
     /// How a publish ended.
@@ -508,6 +650,7 @@ impl<X: Messages> Core<X> {
                 }
             }
         }
+        self.touch(id.seq);
         if let Some(fault) = closed {
             self.channel_closed(now, lane, fault, &outcome);
         }
@@ -518,7 +661,6 @@ impl<X: Messages> Core<X> {
         {
             isolation.judge(id.seq, entry, &self.messages);
         }
-        self.pump(now);
     }
 
     /// The glue reopened `lane`'s channel (`Ok`), or could not.
@@ -554,12 +696,15 @@ impl<X: Messages> Core<X> {
                 };
             }
         }
-        self.pump(now);
     }
 
-    /// Runs what is due at `now`.
+    /// Does everything that can be done at `now` after what was fed in (admitted,
+    /// decided, reopened) and what fell due: call it once per batch of those, then take
+    /// the commands. Feeding in does nothing on its own, so that a burst of confirms is
+    /// handled in one pass.
     pub(crate) fn tick(&mut self, now: Instant) {
         self.pump(now);
+        self.wake = self.next_wake();
     }
 
     /// The commands to run, in order.
@@ -596,9 +741,11 @@ impl<X: Messages> Core<X> {
             };
         }
         let failing: Vec<(u64, Instant, Option<&PublishOutcome>)> = self
-            .entries
+            .index
+            .failing
             .iter()
-            .filter_map(|(s, e)| e.failing_since.map(|t| (*s, t, e.last.as_ref())))
+            .filter_map(|s| self.entries.get(s).map(|e| (*s, e)))
+            .filter_map(|(s, e)| e.failing_since.map(|t| (s, t, e.last.as_ref())))
             .collect();
         let last = failing.iter().find_map(|(_, _, l)| *l).map(describe);
         // A failure nothing else escapes (no other publish to its exchange stored since):
@@ -657,8 +804,10 @@ impl<X: Messages> Core<X> {
     /// Does everything that can be done now: reopen, isolate, retry, publish, give up,
     /// settle.
     fn pump(&mut self, now: Instant) {
+        self.reindex_touched();
         for lane in Lane::ALL {
-            let in_flight = self.entries.values().any(|e| e.in_flight_on(lane));
+            let down = matches!(self.channels[lane as usize], Channel::Down { .. });
+            let in_flight = down && self.entries.values().any(|e| e.in_flight_on(lane));
             if let Channel::Down {
                 next,
                 reopening,
@@ -686,7 +835,12 @@ impl<X: Messages> Core<X> {
         if self.isolation.is_none() {
             self.publish_due(now);
         }
+        self.reindex_touched();
         self.settle_done();
+        let touched = std::mem::take(&mut self.index.touched);
+        for seq in touched {
+            self.reindex(seq);
+        }
     }
 
     /// Publishes, in order, every step that is ready: new messages and retries due go at
@@ -695,13 +849,23 @@ impl<X: Messages> Core<X> {
     /// consumption order (publishes on one channel are stored in the order sent; an output
     /// waiting for its retry holds nothing back).
     fn publish_due(&mut self, now: Instant) {
-        let seqs: Vec<u64> = self.entries.keys().copied().collect();
         let up = self.channels.each_ref().map(|c| matches!(c, Channel::Up));
-        let (mut keeps_wait, mut taps_wait) = (false, false);
-        for seq in seqs {
+        // The entries with something to publish: changed ones, failing ones (a retry due,
+        // a channel back), and ones whose keeps or taps wait, up to the first that can
+        // let none through.
+        let keeps_before = self.index.delivering.first().copied().unwrap_or(u64::MAX);
+        let mut candidates: BTreeSet<u64> = self.index.touched.clone();
+        candidates.extend(self.index.failing.iter().copied());
+        candidates.extend(self.index.unsent.iter().copied());
+        candidates.extend(self.index.waiting.range(..=keeps_before).copied());
+        for seq in candidates {
+            let keeps_wait = self.index.delivering.range(..seq).next().is_some();
+            let taps_wait = self.index.storing.range(..seq).next().is_some();
             let Some(entry) = self.entries.get_mut(&seq) else {
                 continue;
             };
+            let (mut keeps_wait, mut taps_wait) = (keeps_wait, taps_wait);
+            let mut changed = false;
             if let Some(at) = entry.retry_at
                 && at <= now
             {
@@ -711,6 +875,7 @@ impl<X: Messages> Core<X> {
                     if matches!(output.state, State::Failed(_)) {
                         output.state = State::Ready;
                         self.counts.retries += 1;
+                        changed = true;
                     }
                 }
             }
@@ -719,6 +884,7 @@ impl<X: Messages> Core<X> {
                 if let State::Failed(PublishOutcome::Closed { .. }) = output.state {
                     output.state = State::Ready;
                     self.counts.retries += 1;
+                    changed = true;
                 }
                 let go = up[output.lane() as usize]
                     && match (output.step, &output.state) {
@@ -731,6 +897,7 @@ impl<X: Messages> Core<X> {
                     let attempt = self.next_attempt;
                     self.next_attempt += 1;
                     output.state = State::InFlight(attempt);
+                    changed = true;
                     self.commands.push(Command::Publish {
                         id: PublishId {
                             seq,
@@ -746,6 +913,11 @@ impl<X: Messages> Core<X> {
                     keeps_wait |= output.step == Step::Deliver;
                     taps_wait |= matches!(output.step, Step::Deliver | Step::Keep);
                 }
+            }
+            if changed {
+                // What later entries wait for may have changed with it.
+                self.reindex(seq);
+                self.touch(seq);
             }
         }
         self.schedule_retries(now);
@@ -763,6 +935,7 @@ impl<X: Messages> Core<X> {
             }
         }
         self.publish_steps(seq, |s| s != Step::Done);
+        self.touch(seq);
         self.schedule_retries(now);
     }
 
@@ -792,7 +965,11 @@ impl<X: Messages> Core<X> {
 
     /// Gives each message whose failed steps wait a time to retry them.
     fn schedule_retries(&mut self, now: Instant) {
-        for entry in self.entries.values_mut() {
+        let failing: Vec<u64> = self.index.failing.iter().copied().collect();
+        for seq in failing {
+            let Some(entry) = self.entries.get_mut(&seq) else {
+                continue;
+            };
             let waiting = entry
                 .outputs
                 .iter()
@@ -808,10 +985,12 @@ impl<X: Messages> Core<X> {
     fn give_up_where_due(&mut self, now: Instant) {
         let max_elapsed = self.tuning.retry.max_elapsed;
         let failing: Vec<(u64, Instant)> = self
-            .entries
+            .index
+            .failing
             .iter()
+            .filter_map(|s| self.entries.get(s).map(|e| (*s, e)))
             .filter(|(_, e)| !e.in_flight())
-            .filter_map(|(s, e)| e.failing_since.map(|t| (*s, t)))
+            .filter_map(|(s, e)| e.failing_since.map(|t| (s, t)))
             .collect();
         let held_bytes: usize = failing
             .iter()
@@ -833,6 +1012,7 @@ impl<X: Messages> Core<X> {
             if now.duration_since(since) >= max_elapsed || crowding == Some(seq) {
                 crowding = None;
                 self.give_up(now, seq);
+                self.touch(seq);
             }
         }
     }
@@ -975,16 +1155,18 @@ impl<X: Messages> Core<X> {
         entry.retry_at = None;
         entry.rounds = 0;
         entry.last = None;
+        self.touch(seq);
     }
 
     /// Settles every message whose outputs are all done, in any order; an ack covers
     /// every earlier delivery (`multiple`) only when none of them is still held.
     fn settle_done(&mut self) {
         let done: Vec<u64> = self
-            .entries
+            .index
+            .touched
             .iter()
-            .filter(|(_, e)| e.done())
-            .map(|(s, _)| *s)
+            .filter(|s| self.entries.get(s).is_some_and(Entry::done))
+            .copied()
             .collect();
         for seq in done {
             let first = self.entries.keys().next() == Some(&seq);
@@ -1136,6 +1318,7 @@ impl<X: Messages> Core<X> {
 
     /// A tap copy or a dead letter refused alone.
     fn refused_without_proof(&mut self, candidate: Candidate) {
+        self.index.touched.insert(candidate.seq);
         let Some(entry) = self.entries.get_mut(&candidate.seq) else {
             return;
         };
@@ -1149,8 +1332,15 @@ impl<X: Messages> Core<X> {
                         self.counts.taps_given_up += 1;
                     }
                 }
-                entry.failing_since = None;
-                entry.retry_at = None;
+                // Its other outputs may still be failing, and wait for their retry.
+                if !entry
+                    .outputs
+                    .iter()
+                    .any(|o| matches!(o.state, State::Failed(_)))
+                {
+                    entry.failing_since = None;
+                    entry.retry_at = None;
+                }
             }
             Refused::DeadLetter | Refused::Event => {
                 let reason = refusal_reason(entry);
@@ -1324,6 +1514,8 @@ impl<X: Messages> Entry<X> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// A message as the tests see it: where it goes, and what it is.
@@ -1441,6 +1633,8 @@ mod tests {
         }
 
         fn collect(&mut self) {
+            self.core.tick(self.now);
+            self.core.check_index();
             for c in self.core.take_commands() {
                 match c {
                     Command::Publish { id, message, .. } => {
@@ -1522,6 +1716,136 @@ mod tests {
                 .find(|(t, _, _)| *t == tag)
                 .unwrap_or_else(|| panic!("{tag} not settled"))
                 .2
+        }
+    }
+
+    /// What the broker may answer, in a random run.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A raw message with this many events (0: its dead letter).
+        Admit(usize),
+        /// Answer the pending publish at this index.
+        Answer(prop::sample::Index, u8),
+        Advance(u64),
+        Reopen(bool),
+    }
+
+    fn ops() -> impl Strategy<Value = Vec<Op>> {
+        prop::collection::vec(
+            prop_oneof![
+                3 => (0usize..3).prop_map(Op::Admit),
+                8 => (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, o)| Op::Answer(i, o)),
+                2 => (1u64..3000).prop_map(Op::Advance),
+                1 => any::<bool>().prop_map(Op::Reopen),
+            ],
+            1..120,
+        )
+    }
+
+    fn outcome(o: u8) -> PublishOutcome {
+        match o % 16 {
+            0 => PublishOutcome::Nacked,
+            1 => PublishOutcome::Returned,
+            2 => PublishOutcome::TimedOut,
+            3 => closed(403),
+            4 => PublishOutcome::Closed {
+                code: None,
+                reason: "lost".into(),
+            },
+            _ => PublishOutcome::Confirmed,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 500,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+        /// Whatever the broker answers and whenever: the index always agrees with a scan
+        /// (checked at every tick), a message is acknowledged only once each of its events
+        /// was stored (delivered or kept) or its dead letter was, and once the broker takes
+        /// everything again every message is settled exactly once.
+        #[test]
+        fn every_message_is_settled_once_and_acked_only_when_stored(ops in ops()) {
+            let mut run = Run::new();
+            let mut admitted: Vec<(u64, Vec<String>)> = Vec::new();
+            let mut stored: std::collections::HashSet<String> = Default::default();
+            let answer = |run: &mut Run, at: usize, o: PublishOutcome, stored: &mut std::collections::HashSet<String>| {
+                let (id, m) = run.published.remove(at);
+                if o == PublishOutcome::Confirmed && !m.what.starts_with("tap ") {
+                    stored.insert(m.what.strip_prefix("kept ").unwrap_or(&m.what).to_owned());
+                }
+                run.core.decided(run.now, id, o);
+                run.collect();
+            };
+            for op in ops {
+                match op {
+                    Op::Admit(0) => {
+                        let tag = run.next_tag;
+                        run.next_tag += 1;
+                        let raw: &'static str = Box::leak(format!("raw {tag}").into_boxed_str());
+                        let (dl, msg) = Make.dead_letter(&raw, ErrorKind::InvalidJson, None, "x");
+                        run.core.admit(run.now, tag, raw, Fate::DeadLetter(dl), vec![msg.unwrap()]);
+                        run.collect();
+                        admitted.push((tag, vec![]));
+                    }
+                    Op::Admit(n) => {
+                        let names: Vec<String> = (0..n).map(|i| format!("e{}.{i}", run.next_tag)).collect();
+                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let tag = run.events(&refs);
+                        admitted.push((tag, names));
+                    }
+                    Op::Answer(i, o) if !run.published.is_empty() => {
+                        let at = i.index(run.published.len());
+                        answer(&mut run, at, outcome(o), &mut stored);
+                    }
+                    Op::Answer(..) => {}
+                    Op::Advance(ms) => run.advance(Duration::from_millis(ms)),
+                    Op::Reopen(ok) => {
+                        if !run.reopens.is_empty() {
+                            run.reopen(if ok { Ok(()) } else { Err("no".into()) });
+                        }
+                    }
+                }
+            }
+            // The broker takes everything from now on; probes come when wanted.
+            for _ in 0..2000 {
+                if run.finished.len() == admitted.len() {
+                    break;
+                }
+                if !run.reopens.is_empty() {
+                    run.reopen(Ok(()));
+                } else if !run.published.is_empty() {
+                    answer(&mut run, 0, PublishOutcome::Confirmed, &mut stored);
+                } else if run.core.can_take() && run.core.isolation.is_some() {
+                    let name = format!("probe{}", run.next_tag);
+                    let tag = run.events(&[&name]);
+                    admitted.push((tag, vec![name]));
+                } else {
+                    run.advance(Duration::from_secs(1));
+                }
+            }
+            let mut settled: Vec<u64> = run.finished.iter().map(|(t, _, _)| *t).collect();
+            settled.sort_unstable();
+            let want: Vec<u64> = admitted.iter().map(|(t, _)| *t).collect();
+            prop_assert_eq!(&settled, &want, "each settled exactly once");
+            for (tag, settle, finish) in &run.finished {
+                let names = &admitted.iter().find(|(t, _)| t == tag).unwrap().1;
+                let dead_letter = format!("dead letter of raw {tag}");
+                match (settle, finish) {
+                    (Settle::Ack { .. }, Finish::Stored { .. }) => {
+                        for n in names {
+                            prop_assert!(stored.contains(n), "{} acked, {} not stored", tag, n);
+                        }
+                    }
+                    (Settle::Ack { .. }, Finish::DeadLettered(_)) => {
+                        prop_assert!(stored.contains(&dead_letter), "{} acked, its dead letter not stored", tag);
+                    }
+                    (Settle::Reject { .. }, Finish::Requeued { .. } | Finish::HandedToBroker(_)) => {}
+                    other => prop_assert!(false, "{}: {:?}", tag, other),
+                }
+            }
         }
     }
 

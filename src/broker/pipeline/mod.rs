@@ -61,6 +61,25 @@ pub(crate) struct Amqp {
     tap_exchange: ShortString,
     unrouted_queue: ShortString,
     frame_max: u32,
+    /// `x-normalizer-kept-at` of the current millisecond, written once for all the copies
+    /// made in it.
+    now_text: std::sync::Mutex<(i64, String)>,
+}
+
+impl Amqp {
+    /// Now, as `x-normalizer-kept-at` writes it.
+    fn kept_at(&self) -> String {
+        let now = Utc::now();
+        let millis = now.timestamp_millis();
+        let mut cached = self
+            .now_text
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cached.0 != millis || cached.1.is_empty() {
+            *cached = (millis, rfc3339_utc::format(&now));
+        }
+        cached.1.clone()
+    }
 }
 
 impl Messages for Amqp {
@@ -82,7 +101,7 @@ impl Messages for Amqp {
     /// The event as published, to the unrouted queue through the default exchange, with
     /// its type in `x-normalizer-unrouted-routing-key` and when it was kept.
     fn kept(&self, event: &AmqpMessage) -> AmqpMessage {
-        let kept_at = rfc3339_utc::format(&Utc::now());
+        let kept_at = self.kept_at();
         let properties = with_headers(
             &event.properties,
             &[
@@ -134,10 +153,7 @@ impl Messages for Amqp {
         let properties = if kept {
             stored.properties.clone()
         } else {
-            with_headers(
-                &stored.properties,
-                &[(headers::KEPT_AT, &rfc3339_utc::format(&Utc::now()))],
-            )
+            with_headers(&stored.properties, &[(headers::KEPT_AT, &self.kept_at())])
         };
         AmqpMessage {
             exchange: self.tap_exchange.clone(),
@@ -200,6 +216,7 @@ impl<'s> Pipeline<'s> {
             tap_exchange: settings.output.tap_exchange.as_str().into(),
             unrouted_queue: settings.output.unrouted_queue.as_str().into(),
             frame_max: publisher.frame_max(),
+            now_text: std::sync::Mutex::default(),
         };
         let tuning = Tuning {
             retry: RetryPolicy {
@@ -262,7 +279,7 @@ impl<'s> Pipeline<'s> {
         }
     }
 
-    /// Runs what is due now (retries, reopens, budgets).
+    /// Runs what is due now (retries, reopens, budgets): the commands follow.
     pub(crate) fn tick(&mut self) {
         self.core.tick(Instant::now());
     }
@@ -435,6 +452,7 @@ impl<'s> Pipeline<'s> {
     /// handed to the client in this order) and channel reopens.
     pub(crate) async fn run_commands(&mut self) {
         loop {
+            self.core.tick(Instant::now());
             let commands = self.core.take_commands();
             if commands.is_empty() {
                 break;
