@@ -9,10 +9,14 @@ use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
 use uuid::{Builder, Uuid, uuid};
 
-use super::CanonicalType;
+use super::{CanonicalType, EventType};
 
 /// The UUIDv5 namespace of every canonical event id. Fixed forever.
 pub const EVENT_ID_NAMESPACE: Uuid = uuid!("97eb2466-1564-4be4-b98e-bcd8ea4c672c");
+
+/// The UUIDv5 namespace of the ids of events a vendor marked simulations (Deel's
+/// `is_simulation`), named as real ones are. Fixed forever.
+pub const SIMULATION_ID_NAMESPACE: Uuid = uuid!("87ea4241-ebc0-4dc4-94b6-7644716c3118");
 
 /// The UUIDv5 namespace of Entuitive user keys (see [`user_key`]). Fixed forever.
 pub const USER_KEY_NAMESPACE: Uuid = uuid!("9f77a320-178a-49cb-acee-d547c23b8ba8");
@@ -23,19 +27,63 @@ pub const USER_KEY_NAMESPACE: Uuid = uuid!("9f77a320-178a-49cb-acee-d547c23b8ba8
 #[error("the event holds a number that RFC 8785 canonical JSON cannot represent")]
 pub struct Uncanonicalizable;
 
+/// What an event's id is named by besides its identity: its canonical type, for a
+/// generic event the vendor's own type string, and whether the vendor marked it a
+/// simulation.
+#[derive(Debug, Clone)]
+pub struct IdName<'a> {
+    event_type: CanonicalType,
+    vendor_type: Option<&'a str>,
+    simulation: bool,
+}
+
+impl IdName<'static> {
+    /// A real event of a mapped type.
+    pub fn mapped(event_type: EventType) -> IdName<'static> {
+        IdName {
+            event_type: event_type.into(),
+            vendor_type: None,
+            simulation: false,
+        }
+    }
+}
+
+impl<'a> IdName<'a> {
+    /// A real generic event: an unmapped vendor type passed through. Several vendor types
+    /// can share one generic type (its word is normalised and cut at 64 characters); the
+    /// vendor's type string in the name keeps their ids apart.
+    pub fn generic(event_type: CanonicalType, vendor_type: &'a str) -> IdName<'a> {
+        IdName {
+            event_type,
+            vendor_type: Some(vendor_type),
+            simulation: false,
+        }
+    }
+
+    /// The same, for an event the vendor marked a simulation (Deel's `is_simulation`):
+    /// named under [`SIMULATION_ID_NAMESPACE`], so that it never shares an id with the
+    /// real event it imitates.
+    pub fn simulated(self, simulation: bool) -> IdName<'a> {
+        IdName { simulation, ..self }
+    }
+}
+
+impl From<EventType> for IdName<'static> {
+    fn from(event_type: EventType) -> Self {
+        IdName::mapped(event_type)
+    }
+}
+
 /// The stable id of an event from a vendor whose own event id is documented as the
 /// event's identity (Authenticate's envelope `id`):
 /// `UUIDv5(EVENT_ID_NAMESPACE, "{vendor}\n{canonical type}\n{vendor event id}")`.
 ///
 /// The canonical type is in the name so that one vendor id reused across event types (or
 /// across the stages of one report) cannot make two different events share an id.
-pub fn id_from_vendor_event_id(
-    event_type: impl Into<CanonicalType>,
-    vendor_event_id: &str,
-) -> Uuid {
-    let mut name = NameHasher::new(&event_type.into());
-    name.0.update(vendor_event_id.as_bytes());
-    name.finish()
+pub fn id_from_vendor_event_id<'a>(name: impl Into<IdName<'a>>, vendor_event_id: &str) -> Uuid {
+    let mut hasher = NameHasher::new(&name.into());
+    hasher.0.update(vendor_event_id.as_bytes());
+    hasher.finish()
 }
 
 /// The stable id of an event from a vendor with no trustworthy event id: Deel (whose
@@ -46,31 +94,28 @@ pub fn id_from_vendor_event_id(
 /// object. RFC 8785 (JCS) sorts keys and fixes number and string formatting, so key order
 /// and whitespace cannot change the id. JCS writes numbers as IEEE 754 doubles: integers
 /// beyond 2^53 that differ only past that precision give the same id.
-pub fn id_from_content(
-    event_type: impl Into<CanonicalType>,
+pub fn id_from_content<'a>(
+    name: impl Into<IdName<'a>>,
     object: &Map<String, Value>,
 ) -> Result<Uuid, Uncanonicalizable> {
     // Buffered, then hashed in one call: the formatter writes many tiny pieces, which a
     // buffer takes faster than the hasher does.
     let canonical = canonical_json(object)?;
-    let mut name = NameHasher::new(&event_type.into());
-    name.0.update(&canonical);
-    Ok(name.finish())
+    let mut hasher = NameHasher::new(&name.into());
+    hasher.0.update(&canonical);
+    Ok(hasher.finish())
 }
 
 /// As [`id_from_content`] for a value of any JSON type: the identity of a generic event
 /// (an unmapped type passed through), whose `resource` or `data` may be anything.
-pub fn id_from_any_content(
-    event_type: &CanonicalType,
-    value: &Value,
-) -> Result<Uuid, Uncanonicalizable> {
+pub fn id_from_any_content(name: &IdName<'_>, value: &Value) -> Result<Uuid, Uncanonicalizable> {
     let mut canonical = Vec::with_capacity(1024);
     JcsValue(value)
         .to_canon_json_writer(&mut canonical)
         .map_err(|_| Uncanonicalizable)?;
-    let mut name = NameHasher::new(event_type);
-    name.0.update(&canonical);
-    Ok(name.finish())
+    let mut hasher = NameHasher::new(name);
+    hasher.0.update(&canonical);
+    Ok(hasher.finish())
 }
 
 /// The RFC 8785 (JCS) form of a JSON object: the bytes that go into a content id.
@@ -129,15 +174,26 @@ impl Serialize for JcsValue<'_> {
 struct NameHasher(Sha1);
 
 impl NameHasher {
-    /// Starts the name with `{vendor}\n{canonical type}\n`. Neither part can contain a
-    /// newline, so the name splits back into its three parts unambiguously.
-    fn new(event_type: &CanonicalType) -> NameHasher {
+    /// Starts the name with `{vendor}\n{canonical type}\n`, and for a generic event the
+    /// vendor's type as a JSON string and `\n`. Neither of the first two can contain a
+    /// newline and a JSON string ends at its closing quote, so the name splits back into
+    /// its parts unambiguously. A simulation is named under its own namespace.
+    fn new(name: &IdName<'_>) -> NameHasher {
         let mut sha = Sha1::new();
-        sha.update(EVENT_ID_NAMESPACE.as_bytes());
-        sha.update(event_type.vendor().key().as_bytes());
+        let namespace = if name.simulation {
+            SIMULATION_ID_NAMESPACE
+        } else {
+            EVENT_ID_NAMESPACE
+        };
+        sha.update(namespace.as_bytes());
+        sha.update(name.event_type.vendor().key().as_bytes());
         sha.update(b"\n");
-        sha.update(event_type.as_str().as_bytes());
+        sha.update(name.event_type.as_str().as_bytes());
         sha.update(b"\n");
+        if let Some(vendor_type) = name.vendor_type {
+            sha.update(Value::from(vendor_type).to_string().as_bytes());
+            sha.update(b"\n");
+        }
         NameHasher(sha)
     }
 
@@ -159,6 +215,8 @@ pub fn user_key(email: &str) -> Uuid {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use serde_json::json;
 
     use super::*;
@@ -204,20 +262,83 @@ deel.timesheet.reviewed
         let t = CanonicalType::unmapped(Vendor::Deel, "payslip.available").unwrap();
         let want = Uuid::new_v5(
             &EVENT_ID_NAMESPACE,
-            b"deel\ndeel.unmapped.payslip_available\n{\"a\":[1000],\"b\":1.5}",
+            b"deel\ndeel.unmapped.payslip_available\n\"payslip.available\"\n{\"a\":[1000],\"b\":1.5}",
         );
-        assert_eq!(id_from_any_content(&t, &object).unwrap(), want);
+        let name = IdName::generic(t.clone(), "payslip.available");
+        assert_eq!(id_from_any_content(&name, &object).unwrap(), want);
         assert_eq!(
-            id_from_content(t.clone(), object.as_object().unwrap()).unwrap(),
+            id_from_content(name.clone(), object.as_object().unwrap()).unwrap(),
             want
         );
         let array = json!([{"id": 1}]);
         assert_eq!(
-            id_from_any_content(&t, &array).unwrap(),
+            id_from_any_content(&name, &array).unwrap(),
             Uuid::new_v5(
                 &EVENT_ID_NAMESPACE,
-                b"deel\ndeel.unmapped.payslip_available\n[{\"id\":1}]"
+                b"deel\ndeel.unmapped.payslip_available\n\"payslip.available\"\n[{\"id\":1}]"
             )
+        );
+    }
+
+    /// Vendor types that share a generic type (normalised alike, or alike in their first
+    /// 64 characters) never share an id: the vendor's type string is in the name, as a
+    /// JSON string, so that no type can end where another's identity begins.
+    #[test]
+    fn generic_types_alike_after_normalising_keep_their_ids_apart() {
+        let resource = json!({"id": "r-1"});
+        let long = "a".repeat(64);
+        let mut ids = BTreeSet::new();
+        for vendor_type in [
+            "payslip.available",
+            "PAYSLIP_AVAILABLE",
+            "payslip--available!!",
+            &format!("{long}.one"),
+            &format!("{long}.two"),
+            "x\n\"a\"",
+        ] {
+            let t = CanonicalType::unmapped(Vendor::Deel, vendor_type).unwrap();
+            let id = id_from_any_content(&IdName::generic(t, vendor_type), &resource).unwrap();
+            assert!(ids.insert(id), "{vendor_type:?} shares an id");
+        }
+        let t = CanonicalType::unmapped(Vendor::Deel, "x\n\"a\"").unwrap();
+        assert_eq!(
+            id_from_vendor_event_id(IdName::generic(t, "x\n\"a\""), "7"),
+            Uuid::new_v5(
+                &EVENT_ID_NAMESPACE,
+                b"deel\ndeel.unmapped.x_a\n\"x\\n\\\"a\\\"\"\n7"
+            )
+        );
+    }
+
+    /// A simulation is named as the real event under its own namespace: the same
+    /// resource gives two ids, and nothing else about the name changes.
+    #[test]
+    fn a_simulation_never_shares_an_id_with_the_real_event() {
+        let resource = json!({"id": "c-1", "status": "new"});
+        let object = resource.as_object().unwrap();
+        let real = id_from_content(EventType::DeelContractCreated, object).unwrap();
+        let simulated = id_from_content(
+            IdName::mapped(EventType::DeelContractCreated).simulated(true),
+            object,
+        )
+        .unwrap();
+        assert_ne!(real, simulated);
+        assert_eq!(
+            simulated,
+            Uuid::new_v5(
+                &SIMULATION_ID_NAMESPACE,
+                br#"deel
+deel.contract.created
+{"id":"c-1","status":"new"}"#
+            )
+        );
+        assert_eq!(
+            id_from_content(
+                IdName::mapped(EventType::DeelContractCreated).simulated(false),
+                object
+            )
+            .unwrap(),
+            real
         );
     }
 

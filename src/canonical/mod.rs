@@ -19,8 +19,8 @@ pub use data_schema::{
     data_schema_uri, document as data_schema_document,
 };
 pub use id::{
-    EVENT_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable, canonical_json, id_from_any_content,
-    id_from_content, id_from_vendor_event_id, user_key,
+    EVENT_ID_NAMESPACE, IdName, SIMULATION_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable,
+    canonical_json, id_from_any_content, id_from_content, id_from_vendor_event_id, user_key,
 };
 pub use types::{
     CanonicalType, EventType, GENERIC_ENTITY_KIND, MAX_UNMAPPED_WORD_BYTES, NotACanonicalType,

@@ -14,7 +14,7 @@ use super::fields::{self, Obj, PayloadError, Problem};
 use super::unmapped::{Envelope, Generic, Identity, UnmappedPolicy};
 use super::{MapError, Mapped, uncanonicalizable};
 use crate::canonical::{
-    CanonicalEvent, Entity, EventData, EventFacts, EventType, Person, Tenant, Vendor,
+    CanonicalEvent, Entity, EventData, EventFacts, EventType, IdName, Person, Tenant, Vendor,
     id_from_content,
 };
 
@@ -100,7 +100,14 @@ pub(super) fn map(
             let elements = items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| element(event_type, item, format!("{resource_path}[{i}]")))
+                .map(|(i, item)| {
+                    element(
+                        event_type,
+                        common.simulation,
+                        item,
+                        format!("{resource_path}[{i}]"),
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Mapped::fan_out(FanOut {
                 skeleton: body,
@@ -112,7 +119,7 @@ pub(super) fn map(
             }))
         }
         single => {
-            let facts = element(event_type, &single, resource_path)?;
+            let facts = element(event_type, common.simulation, &single, resource_path)?;
             if let Some(slot) = resource_slot(&mut body, top_level) {
                 *slot = single;
             }
@@ -158,10 +165,18 @@ struct Element {
     person: Option<Person>,
 }
 
-fn element(event_type: EventType, value: &Value, path: String) -> Result<Element, PayloadError> {
+fn element(
+    event_type: EventType,
+    simulation: bool,
+    value: &Value,
+    path: String,
+) -> Result<Element, PayloadError> {
     let resource = fields::as_object(value, path)?;
-    let id = id_from_content(event_type, resource.map)
-        .map_err(uncanonicalizable(resource.path.clone()))?;
+    let id = id_from_content(
+        IdName::mapped(event_type).simulated(simulation),
+        resource.map,
+    )
+    .map_err(uncanonicalizable(resource.path.clone()))?;
     Ok(Element {
         id,
         entity: entity(event_type, &resource)?,

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::{MapError, uncanonicalizable};
 use crate::canonical::{
-    CanonicalEvent, CanonicalType, Entity, EventData, EventFacts, GENERIC_ENTITY_KIND, Tenant,
-    Vendor, id_from_any_content, id_from_vendor_event_id,
+    CanonicalEvent, CanonicalType, Entity, EventData, EventFacts, GENERIC_ENTITY_KIND, IdName,
+    Tenant, Vendor, id_from_any_content, id_from_vendor_event_id,
 };
 
 /// What becomes of a body whose vendor type is not in the type table.
@@ -91,10 +91,12 @@ impl Generic {
     pub(super) fn new(envelope: Envelope<'_>) -> Result<Generic, MapError> {
         let event_type = CanonicalType::unmapped(envelope.vendor, envelope.vendor_type)
             .ok_or_else(|| MapError::UnknownEventType(envelope.vendor_type.to_owned()))?;
+        let name = IdName::generic(event_type.clone(), envelope.vendor_type)
+            .simulated(envelope.simulation);
         let id = match envelope.identity {
-            Identity::VendorEventId(id) => id_from_vendor_event_id(event_type.clone(), id),
+            Identity::VendorEventId(id) => id_from_vendor_event_id(name, id),
             Identity::Content { value, path } => {
-                id_from_any_content(&event_type, value).map_err(uncanonicalizable(path))?
+                id_from_any_content(&name, value).map_err(uncanonicalizable(path))?
             }
         };
         Ok(Generic {

@@ -70,7 +70,7 @@ fn a_deel_generic_id_is_the_jcs_of_resource_under_the_generic_type() {
     let event = one(passthrough(&fixture("deel/payslip.available.json"), None));
     assert_eq!(event.event_type.as_str(), "deel.unmapped.payslip_available");
     // JCS of `resource`, written by hand: keys sorted, no whitespace.
-    let name = "deel\ndeel.unmapped.payslip_available\n\
+    let name = "deel\ndeel.unmapped.payslip_available\n\"payslip.available\"\n\
         {\"created\":true,\"created_at\":\"2023-05-11T12:21:52.439Z\",\"id\":10446275,\
         \"public_id\":\"86ea6346-e5d3-491c-a065-1aa14cf7e3a6\",\"status\":\"pending\"}";
     assert_eq!(event.id, Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()));
@@ -116,6 +116,52 @@ fn a_deel_generic_id_survives_retries_and_reformatting_but_not_other_content() {
     assert_ne!(id(&other_type), original);
 }
 
+/// Vendor types normalised alike share a generic type (and routing key), never an id:
+/// a consumer deduplicating on ids keeps each of them.
+#[test]
+fn vendor_types_sharing_a_generic_type_never_share_an_id() {
+    let body: Value = serde_json::from_slice(&fixture("deel/payslip.available.json")).unwrap();
+    let long = "x".repeat(64);
+    let mut ids = std::collections::BTreeMap::new();
+    for vendor_type in [
+        "payslip.available".to_owned(),
+        "PAYSLIP_AVAILABLE".to_owned(),
+        "payslip--available!!".to_owned(),
+        format!("{long}.first"),
+        format!("{long}.second"),
+    ] {
+        let mut typed = body.clone();
+        typed["data"]["meta"]["event_type"] = json!(vendor_type);
+        let event = one(passthrough(typed.to_string().as_bytes(), Some("deel")));
+        if let Some(other) = ids.insert(event.id, vendor_type.clone()) {
+            panic!("{vendor_type:?} and {other:?} share the id {}", event.id);
+        }
+    }
+    let types: std::collections::BTreeSet<String> = ids
+        .values()
+        .map(|t| {
+            let mut typed = body.clone();
+            typed["data"]["meta"]["event_type"] = json!(t);
+            one(passthrough(typed.to_string().as_bytes(), Some("deel")))
+                .event_type
+                .to_string()
+        })
+        .collect();
+    assert_eq!(types.len(), 2, "two routing keys for five types: {types:?}");
+}
+
+/// A simulated unmapped event is not the real one either.
+#[test]
+fn a_simulated_generic_event_never_shares_an_id_with_the_real_one() {
+    let body: Value = serde_json::from_slice(&fixture("deel/payslip.available.json")).unwrap();
+    let real = one(passthrough(body.to_string().as_bytes(), Some("deel")));
+    let mut simulated = body;
+    simulated["data"]["meta"]["is_simulation"] = json!(true);
+    let simulated = one(passthrough(simulated.to_string().as_bytes(), Some("deel")));
+    assert_eq!(simulated.simulation, Some(true));
+    assert_ne!(simulated.id, real.id);
+}
+
 #[test]
 fn a_deel_array_resource_is_one_generic_event_holding_the_whole_body() {
     let mut body: Value = serde_json::from_slice(&fixture("deel/payslip.available.json")).unwrap();
@@ -132,7 +178,7 @@ fn an_authenticate_generic_id_is_its_envelope_id() {
         None,
     ));
     let name = "authenticate\nauthenticate.unmapped.sex_offender_check_status_update\n\
-        1a2b3c4d-0000-4000-8000-000000000009";
+        \"SEX_OFFENDER_CHECK_STATUS_UPDATE\"\n1a2b3c4d-0000-4000-8000-000000000009";
     assert_eq!(event.id, Uuid::new_v5(&EVENT_ID_NAMESPACE, name.as_bytes()));
     assert_eq!(
         event.vendoreventid.as_deref(),
