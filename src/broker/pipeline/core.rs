@@ -249,6 +249,32 @@ struct Index {
     failing: BTreeSet<u64>,
 }
 
+impl Index {
+    /// Puts entry `seq` in the sets it belongs to (it is in none yet).
+    fn file<X: Messages>(&mut self, seq: u64, entry: &Entry<X>) {
+        let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
+        let outputs = || entry.outputs.iter();
+        if outputs().filter(live).any(|o| o.step == Step::Deliver) {
+            self.delivering.insert(seq);
+        }
+        if outputs()
+            .filter(live)
+            .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
+        {
+            self.storing.insert(seq);
+        }
+        if outputs().any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap)) {
+            self.waiting.insert(seq);
+        }
+        if outputs().any(|o| o.state == State::Ready && o.step == Step::Deliver) {
+            self.unsent.insert(seq);
+        }
+        if entry.failing_since.is_some() {
+            self.failing.insert(seq);
+        }
+    }
+}
+
 struct Entry<X: Messages> {
     tag: u64,
     raw: X::Raw,
@@ -436,40 +462,7 @@ impl<X: Messages> Core<X> {
         let Some(entry) = self.entries.get(&seq) else {
             return;
         };
-        let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
-        if entry
-            .outputs
-            .iter()
-            .filter(live)
-            .any(|o| o.step == Step::Deliver)
-        {
-            index.delivering.insert(seq);
-        }
-        if entry
-            .outputs
-            .iter()
-            .filter(live)
-            .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
-        {
-            index.storing.insert(seq);
-        }
-        if entry
-            .outputs
-            .iter()
-            .any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap))
-        {
-            index.waiting.insert(seq);
-        }
-        if entry
-            .outputs
-            .iter()
-            .any(|o| o.state == State::Ready && o.step == Step::Deliver)
-        {
-            index.unsent.insert(seq);
-        }
-        if entry.failing_since.is_some() {
-            index.failing.insert(seq);
-        }
+        index.file(seq, entry);
     }
 
     /// Asserts that the index sets say what a scan of every entry says.
@@ -478,40 +471,7 @@ impl<X: Messages> Core<X> {
         assert!(self.index.touched.is_empty(), "touched after a tick");
         let mut scanned = Index::default();
         for (seq, entry) in &self.entries {
-            let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
-            if entry
-                .outputs
-                .iter()
-                .filter(live)
-                .any(|o| o.step == Step::Deliver)
-            {
-                scanned.delivering.insert(*seq);
-            }
-            if entry
-                .outputs
-                .iter()
-                .filter(live)
-                .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
-            {
-                scanned.storing.insert(*seq);
-            }
-            if entry
-                .outputs
-                .iter()
-                .any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap))
-            {
-                scanned.waiting.insert(*seq);
-            }
-            if entry
-                .outputs
-                .iter()
-                .any(|o| o.state == State::Ready && o.step == Step::Deliver)
-            {
-                scanned.unsent.insert(*seq);
-            }
-            if entry.failing_since.is_some() {
-                scanned.failing.insert(*seq);
-            }
+            scanned.file(*seq, entry);
         }
         assert_eq!(self.index.unsent, scanned.unsent, "unsent");
         assert_eq!(self.index.delivering, scanned.delivering, "delivering");
