@@ -100,6 +100,25 @@ pub struct OutputSettings {
 pub struct DeadLetterSettings {
     pub exchange: String,
     pub queue: String,
+    /// Exchanges besides `input.exchange` that `dlq replay` may publish to (the partition
+    /// exchanges of `docs/ordering.md`). A dead letter naming any other is not replayed:
+    /// the headers that name it may have been written by whoever published the raw
+    /// message.
+    #[serde(default)]
+    pub replay_exchanges: Vec<String>,
+    /// How many times `dlq replay` replays one message (counted in `x-replay-count`)
+    /// before it leaves it for a person to look at (`--ignore-replay-limit`).
+    pub max_replays: u32,
+}
+
+impl Settings {
+    /// Where `dlq replay` may publish: `input.exchange` and
+    /// `dead_letter.replay_exchanges`, nothing else.
+    pub fn replay_exchanges(&self) -> Vec<&str> {
+        std::iter::once(self.input.exchange.as_str())
+            .chain(self.dead_letter.replay_exchanges.iter().map(String::as_str))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -619,6 +638,13 @@ impl Settings {
             0,
             24 * HOUR_SECS,
             "seconds",
+        )?;
+        within(
+            "dead_letter.max_replays",
+            self.dead_letter.max_replays.into(),
+            1,
+            1000,
+            "replays of one message",
         )?;
         Ok(())
     }

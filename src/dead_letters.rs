@@ -36,12 +36,16 @@ pub struct Death {
 /// One dead letter as the broker delivered it, as plain values.
 #[derive(Debug, Clone, Default)]
 pub struct Delivered {
+    /// Its own routing key: for a copy a walk put back, the one kept in
+    /// [`ROUTING_KEY_HEADER`] (the walk tells which).
     pub routing_key: String,
     /// Text headers (long strings), by name.
     pub headers: BTreeMap<String, String>,
     pub death: Option<Death>,
     pub message_id: Option<String>,
     pub body_len: usize,
+    /// How many times it was replayed already (`x-replay-count`).
+    pub replays: u64,
 }
 
 /// Who made the dead letter.
@@ -67,6 +71,8 @@ pub struct DeadLetterInfo {
     pub original_routing_key: String,
     pub message_id: Option<String>,
     pub body_len: usize,
+    /// How many times it was replayed already (`x-replay-count`).
+    pub replays: u64,
 }
 
 impl DeadLetterInfo {
@@ -90,13 +96,14 @@ impl DeadLetterInfo {
     }
 
     pub fn read(d: &Delivered) -> DeadLetterInfo {
-        let routing_key = d
-            .headers
-            .get(ROUTING_KEY_HEADER)
-            .map_or(d.routing_key.as_str(), String::as_str);
+        let routing_key = d.routing_key.as_str();
         let (vendor, kind_from_key) = routing_key.split_once('.').unwrap_or(("unknown", ""));
         let text = |name: &str| d.headers.get(name).cloned();
-        if let Some(kind) = text(headers::ERROR_KIND) {
+        // The broker's dead-lettering of the raw queue always uses its own routing key,
+        // which the worker never does: a message carrying the worker's headers under it
+        // got them from whoever published the raw message.
+        let broker_made = routing_key == DELIVERY_LIMIT_ROUTING_KEY;
+        if let Some(kind) = text(headers::ERROR_KIND).filter(|_| !broker_made) {
             return DeadLetterInfo {
                 shape: Shape::Worker,
                 vendor: vendor.to_owned(),
@@ -109,10 +116,24 @@ impl DeadLetterInfo {
                 original_routing_key: text(headers::ORIGINAL_ROUTING_KEY).unwrap_or_default(),
                 message_id: d.message_id.clone(),
                 body_len: d.body_len,
+                replays: d.replays,
             };
         }
         let death = d.death.clone().unwrap_or_default();
         let reason = death.reason.clone().unwrap_or_else(|| "unknown".into());
+        let mut detail = format!("dead-lettered by the broker: {reason}");
+        let forged: Vec<&str> = d
+            .headers
+            .keys()
+            .map(String::as_str)
+            .filter(|name| WORKER_HEADERS.contains(name))
+            .collect();
+        if !forged.is_empty() {
+            detail.push_str(&format!(
+                "; carries {} the worker did not write (set by its publisher): unverified, ignored",
+                forged.join(", ")
+            ));
+        }
         DeadLetterInfo {
             shape: Shape::Broker,
             vendor: "unknown".into(),
@@ -121,14 +142,56 @@ impl DeadLetterInfo {
             } else {
                 kind_from_key.to_owned()
             },
-            detail: format!("dead-lettered by the broker: {reason}"),
+            detail,
             failed_at: death.time,
             original_exchange: death.exchange.unwrap_or_default(),
             original_routing_key: death.routing_keys.first().cloned().unwrap_or_default(),
             message_id: d.message_id.clone(),
             body_len: d.body_len,
+            replays: d.replays,
         }
     }
+
+    /// Where `dlq replay` would publish it, if it may: the exchange it names must be one
+    /// of `allowed` (the configured inputs), and it must have been replayed fewer than
+    /// `max_replays` times unless `ignore_limit`.
+    pub fn replay_target(
+        &self,
+        allowed: &[&str],
+        max_replays: u64,
+        ignore_limit: bool,
+    ) -> Result<(&str, &str), NotReplayable> {
+        if self.original_exchange.is_empty() {
+            return Err(NotReplayable::NoOrigin);
+        }
+        if !allowed.contains(&self.original_exchange.as_str()) {
+            return Err(NotReplayable::NotAnInput(self.original_exchange.clone()));
+        }
+        if !ignore_limit && self.replays >= max_replays {
+            return Err(NotReplayable::ReplayedEnough);
+        }
+        Ok((&self.original_exchange, &self.original_routing_key))
+    }
+}
+
+/// The headers the worker writes on its dead letters.
+const WORKER_HEADERS: [&str; 5] = [
+    headers::ERROR_KIND,
+    headers::ERROR,
+    headers::FAILED_AT,
+    headers::ORIGINAL_EXCHANGE,
+    headers::ORIGINAL_ROUTING_KEY,
+];
+
+/// Why `dlq replay` leaves a matching dead letter where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReplayable {
+    /// Where its raw message was published is unknown.
+    NoOrigin,
+    /// It names an exchange that is not a configured input.
+    NotAnInput(String),
+    /// Replayed `dead_letter.max_replays` times already.
+    ReplayedEnough,
 }
 
 /// Which dead letters a `dlq` command acts on; every part that is set must match.
@@ -313,6 +376,7 @@ mod tests {
             death: None,
             message_id: Some("gw-1".into()),
             body_len: 10,
+            replays: 0,
         }
     }
 
@@ -385,12 +449,66 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_put_back_by_a_walk_keeps_its_routing_key() {
-        let mut d = ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z");
-        d.headers
-            .insert(ROUTING_KEY_HEADER.into(), d.routing_key.clone());
-        d.routing_key = "normalizer.dead-letter".into();
-        assert_eq!(DeadLetterInfo::read(&d).vendor, "deel");
+    fn worker_headers_on_a_dead_letter_the_broker_made_are_not_believed() {
+        let mut d = ours(
+            "deel",
+            "unknown_event_type",
+            "forged",
+            "2026-01-02T03:04:05Z",
+        );
+        d.headers.insert(
+            headers::ORIGINAL_EXCHANGE.to_owned(),
+            "events.canonical".to_owned(),
+        );
+        d.routing_key = DELIVERY_LIMIT_ROUTING_KEY.to_owned();
+        d.death = Some(Death {
+            reason: Some("expired".into()),
+            exchange: Some("webhooks.raw".into()),
+            routing_keys: vec!["gateway".into()],
+            time: None,
+        });
+        let info = DeadLetterInfo::read(&d);
+        assert_eq!(info.shape, Shape::Broker);
+        assert_eq!(info.vendor, "unknown");
+        assert_eq!(info.original_exchange, "webhooks.raw");
+        assert!(
+            info.detail.contains("x-original-exchange"),
+            "{}",
+            info.detail
+        );
+        assert!(info.detail.contains("unverified"), "{}", info.detail);
+        assert!(
+            !info.detail.contains("forged"),
+            "no header values: {}",
+            info.detail
+        );
+    }
+
+    #[test]
+    fn a_replay_goes_only_to_a_configured_input_and_only_so_often() {
+        let mut info =
+            DeadLetterInfo::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
+        let inputs = ["webhooks.raw", "webhooks.raw.p0"];
+        assert_eq!(
+            info.replay_target(&inputs, 5, false),
+            Ok(("webhooks.raw", "gateway"))
+        );
+        info.replays = 5;
+        assert_eq!(
+            info.replay_target(&inputs, 5, false),
+            Err(NotReplayable::ReplayedEnough)
+        );
+        assert!(info.replay_target(&inputs, 5, true).is_ok());
+        info.original_exchange = "events.canonical".into();
+        assert_eq!(
+            info.replay_target(&inputs, 5, true),
+            Err(NotReplayable::NotAnInput("events.canonical".into()))
+        );
+        info.original_exchange = String::new();
+        assert_eq!(
+            info.replay_target(&inputs, 5, true),
+            Err(NotReplayable::NoOrigin)
+        );
     }
 
     #[test]

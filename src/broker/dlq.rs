@@ -14,6 +14,7 @@ use crate::dead_letters::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
 
 /// Reads every dead letter present when it starts, in order, and leaves the queue as it
 /// was except for those `decide` replays (to where the raw message was first published,
+/// if that is a configured input ([`Settings::replay_exchanges`]) that exists,
 /// the `x-normalizer-*`, `x-original-exchange`/`-routing-key` and `x-death` headers
 /// stripped, `x-replay-count` added; at most `per_second` a second) or drops. `decide`
 /// also gets each dead letter's routing key and properties as JSON (for `dlq export`).
@@ -23,16 +24,19 @@ pub async fn walk_dead_letters(
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
+    let replay_to = settings.replay_exchanges();
     let walk = Walk {
         command: "dlq",
         queue: &settings.dead_letter.queue,
         routing_key_header: ROUTING_KEY_HEADER,
         ttl: None,
         per_second,
+        replay_to: &replay_to,
     };
-    walk_queue(settings, walk, progress, |delivery, _| {
-        let info =
-            DeadLetterInfo::read_with_limit(&delivered(delivery), settings.limits.max_body_bytes);
+    walk_queue(settings, walk, progress, |delivery, routing_key| {
+        let mut seen = delivered(delivery);
+        seen.routing_key = routing_key.to_owned();
+        let info = DeadLetterInfo::read_with_limit(&seen, settings.limits.max_body_bytes);
         let properties = properties_json(delivery.routing_key.as_str(), &delivery.properties);
         match decide(&info, &delivery.data, &properties) {
             Action::Keep => Step::Keep,
@@ -86,7 +90,8 @@ fn replay_properties(dead_letter: &BasicProperties) -> BasicProperties {
 /// How many times a message was replayed from the dead-letter queue.
 pub const REPLAY_COUNT: &str = "x-replay-count";
 
-/// A delivery as plain values for [`DeadLetterInfo::read`].
+/// A delivery as plain values for [`DeadLetterInfo::read`], with the routing key it was
+/// delivered with (a walk's copy keeps its own in a header: the caller sets it).
 pub(crate) fn delivered(d: &lapin::message::Delivery) -> Delivered {
     let table = d.properties.headers().clone().unwrap_or_default();
     let mut headers = BTreeMap::new();
@@ -126,6 +131,11 @@ pub(crate) fn delivered(d: &lapin::message::Delivery) -> Delivered {
         death,
         message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
         body_len: d.data.len(),
+        replays: match table.inner().get(REPLAY_COUNT) {
+            Some(AMQPValue::LongLongInt(n)) => u64::try_from(*n).unwrap_or(0),
+            Some(AMQPValue::LongInt(n)) => u64::try_from(*n).unwrap_or(0),
+            _ => 0,
+        },
     }
 }
 

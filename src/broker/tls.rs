@@ -177,6 +177,14 @@ fn hint(e: &rustls::Error) -> Option<&'static str> {
         ) => Some(
             "the broker's certificate does not name the host in amqp.url: connect by a name it carries",
         ),
+        E::InvalidCertificate(CertificateError::Other(other))
+            if other.0.downcast_ref::<webpki::Error>()
+                == Some(&webpki::Error::CaUsedAsEndEntity) =>
+        {
+            Some(
+                "the broker presents a CA certificate (a self-signed one?) as its own: give it a server certificate signed by that CA, and set amqp.tls.ca_file to the CA",
+            )
+        }
         E::InvalidMessage(_) => {
             Some("the port does not speak TLS: a plain AMQP port? amqps:// is usually port 5671")
         }
@@ -248,5 +256,26 @@ pub(crate) async fn over<S: AsyncRead + AsyncWrite + Unpin>(
     {
         Ok(stream) => Ok(Transport::Tls(Box::new(stream))),
         Err(e) => Err(io::Error::new(e.kind(), TlsHandshakeError::new(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_certificate_used_as_the_brokers_own_gets_a_hint() {
+        let error = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(webpki::Error::CaUsedAsEndEntity),
+        )));
+        let said = hint(&error).expect("a hint");
+        assert!(
+            said.contains("server certificate signed by that CA"),
+            "{said}"
+        );
+        let other = rustls::Error::InvalidCertificate(CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(webpki::Error::BadDer),
+        )));
+        assert_eq!(hint(&other), None);
     }
 }

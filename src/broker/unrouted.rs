@@ -24,7 +24,9 @@ pub async fn walk_unrouted(
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&UnroutedEvent) -> Action,
 ) -> Result<WalkSummary, WalkError> {
+    let replay_to = [settings.output.exchange.as_str()];
     let walk = Walk {
+        replay_to: &replay_to,
         command: "unrouted",
         queue: &settings.output.unrouted_queue,
         routing_key_header: ROUTING_KEY_HEADER,

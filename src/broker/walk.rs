@@ -42,7 +42,7 @@ use lapin::PublisherConfirm;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -94,6 +94,8 @@ pub(crate) struct Walk<'a> {
     pub(crate) routing_key_header: &'a str,
     /// At most this many replays a second.
     pub(crate) per_second: Option<f64>,
+    /// The only exchanges a replay may go to; one for any other is kept.
+    pub(crate) replay_to: &'a [&'a str],
     /// The queue's message TTL, if it has one.
     pub(crate) ttl: Option<Duration>,
 }
@@ -106,7 +108,7 @@ pub struct Progress {
 }
 
 /// What a walk saw.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WalkSummary {
     /// Messages in the queue when the walk started.
     pub at_start: u64,
@@ -120,6 +122,10 @@ pub struct WalkSummary {
     pub dropped: u64,
     /// Kept past the queue's TTL (the broker would have dropped them): not copied.
     pub expired: u64,
+    /// Picked for replay to an exchange the walk may not publish to: kept.
+    pub not_allowed: u64,
+    /// Picked for replay to an exchange that does not exist, by exchange: kept.
+    pub missing_exchanges: std::collections::BTreeMap<String, u64>,
 }
 
 /// Why a walk could not run or stopped.
@@ -178,23 +184,21 @@ pub(crate) async fn walk_queue(
             _ => BrokerError::amqp(format!("taking the lock {lock}"))(e).into(),
         })?;
     let mut reader = Reader {
+        connection: &connection,
+        scratch: None,
+        exchanges: std::collections::HashMap::new(),
         channel: &channel,
         returns,
         walk: &walk,
+        // A rate too small for a `Duration` (validated away by the CLI) means no pause
+        // rather than a panic.
         pace: walk
             .per_second
             .filter(|r| *r > 0.0)
-            .map(|r| Duration::from_secs_f64(1.0 / r)),
+            .and_then(|r| Duration::try_from_secs_f64(1.0 / r).ok()),
         next_send: tokio::time::Instant::now(),
         in_hand: VecDeque::with_capacity(WINDOW),
-        summary: WalkSummary {
-            at_start: 0,
-            read: 0,
-            replayed: 0,
-            unroutable: 0,
-            dropped: 0,
-            expired: 0,
-        },
+        summary: WalkSummary::default(),
     };
     let walked = reader.read_through(progress, &mut decide).await;
     let _ = connection.close(200, "walk done".into()).await;
@@ -259,6 +263,11 @@ impl Published {
 }
 
 struct Reader<'a> {
+    connection: &'a lapin::Connection,
+    /// A channel for checking that an exchange exists (a failed check closes it).
+    scratch: Option<Channel>,
+    /// Exchanges checked so far, and whether they exist.
+    exchanges: std::collections::HashMap<String, bool>,
     channel: &'a Channel,
     returns: Returns,
     walk: &'a Walk<'a>,
@@ -291,7 +300,7 @@ impl Reader<'_> {
         self.summary.at_start = at_start;
         progress(Progress { done: 0, at_start });
         if at_start == 0 {
-            return Ok(self.summary);
+            return Ok(std::mem::take(&mut self.summary));
         }
         self.channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -312,18 +321,20 @@ impl Reader<'_> {
             };
             taken += 1;
             let delivery = got.delivery;
-            let routing_key = match delivery
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| h.inner().get(self.walk.routing_key_header))
-            {
-                Some(AMQPValue::LongString(k)) => {
-                    String::from_utf8_lossy(k.as_bytes()).into_owned()
+            let routing_key = own_routing_key(&delivery, self.walk.routing_key_header);
+            let step = match decide(&delivery, &routing_key) {
+                Step::Send { exchange, .. }
+                    if !self.walk.replay_to.contains(&exchange.as_str()) =>
+                {
+                    self.summary.not_allowed += 1;
+                    Step::Keep
                 }
-                _ => delivery.routing_key.to_string(),
+                Step::Send { exchange, .. } if !self.exchange_exists(&exchange).await? => {
+                    *self.summary.missing_exchanges.entry(exchange).or_default() += 1;
+                    Step::Keep
+                }
+                step => step,
             };
-            let step = decide(&delivery, &routing_key);
             let in_hand = self.start(step, delivery, &routing_key).await?;
             self.in_hand.push_back(in_hand);
             let bytes: usize = self.in_hand.iter().map(InHand::bytes).sum();
@@ -344,7 +355,51 @@ impl Reader<'_> {
                 at_start,
             });
         }
-        Ok(self.summary)
+        Ok(std::mem::take(&mut self.summary))
+    }
+
+    /// Whether `exchange` exists (asked once per walk): a dead letter naming one that
+    /// was deleted is kept, and does not stop the walk by closing its channel.
+    async fn exchange_exists(&mut self, exchange: &str) -> Result<bool, WalkError> {
+        if let Some(known) = self.exchanges.get(exchange) {
+            return Ok(*known);
+        }
+        let scratch = match self.scratch.take() {
+            Some(channel) if channel.status().connected() => channel,
+            _ => self
+                .connection
+                .create_channel()
+                .await
+                .map_err(BrokerError::amqp("opening a channel"))?,
+        };
+        let declared = scratch
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    passive: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let exists = match declared {
+            Ok(()) => {
+                self.scratch = Some(scratch);
+                true
+            }
+            Err(e) if matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.kind().get_id() == 404) => {
+                false
+            }
+            Err(e) => {
+                return Err(BrokerError::amqp(format!(
+                    "checking that the exchange {exchange} exists"
+                ))(e)
+                .into());
+            }
+        };
+        self.exchanges.insert(exchange.to_owned(), exists);
+        Ok(exists)
     }
 
     /// Publishes a message's copy or replay (not waiting for the confirm).
@@ -536,6 +591,23 @@ impl Reader<'_> {
     }
 }
 
+/// A message's own routing key: for a copy a walk put back (delivered through the
+/// default exchange, under the queue's name), the one kept in `header`; for any other,
+/// the one it was delivered with, whatever its headers say (whoever published it could
+/// have written them).
+fn own_routing_key(delivery: &Delivery, header: &str) -> String {
+    let kept = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(header))
+        .filter(|_| delivery.exchange.as_str().is_empty());
+    match kept {
+        Some(AMQPValue::LongString(k)) => String::from_utf8_lossy(k.as_bytes()).into_owned(),
+        _ => delivery.routing_key.to_string(),
+    }
+}
+
 /// The copy's properties: the original's, with the routing key kept in `header` and the
 /// broker's delivery count left out (the copy is a new message; its count starts again).
 /// In a queue with a `ttl`, the copy expires when the original would have (from
@@ -554,9 +626,7 @@ fn copy_properties(
             }
         }
     }
-    if !headers.contains_key(header) {
-        headers.insert(header.into(), AMQPValue::LongString(routing_key.into()));
-    }
+    headers.insert(header.into(), AMQPValue::LongString(routing_key.into()));
     let copy = original.clone().with_headers(headers);
     let Some(ttl) = ttl else {
         return Some(copy);

@@ -463,6 +463,9 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
         "{}",
         String::from_utf8_lossy(&export.stderr)
     );
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "bodies hold personal data: {mode:o}");
     let text = std::fs::read_to_string(&file).unwrap();
     let mut bodies: Vec<Vec<u8>> = text
         .lines()

@@ -18,6 +18,7 @@ mod pipeline;
 mod properties;
 mod publish;
 mod quickstart;
+mod replay;
 mod resilience;
 mod returns;
 mod signatures;

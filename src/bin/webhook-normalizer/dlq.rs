@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use webhook_normalizer::broker;
-use webhook_normalizer::dead_letters::{self, Filter, Stats};
+use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
 
 use super::{
     ConfigFile, ProgressBar, ReplayPace, configure, parse_rfc3339, report, report_taken_by_others,
@@ -44,6 +44,9 @@ pub(super) enum DlqCommand {
     Replay {
         #[command(flatten)]
         pace: ReplayPace,
+        /// Replay even those replayed `dead_letter.max_replays` times already.
+        #[arg(long)]
+        ignore_replay_limit: bool,
         #[command(flatten)]
         filter: DlqFilter,
         #[command(flatten)]
@@ -110,9 +113,16 @@ impl From<DlqFilter> for Filter {
 /// What a `dlq` command does with each matching dead letter.
 enum DlqMode {
     Stats,
-    Peek { show_body: bool },
-    Replay { dry_run: bool },
-    Export { file: PathBuf },
+    Peek {
+        show_body: bool,
+    },
+    Replay {
+        dry_run: bool,
+        ignore_replay_limit: bool,
+    },
+    Export {
+        file: PathBuf,
+    },
     Purge,
 }
 
@@ -133,9 +143,19 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     rate,
                     dry_run,
                 },
+            ignore_replay_limit,
             filter,
             config,
-        } => (DlqMode::Replay { dry_run }, filter, limit, rate, config),
+        } => (
+            DlqMode::Replay {
+                dry_run,
+                ignore_replay_limit,
+            },
+            filter,
+            limit,
+            rate,
+            config,
+        ),
         DlqCommand::Export {
             file,
             filter,
@@ -161,7 +181,13 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let mut export = match &mode {
-        DlqMode::Export { file } => match std::fs::File::create_new(file) {
+        // Bodies hold personal data: readable by its owner only (0600), whatever the umask.
+        DlqMode::Export { file } => match std::os::unix::fs::OpenOptionsExt::mode(
+            std::fs::OpenOptions::new().write(true).create_new(true),
+            0o600,
+        )
+        .open(file)
+        {
             Ok(f) => Some(io::BufWriter::new(f)),
             Err(e) => {
                 report(format_args!("error: cannot create {}: {e}", file.display()));
@@ -171,6 +197,9 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         _ => None,
     };
     let now = Utc::now();
+    let replay_to = settings.replay_exchanges();
+    let max_replays = u64::from(settings.dead_letter.max_replays);
+    let mut not_replayable = NotReplayed::default();
     let mut stats = Stats::default();
     let mut picked = 0u64;
     let mut matched = 0u64;
@@ -190,9 +219,13 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
                 return broker::Action::Keep;
             }
-            let replay = matches!(mode, DlqMode::Replay { .. });
-            if replay && info.original_exchange.is_empty() {
-                // Where it came from is unknown: it cannot be replayed.
+            if let DlqMode::Replay {
+                ignore_replay_limit,
+                ..
+            } = mode
+                && let Err(why) = info.replay_target(&replay_to, max_replays, ignore_replay_limit)
+            {
+                not_replayable.add(why);
                 return broker::Action::Keep;
             }
             picked += 1;
@@ -224,7 +257,7 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                 write_failed = Some(e);
             }
             match mode {
-                DlqMode::Replay { dry_run: false } => broker::Action::Replay,
+                DlqMode::Replay { dry_run: false, .. } => broker::Action::Replay,
                 DlqMode::Purge => broker::Action::Drop,
                 _ => broker::Action::Keep,
             }
@@ -259,10 +292,10 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             "{picked} dead letters written to {} ({matched} matched, {read} read in {queue}); each left as it was",
             file.display()
         )),
-        DlqMode::Replay { dry_run: true } => report(format_args!(
+        DlqMode::Replay { dry_run: true, .. } => report(format_args!(
             "dry run: {picked} of {matched} matching dead letters would be replayed ({read} read in {queue}); nothing moved"
         )),
-        DlqMode::Replay { dry_run: false } => report(format_args!(
+        DlqMode::Replay { dry_run: false, .. } => report(format_args!(
             "{} replayed, confirmed and taken off {queue} ({matched} matched, {read} read); the others left as they were",
             summary.replayed
         )),
@@ -270,6 +303,12 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             "{} purged from {queue} ({matched} matched, {read} read); the others left as they were",
             summary.dropped
         )),
+    }
+    not_replayable.report(max_replays, summary.not_allowed);
+    for (exchange, n) in &summary.missing_exchanges {
+        report(format_args!(
+            "warning: {n} not replayed: the exchange {exchange:?} they name does not exist (deleted?); they stay dead letters"
+        ));
     }
     if summary.unroutable > 0 {
         report(format_args!(
@@ -279,4 +318,52 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     }
     report_taken_by_others(&summary);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Matching dead letters `dlq replay` left where they were, and why.
+#[derive(Default)]
+struct NotReplayed {
+    no_origin: u64,
+    replayed_enough: u64,
+    /// By the exchange they name.
+    not_an_input: std::collections::BTreeMap<String, u64>,
+}
+
+impl NotReplayed {
+    fn add(&mut self, why: NotReplayable) {
+        match why {
+            NotReplayable::NoOrigin => self.no_origin += 1,
+            NotReplayable::ReplayedEnough => self.replayed_enough += 1,
+            NotReplayable::NotAnInput(exchange) => {
+                *self.not_an_input.entry(exchange).or_default() += 1;
+            }
+        }
+    }
+
+    /// One warning per reason; `refused_by_walk` were refused by the walk itself (it
+    /// checks the same list).
+    fn report(&self, max_replays: u64, refused_by_walk: u64) {
+        if self.no_origin > 0 {
+            report(format_args!(
+                "warning: {} not replayed: where their raw messages were published is unknown; they stay dead letters",
+                self.no_origin
+            ));
+        }
+        if self.replayed_enough > 0 {
+            report(format_args!(
+                "warning: {} not replayed: replayed {max_replays} times already (dead_letter.max_replays; x-replay-count); look at why they keep failing, or replay them anyway with --ignore-replay-limit",
+                self.replayed_enough
+            ));
+        }
+        for (exchange, n) in &self.not_an_input {
+            report(format_args!(
+                "warning: {n} not replayed: they name the exchange {exchange:?}, which is neither input.exchange nor in dead_letter.replay_exchanges (where a dead letter came from is read from headers its raw message's publisher could write); they stay dead letters"
+            ));
+        }
+        if refused_by_walk > 0 {
+            report(format_args!(
+                "warning: {refused_by_walk} not replayed: not to input.exchange or dead_letter.replay_exchanges; they stay dead letters"
+            ));
+        }
+    }
 }

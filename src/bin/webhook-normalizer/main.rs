@@ -178,11 +178,17 @@ struct ReplayPace {
     dry_run: bool,
 }
 
-/// A rate: a positive number of messages a second.
+/// The smallest `--rate`: one message every 1,000 seconds. Smaller ones are mistakes,
+/// and their pause overflows a `Duration`.
+const MIN_RATE: f64 = 0.001;
+
+/// A rate: a number of messages a second, at least [`MIN_RATE`].
 fn positive_rate(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
-        _ => Err("must be a positive number of messages a second".into()),
+        Ok(r) if r >= MIN_RATE && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "must be a number of messages a second, at least {MIN_RATE}"
+        )),
     }
 }
 
