@@ -611,13 +611,16 @@ fn own_routing_key(delivery: &Delivery, header: &str) -> String {
 /// The copy's properties: the original's, with the routing key kept in `header` and the
 /// broker's delivery count left out (the copy is a new message; its count starts again).
 /// In a queue with a `ttl`, the copy expires when the original would have (from
-/// `x-normalizer-kept-at`); `None` when that time has passed.
+/// `x-normalizer-kept-at`); `None` when that time has passed. One that does not say when
+/// it was kept (kept by an older version), or says a time still to come, is stamped
+/// with now: its time starts again once, not at every walk.
 fn copy_properties(
     original: &BasicProperties,
     header: &str,
     routing_key: &str,
     ttl: Option<Duration>,
 ) -> Option<BasicProperties> {
+    use crate::delivery::headers::KEPT_AT;
     let mut headers = FieldTable::default();
     if let Some(table) = original.headers() {
         for (k, v) in table.inner() {
@@ -627,28 +630,33 @@ fn copy_properties(
         }
     }
     headers.insert(header.into(), AMQPValue::LongString(routing_key.into()));
-    let copy = original.clone().with_headers(headers);
     let Some(ttl) = ttl else {
-        return Some(copy);
+        return Some(original.clone().with_headers(headers));
     };
-    let kept_at = match original
-        .headers()
-        .as_ref()
-        .and_then(|h| h.inner().get(crate::delivery::headers::KEPT_AT))
-    {
+    let now = chrono::Utc::now();
+    let kept_at = match headers.inner().get(KEPT_AT) {
         Some(AMQPValue::LongString(t)) => {
-            chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(t.as_bytes())).ok()
+            chrono::DateTime::parse_from_rfc3339(&String::from_utf8_lossy(t.as_bytes()))
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .filter(|t| *t <= now)
         }
         _ => None,
     };
-    // Kept by a version that did not say when: its time starts again.
-    let Some(kept_at) = kept_at else {
-        return Some(copy);
-    };
-    let age = chrono::Utc::now()
+    let kept_at = kept_at.unwrap_or_else(|| {
+        let stamp = crate::canonical::rfc3339_utc::format(&now);
+        headers.insert(KEPT_AT.into(), AMQPValue::LongString(stamp.as_str().into()));
+        now
+    });
+    let age = now
         .signed_duration_since(kept_at)
         .to_std()
         .unwrap_or_default();
     let left = ttl.checked_sub(age).filter(|left| !left.is_zero())?;
-    Some(copy.with_expiration(left.as_millis().max(1).to_string().as_str().into()))
+    Some(
+        original
+            .clone()
+            .with_headers(headers)
+            .with_expiration(left.as_millis().max(1).to_string().as_str().into()),
+    )
 }

@@ -243,7 +243,8 @@ async fn a_queue_declared_with_other_arguments_is_reported_with_a_hint() {
 /// A walk's copy keeps the time its event has left in `events.unrouted` (from
 /// `x-normalizer-kept-at`): an event kept 59 s ago in a queue that keeps them 60 s goes
 /// back with about one second to live, one kept 61 s ago is not copied (the broker would
-/// have dropped it), and one kept by an older version (no header) starts again.
+/// have dropped it), and one kept by an older version (no header) starts again, stamped
+/// so that it does so only once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_walk_copy_keeps_the_time_its_event_had_left() {
     let vhost = TestVhost::new("unrouted-ttl");
@@ -314,5 +315,63 @@ async fn a_walk_copy_keeps_the_time_its_event_had_left() {
     assert_eq!(by_id.len(), 2, "{by_id:?}");
     let left = by_id["almost"].expect("a copy with the time it had left");
     assert!((500..=1000).contains(&left), "{left} ms left");
-    assert_eq!(by_id["old"], None, "no header: its time starts again");
+    let old = by_id["old"].expect("no header: its time starts, once");
+    assert!((59_000..=60_000).contains(&old), "{old} ms left");
+}
+
+/// Looking at kept events does not keep them longer: after `unrouted stats` twice, 1.5 s
+/// apart, in a queue that keeps events 60 s, every event (kept by the worker, or by an
+/// older version without `x-normalizer-kept-at`) carries less than the 60 s it had, so
+/// the broker drops it when it would have without the looking. The older one's time is
+/// started once, by the first walk, and not again by every later walk.
+#[tokio::test(flavor = "multi_thread")]
+async fn looking_at_kept_events_does_not_keep_them_longer() {
+    let vhost = TestVhost::new("unrouted-looking");
+    let env = [("NORMALIZER__OUTPUT__UNROUTED_MAX_AGE_SECS", "60")];
+    let worker = WorkerProcess::start(&vhost, &env);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let webhooks: Vec<RawWebhook> = webhook_mix(20, &vhost.name)
+        .into_iter()
+        .filter(|w| expected(w).is_ok())
+        .collect();
+    let events = expected_events(&webhooks).len();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-normalizer-unrouted-routing-key".into(),
+        lapin::types::AMQPValue::LongString("deel.contract.created".into()),
+    );
+    publish_confirmed(
+        &channel,
+        "",
+        UNROUTED,
+        [(
+            &b"{}"[..],
+            lapin::BasicProperties::default()
+                .with_message_id("kept-by-an-older-version".into())
+                .with_headers(headers),
+        )],
+    )
+    .await;
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(20), "every event kept", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    drop(worker);
+    for _ in 0..2 {
+        succeeded(&run_command_with(&vhost, &["unrouted", "stats"], &env));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let kept = read_until_quiet(&channel, UNROUTED, Duration::from_millis(500)).await;
+    assert_eq!(kept.len(), events + 1);
+    for d in &kept {
+        let left: Option<u64> = d
+            .properties
+            .expiration()
+            .as_ref()
+            .map(|e| e.as_str().parse().unwrap());
+        let left = left.unwrap_or_else(|| panic!("{}: no time left set", message_id(d)));
+        assert!(left <= 58_500, "{}: {left} ms left of 60 s", message_id(d));
+    }
 }
