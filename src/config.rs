@@ -152,6 +152,19 @@ pub struct IngestSettings {
     pub listen: ListenAddr,
     /// Longest a request may take, reading the body and the broker's confirm included.
     pub request_timeout_secs: u64,
+    /// Check signatures (where `signatures.{vendor}` has secrets) before publishing, and
+    /// answer 401 to a forged or unsigned request.
+    pub verify_signatures: bool,
+    /// Requests holding a body in memory at once; others wait for a turn.
+    pub max_concurrent_requests: usize,
+    /// Client connections open at once; at the limit the one idle longest is closed.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers, or stay idle between
+    /// requests.
+    pub header_timeout_secs: u64,
+    /// Who may post each vendor's webhooks: path tokens, basic auth.
+    #[serde(default)]
+    pub access: crate::ingest::access::Access,
 }
 
 impl IngestSettings {
@@ -639,6 +652,30 @@ impl Settings {
             24 * HOUR_SECS,
             "seconds",
         )?;
+        within(
+            "ingest.max_concurrent_requests",
+            self.ingest.max_concurrent_requests as u64,
+            1,
+            10_000,
+            "requests",
+        )?;
+        within(
+            "ingest.max_connections",
+            self.ingest.max_connections as u64,
+            1,
+            1_000_000,
+            "connections",
+        )?;
+        within(
+            "ingest.header_timeout_secs",
+            self.ingest.header_timeout_secs,
+            1,
+            HOUR_SECS,
+            "seconds",
+        )?;
+        if let Some((key, problem)) = crate::ingest::access::problem(&self.ingest.access) {
+            return Err(ConfigError::Invalid(format!("{key}: {problem}")));
+        }
         within(
             "dead_letter.max_replays",
             self.dead_letter.max_replays.into(),

@@ -50,6 +50,7 @@ pub mod canonical;
 pub mod config;
 pub mod dead_letters;
 pub mod delivery;
+pub mod http;
 pub mod ingest;
 pub mod normalize;
 pub mod ops;

@@ -42,6 +42,11 @@ impl Secret {
     fn bytes(&self) -> &[u8] {
         self.0.as_bytes()
     }
+
+    /// The secret itself, for a comparison; never for a log or an error.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -80,8 +80,8 @@ pub async fn run(
                     SessionEnd::Shutdown => break,
                     SessionEnd::Failed(e) => {
                         warn!(error = %e, "broker session ended");
-                        // With several nodes in amqp.url, the next one first.
-                        crate::broker::prefer_next_url();
+                        // With several nodes in amqp.url, the next one first, unless it failed lately.
+                        crate::broker::prefer_next_url(settings.amqp.url.each().len());
                         with_hint(format!("broker session ended: {e}"), e.hint())
                     }
                 }

@@ -40,6 +40,10 @@ pub enum Published {
     Returned,
     /// Nacked: the broker could not take it.
     Nacked,
+    /// Not sent: the broker blocks publishing on this connection (a memory or disk
+    /// alarm). Sent, it would wait for the alarm to clear and be stored then, after the
+    /// request was answered 503: a vendor's retry would make it twice.
+    Blocked,
 }
 
 /// Publishes each body in turn, each confirmed (or not) before the next, and says what
@@ -126,10 +130,28 @@ async fn publish_one(link: &Link, exchange: &str, raw: &RawBody) -> Result<Publi
 }
 
 /// A long-lived publishing channel for the reference gateway, shared by its requests:
-/// opened on first use and again after it is lost.
+/// opened on first use and again after it is lost. Connecting runs on its own task, so a
+/// request that gives up waiting (its timeout) does not cut short an attempt that is
+/// working through `amqp.url`: the next request finds the connection it made.
 pub struct GatewayPublisher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     settings: Settings,
-    open: tokio::sync::Mutex<Option<Open>>,
+    state: std::sync::Mutex<State>,
+    /// Woken when a connection attempt ends.
+    attempt_ended: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct State {
+    open: Option<Open>,
+    connecting: bool,
+    /// Connection attempts started so far.
+    attempts: u64,
+    /// The last attempt that failed, and why: for the requests that waited for it.
+    failed: Option<(u64, String)>,
 }
 
 /// The open connection and what requests publish through.
@@ -150,58 +172,118 @@ struct Link {
 impl GatewayPublisher {
     pub fn new(settings: Settings) -> GatewayPublisher {
         GatewayPublisher {
-            settings,
-            open: tokio::sync::Mutex::new(None),
+            shared: Arc::new(Shared {
+                settings,
+                state: std::sync::Mutex::new(State::default()),
+                attempt_ended: tokio::sync::Notify::new(),
+            }),
         }
     }
 
     /// Publishes one body and waits for the broker's answer; an error when the broker
-    /// cannot be reached (the next call tries to connect again).
+    /// cannot be reached (the next call tries to connect again). Nothing is sent while
+    /// the broker blocks the connection ([`Published::Blocked`]).
     pub async fn publish(&self, raw: &RawBody) -> Result<Published, BrokerError> {
-        let link = self.link().await?;
-        let published = publish_one(&link, &self.settings.input.exchange, raw).await;
+        let (link, blocked) = self.link().await?;
+        if blocked {
+            return Ok(Published::Blocked);
+        }
+        let published = publish_one(&link, &self.shared.settings.input.exchange, raw).await;
         if published.is_err() {
-            *self.open.lock().await = None;
+            self.shared.lock().open = None;
         }
         published
     }
 
     /// Closes the connection, if open.
     pub async fn close(&self) {
-        if let Some(open) = self.open.lock().await.take() {
+        let open = self.shared.lock().open.take();
+        if let Some(open) = open {
             let _ = open.connection.close(200, "published".into()).await;
         }
     }
 
-    /// The open channel, or a new one (on a new connection when the old one is gone).
-    async fn link(&self) -> Result<Link, BrokerError> {
-        let mut open = self.open.lock().await;
-        if let Some(open) = open.as_ref()
-            && open.connection.status().connected()
-            && open.link.channel.status().connected()
-        {
-            return Ok(open.link.clone());
+    /// The open channel and whether the broker blocks it, or one on a new connection
+    /// (started, or joined when another request started it).
+    async fn link(&self) -> Result<(Link, bool), BrokerError> {
+        let mut waited_for = None;
+        loop {
+            let ended = self.shared.attempt_ended.notified();
+            let mut ended = std::pin::pin!(ended);
+            ended.as_mut().enable();
+            {
+                let mut state = self.shared.lock();
+                if let Some(open) = state.open.as_ref() {
+                    let status = open.connection.status();
+                    if status.connected() && open.link.channel.status().connected() {
+                        return Ok((open.link.clone(), status.blocked()));
+                    }
+                    state.open = None;
+                }
+                if !state.connecting {
+                    if let Some((attempt, reason)) = &state.failed
+                        && waited_for == Some(*attempt)
+                    {
+                        return Err(BrokerError::ConnectionLost {
+                            role: Role::Publisher,
+                            reason: reason.clone(),
+                        });
+                    }
+                    state.connecting = true;
+                    state.attempts += 1;
+                    tokio::spawn(Shared::connect(self.shared.clone(), state.attempts));
+                }
+                waited_for = Some(state.attempts);
+            }
+            ended.await;
         }
-        let check = FrameCheck::default();
-        let returns = check.returns.clone();
-        let connection = connect_checked(&self.settings.amqp, Role::Publisher, check).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::amqp("opening a channel"))?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(BrokerError::amqp("turning on publisher confirms"))?;
-        let link = Link {
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// One connection attempt (through every URL of `amqp.url`), to its end.
+    async fn connect(self: Arc<Self>, attempt: u64) {
+        let opened = open(&self.settings).await;
+        {
+            let mut state = self.lock();
+            state.connecting = false;
+            match opened {
+                Ok(open) => {
+                    state.open = Some(open);
+                    state.failed = None;
+                }
+                Err(e) => state.failed = Some((attempt, e.to_string())),
+            }
+        }
+        self.attempt_ended.notify_waiters();
+    }
+}
+
+/// A new connection and confirm-mode channel.
+async fn open(settings: &Settings) -> Result<Open, BrokerError> {
+    let check = FrameCheck::default();
+    let returns = check.returns.clone();
+    let connection = connect_checked(&settings.amqp, Role::Publisher, check).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("opening a channel"))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(BrokerError::amqp("turning on publisher confirms"))?;
+    Ok(Open {
+        connection,
+        link: Link {
             channel,
             returns,
             turn: Arc::default(),
-        };
-        *open = Some(Open {
-            connection,
-            link: link.clone(),
-        });
-        Ok(link)
-    }
+        },
+    })
 }

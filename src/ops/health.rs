@@ -294,10 +294,22 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(health);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // Whoever can reach this port could otherwise hold every descriptor the process has
+    // (and the broker connections need some): few connections, closed when idle.
+    let bounds = crate::http::Bounds {
+        max_connections: MAX_CONNECTIONS,
+        header_timeout: HEADER_TIMEOUT,
+        max_header_bytes: 16 * 1024,
+    };
+    crate::http::serve(listener, app, bounds, Arc::default(), shutdown).await
 }
+
+/// Connections the health endpoints keep open at once (a scraper and a probe or two
+/// need a handful); at the limit a new one closes the one idle the longest.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Longest a client of the health endpoints may take to send its headers or stay idle.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
     (

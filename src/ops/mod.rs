@@ -7,6 +7,6 @@ mod metrics;
 mod outcome;
 
 pub use health::{Health, HealthSnapshot, WorkerState, listen, serve};
-pub use metrics::Metrics;
+pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Metrics};
 pub(crate) use outcome::describe;
 pub use outcome::{Delivery, Outcome};

@@ -49,6 +49,7 @@ pub struct WorkerBuilder {
     url: String,
     env: Vec<(String, String)>,
     address_space: Option<u64>,
+    open_files: Option<u64>,
     keep_log_lines: Option<usize>,
 }
 
@@ -74,6 +75,12 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs the binary under `prlimit --nofile=N:N`: at most `n` descriptors open.
+    pub fn open_files_limit(mut self, n: u64) -> Self {
+        self.open_files = Some(n);
+        self
+    }
+
     /// Keeps only the last `n` log lines (for long runs); all by default.
     pub fn keep_log_lines(mut self, n: usize) -> Self {
         self.keep_log_lines = Some(n);
@@ -84,13 +91,18 @@ impl WorkerBuilder {
     pub fn start(self) -> WorkerProcess {
         let binary = self.binary.unwrap_or_else(worker_binary);
         // prlimit sets the limit and execs the binary: the child's pid is the worker's.
-        let mut command = match self.address_space {
-            Some(bytes) => {
-                let mut c = Command::new("prlimit");
-                c.arg(format!("--as={bytes}")).arg("--").arg(&binary);
-                c
+        let mut command = if self.address_space.is_some() || self.open_files.is_some() {
+            let mut c = Command::new("prlimit");
+            if let Some(bytes) = self.address_space {
+                c.arg(format!("--as={bytes}"));
             }
-            None => Command::new(&binary),
+            if let Some(n) = self.open_files {
+                c.arg(format!("--nofile={n}:{n}"));
+            }
+            c.arg("--").arg(&binary);
+            c
+        } else {
+            Command::new(&binary)
         };
         command
             .arg("run")
@@ -185,11 +197,14 @@ impl WorkerProcess {
             url: url.to_owned(),
             env: Vec::new(),
             address_space: None,
+            open_files: None,
             keep_log_lines: None,
         }
     }
 
-    fn for_tests(url: &str, env: &[(&str, &str)]) -> WorkerBuilder {
+    /// The worker against `url` with the tests' settings and `env` on top, to adjust
+    /// before [`WorkerBuilder::start`].
+    pub fn for_tests(url: &str, env: &[(&str, &str)]) -> WorkerBuilder {
         let builder = WorkerProcess::builder(url)
             .env("NORMALIZER__AMQP__RECONNECT_INITIAL_MS", "100")
             .env("NORMALIZER__AMQP__RECONNECT_MAX_MS", "1000");

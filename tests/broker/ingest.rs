@@ -24,12 +24,27 @@ impl Drop for Ingest {
 }
 
 fn start_ingest(url: &str) -> Ingest {
-    let child = Command::new(worker_binary())
+    start_ingest_with(url, &[], None)
+}
+
+/// [`start_ingest`] with these settings, and at most `open_files` descriptors (its
+/// `RLIMIT_NOFILE`, set with `prlimit`) when given.
+fn start_ingest_with(url: &str, env: &[(&str, &str)], open_files: Option<u64>) -> Ingest {
+    let mut command = match open_files {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}")).arg(worker_binary());
+            c
+        }
+        None => Command::new(worker_binary()),
+    };
+    let child = command
         .arg("ingest")
         .env("NORMALIZER__AMQP__URL", url)
         .env("NORMALIZER__INGEST__LISTEN", "127.0.0.1:0")
         .env("NORMALIZER__INGEST__REQUEST_TIMEOUT_SECS", "5")
         .env("NORMALIZER__LOG__FORMAT", "json")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -107,4 +122,348 @@ async fn ingest_answers_200_only_after_the_broker_confirmed() {
     wait_until(Duration::from_secs(30), "ingest to accept again", || {
         http_post(ingest.addr, "/webhooks/deel", &[], &body).0 == 200
     });
+}
+
+/// HMAC-SHA256 in lowercase hex, as the vendors sign (Deel over `POST` and the body).
+fn signed(secret: &str, prefix: &[u8], body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(prefix);
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The value of one sample of `metric` with these labels on ingest's `/metrics`.
+fn metric(addr: SocketAddr, metric: &str, labels: &str) -> u64 {
+    let (status, text) = http_get(addr, "/metrics");
+    assert_eq!(status, 200);
+    let wanted = format!("{metric}{{{labels}}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(wanted.as_str()))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Item 4: with secrets configured, `ingest` checks signatures itself: a forged or
+/// unsigned Deel request gets 401 and is stored nowhere; one signed with either secret
+/// of a rotation gets 200. Authenticate, which signs nothing, is let in only with a
+/// configured path token or basic-auth credential. Every 401 is counted.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_requests_get_401_and_are_counted() {
+    use base64::Engine as _;
+    let vhost = TestVhost::new("ingest-auth");
+    declare_topology(&vhost);
+    let ingest = start_ingest_with(
+        &vhost.url(),
+        &[
+            (
+                "NORMALIZER__SIGNATURES__DEEL__SECRETS",
+                r#"["old-secret","new-secret"]"#,
+            ),
+            (
+                "NORMALIZER__INGEST__ACCESS__AUTHENTICATE__PATH_TOKENS",
+                r#"["t0ken-a1b2c3d4e5f6"]"#,
+            ),
+            (
+                "NORMALIZER__INGEST__ACCESS__AUTHENTICATE__BASIC",
+                r#"["authn:pa55-w0rd-long-enough"]"#,
+            ),
+        ],
+        None,
+    );
+    let body = fixture("deel/contract.created.json");
+    let post = |path: &str, headers: &[(&str, &str)], body: &[u8]| {
+        http_post(ingest.addr, path, headers, body).0
+    };
+    let old = signed("old-secret", b"POST", &body);
+    let new = signed("new-secret", b"POST", &body);
+    let forged = signed("guessed", b"POST", &body);
+    assert_eq!(
+        post("/webhooks/deel", &[("x-deel-signature", &old)], &body),
+        200
+    );
+    assert_eq!(
+        post("/webhooks/deel", &[("x-deel-signature", &new)], &body),
+        200
+    );
+    assert_eq!(
+        post("/webhooks/deel", &[("x-deel-signature", &forged)], &body),
+        401
+    );
+    assert_eq!(post("/webhooks/deel", &[], &body), 401);
+    assert_eq!(
+        post("/webhooks/deel", &[("x-deel-signature", "zz")], &body),
+        401
+    );
+
+    let check = fixture("authenticate/ALL_CRIMINAL_REQUESTS_COMPLETE.json");
+    assert_eq!(post("/webhooks/authenticate", &[], &check), 401);
+    assert_eq!(post("/webhooks/authenticate/wrong-token", &[], &check), 401);
+    assert_eq!(
+        post("/webhooks/authenticate/t0ken-a1b2c3d4e5f6", &[], &check),
+        200
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("authn:pa55-w0rd-long-enough")
+    );
+    assert_eq!(
+        post(
+            "/webhooks/authenticate",
+            &[("Authorization", &basic)],
+            &check
+        ),
+        200
+    );
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("authn:guess")
+    );
+    assert_eq!(
+        post(
+            "/webhooks/authenticate",
+            &[("Authorization", &wrong)],
+            &check
+        ),
+        401
+    );
+
+    let unauthorized = |vendor: &str| {
+        metric(
+            ingest.addr,
+            "normalizer_ingest_requests_total",
+            &format!("vendor=\"{vendor}\",outcome=\"unauthorized\""),
+        )
+    };
+    assert_eq!(unauthorized("deel"), 3);
+    assert_eq!(unauthorized("authenticate"), 3);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    assert_eq!(
+        queue_depth(&channel, "normalizer.raw").await,
+        4,
+        "only the genuine ones"
+    );
+}
+
+/// Item 7: a request with a huge forwarded signature header is refused on its own
+/// (400) and costs no other request anything: the broker connection they share stays up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_header_harms_no_other_request() {
+    let vhost = TestVhost::new("ingest-huge-header");
+    declare_topology(&vhost);
+    let ingest = start_ingest(&vhost.url());
+    let addr = ingest.addr;
+    let body = fixture("deel/contract.created.json");
+    let huge = "a".repeat(70_000);
+    let normal: Vec<_> = (0..60)
+        .map(|i| {
+            let body = body.clone();
+            let huge = huge.clone();
+            std::thread::spawn(move || {
+                if i % 20 == 10 {
+                    let headers = [
+                        ("x-deel-signature", huge.as_str()),
+                        ("x-deel-hmac-label", huge.as_str()),
+                    ];
+                    (
+                        true,
+                        post_ignoring_write_errors(addr, "/webhooks/deel", &headers, &body),
+                    )
+                } else {
+                    (false, http_post(addr, "/webhooks/deel", &[], &body).0)
+                }
+            })
+        })
+        .collect();
+    let answers: Vec<(bool, u16)> = normal.into_iter().map(|t| t.join().unwrap()).collect();
+    for (huge, status) in &answers {
+        if *huge {
+            assert!(matches!(*status, 400 | 431), "{answers:?}");
+        } else {
+            assert_eq!(*status, 200, "{answers:?}");
+        }
+    }
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    assert_eq!(queue_depth(&channel, "normalizer.raw").await, 57);
+}
+
+/// Item 8: the first URL of `amqp.url` a black hole (a listener that accepts and never
+/// speaks AMQP) that takes longer to time out than a request may wait: `ingest` still
+/// reaches the second URL (its attempt outlives the request that started it) and
+/// answers 200 once it has, and keeps answering 200.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_black_hole_first_url_does_not_stop_ingest() {
+    let vhost = TestVhost::new("ingest-blackhole");
+    declare_topology(&vhost);
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let _held = std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        for stream in hole.incoming() {
+            accepted.push(stream);
+        }
+    });
+    let urls = format!(
+        "amqp://guest:guest@{hole_addr}/{},{}",
+        vhost.name,
+        vhost.url()
+    );
+    // The connect timeout longer than a request's (5 s): a request cannot wait out the
+    // black hole.
+    let ingest = start_ingest_with(
+        &urls,
+        &[("NORMALIZER__AMQP__CONNECT_TIMEOUT_SECS", "8")],
+        None,
+    );
+    let body = fixture("deel/contract.created.json");
+    let started = std::time::Instant::now();
+    let mut first_ok = None;
+    while started.elapsed() < Duration::from_secs(30) {
+        if http_post(ingest.addr, "/webhooks/deel", &[], &body).0 == 200 {
+            first_ok = Some(started.elapsed());
+            break;
+        }
+    }
+    let first_ok = first_ok.expect("a 200 within 30 s");
+    assert!(
+        first_ok < Duration::from_secs(14),
+        "first 200 after {first_ok:?}"
+    );
+    for _ in 0..10 {
+        assert_eq!(http_post(ingest.addr, "/webhooks/deel", &[], &body).0, 200);
+    }
+}
+
+/// Item 5: with its descriptors limited to 1,024, `ingest` holding 1,100 idle
+/// connections and 100 that send their headers a byte at a time still answers a normal
+/// request within 5 s, and closes the idle and slow ones within its header timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_slow_connections_do_not_starve_ingest() {
+    use std::io::{Read, Write};
+    let vhost = TestVhost::new("ingest-idle");
+    declare_topology(&vhost);
+    let ingest = start_ingest_with(
+        &vhost.url(),
+        &[("NORMALIZER__INGEST__HEADER_TIMEOUT_SECS", "3")],
+        Some(1024),
+    );
+    let mut idle = Vec::new();
+    for _ in 0..1100 {
+        if let Ok(s) = std::net::TcpStream::connect(ingest.addr) {
+            idle.push(s);
+        }
+    }
+    for s in idle.iter_mut().take(100) {
+        let _ = s.write_all(b"POST /webhooks/deel HTTP/1.1\r\nHost: slow\r\n");
+    }
+    let body = fixture("deel/contract.created.json");
+    let asked = std::time::Instant::now();
+    let (status, _) = http_post(ingest.addr, "/webhooks/deel", &[], &body);
+    assert_eq!(status, 200);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    // Every one of them closed by ingest within the header timeout (3 s) and a margin.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let mut open = 0;
+    for s in &mut idle {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(_) => {
+                    open += 1;
+                    break;
+                }
+            }
+        }
+    }
+    assert_eq!(open, 0, "{open} of {} still open", idle.len());
+}
+
+/// Item 5: 300 requests with 1 MB bodies at once: every one is answered (200, or 503
+/// "busy" once it waited its whole request timeout for a turn), and `ingest`'s peak
+/// memory stays within the bound its settings state (logged at start).
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_large_bodies_stay_within_the_stated_bound() {
+    let vhost = TestVhost::new("ingest-memory");
+    declare_topology(&vhost);
+    let ingest = start_ingest(&vhost.url());
+    let addr = ingest.addr;
+    let body = std::sync::Arc::new(vec![b' '; 1_000_000]);
+    let threads: Vec<_> = (0..300)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || http_post(addr, "/webhooks/deel", &[], &body).0)
+        })
+        .collect();
+    let answers: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let ok = answers.iter().filter(|s| **s == 200).count();
+    assert!(
+        answers.iter().all(|s| *s == 200 || *s == 503),
+        "{answers:?}"
+    );
+    assert!(ok > 0, "{answers:?}");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", ingest.child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    let (_, text) = http_get(addr, "/metrics");
+    let bound: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("normalizer_ingest_memory_bound_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("the stated bound") as u64;
+    assert!(
+        peak_kib * 1024 <= bound,
+        "peak {peak_kib} KiB over the stated {bound} bytes; {ok} of 300 answered 200"
+    );
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    assert_eq!(queue_depth(&channel, "normalizer.raw").await as usize, ok);
+}
+
+/// `POST` that reads the answer even when the server stops reading the request early
+/// (as it may for headers over its limit): the status, or 0.
+fn post_ignoring_write_errors(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> u16 {
+    use std::io::{Read, Write};
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return 0;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(body));
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

@@ -216,3 +216,51 @@ async fn summaries_count_what_flowed_and_the_stop_line_the_totals() {
     assert_eq!(stopped[0]["events_published"], expected_events);
     assert_no_personal_data(&worker.logs());
 }
+
+/// Idle connections to `http.listen` cannot take the descriptors the worker needs for
+/// the broker: limited to 256 descriptors, with 400 connections held open on its health
+/// port, the worker still reconnects after its broker connections are closed, answers
+/// `/readyz`, and normalizes every webhook.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_health_connections_do_not_starve_the_worker() {
+    let vhost = TestVhost::new("health-fds");
+    declare_topology(&vhost);
+    let worker = WorkerProcess::for_tests(&vhost.url(), &[])
+        .open_files_limit(256)
+        .start();
+    worker.wait_ready(Duration::from_secs(20));
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(&worker.health, Duration::from_secs(2))
+        {
+            idle.push(s);
+        }
+    }
+    vhost.close_all_connections();
+    worker.wait_ready(Duration::from_secs(30));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks: Vec<RawWebhook> = webhook_mix(20, &vhost.name)
+        .into_iter()
+        .filter(|w| expected(w).is_ok())
+        .collect();
+    let want: usize = webhooks.iter().map(|w| expected(w).unwrap().len()).sum();
+    publish_raw(&channel, &webhooks).await;
+    let mut got = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got < want && std::time::Instant::now() < deadline {
+        got += read_until_quiet(&channel, "test.events", Duration::from_millis(500))
+            .await
+            .len();
+    }
+    assert_eq!(
+        got,
+        want,
+        "every event, with {} idle connections held",
+        idle.len()
+    );
+    assert!(
+        !worker.log_tail(200).contains("Too many open files"),
+        "{}",
+        worker.log_tail(50)
+    );
+}

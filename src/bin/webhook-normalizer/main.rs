@@ -449,14 +449,15 @@ async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<
     let listeners = ops::listen(addrs)
         .await
         .context("ingest.listen: cannot listen")?;
+    let ingest = std::sync::Arc::new(webhook_normalizer::ingest::Ingest::new(settings));
     let mut servers = Vec::new();
     for listener in listeners {
         info!(address = %listener.local_addr()?, "ingest: POST /webhooks/{{vendor}}");
-        servers.push(tokio::spawn(webhook_normalizer::ingest::serve(
-            settings.clone(),
-            listener,
-            shutdown.clone(),
-        )));
+        let ingest = ingest.clone();
+        let shutdown = shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            ingest.serve(listener, shutdown).await
+        }));
     }
     tokio::spawn(watch_signals(shutdown.clone()));
     for server in servers {

@@ -115,6 +115,13 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
                 refused += 1;
                 report(format_args!("error: {}: nacked by the broker", name(i)));
             }
+            Published::Blocked => {
+                refused += 1;
+                report(format_args!(
+                    "error: {}: not sent: the broker blocks publishing (a memory or disk alarm); try again once it clears",
+                    name(i)
+                ));
+            }
         }
     }));
     if let Err(e) = sent {

@@ -1,0 +1,133 @@
+//! The gateway's Prometheus metrics, served at `GET /metrics` on `ingest.listen`. Labels
+//! from closed sets only (vendor keys, outcomes): never a path, a header or a body.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::http::ConnectionCounts;
+
+/// What became of one request.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// 200: confirmed by the broker.
+    accepted,
+    /// 401: a bad or missing signature or credential.
+    unauthorized,
+    /// 400: a forwarded header too long or not text.
+    bad_request,
+    /// 413: a body over `limits.max_body_bytes`.
+    too_large,
+    /// 503: waited its whole request timeout for a turn (`ingest.max_concurrent_requests`).
+    busy,
+    /// 503: the broker blocks publishing (a resource alarm): not sent.
+    broker_blocked,
+    /// 503: the broker unreachable, a nack, a return, or no confirm in time.
+    unavailable,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    vendor: &'static str,
+    outcome: Outcome,
+}
+
+/// Every metric the gateway exports.
+pub struct IngestMetrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    in_progress: Gauge,
+    connections_open: Gauge,
+    connections_evicted: Counter,
+    connections_refused: Counter,
+    connections: Arc<ConnectionCounts>,
+}
+
+impl IngestMetrics {
+    /// `memory_bound` is what the settings bound the process's memory to (stated, and
+    /// checked by a test).
+    pub fn new(memory_bound: u64, connections: Arc<ConnectionCounts>) -> IngestMetrics {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let in_progress = Gauge::default();
+        let connections_open = Gauge::default();
+        let connections_evicted = Counter::default();
+        let connections_refused = Counter::default();
+        let bound = Gauge::<i64>::default();
+        bound.set(i64::try_from(memory_bound).unwrap_or(i64::MAX));
+        registry.register(
+            "normalizer_ingest_requests",
+            "Webhook requests answered, by vendor and outcome (accepted, unauthorized, bad_request, too_large, busy, broker_blocked, unavailable)",
+            requests.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_requests_in_progress",
+            "Requests holding a turn (their bodies in memory), at most ingest.max_concurrent_requests",
+            in_progress.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_connections_open",
+            "Client connections open, at most ingest.max_connections",
+            connections_open.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_connections_evicted",
+            "Idle client connections closed to make room for a new one (ingest.max_connections)",
+            connections_evicted.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_connections_refused",
+            "New client connections closed at once because every open one was busy",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_memory_bound_bytes",
+            "The most memory the settings let the gateway use (see ingest in the README)",
+            bound,
+        );
+        IngestMetrics {
+            registry,
+            requests,
+            in_progress,
+            connections_open,
+            connections_evicted,
+            connections_refused,
+            connections,
+        }
+    }
+
+    pub fn answered(&self, vendor: &'static str, outcome: Outcome) {
+        self.requests
+            .get_or_create(&RequestLabels { vendor, outcome })
+            .inc();
+    }
+
+    pub fn in_progress(&self) -> &Gauge {
+        &self.in_progress
+    }
+
+    /// The metrics in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let c = &self.connections;
+        self.connections_open
+            .set(i64::try_from(c.open.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let catch_up = |counter: &Counter, now: u64| {
+            let seen = counter.get();
+            if now > seen {
+                counter.inc_by(now - seen);
+            }
+        };
+        catch_up(&self.connections_evicted, c.evicted.load(Ordering::Relaxed));
+        catch_up(&self.connections_refused, c.refused.load(Ordering::Relaxed));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
