@@ -339,7 +339,7 @@ pub struct RawMessage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PropertyParts {
     pub fields: Vec<(usize, Vec<u8>)>,
-    pub headers: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub headers: Option<Vec<HeaderEntry>>,
     pub trailing: Vec<u8>,
 }
 
@@ -347,14 +347,7 @@ impl PropertyParts {
     /// Takes `properties` (flags, then the properties) apart.
     pub fn of(properties: &[u8]) -> Result<PropertyParts, String> {
         let mut cur = properties;
-        let mut take = |n: usize| -> Result<Vec<u8>, String> {
-            if cur.len() < n {
-                return Err("properties run past their end".to_owned());
-            }
-            let (taken, rest) = cur.split_at(n);
-            cur = rest;
-            Ok(taken.to_vec())
-        };
+        let mut take = |n: usize| take(&mut cur, n);
         let flags = u16::from_be_bytes(take(2)?.try_into().map_err(|_| "flags")?);
         let mut fields = Vec::new();
         let mut headers = None;
@@ -377,7 +370,6 @@ impl PropertyParts {
                 }
             }
         }
-        drop(take);
         let trailing = cur.to_vec();
         Ok(PropertyParts {
             fields,
@@ -449,8 +441,21 @@ pub fn assert_put_back_byte_for_byte(
     }
 }
 
+/// The first `n` bytes of `cur`, moving past them.
+fn take(cur: &mut &[u8], n: usize) -> Result<Vec<u8>, String> {
+    if cur.len() < n {
+        return Err("properties run past their end".to_owned());
+    }
+    let (taken, rest) = cur.split_at(n);
+    *cur = rest;
+    Ok(taken.to_vec())
+}
+
+/// A header table entry: its name, then its value's type octet and value.
+pub type HeaderEntry = (Vec<u8>, Vec<u8>);
+
 /// The top-level entries of a field table's content, each value skipped by its type.
-fn table_entries(mut table: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn table_entries(mut table: &[u8]) -> Result<Vec<HeaderEntry>, String> {
     let mut entries = Vec::new();
     while !table.is_empty() {
         let len = table[0] as usize;

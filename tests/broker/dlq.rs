@@ -810,3 +810,132 @@ async fn a_dead_letter_whose_copy_would_not_fit_a_frame_is_left_in_place() {
         &[],
     );
 }
+
+/// A replay of a dead letter whose properties the client cannot parse (a `message_id`
+/// that is not UTF-8, headers nested 40 deep, a repeated header name) sends it on byte
+/// for byte as it was, but for the replay's own edits: the dead-letter headers stripped,
+/// `x-replay-count` added.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_sends_properties_the_client_cannot_parse_byte_for_byte() {
+    let vhost = TestVhost::new("dlqreplaybytes");
+    declare_topology(&vhost);
+    let text = |s: &[u8]| value::long_string(s);
+    let properties = RawProperties::default()
+        .short(prop::CONTENT_TYPE, b"application/json")
+        .short(prop::MESSAGE_ID, b"replayed-\xff")
+        .delivery_mode(2)
+        .headers(table(&[
+            (b"x-vendor", text(b"deel")),
+            (b"x-trace", text(b"1")),
+            (b"x-deep", value::nested_tables(40)),
+            (b"x-trace", text(b"2")),
+            (b"x-normalizer-error-kind", text(b"invalid_properties")),
+            (b"x-normalizer-error", text(b"message_id: not UTF-8")),
+            (b"x-original-exchange", text(b"webhooks.raw")),
+            (b"x-original-routing-key", text(b"gateway")),
+        ]));
+    let messages = vec![(properties, b"{\"case\":\"replayed\"}".to_vec())];
+    publish_with_control(
+        &vhost,
+        "webhooks.dead-letter",
+        b"deel.invalid_properties",
+        &messages,
+    )
+    .await;
+
+    let out = dlq_command(&vhost, &["replay", "--kind", "invalid_properties"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let replayed = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "normalizer.raw").unwrap();
+    assert_eq!(
+        replayed.len(),
+        1,
+        "no worker ran: the replay waits in the raw queue"
+    );
+    assert!(
+        raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(replayed[0].body, messages[0].1);
+    let after = raw_amqp::PropertyParts::of(&replayed[0].properties).unwrap();
+    let was = raw_amqp::PropertyParts::of(&before[0].properties).unwrap();
+    assert_eq!(
+        after.header(b"x-replay-count"),
+        Some([b'l', 0, 0, 0, 0, 0, 0, 0, 1].as_slice())
+    );
+    assert_eq!(
+        after.header(b"x-delivery-count"),
+        was.header(b"x-delivery-count")
+    );
+    let stripped: &[&[u8]] = &[
+        b"x-normalizer-error-kind",
+        b"x-normalizer-error",
+        b"x-original-exchange",
+        b"x-original-routing-key",
+    ];
+    assert_eq!(
+        after.without(&[b"x-replay-count", b"x-delivery-count"], &[]),
+        was.without(&[stripped, &[b"x-delivery-count"]].concat(), &[]),
+    );
+}
+
+/// A replay of such a dead letter that its exchange routes nowhere comes back, is told
+/// apart from the others by what the client saw of it, and is kept byte for byte as it
+/// was (its copy, like any walk's, with the routing key header).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_that_comes_back_is_kept_byte_for_byte() {
+    let vhost = TestVhost::new("dlqreplayback");
+    declare_topology(&vhost);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "partition.nowhere".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+    let text = |s: &[u8]| value::long_string(s);
+    let properties = RawProperties::default()
+        .short(prop::MESSAGE_ID, b"back-\xff")
+        .headers(table(&[
+            (b"x-deep", value::nested_tables(40)),
+            (b"x-normalizer-error-kind", text(b"invalid_properties")),
+            (b"x-original-exchange", text(b"partition.nowhere")),
+            (b"x-original-routing-key", text(b"gateway")),
+        ]));
+    let messages = vec![(properties, b"{\"case\":\"comes back\"}".to_vec())];
+    let routing_key = b"deel.invalid_properties";
+    publish_with_control(&vhost, "webhooks.dead-letter", routing_key, &messages).await;
+
+    let out = run_command_with(
+        &vhost,
+        &["dlq", "replay"],
+        &[(
+            "NORMALIZER__DEAD_LETTER__REPLAY_EXCHANGES",
+            r#"["partition.nowhere"]"#,
+        )],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 could not be replayed"), "{err}");
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let after = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ).unwrap();
+    assert_eq!(after.len(), 1);
+    raw_amqp::assert_put_back_byte_for_byte(
+        &before,
+        &after,
+        "x-normalizer-dead-letter-routing-key",
+        routing_key,
+        &[],
+        &[],
+    );
+}
