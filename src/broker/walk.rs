@@ -23,6 +23,18 @@
 //!    and then acks it: it leaves the queue. If it comes back as unroutable, a copy is
 //!    kept as in 3. Or it drops it (acks it without a copy).
 //!
+//! A copy carries the message's properties with only the edits named in 3 (a replay,
+//! only its own: see the caller). The client parses properties into its own types and
+//! writes them again: the same values. But what it cannot parse as sent (a short string
+//! that is not UTF-8, headers nested deeper than it goes, a repeated header name) the
+//! frame check rewrites first ([`super::wire`]), and a copy made of that would carry the
+//! rewrite. So the walk's connection keeps each rewritten content header as it was sent,
+//! the walk makes the same edits to those bytes ([`super::wire::edit`]), and the
+//! connection's stream sends them in place of what the client writes for the copy. Where that cannot be done (the edited properties
+//! would not fit `frame_max`, or the bytes cannot be walked), the message is left in
+//! hand, unacked, until the walk ends: the broker then gives it back, as it was, at the
+//! head of the queue, its delivery count one higher ([`WalkSummary::left_in_place`]).
+//!
 //! Publishes are pipelined: up to [`WINDOW`] messages (and at most [`WINDOW_BYTES`] of
 //! bodies, beyond the first) are in hand at once, each acked in
 //! order once its own publish is confirmed. After a whole walk the queue holds the same
@@ -50,7 +62,9 @@ use lapin::{BasicProperties, Channel, Confirmation};
 use super::confirm::judge;
 use super::connection::connect_checked;
 use super::error::{BrokerError, Role};
-use super::wire::{FrameCheck, Returns, Sent};
+use super::publish::{header_payload_size, header_room};
+use super::wire::edit::{PropertyEdits, edit_content_header};
+use super::wire::{FrameCheck, Returns, Sent, Verbatim, WireReports};
 use crate::config::Settings;
 use crate::delivery::PublishOutcome;
 
@@ -126,6 +140,11 @@ pub struct WalkSummary {
     pub not_allowed: u64,
     /// Picked for replay to an exchange that does not exist, by exchange: kept.
     pub missing_exchanges: std::collections::BTreeMap<String, u64>,
+    /// Read, but their properties as sent, with the walk's edits, could not be copied
+    /// (or replayed) byte for byte (see the module's documentation): left unacked until
+    /// the walk ended, so the broker gave them back as they were, their delivery count
+    /// one higher.
+    pub left_in_place: u64,
 }
 
 /// Why a walk could not run or stopped.
@@ -154,8 +173,13 @@ pub(crate) async fn walk_queue(
     mut decide: impl FnMut(&Delivery, &str) -> Step,
 ) -> Result<WalkSummary, WalkError> {
     let queue = walk.queue;
-    let check = FrameCheck::default();
+    let verbatim = Verbatim::default();
+    let check = FrameCheck {
+        verbatim: Some(verbatim.clone()),
+        ..FrameCheck::default()
+    };
     let returns = check.returns.clone();
+    let reports = check.reports.clone();
     let connection = connect_checked(&settings.amqp, Role::Admin, check).await?;
     let channel = connection
         .create_channel()
@@ -189,6 +213,10 @@ pub(crate) async fn walk_queue(
         exchanges: std::collections::HashMap::new(),
         channel: &channel,
         returns,
+        reports,
+        verbatim,
+        header_room: header_room(connection.configuration().frame_max()),
+        left_in_place: Vec::new(),
         walk: &walk,
         // A rate too small for a `Duration` (validated away by the CLI) means no pause
         // rather than a panic.
@@ -203,6 +231,14 @@ pub(crate) async fn walk_queue(
     let walked = reader.read_through(progress, &mut decide).await;
     let _ = connection.close(200, "walk done".into()).await;
     walked
+}
+
+/// Properties to publish a copy or replay with, and, for a message whose properties the
+/// frame check had to rewrite, the content header to send in their place: the message's
+/// own as sent, with the same edits.
+struct Outgoing {
+    properties: BasicProperties,
+    verbatim: Option<Vec<u8>>,
 }
 
 /// A message taken and not yet acked.
@@ -227,11 +263,13 @@ enum Took {
     /// Sent it on; `copy` is what to keep if it comes back unroutable (none when its time
     /// in the queue is up).
     Replayed {
-        copy: Option<Box<BasicProperties>>,
+        copy: Option<Box<Outgoing>>,
     },
     Dropped,
     /// Its time in the queue was up: not copied.
     Expired,
+    /// Could not be copied byte for byte: never acked.
+    LeftInPlace,
 }
 
 /// What one publish of the walk sent, to tell whether it came back.
@@ -270,6 +308,13 @@ struct Reader<'a> {
     exchanges: std::collections::HashMap<String, bool>,
     channel: &'a Channel,
     returns: Returns,
+    /// What the frame check rewrote, by delivery: there, its content header as sent.
+    reports: WireReports,
+    verbatim: Verbatim,
+    /// The largest content header payload the connection's `frame_max` allows.
+    header_room: usize,
+    /// Messages left unacked until the connection closes.
+    left_in_place: Vec<Acker>,
     walk: &'a Walk<'a>,
     pace: Option<Duration>,
     next_send: tokio::time::Instant,
@@ -321,6 +366,11 @@ impl Reader<'_> {
             };
             taken += 1;
             let delivery = got.delivery;
+            // Taken for every delivery, so none is left behind.
+            let sent = self
+                .reports
+                .take(self.channel.id(), delivery.delivery_tag)
+                .and_then(|report| report.original_header);
             let routing_key = own_routing_key(&delivery, self.walk.routing_key_header);
             let step = match decide(&delivery, &routing_key) {
                 Step::Send { exchange, .. }
@@ -335,7 +385,9 @@ impl Reader<'_> {
                 }
                 step => step,
             };
-            let in_hand = self.start(step, delivery, &routing_key).await?;
+            let in_hand = self
+                .start(step, delivery, &routing_key, sent.as_deref())
+                .await?;
             self.in_hand.push_back(in_hand);
             let bytes: usize = self.in_hand.iter().map(InHand::bytes).sum();
             // Ack what is confirmed already (few are left to give back if killed); wait
@@ -402,14 +454,21 @@ impl Reader<'_> {
         Ok(exists)
     }
 
-    /// Publishes a message's copy or replay (not waiting for the confirm).
+    /// Publishes a message's copy or replay (not waiting for the confirm). `sent` is
+    /// its content header as sent, when the frame check had to rewrite it.
     async fn start(
         &mut self,
         step: Step,
         delivery: Delivery,
         routing_key: &str,
+        sent: Option<&[u8]>,
     ) -> Result<InHand, WalkError> {
         let queue = self.walk.queue;
+        let left_in_place = |acker| InHand {
+            acker,
+            confirm: None,
+            took: Took::LeftInPlace,
+        };
         let (confirm, took) = match step {
             Step::Drop => (None, Took::Dropped),
             Step::Keep => {
@@ -425,8 +484,12 @@ impl Reader<'_> {
                         took: Took::Expired,
                     });
                 };
-                let published = Published::new("", queue, &properties, delivery.data);
-                let confirm = publish(self.channel, &published, properties)
+                let Some(copy) = self.outgoing(sent, &delivery.properties, properties) else {
+                    return Ok(left_in_place(delivery.acker));
+                };
+                let published = Published::new("", queue, &copy.properties, delivery.data);
+                let confirm = self
+                    .publish(&published, copy)
                     .await
                     .map_err(BrokerError::amqp(format!("putting a copy back on {queue}")))?;
                 (Some((confirm, published)), Took::Kept)
@@ -436,26 +499,31 @@ impl Reader<'_> {
                 routing_key: to,
                 properties,
             } => {
-                if let Some(pace) = self.pace {
-                    tokio::time::sleep_until(self.next_send).await;
-                    self.next_send = tokio::time::Instant::now() + pace;
-                }
-                let published = Published::new(&exchange, &to, &properties, delivery.data);
-                let confirm = publish(self.channel, &published, *properties)
-                    .await
-                    .map_err(BrokerError::amqp(format!("replaying to {exchange}")))?;
-                let copy = copy_properties(
+                let copy = match copy_properties(
                     &delivery.properties,
                     self.walk.routing_key_header,
                     routing_key,
                     self.walk.ttl,
-                );
-                (
-                    Some((confirm, published)),
-                    Took::Replayed {
-                        copy: copy.map(Box::new),
+                ) {
+                    None => None,
+                    Some(copy) => match self.outgoing(sent, &delivery.properties, copy) {
+                        Some(copy) => Some(Box::new(copy)),
+                        None => return Ok(left_in_place(delivery.acker)),
                     },
-                )
+                };
+                let Some(replay) = self.outgoing(sent, &delivery.properties, *properties) else {
+                    return Ok(left_in_place(delivery.acker));
+                };
+                if let Some(pace) = self.pace {
+                    tokio::time::sleep_until(self.next_send).await;
+                    self.next_send = tokio::time::Instant::now() + pace;
+                }
+                let published = Published::new(&exchange, &to, &replay.properties, delivery.data);
+                let confirm = self
+                    .publish(&published, replay)
+                    .await
+                    .map_err(BrokerError::amqp(format!("replaying to {exchange}")))?;
+                (Some((confirm, published)), Took::Replayed { copy })
             }
         };
         Ok(InHand {
@@ -493,13 +561,20 @@ impl Reader<'_> {
         Ok(settled)
     }
 
-    /// Keeps a copy of a replay that came back, then acks the message.
+    /// Keeps a copy of a replay that came back, then acks the message (but one left in
+    /// place).
     async fn settle_one(
         &mut self,
         held: InHand,
         confirmed: Option<Result<Confirmation, lapin::Error>>,
     ) -> Result<(), WalkError> {
         let queue = self.walk.queue;
+        if let Took::LeftInPlace = held.took {
+            self.left_in_place.push(held.acker);
+            self.summary.left_in_place += 1;
+            self.summary.read += 1;
+            return Ok(());
+        }
         match (confirmed, held.confirm, held.took) {
             (Some(confirmation), Some((_, published)), took) => {
                 let came_back = self.returned(confirmation, &published, "publishing")?;
@@ -508,10 +583,13 @@ impl Reader<'_> {
                     (Took::Replayed { copy: Some(copy) }, true) => {
                         // Nowhere to go: it stays where it was.
                         self.summary.unroutable += 1;
-                        let copied = Published::new("", queue, &copy, published.body);
-                        let confirm = publish(self.channel, &copied, *copy).await.map_err(
-                            BrokerError::amqp(format!("putting a copy back on {queue}")),
-                        )?;
+                        let copied = Published::new("", queue, &copy.properties, published.body);
+                        let confirm =
+                            self.publish(&copied, *copy)
+                                .await
+                                .map_err(BrokerError::amqp(format!(
+                                    "putting a copy back on {queue}"
+                                )))?;
                         if self.returned(confirm.await, &copied, "putting a copy back")? {
                             return Err(WalkError::NotConfirmed(format!(
                                 "putting a copy back on {queue}: returned as unroutable"
@@ -545,27 +623,72 @@ impl Reader<'_> {
     }
 }
 
-/// Publishes one message, mandatory; the confirm is waited for later.
-async fn publish(
-    channel: &Channel,
-    published: &Published,
-    properties: BasicProperties,
-) -> Result<PublisherConfirm, lapin::Error> {
-    channel
-        .basic_publish(
-            published.exchange.as_str().into(),
-            published.routing_key.as_str().into(),
-            BasicPublishOptions {
-                mandatory: true,
-                ..BasicPublishOptions::default()
-            },
-            &published.body,
-            properties,
-        )
-        .await
-}
-
 impl Reader<'_> {
+    /// How to publish `wanted` in place of a message the client saw as `seen`: as it is
+    /// when the frame check left the properties as sent; else with the bytes `sent` with
+    /// the same edits made. `None` when that cannot be done: the bytes cannot be walked,
+    /// or the edited content header (or the client's, marked) would not fit `frame_max`.
+    fn outgoing(
+        &self,
+        sent: Option<&[u8]>,
+        seen: &BasicProperties,
+        wanted: BasicProperties,
+    ) -> Option<Outgoing> {
+        let Some(sent) = sent else {
+            return Some(Outgoing {
+                properties: wanted,
+                verbatim: None,
+            });
+        };
+        let edits = PropertyEdits::between(seen, &wanted)?;
+        let edited = edit_content_header(sent, &edits)?;
+        let marked = wanted
+            .clone()
+            .with_cluster_id("m".repeat(Verbatim::MARKER_LEN).as_str().into());
+        if edited.len() > self.header_room || header_payload_size(&marked) > self.header_room {
+            return None;
+        }
+        Some(Outgoing {
+            properties: wanted,
+            verbatim: Some(edited),
+        })
+    }
+
+    /// Publishes one message, mandatory, marked for its content header to be swapped when
+    /// it has one to send instead; the confirm is waited for later.
+    async fn publish(
+        &self,
+        published: &Published,
+        outgoing: Outgoing,
+    ) -> Result<PublisherConfirm, lapin::Error> {
+        let mut properties = outgoing.properties;
+        let marker = outgoing
+            .verbatim
+            .map(|edited| self.verbatim.register(edited));
+        if let Some(marker) = &marker {
+            properties = properties.with_cluster_id(marker.as_str().into());
+        }
+        let published = self
+            .channel
+            .basic_publish(
+                published.exchange.as_str().into(),
+                published.routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &published.body,
+                properties,
+            )
+            .await;
+        if published.is_err()
+            && let Some(marker) = &marker
+        {
+            self.verbatim.forget(marker);
+        }
+        published
+    }
+
     /// A publish's confirm: `Ok(true)` when the message came back as unroutable.
     fn returned(
         &self,

@@ -14,7 +14,8 @@
 //!   [`read_until_quiet`]).
 //! - [`raw_amqp`]: a publisher writing AMQP frames byte by byte, for properties no
 //!   client library sends (short strings not UTF-8, headers nested thousands deep,
-//!   repeated keys).
+//!   repeated keys), and a reader taking messages as the broker sent them
+//!   ([`raw_amqp::take_all`], [`raw_amqp::PropertyParts`]), to compare them byte for byte.
 //! - [`assert_no_personal_data`] in the worker's logs.
 //! - [`SharedBrokerWatch`]: fails a test that blocked the shared broker's publishers or
 //!   left its broker-wide state ([`BrokerWideState`]) other than it found it.

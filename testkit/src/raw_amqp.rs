@@ -1,6 +1,8 @@
 //! A publisher that writes AMQP 0-9-1 frames byte by byte, for properties no client
 //! library would send: short strings that are not UTF-8, headers nested thousands deep,
-//! repeated keys, any field type. Just enough of the protocol for one confirmed publish.
+//! repeated keys, any field type; and a reader that takes messages as the broker sends
+//! them, frames unparsed, to check them byte for byte. Just enough of the protocol for
+//! one confirmed publish and `basic.get`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -11,8 +13,11 @@ pub mod prop {
     pub const CONTENT_TYPE: usize = 0;
     pub const HEADERS: usize = 2;
     pub const DELIVERY_MODE: usize = 3;
+    pub const PRIORITY: usize = 4;
     pub const CORRELATION_ID: usize = 5;
+    pub const EXPIRATION: usize = 7;
     pub const MESSAGE_ID: usize = 8;
+    pub const TIMESTAMP: usize = 9;
     pub const TYPE: usize = 10;
     pub const APP_ID: usize = 12;
 }
@@ -223,6 +228,60 @@ impl RawPublisher {
         }
     }
 
+    /// Takes the message at the head of `queue` (`basic.get`, no-ack: it leaves the
+    /// queue), as the broker sent it; `None` when the queue is empty.
+    pub fn get(&mut self, queue: &str) -> Result<Option<RawMessage>, String> {
+        let s = &mut self.socket;
+        let mut get = method(60, 70);
+        get.extend_from_slice(&0u16.to_be_bytes());
+        get.extend(short_string(queue.as_bytes()));
+        get.push(1); // no-ack
+        send(s, 1, 1, &get)?;
+        let get_ok = loop {
+            let (kind, _, payload) = read_frame(s)?;
+            if kind != 1 {
+                continue;
+            }
+            match class_method(&payload)? {
+                (60, 71) => break payload,
+                (60, 72) => return Ok(None),
+                (20, 40) | (10, 50) => return Err(close_text(&payload)),
+                _ => {}
+            }
+        };
+        // Delivery tag, redelivered, then the exchange and routing key.
+        let mut at = 4 + 8 + 1;
+        let mut short = || -> Result<Vec<u8>, String> {
+            let len = *get_ok.get(at).ok_or("short get-ok")? as usize;
+            let bytes = get_ok.get(at + 1..at + 1 + len).ok_or("short get-ok")?;
+            at += 1 + len;
+            Ok(bytes.to_vec())
+        };
+        let exchange = short()?;
+        let routing_key = short()?;
+        let (kind, _, header) = read_frame(s)?;
+        if kind != 2 || header.len() < 12 {
+            return Err(format!(
+                "expected a content header, got a frame of type {kind}"
+            ));
+        }
+        let size = u64::from_be_bytes(header[4..12].try_into().map_err(|_| "header")?);
+        let mut body = Vec::new();
+        while (body.len() as u64) < size {
+            let (kind, _, part) = read_frame(s)?;
+            if kind != 3 {
+                return Err(format!("expected a body frame, got a frame of type {kind}"));
+            }
+            body.extend(part);
+        }
+        Ok(Some(RawMessage {
+            exchange,
+            routing_key,
+            properties: header[12..].to_vec(),
+            body,
+        }))
+    }
+
     /// Closes the connection politely.
     pub fn close(mut self) {
         let mut close = method(10, 50);
@@ -250,6 +309,177 @@ pub fn publish(
     publisher.publish(exchange, routing_key, properties, body)?;
     publisher.close();
     Ok(())
+}
+
+/// Takes every message in `queue` (in `vhost` on the broker at `addr`, as guest), in
+/// order, as the broker sent them. Blocking.
+pub fn take_all(addr: &str, vhost: &str, queue: &str) -> Result<Vec<RawMessage>, String> {
+    let mut reader = RawPublisher::connect(addr, vhost)?;
+    let mut all = Vec::new();
+    while let Some(message) = reader.get(queue)? {
+        all.push(message);
+    }
+    reader.close();
+    Ok(all)
+}
+
+/// A message as the broker delivered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawMessage {
+    pub exchange: Vec<u8>,
+    pub routing_key: Vec<u8>,
+    /// The property flags and the properties, as the content header carried them.
+    pub properties: Vec<u8>,
+    pub body: Vec<u8>,
+}
+
+/// A property list taken apart, every part as its bytes: each property present (by index,
+/// as encoded) but `headers`, whose top-level entries are listed in order (name, then
+/// type octet and value), and any bytes after the last property.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PropertyParts {
+    pub fields: Vec<(usize, Vec<u8>)>,
+    pub headers: Option<Vec<HeaderEntry>>,
+    pub trailing: Vec<u8>,
+}
+
+impl PropertyParts {
+    /// Takes `properties` (flags, then the properties) apart.
+    pub fn of(properties: &[u8]) -> Result<PropertyParts, String> {
+        let mut cur = properties;
+        let mut take = |n: usize| take(&mut cur, n);
+        let flags = u16::from_be_bytes(take(2)?.try_into().map_err(|_| "flags")?);
+        let mut fields = Vec::new();
+        let mut headers = None;
+        for i in 0..14 {
+            if flags & (1 << (15 - i)) == 0 {
+                continue;
+            }
+            match i {
+                prop::HEADERS => {
+                    let len = u32::from_be_bytes(take(4)?.try_into().map_err(|_| "len")?);
+                    headers = Some(table_entries(&take(len as usize)?)?);
+                }
+                prop::DELIVERY_MODE | prop::PRIORITY => fields.push((i, take(1)?)),
+                prop::TIMESTAMP => fields.push((i, take(8)?)),
+                _ => {
+                    let len = take(1)?[0] as usize;
+                    let mut field = vec![len as u8];
+                    field.extend(take(len)?);
+                    fields.push((i, field));
+                }
+            }
+        }
+        let trailing = cur.to_vec();
+        Ok(PropertyParts {
+            fields,
+            headers,
+            trailing,
+        })
+    }
+
+    /// The value of the first header entry named `name` (type octet and value).
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.headers
+            .as_ref()?
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// These parts without the header entries named in `names` (all of them) and without
+    /// the properties numbered in `indexes`.
+    pub fn without(mut self, names: &[&[u8]], indexes: &[usize]) -> PropertyParts {
+        if let Some(headers) = &mut self.headers {
+            headers.retain(|(k, _)| !names.contains(&k.as_slice()));
+        }
+        self.fields.retain(|(i, _)| !indexes.contains(i));
+        self
+    }
+}
+
+/// Asserts that a walk put back each message of `before` (as the broker gave it back from
+/// a queue nothing walked) byte for byte, in `after` (matched by body): every property
+/// and header entry as it was, but `routing_key_header` set to `routing_key`, the
+/// `x-delivery-count` of a message never delivered, and the header entries named in `also` and the properties numbered
+/// in `indexes` left out of the comparison (what a walk of a queue with a TTL adds).
+pub fn assert_put_back_byte_for_byte(
+    before: &[RawMessage],
+    after: &[RawMessage],
+    routing_key_header: &str,
+    routing_key: &[u8],
+    also: &[&[u8]],
+    indexes: &[usize],
+) {
+    let mut ignored: Vec<&[u8]> = vec![routing_key_header.as_bytes(), b"x-delivery-count"];
+    ignored.extend_from_slice(also);
+    for was in before {
+        let name = String::from_utf8_lossy(&was.body);
+        let now = after
+            .iter()
+            .find(|m| m.body == was.body)
+            .unwrap_or_else(|| panic!("{name}: not in the queue after the walk"));
+        let parts = PropertyParts::of(&now.properties).expect("properties after");
+        assert_eq!(
+            parts.header(routing_key_header.as_bytes()),
+            Some(value::long_string(routing_key).as_slice()),
+            "{name}: the routing key kept in {routing_key_header}"
+        );
+        let was_parts = PropertyParts::of(&was.properties).expect("properties before");
+        // RabbitMQ 3.10 writes a count into what `basic.get` takes from a quorum queue,
+        // 0 for a message never delivered before.
+        assert_eq!(
+            parts.header(b"x-delivery-count"),
+            was_parts.header(b"x-delivery-count"),
+            "{name}: the delivery count of a message delivered before"
+        );
+        assert_eq!(
+            parts.without(&ignored, indexes),
+            was_parts.without(&ignored, indexes),
+            "{name}: properties changed"
+        );
+    }
+}
+
+/// The first `n` bytes of `cur`, moving past them.
+fn take(cur: &mut &[u8], n: usize) -> Result<Vec<u8>, String> {
+    if cur.len() < n {
+        return Err("properties run past their end".to_owned());
+    }
+    let (taken, rest) = cur.split_at(n);
+    *cur = rest;
+    Ok(taken.to_vec())
+}
+
+/// A header table entry: its name, then its value's type octet and value.
+pub type HeaderEntry = (Vec<u8>, Vec<u8>);
+
+/// The top-level entries of a field table's content, each value skipped by its type.
+fn table_entries(mut table: &[u8]) -> Result<Vec<HeaderEntry>, String> {
+    let mut entries = Vec::new();
+    while !table.is_empty() {
+        let len = table[0] as usize;
+        let key = table.get(1..1 + len).ok_or("a key past the table's end")?;
+        let rest = &table[1 + len..];
+        let kind = *rest.first().ok_or("an entry without a value")?;
+        let size = match kind {
+            b'V' => 0,
+            b't' | b'b' | b'B' => 1,
+            b's' | b'U' | b'u' => 2,
+            b'I' | b'i' | b'f' => 4,
+            b'D' => 5,
+            b'L' | b'l' | b'd' | b'T' => 8,
+            b'S' | b'x' | b'F' | b'A' => {
+                let n = rest.get(1..5).ok_or("a length past the table's end")?;
+                4 + u32::from_be_bytes(n.try_into().map_err(|_| "len")?) as usize
+            }
+            other => return Err(format!("field type {other:#04x}")),
+        };
+        let value = rest.get(..1 + size).ok_or("a value past the table's end")?;
+        entries.push((key.to_vec(), value.to_vec()));
+        table = &rest[1 + size..];
+    }
+    Ok(entries)
 }
 
 fn method(class: u16, method: u16) -> Vec<u8> {

@@ -10,6 +10,7 @@ use lapin::BasicProperties;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 
+use crate::support::raw_amqp::{self, RawProperties, RawPublisher, prop, table, value};
 use crate::support::*;
 
 const DLQ: &str = "normalizer.dead-letter";
@@ -631,4 +632,310 @@ async fn a_delivery_limit_of_minus_one() {
     } else {
         assert_eq!(left, 1, "RabbitMQ {version} kept it");
     }
+}
+
+/// Raw dead letters whose properties the AMQP client cannot take as they are (a
+/// `message_id` that is not UTF-8, headers nested 40 deep, a repeated header name), and an
+/// ordinary one; each body names its case.
+pub(crate) fn unparseable_by_the_client() -> Vec<(RawProperties, Vec<u8>)> {
+    let base = || {
+        RawProperties::default()
+            .short(prop::CONTENT_TYPE, b"application/json")
+            .delivery_mode(2)
+    };
+    let vendor = || value::long_string(b"deel");
+    vec![
+        (
+            base()
+                .short(prop::MESSAGE_ID, b"id-\xff\xfe-1")
+                .headers(table(&[(b"x-vendor", vendor())])),
+            b"{\"case\":\"message_id not UTF-8\"}".to_vec(),
+        ),
+        (
+            base().short(prop::MESSAGE_ID, b"deep").headers(table(&[
+                (b"x-deep", value::nested_tables(40)),
+                (b"x-vendor", vendor()),
+            ])),
+            b"{\"case\":\"headers nested 40 deep\"}".to_vec(),
+        ),
+        (
+            base().short(prop::MESSAGE_ID, b"repeated").headers(table(&[
+                (b"x-trace", value::long_string(b"1")),
+                (b"x-vendor", vendor()),
+                (b"x-trace", value::long_string(b"2")),
+            ])),
+            b"{\"case\":\"a repeated header name\"}".to_vec(),
+        ),
+        (
+            // Headers in the order the client writes them (by name), values it writes as
+            // they are: its own encoding gives the same bytes.
+            base().short(prop::MESSAGE_ID, b"ordinary").headers(table(&[
+                (b"a-first", value::long_string(b"1")),
+                (b"x-vendor", vendor()),
+            ])),
+            b"{\"case\":\"ordinary\"}".to_vec(),
+        ),
+    ]
+}
+
+/// Publishes each message (byte for byte) to `exchange` with `routing_key`, and to a
+/// quorum queue `control` declared here that nothing walks: what the broker gives back of
+/// a message left alone, to compare with.
+pub(crate) async fn publish_with_control(
+    vhost: &TestVhost,
+    exchange: &str,
+    routing_key: &[u8],
+    messages: &[(RawProperties, Vec<u8>)],
+) {
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut quorum = FieldTable::default();
+    quorum.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    channel
+        .queue_declare(
+            "control".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            quorum,
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+    let mut publisher = RawPublisher::connect("127.0.0.1:5672", &vhost.name).unwrap();
+    for (properties, body) in messages {
+        publisher
+            .publish(exchange, routing_key, properties, body)
+            .unwrap();
+        publisher.publish("", b"control", properties, body).unwrap();
+    }
+    publisher.close();
+}
+
+/// Looking (`dlq stats`, then `dlq peek`) at dead letters whose properties the client
+/// cannot parse as they are leaves each byte for byte as it was: every property and
+/// header entry, nested ones too, as the broker holds it, but for the walk's own header
+/// (the routing key) and no delivery count.
+#[tokio::test(flavor = "multi_thread")]
+async fn looking_leaves_properties_the_client_cannot_parse_byte_for_byte() {
+    let vhost = TestVhost::new("dlqbytes");
+    declare_topology(&vhost);
+    let messages = unparseable_by_the_client();
+    let routing_key = b"unknown.invalid_properties";
+    publish_with_control(&vhost, "webhooks.dead-letter", routing_key, &messages).await;
+
+    for command in ["stats", "peek"] {
+        let out = dlq_command(&vhost, &[command]);
+        assert!(
+            out.status.success(),
+            "dlq {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let after = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ).unwrap();
+    assert_eq!(
+        after.iter().map(|m| &m.body).collect::<Vec<_>>(),
+        messages.iter().map(|(_, b)| b).collect::<Vec<_>>(),
+        "the same messages in the same order"
+    );
+    raw_amqp::assert_put_back_byte_for_byte(
+        &before,
+        &after,
+        "x-normalizer-dead-letter-routing-key",
+        routing_key,
+        &[],
+        &[],
+    );
+}
+
+/// A dead letter whose properties the client cannot parse, and which nearly fills a
+/// frame: its copy, with the walk's header, would not fit `frame_max`. It is left where
+/// it was, as it was (the broker gives it back when the walk ends, its delivery count
+/// one higher), and the command says so; the others are copied as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_letter_whose_copy_would_not_fit_a_frame_is_left_in_place() {
+    let vhost = TestVhost::new("dlqframe");
+    declare_topology(&vhost);
+    let frame_max = RawPublisher::connect("127.0.0.1:5672", &vhost.name)
+        .unwrap()
+        .frame_max() as usize;
+    let id = b"big-\xff";
+    // Frame overhead 8, class to body size 12, flags 2, the message id, the table's
+    // length 4, the padding entry's name, type and length: 40 bytes to spare, room for the
+    // broker's `x-delivery-count` but not for the walk's header.
+    let padding = frame_max - 40 - 8 - 12 - 2 - (1 + id.len()) - 4 - (1 + 9 + 1 + 4);
+    let big = RawProperties::default()
+        .short(prop::MESSAGE_ID, id)
+        .headers(table(&[(
+            b"x-padding",
+            value::long_string(&vec![b'p'; padding]),
+        )]));
+    let mut messages = vec![(big, b"{\"case\":\"big\"}".to_vec())];
+    messages.push(unparseable_by_the_client().pop().unwrap());
+    let routing_key = b"unknown.invalid_properties";
+    publish_with_control(&vhost, "webhooks.dead-letter", routing_key, &messages).await;
+
+    let out = dlq_command(&vhost, &["stats"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "1 could not be copied byte for byte; left in place, their delivery count rose by one"
+        ),
+        "{err}"
+    );
+
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let after = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ).unwrap();
+    assert_eq!(after.len(), 2);
+    let big_after = after.iter().find(|m| m.body == messages[0].1).unwrap();
+    let parts = |m: &raw_amqp::RawMessage| {
+        raw_amqp::PropertyParts::of(&m.properties)
+            .unwrap()
+            .without(&[b"x-delivery-count"], &[])
+    };
+    assert_eq!(parts(big_after), parts(&before[0]), "left as it was");
+    raw_amqp::assert_put_back_byte_for_byte(
+        &before[1..],
+        &after,
+        "x-normalizer-dead-letter-routing-key",
+        routing_key,
+        &[],
+        &[],
+    );
+}
+
+/// A replay of a dead letter whose properties the client cannot parse (a `message_id`
+/// that is not UTF-8, headers nested 40 deep, a repeated header name) sends it on byte
+/// for byte as it was, but for the replay's own edits: the dead-letter headers stripped,
+/// `x-replay-count` added.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_sends_properties_the_client_cannot_parse_byte_for_byte() {
+    let vhost = TestVhost::new("dlqreplaybytes");
+    declare_topology(&vhost);
+    let text = |s: &[u8]| value::long_string(s);
+    let properties = RawProperties::default()
+        .short(prop::CONTENT_TYPE, b"application/json")
+        .short(prop::MESSAGE_ID, b"replayed-\xff")
+        .delivery_mode(2)
+        .headers(table(&[
+            (b"x-vendor", text(b"deel")),
+            (b"x-trace", text(b"1")),
+            (b"x-deep", value::nested_tables(40)),
+            (b"x-trace", text(b"2")),
+            (b"x-normalizer-error-kind", text(b"invalid_properties")),
+            (b"x-normalizer-error", text(b"message_id: not UTF-8")),
+            (b"x-original-exchange", text(b"webhooks.raw")),
+            (b"x-original-routing-key", text(b"gateway")),
+        ]));
+    let messages = vec![(properties, b"{\"case\":\"replayed\"}".to_vec())];
+    publish_with_control(
+        &vhost,
+        "webhooks.dead-letter",
+        b"deel.invalid_properties",
+        &messages,
+    )
+    .await;
+
+    let out = dlq_command(&vhost, &["replay", "--kind", "invalid_properties"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let replayed = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "normalizer.raw").unwrap();
+    assert_eq!(
+        replayed.len(),
+        1,
+        "no worker ran: the replay waits in the raw queue"
+    );
+    assert!(
+        raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(replayed[0].body, messages[0].1);
+    let after = raw_amqp::PropertyParts::of(&replayed[0].properties).unwrap();
+    let was = raw_amqp::PropertyParts::of(&before[0].properties).unwrap();
+    assert_eq!(
+        after.header(b"x-replay-count"),
+        Some([b'l', 0, 0, 0, 0, 0, 0, 0, 1].as_slice())
+    );
+    assert_eq!(
+        after.header(b"x-delivery-count"),
+        was.header(b"x-delivery-count")
+    );
+    let stripped: &[&[u8]] = &[
+        b"x-normalizer-error-kind",
+        b"x-normalizer-error",
+        b"x-original-exchange",
+        b"x-original-routing-key",
+    ];
+    assert_eq!(
+        after.without(&[b"x-replay-count", b"x-delivery-count"], &[]),
+        was.without(&[stripped, &[b"x-delivery-count"]].concat(), &[]),
+    );
+}
+
+/// A replay of such a dead letter that its exchange routes nowhere comes back, is told
+/// apart from the others by what the client saw of it, and is kept byte for byte as it
+/// was (its copy, like any walk's, with the routing key header).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_that_comes_back_is_kept_byte_for_byte() {
+    let vhost = TestVhost::new("dlqreplayback");
+    declare_topology(&vhost);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_declare(
+            "partition.nowhere".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let _ = conn.close(200, "declared".into()).await;
+    let text = |s: &[u8]| value::long_string(s);
+    let properties = RawProperties::default()
+        .short(prop::MESSAGE_ID, b"back-\xff")
+        .headers(table(&[
+            (b"x-deep", value::nested_tables(40)),
+            (b"x-normalizer-error-kind", text(b"invalid_properties")),
+            (b"x-original-exchange", text(b"partition.nowhere")),
+            (b"x-original-routing-key", text(b"gateway")),
+        ]));
+    let messages = vec![(properties, b"{\"case\":\"comes back\"}".to_vec())];
+    let routing_key = b"deel.invalid_properties";
+    publish_with_control(&vhost, "webhooks.dead-letter", routing_key, &messages).await;
+
+    let out = run_command_with(
+        &vhost,
+        &["dlq", "replay"],
+        &[(
+            "NORMALIZER__DEAD_LETTER__REPLAY_EXCHANGES",
+            r#"["partition.nowhere"]"#,
+        )],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("1 could not be replayed"), "{err}");
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let after = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, DLQ).unwrap();
+    assert_eq!(after.len(), 1);
+    raw_amqp::assert_put_back_byte_for_byte(
+        &before,
+        &after,
+        "x-normalizer-dead-letter-routing-key",
+        routing_key,
+        &[],
+        &[],
+    );
 }

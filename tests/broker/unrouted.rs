@@ -9,6 +9,7 @@ use lapin::message::Delivery;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 
+use crate::support::raw_amqp;
 use crate::support::*;
 
 const UNROUTED: &str = "events.unrouted";
@@ -374,4 +375,39 @@ async fn looking_at_kept_events_does_not_keep_them_longer() {
         let left = left.unwrap_or_else(|| panic!("{}: no time left set", message_id(d)));
         assert!(left <= 58_500, "{}: {left} ms left of 60 s", message_id(d));
     }
+}
+
+/// `unrouted stats` leaves kept events whose properties the client cannot parse as they
+/// are byte for byte as they were, but for what keeping them in a queue with a TTL adds
+/// (the routing key and kept-at headers, the expiration) and no delivery count.
+#[tokio::test(flavor = "multi_thread")]
+async fn looking_leaves_properties_the_client_cannot_parse_byte_for_byte() {
+    let vhost = TestVhost::new("unrouted-bytes");
+    declare_topology(&vhost);
+    let messages = crate::dlq::unparseable_by_the_client();
+    crate::dlq::publish_with_control(&vhost, "", UNROUTED.as_bytes(), &messages).await;
+
+    succeeded(&unrouted_command(&vhost, &["stats"]));
+
+    let before = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, "control").unwrap();
+    let after = raw_amqp::take_all("127.0.0.1:5672", &vhost.name, UNROUTED).unwrap();
+    assert_eq!(after.len(), messages.len());
+    for m in &after {
+        let parts = raw_amqp::PropertyParts::of(&m.properties).unwrap();
+        assert!(parts.header(b"x-normalizer-kept-at").is_some());
+        assert!(
+            parts
+                .fields
+                .iter()
+                .any(|(i, _)| *i == raw_amqp::prop::EXPIRATION)
+        );
+    }
+    raw_amqp::assert_put_back_byte_for_byte(
+        &before,
+        &after,
+        "x-normalizer-unrouted-routing-key",
+        UNROUTED.as_bytes(),
+        &[b"x-normalizer-kept-at"],
+        &[raw_amqp::prop::EXPIRATION],
+    );
 }

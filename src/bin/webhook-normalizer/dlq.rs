@@ -10,7 +10,7 @@ use webhook_normalizer::broker;
 use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
 
 use super::{
-    ConfigFile, ProgressBar, ReplayPace, configure, parse_rfc3339, report, report_taken_by_others,
+    ConfigFile, ProgressBar, ReplayPace, configure, parse_rfc3339, report, report_walk_warnings,
     walk_failed, write_lines, written_to_stdout,
 };
 
@@ -316,7 +316,7 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             summary.unroutable
         ));
     }
-    report_taken_by_others(&summary);
+    report_walk_warnings(&summary);
     Ok(ExitCode::SUCCESS)
 }
 

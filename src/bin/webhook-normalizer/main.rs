@@ -342,8 +342,15 @@ fn write_lines(out: &mut impl Write, lines: impl IntoIterator<Item = String>) ->
     Ok(())
 }
 
-/// The warning a walk ends with when another consumer took messages it counted.
-fn report_taken_by_others(summary: &broker::WalkSummary) {
+/// The warnings a walk ends with: messages it could not copy byte for byte, and
+/// messages it counted that another consumer took.
+fn report_walk_warnings(summary: &broker::WalkSummary) {
+    if summary.left_in_place > 0 {
+        report(format_args!(
+            "warning: {} could not be copied byte for byte; left in place, their delivery count rose by one (their properties as sent, with the walk's edits, would not fit the broker's frame_max or could not be walked)",
+            summary.left_in_place
+        ));
+    }
     if summary.read < summary.at_start {
         report(format_args!(
             "warning: {} were present at the start but another consumer took them first",

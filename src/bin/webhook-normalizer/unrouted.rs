@@ -9,7 +9,7 @@ use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
 
 use super::{
-    ConfigFile, ProgressBar, ReplayPace, configure, report, report_taken_by_others, walk_failed,
+    ConfigFile, ProgressBar, ReplayPace, configure, report, report_walk_warnings, walk_failed,
     write_lines, written_to_stdout,
 };
 
@@ -145,6 +145,6 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             summary.expired
         ));
     }
-    report_taken_by_others(&summary);
+    report_walk_warnings(&summary);
     Ok(ExitCode::SUCCESS)
 }

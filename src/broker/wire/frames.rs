@@ -10,16 +10,17 @@ use super::properties::{
 };
 use super::reports::WireReports;
 use super::returns::{Digesting, Returned, Returns};
+use super::verbatim::Verbatim;
 
 const FRAME_METHOD: u8 = 1;
-const FRAME_HEADER: u8 = 2;
+pub(super) const FRAME_HEADER: u8 = 2;
 const FRAME_BODY: u8 = 3;
 /// Frame type, channel, payload size.
-const FRAME_HEAD: usize = 1 + 2 + 4;
-const FRAME_END: u8 = 0xCE;
+pub(super) const FRAME_HEAD: usize = 1 + 2 + 4;
+pub(super) const FRAME_END: u8 = 0xCE;
 /// Method and header frames larger than this are passed on unchecked: the client refuses
 /// any frame over `frame_max` (128 KiB by default) anyway.
-const MAX_CHECKED_FRAME: usize = 1 << 20;
+pub(super) const MAX_CHECKED_FRAME: usize = 1 << 20;
 
 /// What a connection's frame check knows and where it files what it finds: shared by
 /// the connection's stream and whoever reads the findings.
@@ -33,6 +34,10 @@ pub struct FrameCheck {
     /// body is dropped as it goes by: the worker never holds it (see
     /// [`super::WireReport::body_omitted`]).
     pub max_body_bytes: Option<u64>,
+    /// On a connection that puts messages back byte for byte (a queue walk): rewritten
+    /// content headers are kept as sent in their reports, and marked ones the client
+    /// writes are swapped for their substitutes. `None` (the worker's) costs nothing.
+    pub verbatim: Option<Verbatim>,
 }
 
 /// The state of one connection's inbound byte stream.
@@ -259,6 +264,7 @@ impl FrameFilter {
             (None, check_content_header(payload))
         };
         let mut rewritten = checked.rewritten.clone();
+        let sent = payload;
         let payload = checked.rewritten.as_deref().unwrap_or(payload);
         match kind {
             Some(MethodKind::Delivery(tag)) => {
@@ -287,7 +293,10 @@ impl FrameFilter {
             }
             Some(MethodKind::Other) => {}
             None => {
-                if let Some(smaller) = self.content_header(channel, payload, &checked.report) {
+                let original = checked.rewritten.is_some().then_some(sent);
+                if let Some(smaller) =
+                    self.content_header(channel, payload, &checked.report, original)
+                {
                     rewritten = Some(smaller);
                 }
             }
@@ -317,13 +326,15 @@ impl FrameFilter {
     }
 
     /// A content header (as checked) on `channel`: files what was found for a delivery
-    /// (and, for one whose body is over the limit, returns the header announcing an
-    /// empty body, and drops the body's frames); starts a returned message's record.
+    /// (with the `original` payload, when it had to be rewritten, on a connection that
+    /// keeps it; and, for one whose body is over the limit, returns the header announcing
+    /// an empty body, and drops the body's frames); starts a returned message's record.
     fn content_header(
         &mut self,
         channel: u16,
         payload: &[u8],
         report: &super::WireReport,
+        original: Option<&[u8]>,
     ) -> Option<Vec<u8>> {
         match self.next_message.get(&channel) {
             Some(Incoming::Delivery(tag)) => {
@@ -331,6 +342,11 @@ impl FrameFilter {
                 let size = content_summary(payload).map_or(0, |(size, _)| size);
                 let oversized = self.check.max_body_bytes.is_some_and(|max| size > max);
                 let mut report = report.clone();
+                if self.check.verbatim.is_some()
+                    && let Some(original) = original
+                {
+                    report.original_header = Some(original.to_vec());
+                }
                 let mut smaller = None;
                 if oversized && let Some(empty) = with_body_size(payload, 0) {
                     report.body_omitted = Some(size);
@@ -472,6 +488,42 @@ mod tests {
             assert_eq!(report.problems, ["message_id: not UTF-8"]);
             assert!(reports.take(1, 9).is_none(), "taken once");
         }
+    }
+
+    /// A connection that puts messages back keeps a rewritten content header as it was
+    /// sent, in the delivery's report; others (the worker's) never hold it.
+    #[test]
+    fn a_rewritten_header_is_kept_as_sent_only_where_asked_for() {
+        let input = stream(4);
+        for (verbatim, kept) in [
+            (None, None),
+            (Some(Verbatim::default()), Some(bad_header())),
+        ] {
+            let reports = WireReports::default();
+            let check = FrameCheck {
+                reports: reports.clone(),
+                verbatim,
+                ..FrameCheck::default()
+            };
+            run(&mut FrameFilter::new(check), &input, 5);
+            let report = reports.take(1, 4).unwrap();
+            assert_eq!(report.original_header, kept);
+        }
+        // A header that needs no change is not kept.
+        let reports = WireReports::default();
+        let check = FrameCheck {
+            reports: reports.clone(),
+            verbatim: Some(Verbatim::default()),
+            ..FrameCheck::default()
+        };
+        let fine = [
+            frame(FRAME_METHOD, 1, &deliver(5)),
+            frame(FRAME_HEADER, 1, &header_with_body(3)),
+            frame(FRAME_BODY, 1, b"abc"),
+        ]
+        .concat();
+        assert_eq!(run(&mut FrameFilter::new(check), &fine, 64), fine);
+        assert!(reports.take(1, 5).is_none());
     }
 
     #[test]

@@ -8,13 +8,21 @@
 //! [`CheckedStream`], which rewrites such frames into ones it accepts and files a
 //! [`WireReport`] for the message; the session dead-letters that message alone as
 //! `invalid_properties`. What the client accepts is in `docs/raw-message-contract.md`.
+//!
+//! A queue walk puts messages back, and must put them back as they were: its connection
+//! keeps each rewritten content header as it was sent ([`Verbatim`]), the walk edits
+//! those bytes as it edits the properties ([`edit`]), and the stream swaps the result in
+//! for what the client writes.
 
+pub(crate) mod edit;
 mod frames;
+mod outbound;
 mod properties;
 mod reports;
 mod returns;
 mod runtime;
 mod stream;
+mod verbatim;
 
 pub use frames::FrameCheck;
 pub use properties::{MAX_NESTING, WireReport};
@@ -22,6 +30,7 @@ pub use reports::WireReports;
 pub use returns::{Returns, Sent};
 pub use runtime::CheckedTokio;
 pub use stream::CheckedStream;
+pub use verbatim::Verbatim;
 
 /// Driving a frame check from unit tests elsewhere in the broker glue.
 #[cfg(test)]

@@ -38,6 +38,11 @@ pub struct WireReport {
     /// The size of a body over the connection's limit, which the client was not given
     /// (it got an empty one).
     pub body_omitted: Option<u64>,
+    /// The content header payload as the broker sent it, when it had to be rewritten:
+    /// kept only on connections that put messages back byte for byte
+    /// ([`super::FrameCheck::verbatim`]), so a copy can carry it instead of what the
+    /// client made of it.
+    pub original_header: Option<Vec<u8>>,
 }
 
 impl WireReport {
@@ -49,6 +54,7 @@ impl WireReport {
         self.problems.extend(other.problems);
         self.duplicates.extend(other.duplicates);
         self.body_omitted = self.body_omitted.or(other.body_omitted);
+        self.original_header = self.original_header.take().or(other.original_header);
     }
 }
 
@@ -192,8 +198,31 @@ pub fn content_summary(payload: &[u8]) -> Option<(u64, Option<String>)> {
     Some((body_size, None))
 }
 
+/// The short-string property at `index` (in flag order) of a content header payload, as
+/// sent; `None` when it is absent or the payload cannot be walked to it.
+pub fn short_property(payload: &[u8], index: usize) -> Option<&[u8]> {
+    let mut cur = Cursor::new(payload.get(CONTENT_HEADER_PREFIX..)?);
+    let flags = cur.u16()?;
+    for (i, (_, encoding)) in PROPERTIES.iter().enumerate().take(index + 1) {
+        if flags & (1 << (15 - i)) == 0 {
+            if i == index {
+                return None;
+            }
+            continue;
+        }
+        let encoded = cur.take_encoded(*encoding)?;
+        if i == index {
+            return match encoding {
+                Encoding::ShortString => encoded.get(1..),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
 /// The basic class's properties in flag order (bit 15 first), with how each is encoded.
-const PROPERTIES: [(&str, Encoding); 14] = [
+pub(super) const PROPERTIES: [(&str, Encoding); 14] = [
     ("content_type", Encoding::ShortString),
     ("content_encoding", Encoding::ShortString),
     ("headers", Encoding::Table),
@@ -211,14 +240,14 @@ const PROPERTIES: [(&str, Encoding); 14] = [
 ];
 
 #[derive(Clone, Copy)]
-enum Encoding {
+pub(super) enum Encoding {
     ShortString,
     Table,
     Fixed(usize),
 }
 
 /// Length of a content header's fixed part: class id, weight, body size.
-const CONTENT_HEADER_PREFIX: usize = 2 + 2 + 8;
+pub(super) const CONTENT_HEADER_PREFIX: usize = 2 + 2 + 8;
 
 /// Checks a content header frame's payload (the client parses any class's properties
 /// as the basic class's).
@@ -428,12 +457,6 @@ fn field_value(
     let malformed = || Malformed(path.to_string());
     let kind = cur.u8().ok_or_else(malformed)?;
     let fixed = match kind {
-        b'V' => Some(0),
-        b't' | b'b' | b'B' => Some(1),
-        b's' | b'U' | b'u' => Some(2),
-        b'I' | b'i' | b'f' => Some(4),
-        b'D' => Some(5),
-        b'L' | b'l' | b'd' | b'T' => Some(8),
         b'S' | b'x' => {
             let len = cur.u32().ok_or_else(malformed)?;
             let bytes = cur.take(len as usize).ok_or_else(malformed)?;
@@ -459,13 +482,26 @@ fn field_value(
             out.push(kind);
             return array_value(cur, out, path, depth + 1, report);
         }
-        _ => None,
+        _ => fixed_size(kind),
     };
     let Some(n) = fixed else {
         return Err(Malformed(format!("{path}, field type {kind:#04x}")));
     };
     out.push(kind);
     copy(cur, out, n).ok_or_else(malformed)
+}
+
+/// The size of a field value of type `kind` that has a fixed size (after its type octet).
+pub(super) fn fixed_size(kind: u8) -> Option<usize> {
+    match kind {
+        b'V' => Some(0),
+        b't' | b'b' | b'B' => Some(1),
+        b's' | b'U' | b'u' => Some(2),
+        b'I' | b'i' | b'f' => Some(4),
+        b'D' => Some(5),
+        b'L' | b'l' | b'd' | b'T' => Some(8),
+        _ => None,
+    }
 }
 
 /// Copies a short string, made valid UTF-8 (reported under `name`) without growing.
@@ -497,8 +533,8 @@ fn short_string_into(cur: &mut Cursor<'_>, out: &mut Vec<u8>) -> Option<bool> {
 }
 
 /// `bytes` as UTF-8 with U+FFFD for each invalid sequence, cut at a character boundary
-/// to at most `bytes.len()` bytes.
-fn lossy_within(bytes: &[u8]) -> String {
+/// to at most `bytes.len()` bytes: what the client gets of a short string.
+pub(super) fn lossy_within(bytes: &[u8]) -> String {
     let mut s = String::from_utf8_lossy(bytes).into_owned();
     let mut end = s.len().min(bytes.len());
     while !s.is_char_boundary(end) {
@@ -514,14 +550,14 @@ fn copy(cur: &mut Cursor<'_>, out: &mut Vec<u8>, n: usize) -> Option<()> {
 }
 
 /// A read position in a frame payload; every read checks the bounds.
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
     mark: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Cursor {
             buf,
             pos: 0,
@@ -529,31 +565,63 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(super) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let bytes = self.buf.get(self.pos..end)?;
         self.pos = end;
         Some(bytes)
     }
 
-    fn rest(&self) -> &'a [u8] {
+    pub(super) fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
     }
 
-    fn u8(&mut self) -> Option<u8> {
+    pub(super) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Option<u16> {
+    pub(super) fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
     }
 
-    fn u32(&mut self) -> Option<u32> {
+    pub(super) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
     }
 
     fn u64(&mut self) -> Option<u64> {
         Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    /// One property encoded as `encoding` (with its length, for a string or table).
+    pub(super) fn take_encoded(&mut self, encoding: Encoding) -> Option<&'a [u8]> {
+        let start = self.pos;
+        match encoding {
+            Encoding::Fixed(n) => self.take(n)?,
+            Encoding::ShortString => {
+                let len = self.u8()?;
+                self.take(usize::from(len))?
+            }
+            Encoding::Table => {
+                let len = self.u32()?;
+                self.take(len as usize)?
+            }
+        };
+        self.buf.get(start..self.pos)
+    }
+
+    /// One field value (type octet and value), as it is: a table or array is skipped by
+    /// its length, never walked. `None` for a type without a known size.
+    pub(super) fn take_field_value(&mut self) -> Option<&'a [u8]> {
+        let start = self.pos;
+        let kind = self.u8()?;
+        match kind {
+            b'S' | b'x' | b'F' | b'A' => {
+                let len = self.u32()?;
+                self.take(len as usize)?
+            }
+            _ => self.take(fixed_size(kind)?)?,
+        };
+        self.buf.get(start..self.pos)
     }
 
     /// The bytes of the short string at the current position, without moving.
