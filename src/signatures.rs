@@ -98,7 +98,7 @@ impl Signatures {
         if self.authenticate.is_some() {
             return Some((
                 "signatures.authenticate",
-                "Authenticate publishes no signature scheme: there is nothing to verify; protect the gateway endpoint instead (TLS, authentication, an allow-list of Authenticate's addresses)",
+                "Authenticate publishes no signature scheme: there is nothing to verify; protect the gateway endpoint instead (ingest.access.authenticate: a path token or basic auth; TLS; an allow-list of Authenticate's addresses)",
             ));
         }
         if !self.entuitive.labels.is_empty() {

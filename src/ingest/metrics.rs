@@ -32,6 +32,18 @@ pub enum Outcome {
     unavailable,
 }
 
+impl Outcome {
+    const ALL: [Outcome; 7] = [
+        Outcome::accepted,
+        Outcome::unauthorized,
+        Outcome::bad_request,
+        Outcome::too_large,
+        Outcome::busy,
+        Outcome::broker_blocked,
+        Outcome::unavailable,
+    ];
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     vendor: &'static str,
@@ -59,6 +71,17 @@ impl IngestMetrics {
         let connections_open = Gauge::default();
         let connections_evicted = Counter::default();
         let connections_refused = Counter::default();
+        // Every series from the start, at 0: an alert on `increase` sees the first 401.
+        for vendor in crate::canonical::Vendor::ALL {
+            for outcome in Outcome::ALL {
+                requests
+                    .get_or_create(&RequestLabels {
+                        vendor: vendor.key(),
+                        outcome,
+                    })
+                    .get();
+            }
+        }
         let bound = Gauge::<i64>::default();
         bound.set(i64::try_from(memory_bound).unwrap_or(i64::MAX));
         registry.register(
@@ -129,5 +152,28 @@ impl IngestMetrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_series_exists_from_the_start() {
+        let metrics = IngestMetrics::new(1, Arc::default());
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"normalizer_ingest_requests_total{vendor="authenticate",outcome="unauthorized"} 0"#
+            ),
+            "{text}"
+        );
+        metrics.answered("deel", Outcome::accepted);
+        assert!(
+            metrics.encode().contains(
+                r#"normalizer_ingest_requests_total{vendor="deel",outcome="accepted"} 1"#
+            )
+        );
     }
 }

@@ -270,14 +270,16 @@ mod tests {
     }
 
     /// Every `normalizer_*` series the alert rules and the dashboard in `deploy/` use is
-    /// one the worker exports (a renamed metric would leave an alert that never fires).
+    /// one the worker or the gateway exports (a renamed metric would leave an alert that never fires).
     #[test]
     fn the_monitoring_kit_names_only_exported_metrics() {
         let m = Metrics::new();
         m.add_events("deel", std::iter::once("deel.contract.created"));
         m.add_dead_lettered("deel", "invalid_json");
-        let exported: std::collections::BTreeSet<String> = m
-            .encode()
+        // The gateway's metrics too: the kit alerts on ingest's answers.
+        let ingest = crate::ingest::metrics::IngestMetrics::new(0, Default::default());
+        let exported: std::collections::BTreeSet<String> = [m.encode(), ingest.encode()]
+            .concat()
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.split(['{', ' ']).next())

@@ -467,3 +467,59 @@ fn post_ignoring_write_errors(
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
+
+/// A disk alarm on the broker: `ingest` sends nothing while the broker blocks its
+/// connection, so its 503s are not stored behind the vendor's back when the alarm
+/// clears (a retry would make a second copy). At most the requests publishing when the
+/// alarm began (`ingest.max_concurrent_requests`, 4 here) are.
+#[tokio::test(flavor = "multi_thread")]
+async fn during_a_broker_alarm_nothing_answered_503_is_stored() {
+    let node = PrivateNode::start();
+    let vhost = TestVhost::on(&node, "ingest-alarm");
+    declare_topology(&vhost);
+    let ingest = start_ingest_with(
+        &vhost.url(),
+        &[("NORMALIZER__INGEST__MAX_CONCURRENT_REQUESTS", "4")],
+        None,
+    );
+    let body = fixture("deel/contract.created.json");
+    assert_eq!(http_post(ingest.addr, "/webhooks/deel", &[], &body).0, 200);
+    let limit = node.eval("rabbit_disk_monitor:get_disk_free_limit().");
+    node.rabbitmqctl(&["set_disk_free_limit", "1000000GB"]);
+    wait_until(Duration::from_secs(30), "the disk alarm", || {
+        node.eval("rabbit_alarm:get_alarms().").contains("disk")
+    });
+    let addr = ingest.addr;
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                (0..5)
+                    .map(|_| http_post(addr, "/webhooks/deel", &[], &body).0)
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    let answers: Vec<u16> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    assert!(answers.iter().all(|s| *s == 503), "{answers:?}");
+    node.rabbitmqctl(&["set_disk_free_limit", &limit]);
+    wait_until(Duration::from_secs(30), "the disk alarm to clear", || {
+        !node.eval("rabbit_alarm:get_alarms().").contains("disk")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let stored = queue_depth(&channel, "normalizer.raw").await - 1;
+    assert!(
+        stored <= 4,
+        "{stored} of {} requests answered 503 were stored once the alarm cleared",
+        answers.len()
+    );
+    // And it takes webhooks again.
+    wait_until(Duration::from_secs(30), "ingest to accept again", || {
+        http_post(addr, "/webhooks/deel", &[], &body).0 == 200
+    });
+}
