@@ -10,8 +10,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::canonical::{
-    CanonicalType, EventType, JSON_SCHEMA, UNMAPPED_DEFINITION, Vendor, data_schema_document,
-    data_schema_uri,
+    CanonicalType, EventType, JSON_SCHEMA, UNMAPPED_DEFINITION, Vendor, any_case_pattern,
+    data_schema_document, data_schema_uri,
 };
 use crate::normalize::ErrorKind;
 
@@ -71,7 +71,7 @@ pub fn document(version: &str) -> Value {
                 json!({
                     "type": {"const": name},
                     "vendor": {"const": t.vendor().key()},
-                    "vendoreventtype": {"const": t.vendor_event_type()},
+                    "vendoreventtype": {"pattern": any_case_pattern(t.vendor_event_type())},
                     "dataschema": {"const": data_schema_uri(&(*t).into())},
                     "data": {"$ref": format!("#/components/schemas/{}", data_key(name))},
                 }),

@@ -142,6 +142,17 @@ pub enum NormalizeError {
     UnknownEventType { vendor: Vendor, event_type: String },
     #[error("{error}")]
     InvalidPayload { vendor: Vendor, error: PayloadError },
+    /// The hinted vendor's mapping failed on a body that fits another vendor's envelope
+    /// and not the hinted one's: the hint, not the body, is likely what is wrong.
+    #[error(
+        "{error} (the vendor hint says {vendor}, but the body fits the envelope of {}: the hint may be wrong)",
+        .fits.iter().map(|v| v.key()).collect::<Vec<_>>().join(", ")
+    )]
+    HintedVendorMismatch {
+        vendor: Vendor,
+        fits: Vec<Vendor>,
+        error: PayloadError,
+    },
     #[error("{path} has {count} elements, over the limit of {limit} events per message")]
     TooManyEvents {
         vendor: Vendor,
@@ -183,6 +194,7 @@ impl NormalizeError {
             | NormalizeError::AmbiguousShape { .. } => ErrorKind::UnknownVendor,
             NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
             NormalizeError::InvalidPayload { .. }
+            | NormalizeError::HintedVendorMismatch { .. }
             | NormalizeError::UnwritableReceivedAt { .. }
             | NormalizeError::Unserializable { .. } => ErrorKind::InvalidPayload,
             NormalizeError::TooManyEvents { .. } => ErrorKind::TooManyEvents,
@@ -202,6 +214,7 @@ impl NormalizeError {
             | NormalizeError::AmbiguousShape { .. } => None,
             NormalizeError::UnknownEventType { vendor, .. }
             | NormalizeError::InvalidPayload { vendor, .. }
+            | NormalizeError::HintedVendorMismatch { vendor, .. }
             | NormalizeError::TooManyEvents { vendor, .. }
             | NormalizeError::OutputTooLarge { vendor, .. } => Some(*vendor),
         }
@@ -343,8 +356,13 @@ pub fn events(
         vendor: hinted,
         detail,
     })?;
+    // With a hint, the envelopes the body fits, to say so when the hinted mapping fails.
+    let mut shapes_if_hinted = None;
     let vendor = match hinted {
-        Some(vendor) => vendor,
+        Some(vendor) => {
+            shapes_if_hinted = Some(vendors::shapes(&value));
+            vendor
+        }
         None => {
             let shapes = vendors::shapes(&value);
             match shapes.only() {
@@ -372,7 +390,16 @@ pub fn events(
         MapError::UnknownEventType(event_type) => {
             NormalizeError::UnknownEventType { vendor, event_type }
         }
-        MapError::InvalidPayload(error) => NormalizeError::InvalidPayload { vendor, error },
+        MapError::InvalidPayload(error) => match shapes_if_hinted {
+            Some(shapes) if !shapes.fits(vendor) && shapes.vendors().next().is_some() => {
+                NormalizeError::HintedVendorMismatch {
+                    vendor,
+                    fits: shapes.vendors().collect(),
+                    error,
+                }
+            }
+            _ => NormalizeError::InvalidPayload { vendor, error },
+        },
         MapError::TooManyEvents { path, count, limit } => NormalizeError::TooManyEvents {
             vendor,
             path,
@@ -450,6 +477,25 @@ mod tests {
 
     fn err(body: &[u8], hint: Option<&str>) -> NormalizeError {
         normalize(body, hint, at(), &Limits::default(), &Unmapped::default()).unwrap_err()
+    }
+
+    /// An Entuitive body hinted as Deel (a gateway that hard-codes its hint) is an
+    /// invalid payload whose reason says the hint may be wrong; a Deel body missing a
+    /// field is not.
+    #[test]
+    fn a_body_of_another_vendor_says_the_hint_may_be_wrong() {
+        let entuitive = br#"{"event_type": "user.created", "data": {"id": "u-1"}}"#;
+        let e = err(entuitive, Some("deel"));
+        assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        assert_eq!(e.vendor(), Some(Vendor::Deel));
+        assert_eq!(
+            e.to_string(),
+            "$.data.meta: missing (the vendor hint says deel, but the body fits the envelope \
+             of entuitive: the hint may be wrong)"
+        );
+        let deel_without_resource = br#"{"data": {"meta": {"event_type": "contract.created"}}}"#;
+        let e = err(deel_without_resource, Some("deel"));
+        assert!(!e.to_string().contains("hint"), "{e}");
     }
 
     #[test]

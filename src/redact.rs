@@ -28,6 +28,8 @@ impl fmt::Display for SafeName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_plain() {
             write!(f, "\"{}\"", self.0)
+        } else if self.0.is_empty() {
+            f.write_str("(none)")
         } else {
             write!(f, "(not shown: {} bytes, not a plain name)", self.0.len())
         }
@@ -41,6 +43,8 @@ impl fmt::Display for Bare<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_plain() {
             f.write_str(self.0.0)
+        } else if self.0.0.is_empty() {
+            f.write_str("(none)")
         } else {
             write!(f, "(not shown: {} bytes)", self.0.0.len())
         }
@@ -61,11 +65,8 @@ mod tests {
                 "(not shown: 16 bytes, not a plain name)",
                 "(not shown: 16 bytes)",
             ),
-            (
-                "",
-                "(not shown: 0 bytes, not a plain name)",
-                "(not shown: 0 bytes)",
-            ),
+            // Nothing to hide: a missing message id is said to be missing.
+            ("", "(none)", "(none)"),
             (
                 "a\nb",
                 "(not shown: 3 bytes, not a plain name)",

@@ -9,6 +9,7 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 use super::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
+use crate::canonical::Vendor;
 use crate::config::Settings;
 use crate::dead_letters::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
 
@@ -16,11 +17,13 @@ use crate::dead_letters::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
 /// was except for those `decide` replays (to where the raw message was first published,
 /// if that is a configured input ([`Settings::replay_exchanges`]) that exists,
 /// the `x-normalizer-*`, `x-original-exchange`/`-routing-key` and `x-death` headers
-/// stripped, `x-replay-count` added; at most `per_second` a second) or drops. `decide`
+/// stripped, `x-replay-count` added, `x-vendor` set to `as_vendor` when given; at most
+/// `per_second` a second) or drops. `decide`
 /// also gets each dead letter's routing key and properties as JSON (for `dlq export`).
 pub async fn walk_dead_letters(
     settings: &Settings,
     per_second: Option<f64>,
+    as_vendor: Option<Vendor>,
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
@@ -44,7 +47,7 @@ pub async fn walk_dead_letters(
             Action::Replay => Step::Send {
                 exchange: info.original_exchange,
                 routing_key: info.original_routing_key,
-                properties: Box::new(replay_properties(&delivery.properties)),
+                properties: Box::new(replay_properties(&delivery.properties, as_vendor)),
             },
         }
     })
@@ -53,8 +56,9 @@ pub async fn walk_dead_letters(
 
 /// A replay's properties: the raw message's as the gateway sent them, as far as the
 /// dead letter kept them: without the worker's and the broker's dead-letter headers,
-/// with `x-replay-count` one more than before.
-fn replay_properties(dead_letter: &BasicProperties) -> BasicProperties {
+/// with `x-replay-count` one more than before, and `x-vendor` replaced by `as_vendor`
+/// when given (a wrong hint corrected).
+fn replay_properties(dead_letter: &BasicProperties, as_vendor: Option<Vendor>) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut replays = 0i64;
     if let Some(table) = dead_letter.headers() {
@@ -84,6 +88,12 @@ fn replay_properties(dead_letter: &BasicProperties) -> BasicProperties {
         }
     }
     headers.insert(REPLAY_COUNT.into(), AMQPValue::LongLongInt(replays + 1));
+    if let Some(vendor) = as_vendor {
+        headers.insert(
+            "x-vendor".into(),
+            AMQPValue::LongString(vendor.key().into()),
+        );
+    }
     dead_letter.clone().with_headers(headers)
 }
 

@@ -278,8 +278,9 @@ fn person_schema(shape: PersonShape) -> Value {
     }
 }
 
-/// A pattern matching exactly `word` in any ASCII letter case: `^[Ff][Aa]…$`.
-fn any_case(word: &str) -> String {
+/// A pattern matching exactly `word` in any ASCII letter case: `^[Ff][Aa]…$` (JSON
+/// Schema has no case-insensitive flag). Regex syntax characters are escaped.
+pub fn any_case(word: &str) -> String {
     let mut pattern = String::from("^");
     for c in word.chars() {
         if c.is_ascii_alphabetic() {
@@ -288,6 +289,9 @@ fn any_case(word: &str) -> String {
             pattern.push(c.to_ascii_lowercase());
             pattern.push(']');
         } else {
+            if "^$\\.*+?()[]{}|/".contains(c) {
+                pattern.push('\\');
+            }
             pattern.push(c);
         }
     }

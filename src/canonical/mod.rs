@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 pub use data_schema::{
     DATA_JSON_SCHEMA, DATA_SCHEMA_DOCUMENT, DATA_SCHEMA_VERSION, UNMAPPED_DEFINITION,
-    data_schema_uri, document as data_schema_document,
+    any_case as any_case_pattern, data_schema_uri, document as data_schema_document,
 };
 pub use id::{
     EVENT_ID_NAMESPACE, IdName, SIMULATION_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable,

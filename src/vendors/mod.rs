@@ -96,6 +96,11 @@ impl Shapes {
         }
     }
 
+    /// Whether `vendor`'s envelope fits.
+    pub fn fits(self, vendor: Vendor) -> bool {
+        self.vendors().any(|v| v == vendor)
+    }
+
     pub fn vendors(self) -> impl Iterator<Item = Vendor> {
         Vendor::ALL
             .into_iter()

@@ -11,26 +11,21 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Connection, Event};
 
 use crate::broker::{TestVhost, rabbitmqctl};
+use crate::private_node::PrivateNode;
 
-/// Evaluated on the shared broker: one line `name term` per setting. Vhosts named
-/// `wn-…` are the tests' own (created and deleted by tests running in parallel, in this
-/// process or another), so they and what lives in them are left out.
+/// Evaluated on a node: one line `name term` per setting. Only what is the node's own
+/// (memory and disk limits, alarms, cluster members, plugins, listeners) and objects
+/// named with the tests' prefix `wn-` (users; the tests' vhosts come and go in
+/// parallel, so they are not compared): other teams' vhosts, users, permissions,
+/// policies and parameters on a shared broker are theirs to change while we run.
 const READ_STATE: &str = r#"
 Wn = fun(V) -> binary:match(V, <<"wn-">>) =:= {0, 3} end,
-InTest = fun(Props) -> Wn(proplists:get_value(vhost, Props, <<>>)) end,
 State = [
   {memory_high_watermark, vm_memory_monitor:get_vm_memory_high_watermark()},
   {memory_limit, vm_memory_monitor:get_memory_limit()},
   {disk_free_limit, rabbit_disk_monitor:get_disk_free_limit()},
   {alarms, lists:sort(rabbit_alarm:get_alarms())},
-  {users, lists:sort(rabbit_auth_backend_internal:list_users())},
-  {vhosts, lists:sort([V || V <- rabbit_vhost:list_names(), not Wn(V)])},
-  {permissions, lists:sort([P || P <- rabbit_auth_backend_internal:list_permissions(), not InTest(P)])},
-  {topic_permissions, lists:sort([P || P <- rabbit_auth_backend_internal:list_topic_permissions(), not InTest(P)])},
-  {policies, lists:sort([P || P <- rabbit_policy:list(), not InTest(P)])},
-  {operator_policies, lists:sort([P || P <- rabbit_policy:list_op(), not InTest(P)])},
-  {parameters, lists:sort([P || P <- rabbit_runtime_parameters:list(), not InTest(P)])},
-  {global_parameters, lists:sort(rabbit_runtime_parameters:list_global())},
+  {test_users, lists:sort([U || U <- rabbit_auth_backend_internal:list_users(), Wn(proplists:get_value(user, U))])},
   {cluster_nodes, lists:sort(rabbit_nodes:all())},
   {plugins, lists:sort(rabbit_plugins:active())},
   {listeners, lists:sort([{element(3, L), element(6, L)} || L <- rabbit_networking:active_listeners()])}
@@ -39,17 +34,24 @@ State = [
 ok.
 "#;
 
-/// The shared broker's broker-wide state: memory watermark (in the form it was set,
-/// relative or absolute) and limit, disk free limit, alarms, users, vhosts,
-/// permissions, policies, runtime parameters, cluster nodes, plugins, listeners; each
-/// as the broker prints it.
+/// A broker's node-wide state: memory watermark (in the form it was set, relative or
+/// absolute) and limit, disk free limit, alarms, the tests' users (`wn-…`), cluster
+/// nodes, plugins, listeners; each as the broker prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerWideState(BTreeMap<String, String>);
 
 impl BrokerWideState {
     /// Reads it (one `rabbitmqctl eval`, under a second).
     pub fn read() -> BrokerWideState {
-        let out = rabbitmqctl(&["-q", "eval", READ_STATE]);
+        BrokerWideState::parse(&rabbitmqctl(&["-q", "eval", READ_STATE]))
+    }
+
+    /// The same, read on a private node.
+    pub fn read_on(node: &PrivateNode) -> BrokerWideState {
+        BrokerWideState::parse(&node.rabbitmqctl(&["eval", READ_STATE]))
+    }
+
+    fn parse(out: &std::process::Output) -> BrokerWideState {
         let state: BTreeMap<String, String> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| l.split_once(' '))

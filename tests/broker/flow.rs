@@ -298,37 +298,59 @@ async fn oversized_bodies_are_dead_lettered_whole() {
     assert!(peek.contains("\tbody_too_large\t"), "{peek}");
 }
 
-/// The gateway example in `docs/raw-message-contract.md` works as written: run as it is
-/// there (Python with pika), it publishes a fixture body byte for byte (its trailing
-/// newline too), persistent, with the vendor hint and a receipt time the worker reads,
-/// confirmed; and the worker makes the fixture's events of it.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_documented_gateway_example_works_as_written() {
+/// The Python block of `docs/raw-message-contract.md`, written to a file of its own.
+fn documented_gateway(dir: &std::path::Path) -> std::path::PathBuf {
     let doc = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/raw-message-contract.md"),
     )
     .unwrap();
     let start = doc.find("```python\n").expect("a python example") + "```python\n".len();
     let script = &doc[start..start + doc[start..].find("```").unwrap()];
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("gateway.py");
+    std::fs::write(&path, script).unwrap();
+    path
+}
+
+/// Runs the documented gateway: `python3 gateway.py args…` with `AMQP_URL`.
+fn run_gateway(gateway: &std::path::Path, url: &str, args: &[&str]) -> std::process::Output {
+    let child = std::process::Command::new("python3")
+        .arg(gateway)
+        .args(args)
+        .env("AMQP_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 (CI installs it, with pika)");
+    output_within(child, Duration::from_secs(30))
+}
+
+/// The gateway example in `docs/raw-message-contract.md` works as written: run as it is
+/// there (Python with pika), it publishes a fixture body byte for byte (its trailing
+/// newline too), persistent, with the vendor hint it is given, the signature headers
+/// forwarded and a receipt time the worker reads, confirmed; and the worker makes the
+/// fixture's events of it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_gateway_example_works_as_written() {
     let vhost = TestVhost::new("gateway");
     declare_topology(&vhost);
     let dir = std::env::temp_dir().join(format!("wn-gateway-{}", vhost.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("gateway.py"), script).unwrap();
+    let gateway = documented_gateway(&dir);
     let mut body = fixture("deel/contract.created.json");
     if !body.ends_with(b"\n") {
         body.push(b'\n');
     }
     std::fs::write(dir.join("body.json"), &body).unwrap();
-    let child = std::process::Command::new("python3")
-        .arg(dir.join("gateway.py"))
-        .arg(dir.join("body.json"))
-        .env("AMQP_URL", vhost.url())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 (CI installs it, with pika)");
-    let out = output_within(child, Duration::from_secs(30));
+    let body_path = dir.join("body.json");
+    let out = run_gateway(
+        &gateway,
+        &vhost.url(),
+        &[
+            body_path.to_str().unwrap(),
+            "deel",
+            "X-Deel-Signature=sig-from-the-request",
+        ],
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(
         out.status.success() && out.stdout == b"accepted\n",
@@ -346,6 +368,10 @@ async fn the_documented_gateway_example_works_as_written() {
     assert_eq!(raw[0].data, body, "the body byte for byte");
     assert_eq!(*raw[0].properties.delivery_mode(), Some(2));
     assert_eq!(header(&raw[0], "x-vendor").as_deref(), Some("deel"));
+    assert_eq!(
+        header(&raw[0], "x-deel-signature").as_deref(),
+        Some("sig-from-the-request")
+    );
     let received_at = header(&raw[0], "x-received-at").unwrap();
     assert!(
         chrono::DateTime::parse_from_rfc3339(&received_at).is_ok(),
@@ -362,5 +388,53 @@ async fn the_documented_gateway_example_works_as_written() {
     worker.wait_ready(Duration::from_secs(20));
     let events = read_messages(&channel, "test.events", 1, Duration::from_secs(20)).await;
     let want = expected(&RawWebhook::new(body, Some("deel"), "x")).unwrap();
+    assert_eq!(message_id(&events[0]), want[0].id.to_string());
+}
+
+/// The documented gateway takes the vendor it is given (an Entuitive body is hinted as
+/// Entuitive and normalized), and every failure to store ends in "not accepted" with a
+/// non-zero exit and no traceback: a broker that does not answer, a vhost without the
+/// exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_gateway_hints_what_it_is_told_and_fails_without_a_traceback() {
+    let vhost = TestVhost::new("gateway-fail");
+    let dir = std::env::temp_dir().join(format!("wn-gateway-{}", vhost.name));
+    let gateway = documented_gateway(&dir);
+    let body_path = dir.join("body.json");
+    std::fs::write(&body_path, fixture("entuitive/user.created.json")).unwrap();
+    let body_arg = body_path.to_str().unwrap();
+
+    let no_exchange = run_gateway(&gateway, &vhost.url(), &[body_arg, "entuitive"]);
+    let no_broker = run_gateway(
+        &gateway,
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+        &[body_arg, "entuitive"],
+    );
+    for (case, out) in [("no exchange", &no_exchange), ("no broker", &no_broker)] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{case}: exit {:?}", out.status);
+        assert!(out.stdout.is_empty(), "{case}");
+        assert!(stderr.starts_with("not accepted ("), "{case}: {stderr}");
+        assert!(!stderr.contains("Traceback"), "{case}: {stderr}");
+    }
+
+    declare_topology(&vhost);
+    let out = run_gateway(&gateway, &vhost.url(), &[body_arg, "entuitive"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_conn, channel) = setup(&vhost).await;
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let events = read_messages(&channel, "test.events", 1, Duration::from_secs(20)).await;
+    let want = expected(&RawWebhook::new(
+        fixture("entuitive/user.created.json"),
+        Some("entuitive"),
+        "x",
+    ))
+    .unwrap();
     assert_eq!(message_id(&events[0]), want[0].id.to_string());
 }

@@ -249,3 +249,41 @@ async fn an_absurd_rate_is_refused_not_a_panic() {
     }
     assert_eq!(queue_depth(&channel, DLQ).await, 1);
 }
+
+/// A gateway that hints every body as Deel: an Entuitive body is dead-lettered with a
+/// reason that says the hint may be wrong, and `dlq replay --as-vendor entuitive` sends
+/// it back hinted right, so the worker makes its event (no export, jq or republish).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_hint_is_said_and_corrected_by_a_replay() {
+    let vhost = TestVhost::new("wronghint");
+    declare_topology(&vhost);
+    let (_conn, channel) = setup(&vhost).await;
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let body = fixture("entuitive/user.created.json");
+    publish_raw(
+        &channel,
+        &[RawWebhook::new(body.clone(), Some("deel"), "hinted-deel")],
+    )
+    .await;
+    for _ in 0..100 {
+        if queue_depth(&channel, DLQ).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peek = dlq_command(&vhost, &["peek"]);
+    let shown = String::from_utf8_lossy(&peek.stdout);
+    assert!(
+        shown.contains("the body fits the envelope of entuitive: the hint may be wrong"),
+        "{shown}{}",
+        stderr(&peek)
+    );
+
+    let replay = dlq_command(&vhost, &["replay", "--as-vendor", "entuitive"]);
+    assert!(replay.status.success(), "{}", stderr(&replay));
+    let events = read_messages(&channel, "test.events", 1, Duration::from_secs(20)).await;
+    let want = expected(&RawWebhook::new(body, Some("entuitive"), "x")).unwrap();
+    assert_eq!(message_id(&events[0]), want[0].id.to_string());
+    assert_eq!(queue_depth(&channel, DLQ).await, 0);
+}

@@ -10,6 +10,7 @@ mod hostile;
 mod passthrough;
 mod properties;
 mod schema;
+mod test_script;
 
 use std::path::{Path, PathBuf};
 

@@ -163,3 +163,38 @@ fn every_fixture_event_data_validates_against_its_dataschema() {
     good["status"] = "completed".into();
     assert!(validator_for(&uri).is_valid(&good));
 }
+
+/// One contract, one answer: the worker matches a vendor type in any case and keeps it
+/// as sent in `vendoreventtype`; the AsyncAPI message of the type takes the event as
+/// the JSON Schema does.
+#[test]
+fn a_type_sent_in_another_case_validates_against_both_contracts() {
+    let path = crate::fixtures_dir().join("deel/contract.created.json");
+    let mut body: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    body["data"]["meta"]["event_type"] = "CONTRACT.Created".into();
+    let events = run(&serde_json::to_vec(&body).unwrap(), None).unwrap();
+    let event = serde_json::to_value(&events[0]).unwrap();
+    assert_eq!(event["vendoreventtype"], "CONTRACT.Created");
+    assert!(
+        jsonschema::validator_for(&schema())
+            .unwrap()
+            .is_valid(&event)
+    );
+
+    let doc = webhook_normalizer::asyncapi::document("0.0.0");
+    let message = serde_json::json!({
+        "components": doc["components"],
+        "$ref": "#/components/messages/deel_contract_created/payload",
+    });
+    let validator = jsonschema::validator_for(&message).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&event)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // And still only that type: another one's spelling is refused.
+    let mut other = event.clone();
+    other["vendoreventtype"] = "contract.status.updated".into();
+    assert!(!validator.is_valid(&other));
+}

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use webhook_normalizer::broker;
+use webhook_normalizer::canonical::Vendor;
 use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
 
 use super::{
@@ -47,6 +48,10 @@ pub(super) enum DlqCommand {
         /// Replay even those replayed `dead_letter.max_replays` times already.
         #[arg(long)]
         ignore_replay_limit: bool,
+        /// Send them back as this vendor's (entuitive, authenticate, deel): the
+        /// `x-vendor` header set to it, for raw messages a gateway hinted wrongly.
+        #[arg(long, value_name = "VENDOR")]
+        as_vendor: Option<Vendor>,
         #[command(flatten)]
         filter: DlqFilter,
         #[command(flatten)]
@@ -119,6 +124,7 @@ enum DlqMode {
     Replay {
         dry_run: bool,
         ignore_replay_limit: bool,
+        as_vendor: Option<Vendor>,
     },
     Export {
         file: PathBuf,
@@ -144,12 +150,14 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
                     dry_run,
                 },
             ignore_replay_limit,
+            as_vendor,
             filter,
             config,
         } => (
             DlqMode::Replay {
                 dry_run,
                 ignore_replay_limit,
+                as_vendor,
             },
             filter,
             limit,
@@ -207,9 +215,14 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let mut write_failed: Option<io::Error> = None;
     let runtime = tokio::runtime::Runtime::new()?;
     let mut bar = ProgressBar::new("dead letters");
+    let as_vendor = match mode {
+        DlqMode::Replay { as_vendor, .. } => as_vendor,
+        _ => None,
+    };
     let walked = runtime.block_on(broker::walk_dead_letters(
         &settings,
         rate,
+        as_vendor,
         &mut |p| bar.update(p),
         |info, body, properties| {
             if !filter.matches(info) {
