@@ -269,6 +269,37 @@ mod tests {
         assert!(text.ends_with("# EOF\n"));
     }
 
+    /// Every vendor x kind dead-letter series exists at 0 before the first dead letter, so
+    /// the first one is an increase to the alert rules (`increase()` takes a series' first
+    /// sample as its baseline).
+    #[test]
+    fn every_dead_letter_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new().encode();
+        let vendors = crate::canonical::Vendor::ALL
+            .iter()
+            .map(|v| v.key())
+            .chain(std::iter::once("unknown"));
+        let mut expected = 0;
+        for vendor in vendors {
+            for kind in crate::normalize::ErrorKind::ALL {
+                let line = format!(
+                    "normalizer_dead_lettered_total{{vendor=\"{vendor}\",kind=\"{}\"}} 0",
+                    kind.as_str()
+                );
+                assert!(text.contains(&line), "{line} missing from:\n{text}");
+                expected += 1;
+            }
+        }
+        let exported = text
+            .lines()
+            .filter(|l| l.starts_with("normalizer_dead_lettered_total{"))
+            .count();
+        assert_eq!(
+            exported, expected,
+            "only the closed set is exported:\n{text}"
+        );
+    }
+
     /// Every `normalizer_*` series the alert rules and the dashboard in `deploy/` use is
     /// one the worker or the gateway exports (a renamed metric would leave an alert that never fires).
     #[test]
