@@ -12,6 +12,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::canonical::Vendor;
+use crate::normalize::ErrorKind;
+
+/// The `vendor` label of a dead letter whose vendor was not found.
+pub(crate) const UNKNOWN_VENDOR: &str = "unknown";
+
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -152,6 +158,21 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        // Every vendor and kind at 0 from the start: the first dead letter is then an
+        // increase to the alert rules, which take a series' first sample as its baseline.
+        // Both sets are closed (the vendor keys and "unknown", the error kinds).
+        let vendors = Vendor::ALL.map(Vendor::key);
+        for vendor in vendors.into_iter().chain(std::iter::once(UNKNOWN_VENDOR)) {
+            for kind in ErrorKind::ALL {
+                metrics
+                    .dead_lettered
+                    .get_or_create(&DeadLetterLabels {
+                        vendor,
+                        kind: kind.as_str(),
+                    })
+                    .get();
+            }
+        }
         Metrics {
             registry,
             ..metrics
