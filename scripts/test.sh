@@ -115,9 +115,7 @@ fi
 promtool check rules deploy/prometheus/alerts.yml
 (cd deploy/prometheus && promtool test rules alerts.test.yml)
 promtool check config --syntax-only deploy/prometheus/prometheus.yml
-if [ -d deploy/alertmanager ]; then
-  amtool check-config deploy/alertmanager/alertmanager.yml
-fi
+amtool check-config deploy/alertmanager/alertmanager.yml
 
 # The compose file: no Docker daemon needed, docker-compose (1.29) checks it against the
 # Compose schema.

@@ -144,9 +144,10 @@ impl Health {
     }
     pub fn add_dead_lettered(&self, vendor: Option<Vendor>, kind: ErrorKind) {
         self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        self.0
-            .metrics
-            .add_dead_lettered(vendor.map_or("unknown", Vendor::key), kind.as_str());
+        self.0.metrics.add_dead_lettered(
+            vendor.map_or(super::metrics::UNKNOWN_VENDOR, Vendor::key),
+            kind.as_str(),
+        );
     }
     /// One raw message's events nobody is bound for, kept on the unrouted queue: one per
     /// canonical type in `types`.

@@ -12,6 +12,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
+use crate::canonical::Vendor;
+use crate::normalize::ErrorKind;
+
+/// The `vendor` label of a dead letter whose vendor was not found.
+pub(crate) const UNKNOWN_VENDOR: &str = "unknown";
+
 /// The `Content-Type` of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -152,6 +158,21 @@ impl Metrics {
                 version: env!("CARGO_PKG_VERSION"),
             }),
         );
+        // Every vendor and kind at 0 from the start: the first dead letter is then an
+        // increase to the alert rules, which take a series' first sample as its baseline.
+        // Both sets are closed (the vendor keys and "unknown", the error kinds).
+        let vendors = Vendor::ALL.map(Vendor::key);
+        for vendor in vendors.into_iter().chain(std::iter::once(UNKNOWN_VENDOR)) {
+            for kind in ErrorKind::ALL {
+                metrics
+                    .dead_lettered
+                    .get_or_create(&DeadLetterLabels {
+                        vendor,
+                        kind: kind.as_str(),
+                    })
+                    .get();
+            }
+        }
         Metrics {
             registry,
             ..metrics
@@ -267,6 +288,37 @@ mod tests {
         );
         assert!(text.contains(&version), "{text}");
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// Every vendor x kind dead-letter series exists at 0 before the first dead letter, so
+    /// the first one is an increase to the alert rules (`increase()` takes a series' first
+    /// sample as its baseline).
+    #[test]
+    fn every_dead_letter_series_exists_at_zero_from_the_start() {
+        let text = Metrics::new().encode();
+        let vendors = crate::canonical::Vendor::ALL
+            .iter()
+            .map(|v| v.key())
+            .chain(std::iter::once("unknown"));
+        let mut expected = 0;
+        for vendor in vendors {
+            for kind in crate::normalize::ErrorKind::ALL {
+                let line = format!(
+                    "normalizer_dead_lettered_total{{vendor=\"{vendor}\",kind=\"{}\"}} 0",
+                    kind.as_str()
+                );
+                assert!(text.contains(&line), "{line} missing from:\n{text}");
+                expected += 1;
+            }
+        }
+        let exported = text
+            .lines()
+            .filter(|l| l.starts_with("normalizer_dead_lettered_total{"))
+            .count();
+        assert_eq!(
+            exported, expected,
+            "only the closed set is exported:\n{text}"
+        );
     }
 
     /// Every `normalizer_*` series the alert rules and the dashboard in `deploy/` use is

@@ -4,6 +4,8 @@
 
 mod health;
 mod metrics;
+#[cfg(test)]
+mod monitoring_kit;
 mod outcome;
 
 pub use health::{Health, HealthSnapshot, WorkerState, listen, serve};
