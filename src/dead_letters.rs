@@ -237,12 +237,27 @@ pub struct Group {
 impl Group {
     /// The detail most of them share (the first of equals, in text order), and how many.
     pub fn most_common_detail(&self) -> Option<(&str, u64)> {
-        self.details
-            .iter()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-            .map(|(d, n)| (d.as_str(), *n))
+        self.common_details(1).into_iter().next()
+    }
+
+    /// The `n` details most of them share, most first (equals in text order), with how
+    /// many share each.
+    pub fn common_details(&self, n: usize) -> Vec<(&str, u64)> {
+        let mut all: Vec<(&str, u64)> =
+            self.details.iter().map(|(d, c)| (d.as_str(), *c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        all.truncate(n);
+        all
+    }
+
+    /// How many different details the group has.
+    pub fn distinct_details(&self) -> usize {
+        self.details.len()
     }
 }
+
+/// How many details a line of `dlq stats` shows per group.
+pub const STATS_DETAILS: usize = 3;
 
 /// Dead letters grouped by (vendor, kind), in that order.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -289,7 +304,7 @@ pub fn peek_line(info: &DeadLetterInfo, now: DateTime<Utc>) -> String {
 
 /// The lines of `dlq stats`: a header, then one per group.
 pub fn stats_lines(stats: &Stats) -> Vec<String> {
-    let mut lines = vec!["vendor\tkind\tcount\toldest\tnewest\tmost common detail".to_owned()];
+    let mut lines = vec!["vendor\tkind\tcount\toldest\tnewest\tmost common details".to_owned()];
     for ((vendor, kind), g) in &stats.groups {
         let when = |t: Option<DateTime<Utc>>| {
             t.map_or_else(
@@ -297,13 +312,24 @@ pub fn stats_lines(stats: &Stats) -> Vec<String> {
                 |t| crate::canonical::rfc3339_utc::format(&t),
             )
         };
-        let detail = g.most_common_detail().map_or_else(String::new, |(d, n)| {
-            format!(
-                "{} ({n} of {})",
-                d.replace(['\t', '\n', '\r'], " "),
-                g.count
-            )
-        });
+        let shown = g.common_details(STATS_DETAILS);
+        let mut parts: Vec<String> = shown
+            .iter()
+            .map(|(d, n)| {
+                format!(
+                    "{} ({n} of {})",
+                    d.replace(['\t', '\n', '\r'], " "),
+                    g.count
+                )
+            })
+            .collect();
+        let others = g.distinct_details() - shown.len();
+        if others > 0 {
+            let rest = g.count - shown.iter().map(|(_, n)| n).sum::<u64>();
+            let s = if others == 1 { "" } else { "s" };
+            parts.push(format!("{others} other detail{s} ({rest} of {})", g.count));
+        }
+        let detail = parts.join("; ");
         lines.push(format!(
             "{vendor}\t{kind}\t{}\t{}\t{}\t{detail}",
             g.count,
@@ -544,15 +570,42 @@ mod tests {
         assert_eq!(deel.oldest, Some(at("2026-01-02T00:00:00Z")));
         assert_eq!(deel.newest, Some(at("2026-01-04T00:00:00Z")));
         assert_eq!(deel.most_common_detail(), Some(("EOF", 2)));
+        assert_eq!(deel.common_details(3), [("EOF", 2), ("trailing comma", 1)]);
         let lines = stats_lines(&stats);
         assert_eq!(lines.len(), 3);
         assert_eq!(
             lines[2],
-            "deel\tinvalid_json\t3\t2026-01-02T00:00:00Z\t2026-01-04T00:00:00Z\tEOF (2 of 3)"
+            "deel\tinvalid_json\t3\t2026-01-02T00:00:00Z\t2026-01-04T00:00:00Z\tEOF (2 of 3); trailing comma (1 of 3)"
         );
         assert_eq!(
             peek_line(&infos[0], at("2026-01-03T01:02:03Z")),
             "1d1h\tdeel\tinvalid_json\twebhooks.raw/gateway\t10B\tgw-1\tEOF"
+        );
+    }
+
+    /// Unmapped Deel types dead-lettered side by side: `dlq stats` shows the three most
+    /// common, and how many others there are, instead of hiding all but one.
+    #[test]
+    fn stats_show_the_top_details_and_count_the_rest() {
+        let mut stats = Stats::default();
+        let types = [
+            "payslip.available",
+            "payslip.available",
+            "payslip.available",
+            "leave.created",
+            "leave.created",
+            "invoice.paid",
+            "a.b",
+            "c.d",
+        ];
+        for t in types {
+            let letter = ours("deel", "unknown_event_type", t, "2026-01-02T00:00:00Z");
+            stats.add(&DeadLetterInfo::read(&letter));
+        }
+        let lines = stats_lines(&stats);
+        assert_eq!(
+            lines[1].rsplit('\t').next().unwrap(),
+            "payslip.available (3 of 8); leave.created (2 of 8); a.b (1 of 8); 2 other details (2 of 8)"
         );
     }
 }

@@ -25,6 +25,8 @@ pub struct UnroutedEvent {
     pub id: Option<String>,
     /// Its time (the AMQP `timestamp`).
     pub time: Option<DateTime<Utc>>,
+    /// When it was kept (`x-normalizer-kept-at`): its time to live counts from there.
+    pub kept_at: Option<DateTime<Utc>>,
     pub size: usize,
 }
 
@@ -109,7 +111,8 @@ impl fmt::Display for TypePattern {
     }
 }
 
-/// Kept events by type: count, bytes, oldest and newest event time.
+/// Kept events by type: count, bytes, oldest and newest event time, and when the
+/// longest kept was kept.
 #[derive(Debug, Default)]
 pub struct Stats {
     by_type: BTreeMap<String, TypeStats>,
@@ -121,6 +124,7 @@ struct TypeStats {
     bytes: u64,
     oldest: Option<DateTime<Utc>>,
     newest: Option<DateTime<Utc>>,
+    first_kept: Option<DateTime<Utc>>,
 }
 
 impl Stats {
@@ -132,11 +136,15 @@ impl Stats {
             s.oldest = Some(s.oldest.map_or(t, |o| o.min(t)));
             s.newest = Some(s.newest.map_or(t, |n| n.max(t)));
         }
+        if let Some(t) = event.kept_at {
+            s.first_kept = Some(s.first_kept.map_or(t, |o| o.min(t)));
+        }
     }
 
     /// A header line, then one line per type, most events first (ties by type), tab
-    /// separated: type, events, bytes, oldest and newest event time.
-    pub fn lines(&self) -> Vec<String> {
+    /// separated: type, events, bytes, oldest and newest event time, when the first of
+    /// them was kept and when it is dropped (kept for `max_age`).
+    pub fn lines(&self, max_age: chrono::TimeDelta) -> Vec<String> {
         let mut rows: Vec<(&String, &TypeStats)> = self.by_type.iter().collect();
         rows.sort_by(|a, b| b.1.count.cmp(&a.1.count).then(a.0.cmp(b.0)));
         let time = |t: Option<DateTime<Utc>>| {
@@ -145,14 +153,17 @@ impl Stats {
                 |t| crate::canonical::rfc3339_utc::format(&t),
             )
         };
-        let mut lines = vec!["type\tevents\tbytes\toldest\tnewest".to_owned()];
+        let mut lines =
+            vec!["type\tevents\tbytes\toldest\tnewest\tfirst kept\tfirst dropped".to_owned()];
         lines.extend(rows.into_iter().map(|(t, s)| {
             format!(
-                "{t}\t{}\t{}\t{}\t{}",
+                "{t}\t{}\t{}\t{}\t{}\t{}\t{}",
                 s.count,
                 s.bytes,
                 time(s.oldest),
-                time(s.newest)
+                time(s.newest),
+                time(s.first_kept),
+                time(s.first_kept.and_then(|k| k.checked_add_signed(max_age)))
             )
         }));
         lines
@@ -229,6 +240,7 @@ mod tests {
             event_type: t.into(),
             id: None,
             time,
+            kept_at: time.map(|t: DateTime<Utc>| t + chrono::TimeDelta::days(30)),
             size,
         };
         let mut stats = Stats::default();
@@ -244,11 +256,11 @@ mod tests {
             20,
         ));
         assert_eq!(
-            stats.lines(),
+            stats.lines(chrono::TimeDelta::days(7)),
             [
-                "type\tevents\tbytes\toldest\tnewest",
-                "deel.contract.created\t2\t30\t2026-01-01T00:00:00Z\t2026-01-02T00:00:00Z",
-                "authenticate.x\t1\t5\t-\t-",
+                "type\tevents\tbytes\toldest\tnewest\tfirst kept\tfirst dropped",
+                "deel.contract.created\t2\t30\t2026-01-01T00:00:00Z\t2026-01-02T00:00:00Z\t2026-01-31T00:00:00Z\t2026-02-07T00:00:00Z",
+                "authenticate.x\t1\t5\t-\t-\t-\t-",
             ]
         );
     }

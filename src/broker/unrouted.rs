@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 
 use super::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 use crate::config::Settings;
@@ -42,6 +42,7 @@ pub async fn walk_unrouted(
                 .timestamp()
                 .and_then(|t| i64::try_from(t).ok())
                 .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
+            kept_at: kept_at(&p),
             size: delivery.data.len(),
         };
         match decide(&event) {
@@ -113,4 +114,21 @@ fn as_published(kept: &BasicProperties) -> BasicProperties {
         published = published.with_cluster_id(v.clone());
     }
     published
+}
+
+/// When a kept event was kept: its `x-normalizer-kept-at` header, when it has one.
+fn kept_at(properties: &BasicProperties) -> Option<DateTime<Utc>> {
+    match properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(headers::KEPT_AT)?
+    {
+        AMQPValue::LongString(t) => {
+            DateTime::parse_from_rfc3339(&String::from_utf8_lossy(t.as_bytes()))
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        }
+        _ => None,
+    }
 }

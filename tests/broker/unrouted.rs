@@ -88,6 +88,19 @@ async fn replay_sends_exactly_the_matching_types_once_a_team_binds() {
         .collect();
     assert_eq!(got, want, "{stats}");
     assert!(want.len() >= 3 && want.keys().any(|t| !t.starts_with("deel.")));
+    // When each type's first event was kept, and when it is dropped (7 days later by
+    // default): how close they are to the drop, not the events' own times.
+    for line in stats.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let kept: chrono::DateTime<chrono::Utc> = cols[5].parse().expect(line);
+        let dropped: chrono::DateTime<chrono::Utc> = cols[6].parse().expect(line);
+        let ago = chrono::Utc::now() - kept;
+        assert!(
+            ago >= chrono::TimeDelta::zero() && ago < chrono::TimeDelta::minutes(2),
+            "{line}"
+        );
+        assert_eq!(dropped - kept, chrono::TimeDelta::days(7), "{line}");
+    }
 
     // A team binds for Deel, and the kept Deel events are sent on.
     capture_queue(&channel, "team.deel", "events.canonical", "deel.#").await;

@@ -116,7 +116,14 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
         Ok(summary) => summary,
         Err(e) => return Ok(walk_failed(&e)),
     };
-    if stats_only && let Err(e) = write_lines(&mut out, stats.lines()) {
+    if stats_only
+        && let Err(e) = write_lines(
+            &mut out,
+            stats.lines(chrono::TimeDelta::seconds(
+                i64::try_from(settings.output.unrouted_max_age_secs).unwrap_or(i64::MAX),
+            )),
+        )
+    {
         write_failed = Some(e);
     }
     if let Some(e) = write_failed {
