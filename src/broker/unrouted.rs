@@ -42,7 +42,7 @@ pub async fn walk_unrouted(
                 .timestamp()
                 .and_then(|t| i64::try_from(t).ok())
                 .and_then(|t| DateTime::<Utc>::from_timestamp(t, 0)),
-            kept_at: kept_at(&p),
+            kept_at: kept_at(p),
             size: delivery.data.len(),
         };
         match decide(&event) {
