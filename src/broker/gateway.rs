@@ -129,6 +129,19 @@ async fn publish_one(link: &Link, exchange: &str, raw: &RawBody) -> Result<Publi
     }
 }
 
+/// What [`GatewayPublisher::readiness`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Connected, not blocked: a request would be sent.
+    Ready,
+    /// Connected, but the broker blocks publishing (a resource alarm).
+    Blocked,
+    /// No connection yet; one is being made.
+    Connecting,
+    /// The last attempt failed, for this reason (no credentials in it); another is made.
+    Unreachable(String),
+}
+
 /// A long-lived publishing channel for the reference gateway, shared by its requests:
 /// opened on first use and again after it is lost. Connecting runs on its own task, so a
 /// request that gives up waiting (its timeout) does not cut short an attempt that is
@@ -193,6 +206,34 @@ impl GatewayPublisher {
             self.shared.lock().open = None;
         }
         published
+    }
+
+    /// Whether a request now would be sent, for `/readyz`. With no connection open and
+    /// none being made, starts an attempt (at most one at a time), so that probing a
+    /// gateway that has had no request yet connects it.
+    pub fn readiness(&self) -> Readiness {
+        let mut state = self.shared.lock();
+        if let Some(open) = state.open.as_ref() {
+            let status = open.connection.status();
+            if status.connected() && open.link.channel.status().connected() {
+                return if status.blocked() {
+                    Readiness::Blocked
+                } else {
+                    Readiness::Ready
+                };
+            }
+            state.open = None;
+        }
+        let failed = state.failed.as_ref().map(|(_, reason)| reason.clone());
+        if !state.connecting {
+            state.connecting = true;
+            state.attempts += 1;
+            tokio::spawn(Shared::connect(self.shared.clone(), state.attempts));
+        }
+        match failed {
+            Some(reason) => Readiness::Unreachable(reason),
+            None => Readiness::Connecting,
+        }
     }
 
     /// Closes the connection, if open.

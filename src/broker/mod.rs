@@ -24,7 +24,9 @@ pub mod wire;
 pub use connection::{connect, prefer_next_url};
 pub use dlq::{REPLAY_COUNT, walk_dead_letters};
 pub use error::{BrokerError, Role};
-pub use gateway::{GatewayPublisher, Published, RawBody, publish_bodies};
+pub use gateway::{
+    GatewayPublisher, Published, RawBody, Readiness as GatewayReadiness, publish_bodies,
+};
 pub use session::{Session, SessionEnd};
 pub use tail::{TailSource, Tailed, tail};
 pub use tls::{TlsHandshakeError, TlsSettingsError, client_config as tls_client_config};

@@ -8,6 +8,7 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::http::ConnectionCounts;
@@ -54,6 +55,7 @@ struct RequestLabels {
 pub struct IngestMetrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
+    durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
     in_progress: Gauge,
     connections_open: Gauge,
     connections_evicted: Counter,
@@ -67,6 +69,8 @@ impl IngestMetrics {
     pub fn new(memory_bound: u64, connections: Arc<ConnectionCounts>) -> IngestMetrics {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
+        let durations: Family<RequestLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(request_duration_histogram);
         let in_progress = Gauge::default();
         let connections_open = Gauge::default();
         let connections_evicted = Counter::default();
@@ -74,12 +78,12 @@ impl IngestMetrics {
         // Every series from the start, at 0: an alert on `increase` sees the first 401.
         for vendor in crate::canonical::Vendor::ALL {
             for outcome in Outcome::ALL {
-                requests
-                    .get_or_create(&RequestLabels {
-                        vendor: vendor.key(),
-                        outcome,
-                    })
-                    .get();
+                let labels = RequestLabels {
+                    vendor: vendor.key(),
+                    outcome,
+                };
+                requests.get_or_create(&labels).get();
+                drop(durations.get_or_create(&labels));
             }
         }
         let bound = Gauge::<i64>::default();
@@ -88,6 +92,11 @@ impl IngestMetrics {
             "normalizer_ingest_requests",
             "Webhook requests answered, by vendor and outcome (accepted, unauthorized, bad_request, too_large, busy, broker_blocked, unavailable)",
             requests.clone(),
+        );
+        registry.register(
+            "normalizer_ingest_request_duration_seconds",
+            "From a request's headers read to its answer, by vendor and outcome (for accepted: until the broker confirmed)",
+            durations.clone(),
         );
         registry.register(
             "normalizer_ingest_requests_in_progress",
@@ -117,6 +126,7 @@ impl IngestMetrics {
         IngestMetrics {
             registry,
             requests,
+            durations,
             in_progress,
             connections_open,
             connections_evicted,
@@ -125,10 +135,12 @@ impl IngestMetrics {
         }
     }
 
-    pub fn answered(&self, vendor: &'static str, outcome: Outcome) {
-        self.requests
-            .get_or_create(&RequestLabels { vendor, outcome })
-            .inc();
+    pub fn answered(&self, vendor: &'static str, outcome: Outcome, took: std::time::Duration) {
+        let labels = RequestLabels { vendor, outcome };
+        self.requests.get_or_create(&labels).inc();
+        self.durations
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
     }
 
     pub fn in_progress(&self) -> &Gauge {
@@ -155,6 +167,14 @@ impl IngestMetrics {
     }
 }
 
+/// Buckets from 5 ms (a confirm on an idle broker) to the longest request timeout worth
+/// having (30 s).
+fn request_duration_histogram() -> Histogram {
+    Histogram::new([
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,11 +189,19 @@ mod tests {
             ),
             "{text}"
         );
-        metrics.answered("deel", Outcome::accepted);
-        assert!(
-            metrics.encode().contains(
-                r#"normalizer_ingest_requests_total{vendor="deel",outcome="accepted"} 1"#
-            )
+        metrics.answered(
+            "deel",
+            Outcome::accepted,
+            std::time::Duration::from_millis(30),
         );
+        let text = metrics.encode();
+        for line in [
+            r#"normalizer_ingest_requests_total{vendor="deel",outcome="accepted"} 1"#,
+            r#"normalizer_ingest_request_duration_seconds_bucket{le="0.025",vendor="deel",outcome="accepted"} 0"#,
+            r#"normalizer_ingest_request_duration_seconds_bucket{le="0.05",vendor="deel",outcome="accepted"} 1"#,
+            r#"normalizer_ingest_request_duration_seconds_count{vendor="deel",outcome="busy"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

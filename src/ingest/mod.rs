@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 
 use self::access::{Access, Presented};
 use self::metrics::{IngestMetrics, Outcome};
-use crate::broker::{GatewayPublisher, Published, RawBody};
+use crate::broker::{GatewayPublisher, GatewayReadiness, Published, RawBody};
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
 use crate::http::{Bounds, ConnectionCounts};
@@ -162,6 +162,7 @@ impl Ingest {
     ) -> io::Result<()> {
         let app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readiness))
             .route("/metrics", get(metrics_text))
             .route("/webhooks/{vendor}", post(receive))
             .route("/webhooks/{vendor}/{token}", post(receive_with_token))
@@ -181,6 +182,28 @@ async fn metrics_text(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse 
     (
         [(header::CONTENT_TYPE, crate::ops::METRICS_CONTENT_TYPE)],
         gateway.metrics.encode(),
+    )
+}
+
+/// `GET /readyz`: 200 when a webhook now would be sent to the broker, else 503 and why
+/// (JSON: `ready`, `state`, and `reason` when the broker cannot be reached).
+async fn readiness(State(gateway): State<Arc<Gateway>>) -> impl IntoResponse {
+    let (status, state, reason) = match gateway.publisher.readiness() {
+        GatewayReadiness::Ready => (StatusCode::OK, "ready", None),
+        GatewayReadiness::Blocked => (StatusCode::SERVICE_UNAVAILABLE, "broker_blocked", None),
+        GatewayReadiness::Connecting => (StatusCode::SERVICE_UNAVAILABLE, "connecting", None),
+        GatewayReadiness::Unreachable(why) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "unreachable", Some(why))
+        }
+    };
+    let mut doc = serde_json::json!({"ready": status == StatusCode::OK, "state": state});
+    if let Some(why) = reason {
+        doc["reason"] = why.into();
+    }
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        doc.to_string() + "\n",
     )
 }
 
@@ -216,7 +239,8 @@ async fn answer(
         );
     };
     let received_at = rfc3339_utc::format(&chrono::Utc::now());
-    let deadline = Instant::now() + gateway.request_timeout;
+    let started = Instant::now();
+    let deadline = started + gateway.request_timeout;
     let (status, text, outcome) = match tokio::time::timeout_at(
         deadline,
         accept(gateway, vendor, token, headers, body, received_at, deadline),
@@ -233,7 +257,17 @@ async fn answer(
             )
         }
     };
-    gateway.metrics.answered(vendor.key(), outcome);
+    let took = started.elapsed();
+    gateway.metrics.answered(vendor.key(), outcome, took);
+    // The access log: what and how, never who (no address, no header, no body).
+    info!(
+        target: "webhook_normalizer::ingest::access",
+        vendor = vendor.key(),
+        status = status.as_u16(),
+        outcome = ?outcome,
+        millis = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        "ingest: access"
+    );
     (status, text)
 }
 

@@ -14,6 +14,8 @@ use crate::support::*;
 struct Ingest {
     child: Child,
     addr: SocketAddr,
+    /// Every line it has written to stderr so far.
+    logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Ingest {
@@ -54,11 +56,14 @@ fn start_ingest_with(url: &str, env: &[(&str, &str)], open_files: Option<u64>) -
     let mut ingest = Ingest {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        logs: Default::default(),
     };
     let stderr = ingest.child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let logs = ingest.logs.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            logs.lock().unwrap().push(line.clone());
             let Ok(log) = serde_json::from_str::<serde_json::Value>(&line) else {
                 continue;
             };
@@ -521,5 +526,61 @@ async fn during_a_broker_alarm_nothing_answered_503_is_stored() {
     // And it takes webhooks again.
     wait_until(Duration::from_secs(30), "ingest to accept again", || {
         http_post(addr, "/webhooks/deel", &[], &body).0 == 200
+    });
+}
+
+/// `/readyz` says whether a webhook would be sent now: probing connects a gateway that
+/// has had no request yet, and with the broker away it answers 503 with the state.
+/// Every answer is timed (`normalizer_ingest_request_duration_seconds`) and logged on
+/// one access line: vendor, status, outcome, time; no address, header or body.
+#[tokio::test(flavor = "multi_thread")]
+async fn ingest_says_when_it_is_ready_and_logs_each_answer_without_personal_data() {
+    let node = PrivateNode::start();
+    let vhost = TestVhost::on(&node, "ingest-ready");
+    declare_topology(&vhost);
+    let ingest = start_ingest(&vhost.url());
+    wait_until(Duration::from_secs(20), "ingest ready", || {
+        http_get(ingest.addr, "/readyz").0 == 200
+    });
+    let (_, ready) = http_get(ingest.addr, "/readyz");
+    let ready: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(ready, serde_json::json!({"ready": true, "state": "ready"}));
+
+    let body = fixture("deel/contract.created.json");
+    assert_eq!(http_post(ingest.addr, "/webhooks/deel", &[], &body).0, 200);
+    assert_eq!(
+        metric(
+            ingest.addr,
+            "normalizer_ingest_request_duration_seconds_count",
+            r#"vendor="deel",outcome="accepted""#
+        ),
+        1
+    );
+    let logs = ingest.logs.lock().unwrap().clone();
+    let access: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "ingest: access")
+        .collect();
+    assert_eq!(access.len(), 1, "{logs:#?}");
+    assert_eq!(access[0]["vendor"], "deel", "{:?}", access[0]);
+    assert_eq!(access[0]["status"], 200, "{:?}", access[0]);
+    assert_eq!(access[0]["outcome"], "accepted", "{:?}", access[0]);
+    assert_no_personal_data(&logs);
+
+    node.stop_app();
+    wait_until(Duration::from_secs(30), "ingest not ready", || {
+        http_get(ingest.addr, "/readyz").0 == 503
+    });
+    let (_, not_ready) = http_get(ingest.addr, "/readyz");
+    let not_ready: serde_json::Value = serde_json::from_str(&not_ready).unwrap();
+    assert_eq!(not_ready["ready"], false, "{not_ready}");
+    assert!(
+        ["connecting", "unreachable"].contains(&not_ready["state"].as_str().unwrap()),
+        "{not_ready}"
+    );
+    node.start_app();
+    wait_until(Duration::from_secs(30), "ingest ready again", || {
+        http_get(ingest.addr, "/readyz").0 == 200
     });
 }
