@@ -440,24 +440,83 @@ impl Settings {
 
     /// As [`Settings::load`], with the environment provider given (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Settings, ConfigError> {
-        let mut figment = Figment::from(Toml::string(DEFAULTS));
-        if let Some(path) = file {
-            if std::fs::metadata(path)
-                .map(|m| !m.is_file())
-                .unwrap_or(true)
-            {
-                return Err(ConfigError::MissingFile(path.display().to_string()));
-            }
-            figment = figment.merge(Toml::file_exact(path));
-        }
-        let settings: Settings = figment
-            .merge(env)
+        let settings: Settings = layered(file, env)?
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
         settings.validate()?;
         Ok(settings)
     }
 
+    /// The effective settings (defaults, `file`, environment), validated, as a TOML
+    /// table with every secret masked: `amqp.url`'s passwords as `****`, and every
+    /// string under `signatures` and `ingest.access` (a basic-auth pair keeps its user).
+    /// What `webhook-normalizer config` prints.
+    pub fn masked_table(file: Option<&Path>) -> Result<toml::Table, ConfigError> {
+        Settings::masked_table_from(file, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// As [`Settings::masked_table`], with the environment provider given.
+    pub fn masked_table_from(file: Option<&Path>, env: Env) -> Result<toml::Table, ConfigError> {
+        let settings = Settings::load_from(file, env.clone())?;
+        let value: figment::value::Value = layered(file, env)?
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        let mut table = match toml::Value::try_from(value) {
+            Ok(toml::Value::Table(table)) => table,
+            _ => return Err(ConfigError::Invalid("settings are not a table".into())),
+        };
+        if let Some(toml::Value::Table(amqp)) = table.get_mut("amqp") {
+            amqp.insert(
+                "url".into(),
+                toml::Value::String(settings.amqp.url.masked()),
+            );
+        }
+        if let Some(signatures) = table.get_mut("signatures") {
+            mask_strings(signatures, false);
+        }
+        if let Some(toml::Value::Table(ingest)) = table.get_mut("ingest")
+            && let Some(access) = ingest.get_mut("access")
+        {
+            mask_strings(access, true);
+        }
+        Ok(table)
+    }
+}
+
+/// Replaces every string in `value` by `****`; `user:password` pairs keep the user when
+/// `keep_user`.
+fn mask_strings(value: &mut toml::Value, keep_user: bool) {
+    match value {
+        toml::Value::String(s) => {
+            *s = match s.split_once(':') {
+                Some((user, _)) if keep_user => format!("{user}:****"),
+                _ => "****".into(),
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|v| mask_strings(v, keep_user)),
+        toml::Value::Table(table) => table
+            .iter_mut()
+            .for_each(|(_, v)| mask_strings(v, keep_user)),
+        _ => {}
+    }
+}
+
+/// The layers, last wins: the compiled-in defaults, `file`, the environment.
+fn layered(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Toml::string(DEFAULTS));
+    if let Some(path) = file {
+        if std::fs::metadata(path)
+            .map(|m| !m.is_file())
+            .unwrap_or(true)
+        {
+            return Err(ConfigError::MissingFile(path.display().to_string()));
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    Ok(figment.merge(env))
+}
+
+impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let reject = |key, problem: &str| {
             Err(ConfigError::Rejected {
@@ -813,6 +872,58 @@ mod tests {
             Ok(())
         });
         out.expect("jail ran")
+    }
+
+    /// `webhook-normalizer config`: the layers merged, and no secret in what it prints.
+    #[test]
+    fn the_effective_settings_are_printed_with_every_secret_masked() {
+        let mut out = None;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "my.toml",
+                r#"
+[input]
+prefetch = 7
+[signatures.deel]
+secrets = ["deel-secret-aaaaaaaaaaaa"]
+labels = { v2 = "deel-label-secret-bbbbbbbb" }
+[ingest.access.authenticate]
+path_tokens = ["path-token-cccccccccccccc"]
+basic = ["gateway:basic-password-dddddddd"]
+"#,
+            )?;
+            jail.set_env(
+                "NORMALIZER__AMQP__URL",
+                "amqp://team:pa55word@rabbit:5672/team",
+            );
+            out = Some(Settings::masked_table(Some(Path::new("my.toml"))));
+            Ok(())
+        });
+        let table = out.expect("jail ran").unwrap();
+        let text = toml::to_string(&table).unwrap();
+        for secret in [
+            "pa55word",
+            "deel-secret",
+            "deel-label",
+            "path-token",
+            "basic-password",
+        ] {
+            assert!(!text.contains(secret), "{secret} shown in:\n{text}");
+        }
+        assert_eq!(
+            table["amqp"]["url"].as_str(),
+            Some("amqp://team:****@rabbit:5672/team")
+        );
+        assert_eq!(table["input"]["prefetch"].as_integer(), Some(7));
+        assert_eq!(table["input"]["exchange"].as_str(), Some("webhooks.raw"));
+        assert_eq!(
+            table["ingest"]["access"]["authenticate"]["basic"][0].as_str(),
+            Some("gateway:****")
+        );
+        assert_eq!(
+            table["signatures"]["deel"]["labels"]["v2"].as_str(),
+            Some("****")
+        );
     }
 
     #[test]

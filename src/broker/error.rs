@@ -95,6 +95,13 @@ impl BrokerError {
         )
     }
 
+    /// The broker answered that something named does not exist (404 NOT_FOUND): on a
+    /// publish, the exchange. The broker was reached; retrying cannot help until it is
+    /// declared.
+    pub fn is_not_found(&self) -> bool {
+        self.reply_code() == Some(NOT_FOUND)
+    }
+
     /// A TLS handshake that failed (see [`TlsHandshakeError`]).
     pub fn is_tls_handshake(&self) -> bool {
         let BrokerError::Connect { source, .. } = self else {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod compose;
 mod consumer;
 mod dlq;
 mod flow;

@@ -127,3 +127,21 @@ async fn a_returned_body_fails_the_command() {
     let out = publish_command(&vhost, &["--vendor", "acme"], None);
     assert_eq!(out.status.code(), Some(2), "not a vendor key");
 }
+
+/// No raw exchange at all (the topology never declared, or another `input.exchange`):
+/// the broker was reached, so `publish` says which exchange is missing and what to do,
+/// and does not exit 69 ("cannot reach the broker").
+#[test]
+fn a_missing_exchange_is_named_with_a_hint_not_called_unreachable() {
+    let vhost = TestVhost::new("publish-no-exchange");
+    let out = publish_command(&vhost, &["--vendor", "deel"], Some(b"{}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("exchange webhooks.raw does not exist"),
+        "names the exchange: {err}"
+    );
+    assert!(err.contains("webhook-normalizer topology"), "a hint: {err}");
+    assert!(err.contains("input.exchange"), "the setting: {err}");
+    assert!(!err.contains("NOT_FOUND"), "no raw protocol error: {err}");
+}

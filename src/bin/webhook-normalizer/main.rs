@@ -133,6 +133,18 @@ enum Command {
         #[command(flatten)]
         config: ConfigFile,
     },
+    /// Print the effective settings (config/default.toml, the --config file, the
+    /// `NORMALIZER__{SECTION}__{KEY}` variables) as TOML, secrets masked: passwords in
+    /// amqp.url, every signature secret, path token and basic-auth password. Exit 78 when
+    /// they are invalid, as `run` would.
+    Config {
+        /// Print only this setting (e.g. `amqp.url`): a string as it is, anything else
+        /// as TOML; a key that names no setting exits 2.
+        #[arg(long, value_name = "KEY")]
+        get: Option<String>,
+        #[command(flatten)]
+        config: ConfigFile,
+    },
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
     EventTypes {
         /// What to print: the table, or a document made from it.
@@ -303,6 +315,31 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_DATA_ERROR))
                 }
             }
+        }
+        Command::Config { get, config } => {
+            let table = match Settings::masked_table(config.path.as_deref()) {
+                Ok(table) => table,
+                Err(e) => return Ok(configuration_error(&e)),
+            };
+            let text = match get {
+                None => toml::to_string(&table)?,
+                Some(key) => {
+                    let mut value = Some(&toml::Value::Table(table.clone()));
+                    for part in key.split('.') {
+                        value = value.and_then(|v| v.get(part));
+                    }
+                    match value {
+                        Some(toml::Value::String(s)) => format!("{s}\n"),
+                        Some(toml::Value::Table(t)) => toml::to_string(t)?,
+                        Some(other) => format!("{other}\n"),
+                        None => {
+                            report(format_args!("error: no setting named {key:?}"));
+                            return Ok(ExitCode::from(2));
+                        }
+                    }
+                }
+            };
+            written_to_stdout(io::stdout().lock().write_all(text.as_bytes()))
         }
         Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
         Command::Dlq { command } => dlq::dlq(command),

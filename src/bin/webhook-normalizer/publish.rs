@@ -31,7 +31,9 @@ pub(super) struct PublishArgs {
 }
 
 /// Publishes each body, confirmed; exit 0 when the broker took every one, 1 when one was
-/// returned (no queue bound) or nacked, 69 when the broker cannot be reached.
+/// returned (no queue bound) or nacked or the exchange does not exist (the broker was
+/// reached and refused it: the fix is the topology or the settings, not the network),
+/// 69 when the broker cannot be reached.
 pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(vendor) = &args.vendor
         && vendor.parse::<Vendor>().is_err()
@@ -96,9 +98,11 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     let exchange = &settings.input.exchange;
     let mut refused = 0;
+    let mut answered = 0;
     let runtime = tokio::runtime::Runtime::new()?;
     let sent = runtime.block_on(broker::publish_bodies(&settings, &bodies, |i, outcome| {
         let bytes = bodies[i].body.len();
+        answered += 1;
         match outcome {
             Published::Confirmed => report(format_args!(
                 "{}: {bytes} bytes to {exchange} (routing key {routing_key}), confirmed",
@@ -125,6 +129,22 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     }));
     if let Err(e) = sent {
+        if e.is_not_found() {
+            let vhost = settings
+                .amqp
+                .url
+                .expose()
+                .parse::<lapin::uri::AMQPUri>()
+                .map_or_else(|_| "/".to_owned(), |u| u.vhost);
+            report(format_args!(
+                "error: {}: not sent: exchange {exchange} does not exist in vhost {vhost:?}",
+                name(answered)
+            ));
+            report(format_args!(
+                "hint: declare it (start the worker once, or `webhook-normalizer topology`), or check input.exchange and the vhost in amqp.url (--config, NORMALIZER__INPUT__EXCHANGE, NORMALIZER__AMQP__URL)"
+            ));
+            return Ok(ExitCode::FAILURE);
+        }
         report(format_args!("error: {e}"));
         return Ok(ExitCode::from(EXIT_UNAVAILABLE));
     }
