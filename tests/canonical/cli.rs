@@ -582,3 +582,55 @@ fn normalize_passthrough_shows_the_generic_event() {
         "a vendor we do not know is a usage error"
     );
 }
+
+/// The worker logs its effective settings at start, as `config` prints them: choices
+/// such as `unmapped.deel = "passthrough"` shown, secrets masked.
+#[test]
+fn the_worker_logs_its_effective_settings_with_secrets_masked() {
+    let command = worker(
+        "run",
+        &[
+            ("NORMALIZER__UNMAPPED__DEEL", "passthrough"),
+            (
+                "NORMALIZER__SIGNATURES__DEEL__SECRETS",
+                r#"["d-s3cret-key"]"#,
+            ),
+            ("NORMALIZER__LOG__FORMAT", "json"),
+            ("NORMALIZER__INPUT__PREFETCH", "7"),
+        ],
+    );
+    let mut child = {
+        let mut c = command;
+        c.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains("effective settings") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("an effective settings line");
+    let log: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let settings: serde_json::Value =
+        serde_json::from_str(log["settings"].as_str().unwrap()).unwrap();
+    assert_eq!(settings["unmapped"]["deel"], "passthrough", "{settings}");
+    assert_eq!(settings["input"]["prefetch"], 7, "{settings}");
+    assert_eq!(
+        settings["signatures"]["deel"]["secrets"][0], "****",
+        "{settings}"
+    );
+    assert!(!line.contains("s3cret"), "{line}");
+}

@@ -249,6 +249,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
+            // What this worker runs with, as `config` prints it: secrets masked.
+            if let Ok(effective) = Settings::masked_table(config.path.as_deref()) {
+                let effective = serde_json::to_value(&effective).unwrap_or_default();
+                info!(settings = %effective, "effective settings");
+            }
             let health_addrs = match settings.http.listen.resolve() {
                 Ok(addrs) => addrs,
                 Err(e) => return Ok(configuration_error(&e)),
