@@ -5,7 +5,9 @@
 //! - **Connections**: at most [`Bounds::max_connections`] open at once. At the limit, a new
 //!   connection closes the one idle the longest (no request in progress: idle between
 //!   requests, or still sending its first headers), as nginx reuses its keep-alive
-//!   connections; when every one is busy, the new one is closed at once. The process
+//!   connections; when every one is busy, the new one is closed at once. A closed
+//!   connection's descriptor is freed when its task ends, so the server accepts no more
+//!   while [`SLACK`] connections beyond the limit still await their end: the process
 //!   never runs out of descriptors on their account, so its broker connections never do.
 //! - **Headers**: a request's headers must arrive within [`Bounds::header_timeout`],
 //!   which is also how long a connection may stay idle between requests; at most
@@ -109,6 +111,10 @@ impl Drop for Busy {
     }
 }
 
+/// How many connections beyond [`Bounds::max_connections`] may be closed and not yet
+/// ended (their descriptors still open) before the server stops accepting until one ends.
+pub const SLACK: usize = 8;
+
 /// Serves `router` on `listener` within `bounds` until `shutdown` is cancelled; then
 /// stops accepting, lets requests in progress finish and closes idle connections.
 pub async fn serve(
@@ -120,7 +126,18 @@ pub async fn serve(
 ) -> io::Result<()> {
     let open = Arc::new(Mutex::new(Open::default()));
     let tasks = TaskTracker::new();
+    // One per descriptor a connection holds, from its accept to its task's end.
+    let descriptors = Arc::new(tokio::sync::Semaphore::new(
+        bounds.max_connections.saturating_add(SLACK),
+    ));
     loop {
+        let descriptor = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = descriptors.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -150,6 +167,7 @@ pub async fn serve(
         let counts = counts.clone();
         let shutdown = shutdown.clone();
         tasks.spawn(async move {
+            let _descriptor = descriptor;
             let busy = tracked.busy;
             let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
                 let busy = Busy::start(&busy);
