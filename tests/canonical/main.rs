@@ -7,6 +7,7 @@ mod cli;
 mod fixtures;
 mod fuzz;
 mod hostile;
+mod local_validation;
 mod passthrough;
 mod properties;
 mod schema;
