@@ -59,5 +59,6 @@ pub fn run(body: &[u8], hint: Option<&str>) -> Result<Vec<CanonicalEvent>, Norma
         received_at(),
         &Limits::default(),
         &Unmapped::default(),
+        webhook_normalizer::SchemaBase::default(),
     )
 }
