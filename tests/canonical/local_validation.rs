@@ -116,7 +116,7 @@ fn the_documented_validation_refuses_what_the_schemas_refuse() {
     assert!(
         stdout
             .iter()
-            .any(|l| l.starts_with("invalid ") && l.contains("timesheet")),
+            .any(|l| l.starts_with("invalid ") && l.contains("data/entity/kind: ")),
         "{stdout:?}"
     );
 }
@@ -150,4 +150,11 @@ fn the_documented_validation_follows_a_custom_schema_base() {
 
     let out = validate(&repo().join("schema"), &events);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = lines(&out.stdout);
+    assert!(
+        stdout.iter().all(|l| l.starts_with("invalid ")
+            && l.contains("dataschema: ")
+            && l.contains("no schema file here has https://schemas.example.com/")),
+        "{stdout:#?}"
+    );
 }
