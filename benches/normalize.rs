@@ -32,7 +32,16 @@ fn bodies() -> Vec<(Vec<u8>, Option<&'static str>)> {
             let body = std::fs::read(&p).expect("fixture");
             // Real traffic arrives without a hint as often as with one: bench the
             // detection path too.
-            if normalize(&body, None, at, &Limits::default(), &Unmapped::default()).is_ok() {
+            if normalize(
+                &body,
+                None,
+                at,
+                &Limits::default(),
+                &Unmapped::default(),
+                webhook_normalizer::SchemaBase::default(),
+            )
+            .is_ok()
+            {
                 out.push((body, None));
             }
         }
@@ -67,8 +76,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for (body, hint) in &bodies {
                 black_box(
-                    normalize(black_box(body), *hint, at, &limits, &Unmapped::default())
-                        .expect("maps"),
+                    normalize(
+                        black_box(body),
+                        *hint,
+                        at,
+                        &limits,
+                        &Unmapped::default(),
+                        webhook_normalizer::SchemaBase::default(),
+                    )
+                    .expect("maps"),
                 );
             }
         })
@@ -77,8 +93,15 @@ fn bench(c: &mut Criterion) {
         let mut out = Vec::with_capacity(64 * 1024);
         b.iter(|| {
             for (body, hint) in &bodies {
-                for event in normalize(black_box(body), *hint, at, &limits, &Unmapped::default())
-                    .expect("maps")
+                for event in normalize(
+                    black_box(body),
+                    *hint,
+                    at,
+                    &limits,
+                    &Unmapped::default(),
+                    webhook_normalizer::SchemaBase::default(),
+                )
+                .expect("maps")
                 {
                     out.clear();
                     serde_json::to_writer(&mut out, &event).expect("serializes");
@@ -92,8 +115,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             for (body, hint) in &bodies {
                 black_box(
-                    normalize_json(black_box(body), *hint, at, &limits, &Unmapped::default())
-                        .expect("maps"),
+                    normalize_json(
+                        black_box(body),
+                        *hint,
+                        at,
+                        &limits,
+                        &Unmapped::default(),
+                        webhook_normalizer::SchemaBase::default(),
+                    )
+                    .expect("maps"),
                 );
             }
         })

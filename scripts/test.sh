@@ -35,6 +35,7 @@ requirements=(
   "rabbitmqctl:rabbitmq-server"
   "python3:python3"
   "pika:pip:pika"
+  "jsonschema:pip:jsonschema"
   "openssl:openssl"
   "script:bsdutils"
   "promtool:prometheus"
@@ -46,6 +47,9 @@ requirements=(
 has() {
   case "$1" in
     pika) command -v python3 >/dev/null 2>&1 && python3 -c 'import pika' >/dev/null 2>&1 ;;
+    # jsonschema brings referencing (4.18 and later): docs/consuming.md's validation.
+    jsonschema) command -v python3 >/dev/null 2>&1 \
+      && python3 -c 'import jsonschema, referencing' >/dev/null 2>&1 ;;
     *) command -v "$1" >/dev/null 2>&1 ;;
   esac
 }

@@ -10,13 +10,14 @@
 use serde_json::{Map, Value, json};
 
 use crate::canonical::{
-    CanonicalType, EventType, JSON_SCHEMA, UNMAPPED_DEFINITION, Vendor, any_case_pattern,
-    data_schema_document, data_schema_uri,
+    CanonicalType, EventType, SchemaBase, UNMAPPED_DEFINITION, Vendor, any_case_pattern,
+    data_schema_document, event_schema,
 };
 use crate::normalize::ErrorKind;
 
-/// The document for this version of the worker.
-pub fn document(version: &str) -> Value {
+/// The document for this version of the worker, each event's `dataschema` made from
+/// `base` (`docs/asyncapi.json` has the default).
+pub fn document(version: &str, base: SchemaBase) -> Value {
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
@@ -72,7 +73,7 @@ pub fn document(version: &str) -> Value {
                     "type": {"const": name},
                     "vendor": {"const": t.vendor().key()},
                     "vendoreventtype": {"pattern": any_case_pattern(t.vendor_event_type())},
-                    "dataschema": {"const": data_schema_uri(&(*t).into())},
+                    "dataschema": {"const": base.data_schema_uri(&(*t).into())},
                     "data": {"$ref": format!("#/components/schemas/{}", data_key(name))},
                 }),
             ),
@@ -81,7 +82,7 @@ pub fn document(version: &str) -> Value {
 
     // Generic events: only from vendors configured `unmapped.{vendor} = "passthrough"`.
     let generic_example = CanonicalType::unmapped(Vendor::Deel, "x")
-        .map(|t| data_schema_uri(&t))
+        .map(|t| base.data_schema_uri(&t))
         .unwrap_or_default();
     channels.insert(
         "unmapped".into(),
@@ -182,7 +183,7 @@ pub fn document(version: &str) -> Value {
         }),
     );
 
-    let mut schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap_or_default();
+    let mut schema = event_schema(base);
     if let Some(map) = schema.as_object_mut() {
         // An AsyncAPI schema (JSON Schema draft-07 and more) is not a document of its own.
         map.remove("$schema");
@@ -191,7 +192,7 @@ pub fn document(version: &str) -> Value {
 
     let mut schemas = Map::new();
     schemas.insert("CanonicalEvent".into(), schema);
-    let data = data_schema_document();
+    let data = data_schema_document(base);
     if let Some(definitions) = data["$defs"].as_object() {
         for (name, definition) in definitions {
             schemas.insert(data_key(name), definition.clone());
@@ -290,8 +291,12 @@ mod tests {
     /// the type table fails here until the document is made again.
     #[test]
     fn the_checked_in_document_is_the_generated_one() {
-        let generated =
-            serde_json::to_string_pretty(&document(env!("CARGO_PKG_VERSION"))).unwrap() + "\n";
+        let generated = serde_json::to_string_pretty(&document(
+            env!("CARGO_PKG_VERSION"),
+            SchemaBase::default(),
+        ))
+        .unwrap()
+            + "\n";
         assert!(
             include_str!("../docs/asyncapi.json") == generated,
             "docs/asyncapi.json is stale: `cargo run -- event-types --format asyncapi > docs/asyncapi.json`"
@@ -300,7 +305,7 @@ mod tests {
 
     #[test]
     fn every_type_has_its_channel_message_and_operation() {
-        let doc = document("0.0.0");
+        let doc = document("0.0.0", SchemaBase::default());
         for t in EventType::ALL {
             assert_eq!(doc["channels"][t.as_str()]["address"], t.as_str());
             let key = message_key(t.as_str());
@@ -319,11 +324,14 @@ mod tests {
 
     #[test]
     fn every_message_carries_its_types_data_schema() {
-        let doc = document("0.0.0");
+        let doc = document("0.0.0", SchemaBase::default());
         for t in EventType::ALL {
             let message = &doc["components"]["messages"][message_key(t.as_str())];
             let fixed = &message["payload"]["allOf"][1]["properties"];
-            assert_eq!(fixed["dataschema"]["const"], data_schema_uri(&(*t).into()));
+            assert_eq!(
+                fixed["dataschema"]["const"],
+                crate::canonical::data_schema_uri(&(*t).into())
+            );
             let reference = fixed["data"]["$ref"].as_str().unwrap();
             let name = reference.strip_prefix("#/components/schemas/").unwrap();
             assert_eq!(

@@ -39,6 +39,7 @@ pub struct Settings {
     pub signatures: crate::signatures::Signatures,
     /// What becomes of each vendor's types that are not in the type table.
     pub unmapped: crate::vendors::Unmapped,
+    pub schemas: SchemaSettings,
     pub shutdown: ShutdownSettings,
     pub log: LogSettings,
 }
@@ -258,6 +259,14 @@ impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaSettings {
+    /// What the schema documents' `$id`s and every event's `dataschema` are made from:
+    /// an identifier, not a location (consumers validate from the files).
+    pub base_uri: crate::canonical::SchemaBase,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -967,6 +976,30 @@ basic = ["gateway:basic-password-dddddddd"]
         assert!(e.to_string().contains("dead-letter"), "{e}");
         let e = load_env(&[("NORMALIZER__UNMAPPED__ACME", "passthrough")]).unwrap_err();
         assert!(e.to_string().contains("acme"), "{e}");
+    }
+
+    #[test]
+    fn the_schema_base_is_the_repositorys_unless_set() {
+        use crate::canonical::SchemaBase;
+        let s = load_env(&[]).unwrap();
+        assert_eq!(s.schemas.base_uri, SchemaBase::default());
+        let s = load_env(&[(
+            "NORMALIZER__SCHEMAS__BASE_URI",
+            "https://schemas.example.com/hr/",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.schemas.base_uri.data_schema_document(),
+            "https://schemas.example.com/hr/event-data.v1.schema.json"
+        );
+        let e = load_env(&[(
+            "NORMALIZER__SCHEMAS__BASE_URI",
+            "https://schemas.example.com/hr",
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("schemas.base_uri: "), "{e}");
+        assert!(e.contains("NORMALIZER__SCHEMAS__BASE_URI"), "{e}");
     }
 
     #[test]

@@ -51,7 +51,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 
-use crate::canonical::{CanonicalType, Vendor, rfc3339_utc};
+use crate::canonical::{CanonicalType, SchemaBase, Vendor, rfc3339_utc};
 use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
 use crate::signatures::{Signatures, verify};
 use crate::vendors::Unmapped;
@@ -327,6 +327,7 @@ pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
         limits,
         &Signatures::default(),
         &Unmapped::default(),
+        SchemaBase::default(),
         now,
     )
 }
@@ -334,12 +335,14 @@ pub fn plan(raw: &RawMessage, limits: &Limits, now: DateTime<Utc>) -> Plan {
 /// Normalizes a raw message and says what to publish for it, within `limits`, checking
 /// the vendor's signature against `signatures` (before mapping when the gateway names
 /// the vendor, after detecting it otherwise) and passing unmapped types through as
-/// `unmapped` says. Pure: `now` is passed in.
+/// `unmapped` says, each event's `dataschema` made from `schemas`. Pure: `now` is passed
+/// in.
 pub fn plan_checked(
     raw: &RawMessage,
     limits: &Limits,
     signatures: &Signatures,
     unmapped: &Unmapped,
+    schemas: SchemaBase,
     now: DateTime<Utc>,
 ) -> Plan {
     let signed = |vendor: Vendor| {
@@ -370,7 +373,7 @@ pub fn plan_checked(
     {
         return refused;
     }
-    match plan_unchecked(raw, limits, unmapped, now) {
+    match plan_unchecked(raw, limits, unmapped, schemas, now) {
         // Detected from the body: checked now.
         Plan::Publish { vendor, events } if hinted != Some(vendor) => match signed(vendor) {
             Ok(()) => Plan::Publish { vendor, events },
@@ -384,6 +387,7 @@ fn plan_unchecked(
     raw: &RawMessage,
     limits: &Limits,
     unmapped: &Unmapped,
+    schemas: SchemaBase,
     now: DateTime<Utc>,
 ) -> Plan {
     if !raw.property_problems.is_empty() {
@@ -410,7 +414,14 @@ fn plan_unchecked(
         ));
     }
     let received_at = raw.received_at(now);
-    match normalize_json(&raw.body, raw.vendor_hint(), received_at, limits, unmapped) {
+    match normalize_json(
+        &raw.body,
+        raw.vendor_hint(),
+        received_at,
+        limits,
+        unmapped,
+        schemas,
+    ) {
         Ok(events) => match events.first() {
             Some(first) => Plan::Publish {
                 vendor: first.event_type.vendor(),
@@ -645,6 +656,53 @@ mod tests {
     const ENTUITIVE_CREATED: &[u8] =
         br#"{"event_type":"user.created","data":{"id":7,"email":"a@example.com","first_name":"A","last_name":"B","status":"active"}}"#;
 
+    /// The configured schema base is in every event's `dataschema`, and nothing else
+    /// changes; the default base gives what `plan` gives.
+    #[test]
+    fn events_name_their_data_schema_under_the_configured_base() {
+        let bodies = |schemas: SchemaBase| {
+            let planned = plan_checked(
+                &raw(ENTUITIVE_CREATED),
+                &Limits::default(),
+                &Signatures::default(),
+                &Unmapped::default(),
+                schemas,
+                now(),
+            );
+            let Plan::Publish { events, .. } = planned else {
+                panic!("{planned:?}")
+            };
+            events
+                .into_iter()
+                .map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let default = bodies(SchemaBase::default());
+        let Plan::Publish { events, .. } = plan(&raw(ENTUITIVE_CREATED), &Limits::default(), now())
+        else {
+            panic!()
+        };
+        assert_eq!(
+            default,
+            events
+                .iter()
+                .map(|e| serde_json::from_slice::<serde_json::Value>(&e.body).unwrap())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            default[0]["dataschema"],
+            "https://github.com/webhook-normalizer/webhook-normalizer/schema/event-data.v1.schema.json#/$defs/entuitive.user.created"
+        );
+        let other = bodies(SchemaBase::new("https://schemas.example.com/hr/").unwrap());
+        assert_eq!(
+            other[0]["dataschema"],
+            "https://schemas.example.com/hr/event-data.v1.schema.json#/$defs/entuitive.user.created"
+        );
+        let mut same = other[0].clone();
+        same["dataschema"] = default[0]["dataschema"].clone();
+        assert_eq!(same, default[0]);
+    }
+
     #[test]
     fn signatures_are_checked_before_mapping_with_a_hint_and_after_detection_without() {
         use crate::signatures::{DEEL_HEADER, ENTUITIVE_HEADER, Secret};
@@ -661,6 +719,7 @@ mod tests {
             &Limits::default(),
             &signatures,
             &Unmapped::default(),
+            SchemaBase::default(),
             now(),
         ) {
             Plan::Publish { .. } => None,

@@ -62,6 +62,6 @@ pub mod unrouted;
 pub mod vendors;
 pub mod worker;
 
-pub use canonical::{CanonicalEvent, CanonicalType, EventType, Vendor};
+pub use canonical::{CanonicalEvent, CanonicalType, EventType, SchemaBase, Vendor};
 pub use normalize::{ErrorKind, Limits, NormalizeError, normalize};
 pub use vendors::{Unmapped, UnmappedPolicy};

@@ -9,7 +9,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::body;
-use crate::canonical::{CanonicalEvent, CanonicalType, Vendor, rfc3339_utc};
+use std::borrow::Cow;
+
+use crate::canonical::{CanonicalEvent, CanonicalType, SchemaBase, Vendor, rfc3339_utc};
 use crate::redact::SafeName;
 use crate::vendors::{self, MapError, Mapped, PayloadError, Unmapped};
 
@@ -232,15 +234,17 @@ impl NormalizeError {
 /// On success there is at least one event (Deel array resources give one per element),
 /// and all of them together serialize to at most `limits.max_output_bytes`. A vendor
 /// type not in the table is [`NormalizeError::UnknownEventType`], or one generic event
-/// for a vendor that `unmapped` passes through.
+/// for a vendor that `unmapped` passes through. Each event's `dataschema` is made from
+/// `schemas`, the schema base (`SchemaBase::default()` unless the deployment sets one).
 pub fn normalize(
     body: &[u8],
     vendor_hint: Option<&str>,
     received_at: DateTime<Utc>,
     limits: &Limits,
     unmapped: &Unmapped,
+    schemas: SchemaBase,
 ) -> Result<Vec<CanonicalEvent>, NormalizeError> {
-    let events = events(body, vendor_hint, received_at, limits, unmapped)?;
+    let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
@@ -273,8 +277,9 @@ pub fn normalize_json(
     received_at: DateTime<Utc>,
     limits: &Limits,
     unmapped: &Unmapped,
+    schemas: SchemaBase,
 ) -> Result<Vec<EventJson>, NormalizeError> {
-    let events = events(body, vendor_hint, received_at, limits, unmapped)?;
+    let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
@@ -298,6 +303,9 @@ pub fn normalize_json(
 pub struct Events {
     vendor: Vendor,
     mapped: Mapped,
+    /// Where each event's `dataschema` points: the mapping names the definition, the
+    /// deployment the base.
+    schemas: SchemaBase,
 }
 
 impl Events {
@@ -312,7 +320,12 @@ impl Iterator for Events {
     type Item = CanonicalEvent;
 
     fn next(&mut self) -> Option<CanonicalEvent> {
-        self.mapped.next()
+        let mut event = self.mapped.next()?;
+        // Borrowed, made once per base and definition: no allocation per event.
+        event.dataschema = Some(Cow::Borrowed(
+            self.schemas.data_schema_uri(&event.event_type),
+        ));
+        Some(event)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -330,6 +343,7 @@ pub fn events(
     received_at: DateTime<Utc>,
     limits: &Limits,
     unmapped: &Unmapped,
+    schemas: SchemaBase,
 ) -> Result<Events, NormalizeError> {
     let hinted = match vendor_hint.map(str::trim).filter(|h| !h.is_empty()) {
         None => None,
@@ -407,7 +421,11 @@ pub fn events(
             limit,
         },
     })?;
-    Ok(Events { vendor, mapped })
+    Ok(Events {
+        vendor,
+        mapped,
+        schemas,
+    })
 }
 
 /// The running total of one body's output against `limits.max_output_bytes`.
@@ -476,7 +494,15 @@ mod tests {
     }
 
     fn err(body: &[u8], hint: Option<&str>) -> NormalizeError {
-        normalize(body, hint, at(), &Limits::default(), &Unmapped::default()).unwrap_err()
+        normalize(
+            body,
+            hint,
+            at(),
+            &Limits::default(),
+            &Unmapped::default(),
+            SchemaBase::default(),
+        )
+        .unwrap_err()
     }
 
     /// An Entuitive body hinted as Deel (a gateway that hard-codes its hint) is an
@@ -519,6 +545,7 @@ mod tests {
             at(),
             &Limits::default(),
             &Unmapped::default(),
+            SchemaBase::default(),
         )
         .unwrap();
         assert_eq!(events[0].vendor, Vendor::Authenticate);
@@ -530,13 +557,28 @@ mod tests {
             max_body_bytes: 4,
             ..Limits::default()
         };
-        let e = normalize(b"{   }", Some("deel"), at(), &limits, &Unmapped::default()).unwrap_err();
+        let e = normalize(
+            b"{   }",
+            Some("deel"),
+            at(),
+            &limits,
+            &Unmapped::default(),
+            SchemaBase::default(),
+        )
+        .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BodyTooLarge);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
         assert_eq!(e.to_string(), "body is 5 bytes, over the limit of 4");
         assert!(
-            normalize(b"[]", None, at(), &limits, &Unmapped::default())
-                .is_err_and(|e| e.kind() == ErrorKind::UnknownVendor)
+            normalize(
+                b"[]",
+                None,
+                at(),
+                &limits,
+                &Unmapped::default(),
+                SchemaBase::default()
+            )
+            .is_err_and(|e| e.kind() == ErrorKind::UnknownVendor)
         );
     }
 
@@ -553,7 +595,17 @@ mod tests {
     #[test]
     fn byte_order_mark_is_tolerated() {
         let body = b"\xEF\xBB\xBF{\"id\":\"1\",\"event\":\"USER_PII_UPDATE\",\"order\":{\"userAccessCode\":\"u\"}}";
-        assert!(normalize(body, None, at(), &Limits::default(), &Unmapped::default()).is_ok());
+        assert!(
+            normalize(
+                body,
+                None,
+                at(),
+                &Limits::default(),
+                &Unmapped::default(),
+                SchemaBase::default()
+            )
+            .is_ok()
+        );
     }
 
     #[test]
@@ -581,6 +633,7 @@ mod tests {
                 received_at,
                 &Limits::default(),
                 &Unmapped::default(),
+                SchemaBase::default(),
             );
             let e = result.map(|events| events[0].time_rfc3339()).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::InvalidPayload);

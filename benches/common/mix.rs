@@ -43,7 +43,14 @@ impl Mix {
             let mut count = 0;
             for path in paths {
                 let bytes = std::fs::read(&path).expect("fixture");
-                match normalize(&bytes, None, at, &Limits::default(), &Unmapped::default()) {
+                match normalize(
+                    &bytes,
+                    None,
+                    at,
+                    &Limits::default(),
+                    &Unmapped::default(),
+                    webhook_normalizer::SchemaBase::default(),
+                ) {
                     Ok(_) => {
                         good.push((vendor, parse(&bytes)));
                         count += 1;
@@ -146,7 +153,14 @@ impl Mix {
         for (i, (vendor, body, normalizable)) in bodies.into_iter().enumerate() {
             let body = serde_json::to_vec(&body).expect("serializes");
             let hint = (i % 2 == 0).then_some(vendor);
-            match normalize(&body, hint, at, &Limits::default(), &Unmapped::default()) {
+            match normalize(
+                &body,
+                hint,
+                at,
+                &Limits::default(),
+                &Unmapped::default(),
+                webhook_normalizer::SchemaBase::default(),
+            ) {
                 Ok(out) if normalizable => {
                     events += out.len() as u64;
                     for event in &out {

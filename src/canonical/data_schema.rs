@@ -2,7 +2,8 @@
 //! envelope (the entity kinds, where `status` comes from and the values it can take, which
 //! parts of `person` are ever filled, whether a tenant is). One document,
 //! `schema/event-data.v1.schema.json`, holds a definition per type; every event's
-//! `dataschema` attribute points at its own (`…/event-data.v1.schema.json#/$defs/{type}`).
+//! `dataschema` attribute points at its own (`…/event-data.v1.schema.json#/$defs/{type}`,
+//! the `…` being the schema base: `schema_base`).
 //!
 //! The version is in the file name. A change after which an event could carry a `data`
 //! that the published definition refuses (a new entity kind, a field that was always
@@ -10,44 +11,36 @@
 //! type is a new definition in the same version (`docs/contract.md`).
 //! A test fails when the checked-in document is not what [`document`] makes.
 
-use std::sync::LazyLock;
-
 use serde_json::{Map, Value, json};
 
-use super::{CanonicalType, EventType};
+use super::{CanonicalType, EventType, SchemaBase};
 
 /// The version of the `data` schemas, in their file name and every `dataschema`.
 pub const DATA_SCHEMA_VERSION: u32 = 1;
 
-/// Where the document is published: the repository's `schema/` folder.
+/// The document's file name, appended to the schema base for its `$id`.
+pub(super) const DATA_SCHEMA_FILE: &str = "event-data.v1.schema.json";
+
+/// The document's `$id` with the default schema base (an identifier, not a location:
+/// `docs/contract.md`).
 pub const DATA_SCHEMA_DOCUMENT: &str =
     "https://github.com/webhook-normalizer/webhook-normalizer/schema/event-data.v1.schema.json";
 
 /// The definition name of the generic `data` of every unmapped type passed through.
 pub const UNMAPPED_DEFINITION: &str = "unmapped";
 
-/// The checked-in document, as published.
+/// The checked-in document, as published (with the default base).
 pub const DATA_JSON_SCHEMA: &str = include_str!("../../schema/event-data.v1.schema.json");
 
-/// The `dataschema` of an event of type `t`: the document and a JSON Pointer to the
-/// type's definition. One string per definition, made once: every event carries one.
+/// The `dataschema` of an event of type `t` with the default schema base: the document
+/// and a JSON Pointer to the type's definition ([`SchemaBase::data_schema_uri`]).
 pub fn data_schema_uri(t: &CanonicalType) -> &'static str {
-    static MAPPED: LazyLock<Vec<String>> =
-        LazyLock::new(|| EventType::ALL.iter().map(|t| uri(t.as_str())).collect());
-    static UNMAPPED: LazyLock<String> = LazyLock::new(|| uri(UNMAPPED_DEFINITION));
-    match t {
-        // `ALL` lists the variants in declaration order, so a variant's index is its place.
-        CanonicalType::Mapped(t) => &MAPPED[*t as usize],
-        CanonicalType::Unmapped(_) => &UNMAPPED,
-    }
+    SchemaBase::default().data_schema_uri(t)
 }
 
-fn uri(definition: &str) -> String {
-    format!("{DATA_SCHEMA_DOCUMENT}#/$defs/{definition}")
-}
-
-/// The document: one definition per canonical type, and one for generic events.
-pub fn document() -> Value {
+/// The document, its `$id` made from `base`: one definition per canonical type, and one
+/// for generic events.
+pub fn document(base: SchemaBase) -> Value {
     let mut defs = Map::new();
     for t in EventType::ALL {
         defs.insert(t.as_str().into(), definition(*t));
@@ -55,7 +48,7 @@ pub fn document() -> Value {
     defs.insert(UNMAPPED_DEFINITION.into(), unmapped_definition());
     json!({
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": DATA_SCHEMA_DOCUMENT,
+        "$id": base.data_schema_document(),
         "title": "The data of each canonical event type, version 1",
         "description": "Each event's `dataschema` names its definition here (`#/$defs/{type}`). The envelope, `data` included in outline, is schema/canonical-event.schema.json.",
         "$defs": defs,
@@ -305,7 +298,8 @@ mod tests {
 
     #[test]
     fn the_checked_in_document_is_the_generated_one() {
-        let generated = serde_json::to_string_pretty(&document()).unwrap() + "\n";
+        let generated =
+            serde_json::to_string_pretty(&document(SchemaBase::default())).unwrap() + "\n";
         assert!(
             DATA_JSON_SCHEMA == generated,
             "schema/event-data.v1.schema.json is stale: `cargo run -- event-types --format data-schema > schema/event-data.v1.schema.json`"
@@ -342,12 +336,13 @@ mod tests {
 
     #[test]
     fn every_type_points_at_its_own_definition() {
-        let doc = document();
+        let doc = document(SchemaBase::default());
         for t in EventType::ALL {
             let uri = data_schema_uri(&(*t).into());
             let (document, pointer) = uri.split_once('#').unwrap();
             assert_eq!(document, DATA_SCHEMA_DOCUMENT);
             assert!(document.ends_with(&format!(".v{DATA_SCHEMA_VERSION}.schema.json")));
+            assert!(DATA_SCHEMA_FILE.ends_with(&format!(".v{DATA_SCHEMA_VERSION}.schema.json")));
             let definition = doc.pointer(pointer).unwrap();
             assert_eq!(definition["title"], format!("data of {t}"));
         }

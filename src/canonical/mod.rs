@@ -3,6 +3,7 @@
 
 mod data_schema;
 mod id;
+mod schema_base;
 mod types;
 mod vendor;
 
@@ -22,14 +23,25 @@ pub use id::{
     EVENT_ID_NAMESPACE, IdName, SIMULATION_ID_NAMESPACE, USER_KEY_NAMESPACE, Uncanonicalizable,
     canonical_json, id_from_any_content, id_from_content, id_from_vendor_event_id, user_key,
 };
+pub use schema_base::{DEFAULT_SCHEMA_BASE, EVENT_SCHEMA_FILE, InvalidSchemaBase, SchemaBase};
 pub use types::{
     CanonicalType, EventType, GENERIC_ENTITY_KIND, MAX_UNMAPPED_WORD_BYTES, NotACanonicalType,
     UNMAPPED_ENTITY, UnmappedType, markdown_table,
 };
 pub use vendor::{NotAVendor, Vendor};
 
-/// The JSON Schema of [`CanonicalEvent`], as published in `schema/`.
+/// The JSON Schema of [`CanonicalEvent`], as published in `schema/` (with the default
+/// schema base).
 pub const JSON_SCHEMA: &str = include_str!("../../schema/canonical-event.schema.json");
+
+/// The JSON Schema of [`CanonicalEvent`] with `base`: its `$id`, and the `dataschema`
+/// it takes, made from it. The default base gives [`JSON_SCHEMA`] as checked in.
+pub fn event_schema(base: SchemaBase) -> Value {
+    let mut schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap_or_default();
+    schema["$id"] = base.event_schema_document().into();
+    schema["properties"]["dataschema"]["pattern"] = base.data_schema_pattern().into();
+    schema
+}
 
 /// One canonical event: a CloudEvents 1.0 event in JSON structured mode.
 ///
@@ -264,6 +276,23 @@ mod tests {
                 payload: Arc::new(json!({"k": 1})),
             },
         })
+    }
+
+    #[test]
+    fn the_event_schema_with_the_default_base_is_the_checked_in_file() {
+        let printed =
+            serde_json::to_string_pretty(&event_schema(SchemaBase::default())).unwrap() + "\n";
+        assert!(printed == JSON_SCHEMA, "schema/canonical-event.schema.json");
+        let other = SchemaBase::new("https://schemas.example.com/hr/").unwrap();
+        let schema = event_schema(other);
+        assert_eq!(
+            schema["$id"],
+            "https://schemas.example.com/hr/canonical-event.schema.json"
+        );
+        assert_eq!(
+            schema["properties"]["dataschema"]["pattern"],
+            other.data_schema_pattern()
+        );
     }
 
     #[test]

@@ -145,6 +145,7 @@ pub fn expected(w: &RawWebhook) -> Result<Vec<CanonicalEvent>, NormalizeError> {
         received_at(),
         &Limits::default(),
         &Unmapped::default(),
+        webhook_normalizer::SchemaBase::default(),
     )
 }
 

@@ -149,6 +149,7 @@ async fn dead_lettered_unmapped_types_replay_into_generic_events_once_passed_thr
         received_at(),
         &webhook_normalizer::Limits::default(),
         &passthrough,
+        webhook_normalizer::SchemaBase::default(),
     )
     .unwrap();
     assert_eq!(event.id, want[0].id);

@@ -634,3 +634,108 @@ fn the_worker_logs_its_effective_settings_with_secrets_masked() {
     );
     assert!(!line.contains("s3cret"), "{line}");
 }
+
+/// `--schema-base-uri` moves the `$id` of the schema documents and every event's
+/// `dataschema` together; without it, the documents are the checked-in files byte for
+/// byte and the events name them.
+#[test]
+fn a_schema_base_uri_moves_ids_and_dataschema_together() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let print = |format: &str, base: Option<&str>| {
+        let mut c = bin();
+        c.args(["event-types", "--format", format]);
+        if let Some(base) = base {
+            c.args(["--schema-base-uri", base]);
+        }
+        let out = c.output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let normalize = |base: Option<&str>| {
+        let mut c = bin();
+        c.args(["normalize", "--received-at", RECEIVED_AT]);
+        if let Some(base) = base {
+            c.args(["--schema-base-uri", base]);
+        }
+        let out = c
+            .arg(fixtures_dir().join("deel/contract.created.json"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let files = [
+        ("data-schema", "schema/event-data.v1.schema.json"),
+        ("event-schema", "schema/canonical-event.schema.json"),
+        ("asyncapi", "docs/asyncapi.json"),
+    ];
+    for (format, file) in files {
+        assert!(
+            print(format, None) == std::fs::read(repo.join(file)).unwrap(),
+            "{format} is not {file}"
+        );
+    }
+    let default = normalize(None);
+    assert_eq!(
+        default["dataschema"],
+        "https://github.com/webhook-normalizer/webhook-normalizer/schema/event-data.v1.schema.json#/$defs/deel.contract.created"
+    );
+
+    let base = "https://schemas.example.com/hr/";
+    let json = |bytes: Vec<u8>| serde_json::from_slice::<serde_json::Value>(&bytes).unwrap();
+    let data = json(print("data-schema", Some(base)));
+    let envelope = json(print("event-schema", Some(base)));
+    assert_eq!(data["$id"], format!("{base}event-data.v1.schema.json"));
+    assert_eq!(
+        envelope["$id"],
+        format!("{base}canonical-event.schema.json")
+    );
+    let event = normalize(Some(base));
+    let dataschema = event["dataschema"].as_str().unwrap();
+    let (document, pointer) = dataschema.split_once('#').unwrap();
+    assert_eq!(document, data["$id"]);
+    assert_eq!(
+        data.pointer(pointer).unwrap()["title"],
+        "data of deel.contract.created"
+    );
+    // Only the identifiers moved.
+    let mut same = event.clone();
+    same["dataschema"] = default["dataschema"].clone();
+    assert_eq!(same, default);
+    let asyncapi = json(print("asyncapi", Some(base)));
+    assert_eq!(
+        asyncapi["components"]["messages"]["deel_contract_created"]["payload"]["allOf"][1]["properties"]
+            ["dataschema"]["const"],
+        dataschema
+    );
+    // The envelope schema takes the event with its own base, not the default's.
+    let validator = jsonschema::validator_for(&envelope).unwrap();
+    assert!(validator.is_valid(&event));
+    assert!(!validator.is_valid(&default));
+
+    for bad in [
+        "schemas.example.com/hr/",
+        "https://schemas.example.com/hr",
+        "https://schemas.example.com/hr/#x",
+        "https://schemas.example.com/h r/",
+        "",
+    ] {
+        let out = bin()
+            .args([
+                "event-types",
+                "--format",
+                "data-schema",
+                "--schema-base-uri",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?} is a usage error");
+        assert!(out.stdout.is_empty());
+    }
+}

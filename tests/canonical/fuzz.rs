@@ -608,6 +608,7 @@ fn check(input: &Input, received_at: DateTime<Utc>) -> Result<(), TestCaseError>
         received_at,
         &Limits::default(),
         &unmapped,
+        webhook_normalizer::SchemaBase::default(),
     );
     match result {
         Ok(events) => {

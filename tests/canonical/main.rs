@@ -7,6 +7,7 @@ mod cli;
 mod fixtures;
 mod fuzz;
 mod hostile;
+mod local_validation;
 mod passthrough;
 mod properties;
 mod schema;
@@ -58,5 +59,6 @@ pub fn run(body: &[u8], hint: Option<&str>) -> Result<Vec<CanonicalEvent>, Norma
         received_at(),
         &Limits::default(),
         &Unmapped::default(),
+        webhook_normalizer::SchemaBase::default(),
     )
 }

@@ -19,6 +19,7 @@ fn passthrough(body: &[u8], hint: Option<&str>) -> Result<Vec<CanonicalEvent>, N
         received_at(),
         &Limits::default(),
         &Unmapped::PASSTHROUGH,
+        webhook_normalizer::SchemaBase::default(),
     )
 }
 
@@ -195,8 +196,26 @@ fn only_the_vendors_that_pass_through_do() {
         ..Unmapped::default()
     };
     let limits = Limits::default();
-    assert!(normalize(&deel, None, received_at(), &limits, &policy).is_ok());
-    let refused = normalize(&entuitive, None, received_at(), &limits, &policy).unwrap_err();
+    assert!(
+        normalize(
+            &deel,
+            None,
+            received_at(),
+            &limits,
+            &policy,
+            webhook_normalizer::SchemaBase::default()
+        )
+        .is_ok()
+    );
+    let refused = normalize(
+        &entuitive,
+        None,
+        received_at(),
+        &limits,
+        &policy,
+        webhook_normalizer::SchemaBase::default(),
+    )
+    .unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::UnknownEventType);
     assert_eq!(refused.vendor(), Some(Vendor::Entuitive));
 }

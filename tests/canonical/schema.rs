@@ -182,7 +182,8 @@ fn a_type_sent_in_another_case_validates_against_both_contracts() {
             .is_valid(&event)
     );
 
-    let doc = webhook_normalizer::asyncapi::document("0.0.0");
+    let doc =
+        webhook_normalizer::asyncapi::document("0.0.0", webhook_normalizer::SchemaBase::default());
     let message = serde_json::json!({
         "components": doc["components"],
         "$ref": "#/components/messages/deel_contract_created/payload",

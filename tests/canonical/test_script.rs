@@ -39,12 +39,13 @@ fn run(bin: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-const TOOLS: [&str; 10] = [
+const TOOLS: [&str; 11] = [
     "cargo",
     "rabbitmq-server",
     "rabbitmqctl",
     "python3",
     "pika",
+    "jsonschema",
     "openssl",
     "script",
     "promtool",

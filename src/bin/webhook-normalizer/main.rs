@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use webhook_normalizer::canonical::rfc3339_utc;
+use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
 use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
@@ -91,6 +91,8 @@ enum Command {
         /// unknown_event_type.
         #[arg(long, value_name = "VENDOR")]
         passthrough: Vec<Vendor>,
+        #[command(flatten)]
+        schemas: SchemaBaseArg,
         /// File holding the raw body; `-` or nothing reads stdin.
         file: Option<PathBuf>,
     },
@@ -150,7 +152,23 @@ enum Command {
         /// What to print: the table, or a document made from it.
         #[arg(long, value_enum, default_value_t = TableFormat::Text)]
         format: TableFormat,
+        #[command(flatten)]
+        schemas: SchemaBaseArg,
     },
+}
+
+/// `--schema-base-uri URI`: the commands that print events or schemas take it.
+#[derive(clap::Args)]
+struct SchemaBaseArg {
+    /// What the schemas' `$id`s and the events' `dataschema` are made from, as the
+    /// setting `schemas.base_uri` does: an absolute URI ending in `/`, an identifier that
+    /// nothing fetches
+    #[arg(long = "schema-base-uri", value_name = "URI", value_parser = parse_schema_base, default_value = DEFAULT_SCHEMA_BASE)]
+    base: SchemaBase,
+}
+
+fn parse_schema_base(s: &str) -> Result<SchemaBase, String> {
+    SchemaBase::new(s).map_err(|e| e.to_string())
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -166,6 +184,8 @@ enum TableFormat {
     /// The JSON Schema of each type's `data` (as `schema/event-data.v1.schema.json`),
     /// which every event's `dataschema` points into.
     DataSchema,
+    /// The JSON Schema of the envelope (as `schema/canonical-event.schema.json`).
+    EventSchema,
 }
 
 /// `--config FILE`: every command that reads the settings takes it.
@@ -284,6 +304,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_events_per_message,
             max_output_bytes,
             passthrough,
+            schemas,
             file,
         } => {
             let body = match read_input(file.as_deref(), max_body_bytes)? {
@@ -313,7 +334,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             // Serialized (and bounded) before anything is printed: an error prints nothing
             // on stdout.
-            match normalize_json(&body, vendor.as_deref(), received_at, &limits, &unmapped) {
+            match normalize_json(
+                &body,
+                vendor.as_deref(),
+                received_at,
+                &limits,
+                &unmapped,
+                schemas.base,
+            ) {
                 Ok(events) => written_to_stdout(print_events(&events)),
                 Err(e) => {
                     report(format_args!("error: {}: {e}", e.kind()));
@@ -346,7 +374,9 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             written_to_stdout(io::stdout().lock().write_all(text.as_bytes()))
         }
-        Command::EventTypes { format } => written_to_stdout(print_event_types(format)),
+        Command::EventTypes { format, schemas } => {
+            written_to_stdout(print_event_types(format, schemas.base))
+        }
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
         Command::Publish(args) => publish::publish(args),
@@ -625,14 +655,18 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
     out.flush()
 }
 
-fn print_event_types(format: TableFormat) -> io::Result<()> {
+fn print_event_types(format: TableFormat, base: SchemaBase) -> io::Result<()> {
     let mut out = io::stdout().lock();
     if let TableFormat::DataSchema = format {
-        let doc = webhook_normalizer::canonical::data_schema_document();
+        let doc = webhook_normalizer::canonical::data_schema_document(base);
+        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
+        out.write_all(b"\n")?;
+    } else if let TableFormat::EventSchema = format {
+        let doc = webhook_normalizer::canonical::event_schema(base);
         serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
         out.write_all(b"\n")?;
     } else if let TableFormat::Asyncapi = format {
-        let doc = webhook_normalizer::asyncapi::document(env!("CARGO_PKG_VERSION"));
+        let doc = webhook_normalizer::asyncapi::document(env!("CARGO_PKG_VERSION"), base);
         serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
         out.write_all(b"\n")?;
     } else if let TableFormat::Markdown = format {

@@ -351,6 +351,7 @@ impl<'s> Pipeline<'s> {
             &self.limits,
             &self.signatures,
             &self.settings.unmapped,
+            self.settings.schemas.base_uri,
             Utc::now(),
         );
         let (fate, messages) = self.prepare(&held, planned);
