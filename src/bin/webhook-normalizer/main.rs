@@ -121,8 +121,8 @@ enum Command {
     /// JSON Lines when piped.
     Tail(tail::TailArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
-    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), and for
-    /// one user doing both.
+    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), for
+    /// one user doing both, for a gateway's user and for a consuming team's user.
     Permissions {
         /// The worker's user; default: the user in amqp.url.
         #[arg(long)]
@@ -130,6 +130,16 @@ enum Command {
         /// The operator's user.
         #[arg(long, default_value = "OPERATOR")]
         operator: String,
+        /// A gateway's user (`ingest`, `publish`): publishes to the raw exchange only.
+        #[arg(long, default_value = "GATEWAY")]
+        gateway: String,
+        /// A consuming team's user: declares, binds and consumes its own queues.
+        #[arg(long, default_value = "CONSUMER")]
+        consumer: String,
+        /// The start of every queue name the consuming team's user may declare; default:
+        /// its user name and a dot (`CONSUMER.`).
+        #[arg(long, value_name = "PREFIX")]
+        consumer_queues: Option<String>,
         #[command(flatten)]
         config: ConfigFile,
     },
@@ -323,13 +333,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Permissions {
             user,
             operator,
+            gateway,
+            consumer,
+            consumer_queues,
             config,
         } => {
             let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
-            written_to_stdout(print_permissions(&settings, user, &operator))
+            let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
+            let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
+                Ok(team) => team,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let users = PermissionUsers {
+                worker: user,
+                operator: &operator,
+                gateway: &gateway,
+                consumer: (&consumer, &prefix, team),
+            };
+            written_to_stdout(print_permissions(&settings, users))
         }
     }
 }
@@ -553,8 +580,27 @@ fn print_events(events: &[EventJson]) -> io::Result<()> {
     out.flush()
 }
 
-fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) -> io::Result<()> {
+/// Who `permissions` prints lines for.
+struct PermissionUsers<'a> {
+    worker: Option<String>,
+    operator: &'a str,
+    gateway: &'a str,
+    /// The team's user, its queue prefix and what that gives it.
+    consumer: (
+        &'a str,
+        &'a str,
+        webhook_normalizer::permissions::Permissions,
+    ),
+}
+
+fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Result<()> {
     use webhook_normalizer::permissions;
+    let PermissionUsers {
+        worker: user,
+        operator,
+        gateway,
+        consumer: (consumer, prefix, team),
+    } = users;
     let url = settings.amqp.url.each().remove(0);
     let parsed: Option<lapin::uri::AMQPUri> = url.expose().parse().ok();
     let vhost = parsed
@@ -580,6 +626,22 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
     writeln!(out, "{}", ops.command(&vhost, operator))?;
     writeln!(out, "# both, as one user:")?;
     writeln!(out, "{}", worker.union(&ops).command(&vhost, &user))?;
+    writeln!(
+        out,
+        "# a gateway (ingest, publish), as its own user: publishes to {} only:",
+        settings.input.exchange
+    )?;
+    writeln!(
+        out,
+        "{}",
+        permissions::gateway(settings).command(&vhost, gateway)
+    )?;
+    writeln!(
+        out,
+        "# a consuming team, as its own user: its queues (names starting {prefix}), bound to {}:",
+        settings.output.exchange
+    )?;
+    writeln!(out, "{}", team.command(&vhost, consumer))?;
     out.flush()
 }
 
