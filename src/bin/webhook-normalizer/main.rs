@@ -580,6 +580,42 @@ fn print_events(events: &[EventJson]) -> io::Result<()> {
     out.flush()
 }
 
+/// The user and vhost of the first URL of `amqp.url` (never its password).
+fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Option<String>) {
+    let url = settings.amqp.url.each().remove(0);
+    match url.expose().parse::<lapin::uri::AMQPUri>() {
+        Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
+        Err(_) => (None, None),
+    }
+}
+
+/// An audit record of a command that moves or removes messages, with who runs it: the
+/// OS user (`USER`, else `LOGNAME`) and uid, and the AMQP user.
+fn audit(
+    settings: &Settings,
+    command: &'static str,
+    queue: &str,
+    filters: Vec<(&'static str, webhook_normalizer::audit::FilterValue)>,
+    dry_run: bool,
+    counts: webhook_normalizer::audit::AuditCounts,
+) -> webhook_normalizer::audit::Audit {
+    let (amqp_user, vhost) = amqp_user_and_vhost(settings);
+    webhook_normalizer::audit::Audit {
+        command,
+        os_user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty()),
+        uid: rustix::process::getuid().as_raw(),
+        amqp_user,
+        vhost,
+        queue: queue.to_owned(),
+        filters,
+        dry_run,
+        counts,
+    }
+}
+
 /// Who `permissions` prints lines for.
 struct PermissionUsers<'a> {
     worker: Option<String>,
@@ -601,14 +637,9 @@ fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Res
         gateway,
         consumer: (consumer, prefix, team),
     } = users;
-    let url = settings.amqp.url.each().remove(0);
-    let parsed: Option<lapin::uri::AMQPUri> = url.expose().parse().ok();
-    let vhost = parsed
-        .as_ref()
-        .map_or_else(|| "/".to_owned(), |u| u.vhost.clone());
-    let user = user
-        .or_else(|| parsed.map(|u| u.authority.userinfo.username))
-        .unwrap_or_else(|| "USER".to_owned());
+    let (url_user, vhost) = amqp_user_and_vhost(settings);
+    let vhost = vhost.unwrap_or_else(|| "/".to_owned());
+    let user = user.or(url_user).unwrap_or_else(|| "USER".to_owned());
     let worker = permissions::worker(settings);
     let ops = permissions::operator(settings);
     let declares = if settings.amqp.declare_topology {
