@@ -48,6 +48,10 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: AmqpUrl,
+    /// A file holding the URL (with its password), read at start; when set it replaces
+    /// `url`, so the password stays out of the environment and the configuration file.
+    #[serde(default)]
+    pub url_file: Option<std::path::PathBuf>,
     pub heartbeat_secs: u16,
     pub connect_timeout_secs: u64,
     pub confirm_timeout_secs: u64,
@@ -439,6 +443,60 @@ pub enum ConfigError {
     Invalid(String),
     #[error("{key}: {problem}")]
     Rejected { key: &'static str, problem: String },
+    /// A secret's file: the setting and the path, never the content.
+    #[error("{key}: {path}: {problem}")]
+    SecretFile {
+        key: String,
+        path: String,
+        problem: String,
+    },
+}
+
+/// The text of a secret's file: UTF-8, its trailing line ending (`\n` or `\r\n`) taken
+/// off. An error names the setting and the path, never what the file holds.
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let fail = |problem: String| ConfigError::SecretFile {
+        key: key.to_owned(),
+        path: path.display().to_string(),
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot be read ({e})")))?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("is not UTF-8 text".into()))?;
+    let text = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    if text.is_empty() {
+        return Err(fail("is empty".into()));
+    }
+    Ok(text.to_owned())
+}
+
+/// A secrets file's entries: one a line, blank lines skipped.
+fn read_secret_lines(key: &str, path: &Path) -> Result<Vec<String>, ConfigError> {
+    let text = read_secret_file(key, path)?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect();
+    if lines.is_empty() {
+        return Err(ConfigError::SecretFile {
+            key: key.to_owned(),
+            path: path.display().to_string(),
+            problem: "holds only blank lines".into(),
+        });
+    }
+    Ok(lines)
+}
+
+/// `key` and `key_file` both set.
+fn both(key: String) -> ConfigError {
+    ConfigError::SecretFile {
+        problem: format!("set {key} or {key}_file, not both"),
+        path: String::from("(both set)"),
+        key: format!("{key}_file"),
+    }
 }
 
 impl Settings {
@@ -449,9 +507,10 @@ impl Settings {
 
     /// As [`Settings::load`], with the environment provider given (tests pass their own).
     pub fn load_from(file: Option<&Path>, env: Env) -> Result<Settings, ConfigError> {
-        let settings: Settings = layered(file, env)?
+        let mut settings: Settings = layered(file, env)?
             .extract()
             .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
     }
@@ -526,6 +585,64 @@ fn layered(file: Option<&Path>, env: Env) -> Result<Figment, ConfigError> {
 }
 
 impl Settings {
+    /// Reads every `*_file` secret setting into the setting it stands for. A file and
+    /// the value itself both set is refused (which was meant?), except `amqp.url`, which
+    /// has a default: `amqp.url_file` replaces it.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        use crate::signatures::Secret;
+        if let Some(path) = &self.amqp.url_file {
+            self.amqp.url = AmqpUrl::new(read_secret_file("amqp.url_file", path)?.trim());
+        }
+        let secrets = |lines: Vec<String>| lines.into_iter().map(Secret::new).collect();
+        for (vendor, v) in [
+            ("entuitive", &mut self.signatures.entuitive),
+            ("deel", &mut self.signatures.deel),
+        ] {
+            let key = format!("signatures.{vendor}.secrets");
+            if let Some(path) = &v.secrets_file {
+                if !v.secrets.is_empty() {
+                    return Err(both(key));
+                }
+                v.secrets = secrets(read_secret_lines(&format!("{key}_file"), path)?);
+            }
+            let key = format!("signatures.{vendor}.labels");
+            if let Some(path) = &v.labels_file {
+                if !v.labels.is_empty() {
+                    return Err(both(key));
+                }
+                let file_key = format!("{key}_file");
+                for line in read_secret_lines(&file_key, path)? {
+                    let Some((label, secret)) = line.split_once('=') else {
+                        return Err(ConfigError::SecretFile {
+                            key: file_key,
+                            path: path.display().to_string(),
+                            problem: "write each line as label=secret".into(),
+                        });
+                    };
+                    v.labels
+                        .insert(label.trim().to_owned(), Secret::new(secret));
+                }
+            }
+        }
+        for (vendor, v) in self.ingest.access.iter_mut() {
+            let key = format!("ingest.access.{vendor}.path_tokens");
+            if let Some(path) = &v.path_tokens_file {
+                if !v.path_tokens.is_empty() {
+                    return Err(both(key));
+                }
+                v.path_tokens = secrets(read_secret_lines(&format!("{key}_file"), path)?);
+            }
+            let key = format!("ingest.access.{vendor}.basic");
+            if let Some(path) = &v.basic_file {
+                if !v.basic.is_empty() {
+                    return Err(both(key));
+                }
+                v.basic = secrets(read_secret_lines(&format!("{key}_file"), path)?);
+            }
+        }
+        Ok(())
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let reject = |key, problem: &str| {
             Err(ConfigError::Rejected {
@@ -1353,6 +1470,141 @@ basic = ["gateway:basic-password-dddddddd"]
         );
         let e = load_env(&[("NORMALIZER__SIGNATURES__DEEL__SECRETS", r#"[""]"#)]).unwrap_err();
         assert!(e.to_string().contains("a secret is empty"), "{e}");
+    }
+
+    /// Every secret setting can come from a file instead (`*_file`): its trailing line
+    /// ending taken off, one secret a line where the setting is a list; the secrets
+    /// are never shown, not in `Debug` and not in an error.
+    #[test]
+    fn secrets_can_come_from_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("url", "amqp://ops:fr0m-a-f1le@rabbit:5672/prod\n")?;
+            jail.create_file("deel", "old-s3cret\r\nnew-s3cret\n\n")?;
+            jail.create_file("labels", "k1=l4bel=s3cret\n")?;
+            jail.create_file("entuitive", "e-s3cret")?;
+            jail.create_file("tokens", "t0ken-0123456789abcdef\n")?;
+            jail.create_file("basic", "authn:a-long-passw0rd-123\n")?;
+            let dir = jail.directory().to_owned();
+            let at = |f: &str| dir.join(f).display().to_string();
+            jail.set_env("NORMALIZER__AMQP__URL_FILE", at("url"));
+            jail.set_env("NORMALIZER__SIGNATURES__DEEL__SECRETS_FILE", at("deel"));
+            jail.set_env("NORMALIZER__SIGNATURES__DEEL__LABELS_FILE", at("labels"));
+            jail.set_env(
+                "NORMALIZER__SIGNATURES__ENTUITIVE__SECRETS_FILE",
+                at("entuitive"),
+            );
+            jail.set_env(
+                "NORMALIZER__INGEST__ACCESS__AUTHENTICATE__PATH_TOKENS_FILE",
+                at("tokens"),
+            );
+            jail.set_env(
+                "NORMALIZER__INGEST__ACCESS__AUTHENTICATE__BASIC_FILE",
+                at("basic"),
+            );
+            let s = Settings::load(None).unwrap();
+            assert_eq!(
+                s.amqp.url.expose(),
+                "amqp://ops:fr0m-a-f1le@rabbit:5672/prod"
+            );
+            let exposed = |list: &[crate::signatures::Secret]| -> Vec<String> {
+                list.iter().map(|s| s.expose().to_owned()).collect()
+            };
+            assert_eq!(
+                exposed(&s.signatures.deel.secrets),
+                ["old-s3cret", "new-s3cret"]
+            );
+            assert_eq!(s.signatures.deel.labels["k1"].expose(), "l4bel=s3cret");
+            assert_eq!(exposed(&s.signatures.entuitive.secrets), ["e-s3cret"]);
+            let access = &s.ingest.access["authenticate"];
+            assert_eq!(exposed(&access.path_tokens), ["t0ken-0123456789abcdef"]);
+            assert_eq!(exposed(&access.basic), ["authn:a-long-passw0rd-123"]);
+            let shown = format!("{s:?}");
+            for secret in ["fr0m-a-f1le", "s3cret", "t0ken", "passw0rd"] {
+                assert!(!shown.contains(secret), "{secret} in {shown}");
+            }
+            Ok(())
+        });
+    }
+
+    /// A secret's file that cannot be used is named with its setting and path, never its
+    /// content; a file and the value both set is refused.
+    #[test]
+    fn secret_file_errors_name_the_setting_and_the_path() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("empty", "\n")?;
+            jail.create_file("blank", "\n  \n\n")?;
+            jail.create_file("labels", "no-equals-s3cret\n")?;
+            jail.create_file("deel", "s3cret\n")?;
+            let dir = jail.directory().to_owned();
+            let at = |f: &str| dir.join(f).display().to_string();
+            let cases = [
+                (
+                    "NORMALIZER__AMQP__URL_FILE",
+                    at("missing"),
+                    format!(
+                        "amqp.url_file: {}: cannot be read (No such file",
+                        at("missing")
+                    ),
+                ),
+                (
+                    "NORMALIZER__AMQP__URL_FILE",
+                    at("empty"),
+                    format!("amqp.url_file: {}: is empty", at("empty")),
+                ),
+                (
+                    "NORMALIZER__SIGNATURES__ENTUITIVE__SECRETS_FILE",
+                    at("blank"),
+                    format!(
+                        "signatures.entuitive.secrets_file: {}: holds only blank lines",
+                        at("blank")
+                    ),
+                ),
+                (
+                    "NORMALIZER__SIGNATURES__DEEL__LABELS_FILE",
+                    at("labels"),
+                    format!(
+                        "signatures.deel.labels_file: {}: write each line as label=secret",
+                        at("labels")
+                    ),
+                ),
+                (
+                    "NORMALIZER__INGEST__ACCESS__DEEL__BASIC_FILE",
+                    at("missing"),
+                    format!(
+                        "ingest.access.deel.basic_file: {}: cannot be read",
+                        at("missing")
+                    ),
+                ),
+            ];
+            for (var, value, want) in cases {
+                jail.clear_env();
+                jail.set_env(var, &value);
+                let e = Settings::load(None).unwrap_err().to_string();
+                assert!(e.starts_with(&want), "{e}\nwanted {want}");
+                assert!(!e.contains("s3cret"), "{e}");
+            }
+            jail.clear_env();
+            jail.set_env("NORMALIZER__SIGNATURES__DEEL__SECRETS", r#"["inline"]"#);
+            jail.set_env("NORMALIZER__SIGNATURES__DEEL__SECRETS_FILE", at("deel"));
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.starts_with(
+                    "signatures.deel.secrets_file: (both set): set signatures.deel.secrets or signatures.deel.secrets_file, not both"
+                ),
+                "{e}"
+            );
+            // The file's secrets are checked like the setting's.
+            jail.clear_env();
+            jail.create_file("short", "short\n")?;
+            jail.set_env(
+                "NORMALIZER__INGEST__ACCESS__AUTHENTICATE__PATH_TOKENS_FILE",
+                at("short"),
+            );
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("ingest.access.authenticate.path_tokens"), "{e}");
+            assert!(!e.contains("short\n"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -146,6 +146,16 @@ impl RawMessage {
         self.receipt_time().0.unwrap_or(now)
     }
 
+    /// How long before `now` the gateway received the message (the end-to-end lag, taken
+    /// when its events are confirmed): only when the message says when (its
+    /// `x-received-at` or AMQP timestamp), never from the worker's own fallback, which
+    /// would hide a backlog as no lag at all. A receipt time after `now` (clocks apart)
+    /// is no lag.
+    pub fn receipt_lag(&self, now: DateTime<Utc>) -> Option<Duration> {
+        let received = self.receipt_time().0?;
+        Some((now - received).to_std().unwrap_or_default())
+    }
+
     /// The receipt time the message carries, if any source is usable, and the sources
     /// that were present but passed over on the way (for the broker glue to log).
     pub fn receipt_time(&self) -> (Option<DateTime<Utc>>, Vec<PassedOver>) {
@@ -794,6 +804,28 @@ mod tests {
         assert_eq!(m.vendor_hint(), None);
         m.vendor_header = VendorHeader::NotText("an integer");
         assert_eq!(m.vendor_hint(), None);
+    }
+
+    #[test]
+    fn the_receipt_lag_is_known_only_from_what_the_message_says() {
+        let mut m = RawMessage::default();
+        assert_eq!(m.receipt_lag(now()), None, "no receipt time: no lag");
+        m.received_at_header = Some("not a time".into());
+        assert_eq!(m.receipt_lag(now()), None);
+        m.timestamp = Some(u64::try_from(now().timestamp()).unwrap() - 90);
+        assert_eq!(
+            m.receipt_lag(now()),
+            Some(std::time::Duration::from_secs(90))
+        );
+        m.received_at_header = Some(rfc3339_utc::format(
+            &(now() - chrono::Duration::seconds(12)),
+        ));
+        assert_eq!(
+            m.receipt_lag(now()),
+            Some(std::time::Duration::from_secs(12))
+        );
+        m.received_at_header = Some(rfc3339_utc::format(&(now() + chrono::Duration::seconds(5))));
+        assert_eq!(m.receipt_lag(now()), Some(std::time::Duration::ZERO));
     }
 
     #[test]

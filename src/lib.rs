@@ -36,7 +36,8 @@
 //! - [`ingest`]: the reference gateway, HTTP in, raw messages out.
 //! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
 //!   commands; [`unrouted`]: the same for events nobody was bound for, for the
-//!   `unrouted` commands (the walk itself is in [`broker`]).
+//!   `unrouted` commands (the walk itself is in [`broker`]); [`audit`]: the line every
+//!   replay and purge leaves (who, filters, counts).
 //!
 //! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
 //! `permissions`, `signatures` and `redact` are pure: no I/O, no
@@ -44,6 +45,7 @@
 //! round.
 
 pub mod asyncapi;
+pub mod audit;
 pub mod body;
 pub mod broker;
 pub mod canonical;

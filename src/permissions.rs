@@ -1,5 +1,6 @@
-//! The RabbitMQ permissions the worker and the `dlq` / `unrouted` / `tail` commands need, for the
-//! names in the configuration: the regular expressions of `rabbitmqctl set_permissions`.
+//! The RabbitMQ permissions the worker, the `dlq` / `unrouted` / `tail` commands, a gateway
+//! and a consuming team need, for the names in the configuration: the regular expressions
+//! of `rabbitmqctl set_permissions`.
 //! Pure: settings in, patterns out.
 //!
 //! What needs which (RabbitMQ's access control):
@@ -153,6 +154,62 @@ pub fn operator(s: &Settings) -> Permissions {
     }
 }
 
+/// What a gateway's user needs (`webhook-normalizer ingest` or `publish`, or a gateway of
+/// one's own): publishing to the raw exchange, and nothing else. It declares nothing (the
+/// worker or `webhook-normalizer topology` does) and reads nothing (confirms and returns
+/// come on its own channel).
+pub fn gateway(s: &Settings) -> Permissions {
+    Permissions {
+        configure: none(),
+        write: any_of(&[&s.input.exchange]),
+        read: none(),
+    }
+}
+
+/// A consuming team's queue prefix that would give it our own names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TeamQueuesError {
+    #[error("the consuming team's queue prefix is empty: it would match every name")]
+    Empty,
+    #[error(
+        "the consuming team's queue prefix '{prefix}' matches '{name}', one of the worker's names: choose a prefix of the team's own"
+    )]
+    Ours { prefix: String, name: String },
+}
+
+/// What a consuming team's user needs: declaring its own queues (every name starting with
+/// `queue_prefix`: configure), binding them to the canonical exchange (write on the queue,
+/// read on the exchange) and consuming them (read). Nothing of ours beyond reading the
+/// canonical exchange: it cannot publish events, nor bind to the raw, tap or unrouted
+/// exchanges. A prefix that matches one of the configured names is refused.
+pub fn consumer(s: &Settings, queue_prefix: &str) -> Result<Permissions, TeamQueuesError> {
+    if queue_prefix.is_empty() {
+        return Err(TeamQueuesError::Empty);
+    }
+    let ours = [
+        &s.input.exchange,
+        &s.input.queue,
+        &s.output.exchange,
+        &s.output.tap_exchange,
+        &s.output.unrouted_exchange,
+        &s.output.unrouted_queue,
+        &s.dead_letter.exchange,
+        &s.dead_letter.queue,
+    ];
+    if let Some(name) = ours.iter().find(|n| n.starts_with(queue_prefix)) {
+        return Err(TeamQueuesError::Ours {
+            prefix: queue_prefix.to_owned(),
+            name: name.to_string(),
+        });
+    }
+    let queues = format!("{}.*", escape(queue_prefix));
+    Ok(Permissions {
+        configure: pattern(vec![queues.clone()]),
+        write: pattern(vec![queues.clone()]),
+        read: pattern(vec![escape(&s.output.exchange), queues]),
+    })
+}
+
 /// The names RabbitMQ gives queues declared without one, as `tail` declares its own.
 const SERVER_NAMED_QUEUES: &str = r"amq\.gen-.*";
 
@@ -267,6 +324,41 @@ mod tests {
             both.read,
             r"^(normalizer\.raw|normalizer\.dead-letter|events\.unrouted|events\.tap|amq\.gen-.*)$"
         );
+    }
+
+    #[test]
+    fn a_gateway_only_publishes_to_the_raw_exchange() {
+        let p = gateway(&defaults());
+        assert_eq!(p.configure, "^$");
+        assert_eq!(p.write, r"^(webhooks\.raw)$");
+        assert_eq!(p.read, "^$");
+    }
+
+    #[test]
+    fn a_consuming_team_owns_its_queues_and_reads_the_canonical_exchange() {
+        let p = consumer(&defaults(), "team.contracts").unwrap();
+        assert_eq!(p.configure, r"^(team\.contracts.*)$");
+        assert_eq!(p.write, r"^(team\.contracts.*)$");
+        assert_eq!(p.read, r"^(events\.canonical|team\.contracts.*)$");
+    }
+
+    #[test]
+    fn a_team_prefix_that_matches_our_names_is_refused() {
+        let s = defaults();
+        assert_eq!(consumer(&s, ""), Err(TeamQueuesError::Empty));
+        for (prefix, name) in [
+            ("events.", "events.canonical"),
+            ("normalizer", "normalizer.raw"),
+            ("w", "webhooks.raw"),
+        ] {
+            assert_eq!(
+                consumer(&s, prefix),
+                Err(TeamQueuesError::Ours {
+                    prefix: prefix.into(),
+                    name: name.into()
+                })
+            );
+        }
     }
 
     #[test]

@@ -67,6 +67,13 @@ pub struct VendorSecrets {
     /// Whether a message without a signature fails; default: true once a secret is set.
     #[serde(default)]
     pub required: Option<bool>,
+    /// A file holding the secrets, one a line, instead of `secrets` (read at start by
+    /// [`crate::config`], which fills `secrets`).
+    #[serde(default)]
+    pub secrets_file: Option<std::path::PathBuf>,
+    /// Deel only: a file of `label=secret` lines, instead of `labels`.
+    #[serde(default)]
+    pub labels_file: Option<std::path::PathBuf>,
 }
 
 impl VendorSecrets {
@@ -101,7 +108,7 @@ impl Signatures {
                 "Authenticate publishes no signature scheme: there is nothing to verify; protect the gateway endpoint instead (ingest.access.authenticate: a path token or basic auth; TLS; an allow-list of Authenticate's addresses)",
             ));
         }
-        if !self.entuitive.labels.is_empty() {
+        if !self.entuitive.labels.is_empty() || self.entuitive.labels_file.is_some() {
             return Some((
                 "signatures.entuitive.labels",
                 "labels are Deel's (x-deel-hmac-label); Entuitive signs with one secret at a time: list old and new in secrets",

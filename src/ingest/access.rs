@@ -29,6 +29,13 @@ pub struct VendorAccess {
     /// `user:password` pairs for `Authorization: Basic`.
     #[serde(default)]
     pub basic: Vec<Secret>,
+    /// A file of path tokens, one a line, instead of `path_tokens` (read at start by
+    /// [`crate::config`], which fills `path_tokens`).
+    #[serde(default)]
+    pub path_tokens_file: Option<std::path::PathBuf>,
+    /// A file of `user:password` pairs, one a line, instead of `basic`.
+    #[serde(default)]
+    pub basic_file: Option<std::path::PathBuf>,
 }
 
 impl VendorAccess {
@@ -164,6 +171,7 @@ mod tests {
                     Secret::new("new-token-0123456789"),
                 ],
                 basic: vec![Secret::new("authn:a-long-password-1")],
+                ..VendorAccess::default()
             },
         );
         access

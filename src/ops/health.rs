@@ -175,6 +175,10 @@ impl Health {
     pub fn observe_processing(&self, seconds: f64) {
         self.0.metrics.observe_processing(seconds);
     }
+    /// A raw message's events confirmed `seconds` after the gateway received it.
+    pub fn observe_end_to_end_lag(&self, seconds: f64) {
+        self.0.metrics.observe_end_to_end_lag(seconds);
+    }
     /// A broker session ended; `health.add_session` counts the next one as a reconnect.
     pub fn set_disconnected(&self) {
         self.0.metrics.set_broker_connected(false);

@@ -51,6 +51,7 @@ pub struct Metrics {
     loops_stopped: Counter,
     publish_retries: Counter,
     processing: Histogram,
+    end_to_end_lag: Histogram,
     in_flight: Gauge,
     broker_connected: Gauge,
     reconnects: Counter,
@@ -67,6 +68,12 @@ fn processing_buckets() -> impl Iterator<Item = f64> {
     prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17)
 }
 
+/// Receipt-to-confirmed buckets, in seconds: 100 ms to an hour, with 30 s (the lag
+/// objective of the alert rules) a boundary.
+pub const END_TO_END_LAG_BUCKETS: [f64; 15] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
@@ -81,6 +88,7 @@ impl Metrics {
             loops_stopped: Counter::default(),
             publish_retries: Counter::default(),
             processing: Histogram::new(processing_buckets()),
+            end_to_end_lag: Histogram::new(END_TO_END_LAG_BUCKETS),
             in_flight: Gauge::default(),
             broker_connected: Gauge::default(),
             reconnects: Counter::default(),
@@ -135,6 +143,11 @@ impl Metrics {
             "normalizer_processing_seconds",
             "Time from a raw message's delivery to its settlement (ack or reject)",
             metrics.processing.clone(),
+        );
+        registry.register(
+            "normalizer_end_to_end_lag_seconds",
+            "Time from a raw message's receipt by the gateway (x-received-at, else the AMQP timestamp) to its events being confirmed; messages that carry neither are not counted",
+            metrics.end_to_end_lag.clone(),
         );
         registry.register(
             "normalizer_in_flight",
@@ -238,6 +251,11 @@ impl Metrics {
         self.processing.observe(seconds);
     }
 
+    /// A raw message's events confirmed `seconds` after the gateway received it.
+    pub fn observe_end_to_end_lag(&self, seconds: f64) {
+        self.end_to_end_lag.observe(seconds);
+    }
+
     pub fn set_in_flight(&self, n: usize) {
         self.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -265,6 +283,7 @@ mod tests {
         );
         m.add_dead_lettered("unknown", "invalid_json");
         m.observe_processing(0.003);
+        m.observe_end_to_end_lag(12.0);
         let text = m.encode();
         for line in [
             "normalizer_messages_consumed_total 1",
@@ -276,6 +295,10 @@ mod tests {
             "normalizer_loops_stopped_total 0",
             "normalizer_publish_retries_total 0",
             "normalizer_processing_seconds_count 1",
+            "normalizer_end_to_end_lag_seconds_count 1",
+            "normalizer_end_to_end_lag_seconds_bucket{le=\"10.0\"} 0",
+            "normalizer_end_to_end_lag_seconds_bucket{le=\"15.0\"} 1",
+            "normalizer_end_to_end_lag_seconds_bucket{le=\"30.0\"} 1",
             "normalizer_in_flight 0",
             "normalizer_broker_connected 0",
             "normalizer_reconnects_total 0",

@@ -34,11 +34,13 @@ impl Delivery<'_> {
 #[derive(Debug)]
 pub enum Outcome<'a> {
     /// Its events are stored; it is acknowledged. The canonical type of each event
-    /// `delivered` to a team's queue, and of each `kept` on the unrouted queue.
+    /// `delivered` to a team's queue, and of each `kept` on the unrouted queue; `lag`, the
+    /// time since the gateway received it, when the message said when that was.
     Published {
         vendor: Vendor,
         delivered: &'a [&'static str],
         kept: &'a [&'static str],
+        lag: Option<Duration>,
     },
     /// Its dead letter is confirmed; it is acknowledged.
     DeadLettered(&'a DeadLetter),
@@ -66,9 +68,13 @@ impl Outcome<'_> {
             vendor,
             delivered,
             kept,
+            lag,
         } = self
         {
             health.add_events_published(*vendor, delivered);
+            if let Some(lag) = lag {
+                health.observe_end_to_end_lag(lag.as_secs_f64());
+            }
             if !kept.is_empty() {
                 health.add_events_kept(*vendor, kept);
             }

@@ -506,6 +506,108 @@ async fn export_keeps_a_copy_and_purge_removes_exactly_what_matches() {
     assert_eq!(left, others);
 }
 
+/// The `audit: …` line of `command` in `stderr` (the log's, or the plain one).
+fn audit_line(stderr: &[u8], command: &str) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("audit: {command}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "one audit line for {command}: {text}");
+    lines[0].to_owned()
+}
+
+fn assert_has(line: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(line.contains(part), "{part:?} in {line}");
+    }
+}
+
+/// Every replay and purge, dry run or not, leaves one audit line on stderr (the log's
+/// info event, target `audit`; a plain line when the log filter leaves it out): who (OS
+/// and AMQP user), the filters, dry run or not, and the counts; a filter value that is
+/// not a plain name is not shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_replay_and_purge_leaves_an_audit_line() {
+    let vhost = TestVhost::new("audit");
+    let (_conn, channel, webhooks) = dead_lettered_for_want_of_a_signature(&vhost, 20).await;
+    let (deel, others) = split_deel(&webhooks);
+    let (deel, others) = (deel.len(), others.len());
+    assert!(deel > 2 && others > 0);
+    let as_auditor = [("USER", "auditor")];
+
+    let dry = run_command_with(
+        &vhost,
+        &["dlq", "replay", "--vendor", "deel", "--dry-run"],
+        &as_auditor,
+    );
+    assert!(dry.status.success());
+    assert_has(
+        &audit_line(&dry.stderr, "dlq replay"),
+        &[
+            "INFO",
+            "os_user=auditor",
+            "amqp_user=guest",
+            &format!("vhost={}", vhost.name),
+            "queue=normalizer.dead-letter",
+            r#"filters="vendor=deel""#,
+            "dry_run=true",
+            &format!("matched={deel} done=0 kept={deel} refused=0"),
+        ],
+    );
+
+    let replay = run_command_with(
+        &vhost,
+        &["dlq", "replay", "--vendor", "deel", "--limit", "2"],
+        &as_auditor,
+    );
+    assert!(replay.status.success());
+    assert_has(
+        &audit_line(&replay.stderr, "dlq replay"),
+        &[
+            r#"filters="vendor=deel limit=2""#,
+            "dry_run=false",
+            &format!("matched={deel} done=2 kept={} refused=0", deel - 2),
+        ],
+    );
+
+    // A message id that may be personal data is not shown; a purge says what it removed.
+    let purge = run_command_with(
+        &vhost,
+        &["dlq", "purge", "--message-id", "jane@example.com", "--yes"],
+        &as_auditor,
+    );
+    assert!(purge.status.success());
+    let line = audit_line(&purge.stderr, "dlq purge");
+    assert!(!line.contains("jane"), "{line}");
+    assert_has(
+        &line,
+        &[
+            r#"filters="message_id=(not shown: 16 bytes)""#,
+            "matched=0 done=0",
+        ],
+    );
+
+    // With the log at `warn`, the plain line.
+    let purge = run_command_with(
+        &vhost,
+        &["dlq", "purge", "--vendor", "entuitive", "--yes"],
+        &[("USER", "auditor"), ("RUST_LOG", "warn")],
+    );
+    assert!(purge.status.success());
+    assert_has(
+        &audit_line(&purge.stderr, "dlq purge"),
+        &[
+            "os_user=auditor",
+            "amqp_user=guest",
+            r#"filters="vendor=entuitive""#,
+            "dry_run=false",
+            &format!("matched={others} purged={others} kept=0 refused=0"),
+        ],
+    );
+    assert_eq!(queue_depth(&channel, DLQ).await as usize, deel - 2);
+}
+
 /// A long walk shows a progress bar when stderr is a terminal (here a pseudo-terminal
 /// from `script`), and nothing but the one-line summary when it is not.
 #[tokio::test(flavor = "multi_thread")]

@@ -98,3 +98,78 @@ async fn metrics_count_exactly_what_went_through() {
         "the mix has dead letters to count"
     );
 }
+
+/// The end-to-end lag is observed once per raw message whose events are confirmed, and
+/// only when the message carried its receipt time: webhooks received "two seconds ago"
+/// (`x-received-at`) or "five seconds ago" (the AMQP timestamp) are counted, within 30 s;
+/// those that carry neither (the worker's own receipt time would say no lag) and those
+/// dead-lettered are not.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_end_to_end_lag_counts_confirmed_messages_that_say_when_they_were_received() {
+    use lapin::BasicProperties;
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let vhost = TestVhost::new("lag");
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(60, "lag");
+    let now = chrono::Utc::now();
+    let (mut with_header, mut with_timestamp) = (0, 0);
+    let messages: Vec<(&[u8], BasicProperties)> = webhooks
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let mut headers = FieldTable::default();
+            if let Some(vendor) = w.vendor {
+                headers.insert("x-vendor".into(), AMQPValue::LongString(vendor.into()));
+            }
+            let mut properties = BasicProperties::default()
+                .with_message_id(w.message_id.as_str().into())
+                .with_delivery_mode(2);
+            let confirmed = expected(w).is_ok();
+            match i % 3 {
+                0 => {
+                    let at = now - chrono::Duration::seconds(2);
+                    headers.insert(
+                        "x-received-at".into(),
+                        AMQPValue::LongString(at.to_rfc3339().into()),
+                    );
+                    with_header += u64::from(confirmed);
+                }
+                1 => {
+                    let at = u64::try_from(now.timestamp()).unwrap() - 5;
+                    properties = properties.with_timestamp(at);
+                    with_timestamp += u64::from(confirmed);
+                }
+                _ => {}
+            }
+            (w.body.as_slice(), properties.with_headers(headers))
+        })
+        .collect();
+    publish_confirmed(&channel, "webhooks.raw", "gateway", messages).await;
+    assert_nothing_lost(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(10), "every raw message acked", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    let counted = with_header + with_timestamp;
+    assert!(with_header > 0 && with_timestamp > 0);
+    assert!(
+        webhooks.iter().any(|w| expected(w).is_err()),
+        "the mix has dead letters, which are not counted"
+    );
+
+    let (_, text) = worker.get("/metrics");
+    let got = samples(&text);
+    let n = counted as f64;
+    for (series, value) in [
+        ("normalizer_end_to_end_lag_seconds_count", n),
+        ("normalizer_end_to_end_lag_seconds_bucket{le=\"1.0\"}", 0.0),
+        ("normalizer_end_to_end_lag_seconds_bucket{le=\"30.0\"}", n),
+        ("normalizer_end_to_end_lag_seconds_bucket{le=\"+Inf\"}", n),
+    ] {
+        assert_eq!(got.get(series), Some(&value), "{series} in:\n{text}");
+    }
+    let sum = got["normalizer_end_to_end_lag_seconds_sum"];
+    assert!(sum >= n * 2.0 && sum < n * 30.0, "sum {sum} in:\n{text}");
+}

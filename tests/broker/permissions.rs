@@ -1,17 +1,28 @@
-//! Least privilege, on a private node (users are broker-wide): the worker and the `dlq`
-//! / `unrouted` commands work as users holding exactly what `webhook-normalizer
-//! permissions` prints, and a missing permission says which and what to do.
+//! Least privilege, on a private node (users are broker-wide): the worker, the `dlq`
+//! / `unrouted` commands, a gateway and a consuming team work as users holding exactly
+//! what `webhook-normalizer permissions` prints, and a missing permission says which and
+//! what to do.
 
-use std::io::{BufRead, BufReader};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+
 use crate::support::*;
 
-/// `webhook-normalizer permissions` for `url` (and `env`): its three lines.
+/// `webhook-normalizer permissions` for `url` (and `env`): its lines (the worker's, the
+/// operator's, both, the gateway's `gateway`, the consuming team's `team`).
 fn printed_permissions(url: &str, env: &[(&str, &str)], user: &str) -> Vec<String> {
     let out = Command::new(worker_binary())
         .args(["permissions", "--user", user, "--operator", "ops"])
+        .args(["--gateway", "gateway", "--consumer", "team"])
         .env("NORMALIZER__AMQP__URL", url)
         .envs(env.iter().copied())
         .output()
@@ -161,4 +172,200 @@ async fn a_missing_permission_or_exchange_is_named_with_what_to_do() {
                 r.contains("NOT_FOUND") && r.contains("webhook-normalizer topology")
             })
     });
+}
+
+/// Runs `op` on a fresh channel of `conn` and asserts the broker refused it (403).
+async fn assert_refused<F, Fut>(conn: &Connection, what: &str, op: F)
+where
+    F: FnOnce(Channel) -> Fut,
+    Fut: Future<Output = Result<(), lapin::Error>>,
+{
+    let channel = conn.create_channel().await.unwrap();
+    match op(channel).await {
+        Ok(()) => panic!("{what}: allowed"),
+        Err(e) => assert!(e.to_string().contains("ACCESS_REFUSED"), "{what}: {e}"),
+    }
+}
+
+/// Publishes one message to `exchange` and waits for its confirm.
+async fn publish_to(channel: Channel, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    channel
+        .basic_publish(
+            exchange.into(),
+            "deel.contract.created".into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            BasicProperties::default(),
+        )
+        .await?
+        .await?;
+    Ok(())
+}
+
+async fn declare_queue(channel: Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map(drop)
+}
+
+async fn bind_queue(channel: Channel, queue: &str, exchange: &str) -> Result<(), lapin::Error> {
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+async fn get_from(channel: Channel, queue: &str) -> Result<(), lapin::Error> {
+    channel
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .map(drop)
+}
+
+/// A gateway's user and a consuming team's user, holding exactly the printed lines, each
+/// do their job (a webhook published through `webhook-normalizer publish` reaches the
+/// team's own queue through the worker) and are refused everything else they might try.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_and_a_consuming_team_can_do_their_job_and_nothing_more() {
+    let node = PrivateNode::start();
+    add_user(&node, "gateway");
+    add_user(&node, "team");
+    let vhost = TestVhost::on(&node, "roles");
+    declare_topology(&vhost);
+    let lines = printed_permissions(&vhost.url(), &[], "normalizer");
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    assert!(lines[3].contains(" 'gateway' "), "{}", lines[3]);
+    grant(&node, &lines[3]);
+    assert!(lines[4].contains(" 'team' "), "{}", lines[4]);
+    grant(&node, &lines[4]);
+
+    // The team's job: its own queue (named `team.…`, the default prefix), bound to the
+    // canonical exchange.
+    let team = connect(&node.url("team", "pw", &vhost.name)).await;
+    declare_queue(team.create_channel().await.unwrap(), "team.contracts")
+        .await
+        .unwrap();
+    bind_queue(
+        team.create_channel().await.unwrap(),
+        "team.contracts",
+        "events.canonical",
+    )
+    .await
+    .unwrap();
+
+    // The gateway's job: a webhook to the raw exchange, confirmed.
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let mut publish = Command::new(worker_binary())
+        .args(["publish", "--vendor", "deel", "--message-id", "gw-1"])
+        .env(
+            "NORMALIZER__AMQP__URL",
+            node.url("gateway", "pw", &vhost.name),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = publish.stdin.take().unwrap();
+    input
+        .write_all(&fixture("deel/contract.created.json"))
+        .unwrap();
+    drop(input);
+    let out = output_within(publish, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "publish as gateway: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The team consumes its event.
+    let channel = team.create_channel().await.unwrap();
+    let mut got = None;
+    for _ in 0..100 {
+        got = channel
+            .basic_get("team.contracts".into(), BasicGetOptions::default())
+            .await
+            .unwrap();
+        if got.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = got.expect("the team's queue gets the event");
+    assert!(
+        String::from_utf8_lossy(&event.data).contains("deel.contract.created"),
+        "an event of the webhook"
+    );
+    drop(worker);
+
+    // Nothing more, for the gateway: no other exchange, no declaring, no reading.
+    let gateway = connect(&node.url("gateway", "pw", &vhost.name)).await;
+    for exchange in ["events.canonical", "amq.default", "webhooks.dead-letter"] {
+        assert_refused(
+            &gateway,
+            &format!("gateway publishing to {exchange}"),
+            |c| publish_to(c, exchange),
+        )
+        .await;
+    }
+    assert_refused(&gateway, "gateway declaring a queue", |c| {
+        declare_queue(c, "gateway.q")
+    })
+    .await;
+    for queue in [
+        "normalizer.raw",
+        "normalizer.dead-letter",
+        "events.unrouted",
+    ] {
+        assert_refused(&gateway, &format!("gateway reading {queue}"), |c| {
+            get_from(c, queue)
+        })
+        .await;
+    }
+    // Nor for the team: no queue not its own, no exchange but the canonical one, no
+    // publishing, no reading our queues.
+    assert_refused(&team, "team declaring a queue not its own", |c| {
+        declare_queue(c, "other.queue")
+    })
+    .await;
+    for exchange in [
+        "webhooks.raw",
+        "events.tap",
+        "events.unrouted",
+        "webhooks.dead-letter",
+    ] {
+        assert_refused(&team, &format!("team binding to {exchange}"), |c| {
+            bind_queue(c, "team.contracts", exchange)
+        })
+        .await;
+    }
+    for exchange in ["events.canonical", "webhooks.raw", "amq.default"] {
+        assert_refused(&team, &format!("team publishing to {exchange}"), |c| {
+            publish_to(c, exchange)
+        })
+        .await;
+    }
+    for queue in [
+        "normalizer.raw",
+        "normalizer.dead-letter",
+        "events.unrouted",
+    ] {
+        assert_refused(&team, &format!("team reading {queue}"), |c| {
+            get_from(c, queue)
+        })
+        .await;
+    }
 }

@@ -126,6 +126,22 @@ async fn replay_sends_exactly_the_matching_types_once_a_team_binds() {
         )),
         "{summary}"
     );
+    // Its audit line (and the dry run's): filters and counts.
+    for (out, dry_run, done) in [(&dry, true, 0), (&replay, false, deel.len())] {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let line = err
+            .lines()
+            .find(|l| l.contains("audit: unrouted replay"))
+            .unwrap_or_else(|| panic!("an audit line: {err}"));
+        for part in [
+            r#"filters="type=deel.#""#.to_owned(),
+            format!("dry_run={dry_run}"),
+            format!("matched={} done={done}", deel.len()),
+            "queue=events.unrouted".to_owned(),
+        ] {
+            assert!(line.contains(&part), "{part} in {line}");
+        }
+    }
     let sent = read_messages(&channel, "team.deel", deel.len(), Duration::from_secs(20)).await;
     assert_eq!(sent.iter().map(type_and_id).collect::<Vec<_>>(), deel);
     for d in &sent {

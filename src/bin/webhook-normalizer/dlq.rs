@@ -10,9 +10,12 @@ use webhook_normalizer::broker;
 use webhook_normalizer::canonical::Vendor;
 use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
 
+use webhook_normalizer::audit::{AuditCounts, FilterValue};
+use webhook_normalizer::canonical::rfc3339_utc;
+
 use super::{
-    ConfigFile, ProgressBar, ReplayPace, configure, parse_rfc3339, report, report_walk_warnings,
-    walk_failed, write_lines, written_to_stdout,
+    ConfigFile, ProgressBar, ReplayPace, audit, configure, parse_rfc3339, report,
+    report_walk_warnings, walk_failed, write_lines, written_to_stdout,
 };
 
 #[derive(Subcommand)]
@@ -184,6 +187,26 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
         }
     };
     let filter: Filter = filter.into();
+    let mut audit_filters = filter_list(&filter);
+    if let DlqMode::Replay {
+        ignore_replay_limit,
+        as_vendor,
+        ..
+    } = &mode
+    {
+        if *ignore_replay_limit {
+            audit_filters.push(("ignore_replay_limit", FilterValue::Parsed("true".into())));
+        }
+        if let Some(v) = as_vendor {
+            audit_filters.push(("as_vendor", FilterValue::Parsed(v.key().into())));
+        }
+    }
+    if let Some(l) = limit {
+        audit_filters.push(("limit", FilterValue::Parsed(l.to_string())));
+    }
+    if let Some(r) = rate {
+        audit_filters.push(("rate", FilterValue::Parsed(r.to_string())));
+    }
     let settings = match configure(&config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
@@ -297,7 +320,7 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let _ = out.flush();
     let queue = &settings.dead_letter.queue;
     let read = summary.read;
-    match mode {
+    match &mode {
         DlqMode::Stats | DlqMode::Peek { .. } => report(format_args!(
             "{read} dead letters read in {queue}, {matched} matched; each left as it was"
         )),
@@ -317,6 +340,39 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
             summary.dropped
         )),
     }
+    let refused = not_replayable.total()
+        + summary.not_allowed
+        + summary.missing_exchanges.values().sum::<u64>()
+        + summary.unroutable;
+    match mode {
+        DlqMode::Replay { dry_run, .. } => audit(
+            &settings,
+            "dlq replay",
+            queue,
+            audit_filters,
+            dry_run,
+            AuditCounts {
+                matched,
+                done: summary.replayed,
+                refused,
+            },
+        )
+        .emit(),
+        DlqMode::Purge => audit(
+            &settings,
+            "dlq purge",
+            queue,
+            audit_filters,
+            false,
+            AuditCounts {
+                matched,
+                done: summary.dropped,
+                refused: 0,
+            },
+        )
+        .emit(),
+        _ => {}
+    }
     not_replayable.report(max_replays, summary.not_allowed);
     for (exchange, n) in &summary.missing_exchanges {
         report(format_args!(
@@ -333,6 +389,32 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The filters given, for the audit line.
+fn filter_list(f: &Filter) -> Vec<(&'static str, FilterValue)> {
+    let mut out = Vec::new();
+    let texts = [
+        ("vendor", &f.vendor),
+        ("kind", &f.kind),
+        ("message_id", &f.message_id),
+        ("routing_key", &f.routing_key),
+    ];
+    for (key, value) in texts {
+        if let Some(v) = value {
+            out.push((key, FilterValue::Given(v.clone())));
+        }
+    }
+    let times = [
+        ("failed_before", &f.failed_before),
+        ("failed_after", &f.failed_after),
+    ];
+    for (key, value) in times {
+        if let Some(t) = value {
+            out.push((key, FilterValue::Parsed(rfc3339_utc::format(t))));
+        }
+    }
+    out
+}
+
 /// Matching dead letters `dlq replay` left where they were, and why.
 #[derive(Default)]
 struct NotReplayed {
@@ -343,6 +425,10 @@ struct NotReplayed {
 }
 
 impl NotReplayed {
+    fn total(&self) -> u64 {
+        self.no_origin + self.replayed_enough + self.not_an_input.values().sum::<u64>()
+    }
+
     fn add(&mut self, why: NotReplayable) {
         match why {
             NotReplayable::NoOrigin => self.no_origin += 1,

@@ -123,8 +123,8 @@ enum Command {
     /// JSON Lines when piped.
     Tail(tail::TailArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
-    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), and for
-    /// one user doing both.
+    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), for
+    /// one user doing both, for a gateway's user and for a consuming team's user.
     Permissions {
         /// The worker's user; default: the user in amqp.url.
         #[arg(long)]
@@ -132,6 +132,16 @@ enum Command {
         /// The operator's user.
         #[arg(long, default_value = "OPERATOR")]
         operator: String,
+        /// A gateway's user (`ingest`, `publish`): publishes to the raw exchange only.
+        #[arg(long, default_value = "GATEWAY")]
+        gateway: String,
+        /// A consuming team's user: declares, binds and consumes its own queues.
+        #[arg(long, default_value = "CONSUMER")]
+        consumer: String,
+        /// The start of every queue name the consuming team's user may declare; default:
+        /// its user name and a dot (`CONSUMER.`).
+        #[arg(long, value_name = "PREFIX")]
+        consumer_queues: Option<String>,
         #[command(flatten)]
         config: ConfigFile,
     },
@@ -395,13 +405,30 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Permissions {
             user,
             operator,
+            gateway,
+            consumer,
+            consumer_queues,
             config,
         } => {
             let settings = match configure(&config) {
                 Ok(settings) => settings,
                 Err(code) => return Ok(code),
             };
-            written_to_stdout(print_permissions(&settings, user, &operator))
+            let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
+            let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
+                Ok(team) => team,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let users = PermissionUsers {
+                worker: user,
+                operator: &operator,
+                gateway: &gateway,
+                consumer: (&consumer, &prefix, team),
+            };
+            written_to_stdout(print_permissions(&settings, users))
         }
     }
 }
@@ -625,16 +652,66 @@ fn print_events(events: &[EventJson]) -> io::Result<()> {
     out.flush()
 }
 
-fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) -> io::Result<()> {
-    use webhook_normalizer::permissions;
+/// The user and vhost of the first URL of `amqp.url` (never its password).
+fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Option<String>) {
     let url = settings.amqp.url.each().remove(0);
-    let parsed: Option<lapin::uri::AMQPUri> = url.expose().parse().ok();
-    let vhost = parsed
-        .as_ref()
-        .map_or_else(|| "/".to_owned(), |u| u.vhost.clone());
-    let user = user
-        .or_else(|| parsed.map(|u| u.authority.userinfo.username))
-        .unwrap_or_else(|| "USER".to_owned());
+    match url.expose().parse::<lapin::uri::AMQPUri>() {
+        Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
+        Err(_) => (None, None),
+    }
+}
+
+/// An audit record of a command that moves or removes messages, with who runs it: the
+/// OS user (`USER`, else `LOGNAME`) and uid, and the AMQP user.
+fn audit(
+    settings: &Settings,
+    command: &'static str,
+    queue: &str,
+    filters: Vec<(&'static str, webhook_normalizer::audit::FilterValue)>,
+    dry_run: bool,
+    counts: webhook_normalizer::audit::AuditCounts,
+) -> webhook_normalizer::audit::Audit {
+    let (amqp_user, vhost) = amqp_user_and_vhost(settings);
+    webhook_normalizer::audit::Audit {
+        command,
+        os_user: std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .ok()
+            .filter(|u| !u.is_empty()),
+        uid: rustix::process::getuid().as_raw(),
+        amqp_user,
+        vhost,
+        queue: queue.to_owned(),
+        filters,
+        dry_run,
+        counts,
+    }
+}
+
+/// Who `permissions` prints lines for.
+struct PermissionUsers<'a> {
+    worker: Option<String>,
+    operator: &'a str,
+    gateway: &'a str,
+    /// The team's user, its queue prefix and what that gives it.
+    consumer: (
+        &'a str,
+        &'a str,
+        webhook_normalizer::permissions::Permissions,
+    ),
+}
+
+fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Result<()> {
+    use webhook_normalizer::permissions;
+    let PermissionUsers {
+        worker: user,
+        operator,
+        gateway,
+        consumer: (consumer, prefix, team),
+    } = users;
+    let (url_user, vhost) = amqp_user_and_vhost(settings);
+    let vhost = vhost.unwrap_or_else(|| "/".to_owned());
+    let user = user.or(url_user).unwrap_or_else(|| "USER".to_owned());
     let worker = permissions::worker(settings);
     let ops = permissions::operator(settings);
     let declares = if settings.amqp.declare_topology {
@@ -652,6 +729,22 @@ fn print_permissions(settings: &Settings, user: Option<String>, operator: &str) 
     writeln!(out, "{}", ops.command(&vhost, operator))?;
     writeln!(out, "# both, as one user:")?;
     writeln!(out, "{}", worker.union(&ops).command(&vhost, &user))?;
+    writeln!(
+        out,
+        "# a gateway (ingest, publish), as its own user: publishes to {} only:",
+        settings.input.exchange
+    )?;
+    writeln!(
+        out,
+        "{}",
+        permissions::gateway(settings).command(&vhost, gateway)
+    )?;
+    writeln!(
+        out,
+        "# a consuming team, as its own user: its queues (names starting {prefix}), bound to {}:",
+        settings.output.exchange
+    )?;
+    writeln!(out, "{}", team.command(&vhost, consumer))?;
     out.flush()
 }
 

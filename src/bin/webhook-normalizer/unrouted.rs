@@ -8,9 +8,11 @@ use webhook_normalizer::broker::{self, Action};
 use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
 
+use webhook_normalizer::audit::{AuditCounts, FilterValue};
+
 use super::{
-    ConfigFile, ProgressBar, ReplayPace, configure, report, report_walk_warnings, walk_failed,
-    write_lines, written_to_stdout,
+    ConfigFile, ProgressBar, ReplayPace, audit, configure, report, report_walk_warnings,
+    walk_failed, write_lines, written_to_stdout,
 };
 
 #[derive(Subcommand)]
@@ -71,6 +73,16 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             config,
         } => (pattern, limit, rate, dry_run, false, config),
     };
+    let mut audit_filters = Vec::new();
+    if let Some(p) = &pattern {
+        audit_filters.push(("type", FilterValue::Parsed(p.to_string())));
+    }
+    if let Some(l) = limit {
+        audit_filters.push(("limit", FilterValue::Parsed(l.to_string())));
+    }
+    if let Some(r) = rate {
+        audit_filters.push(("rate", FilterValue::Parsed(r.to_string())));
+    }
     let settings = match configure(&config) {
         Ok(settings) => settings,
         Err(code) => return Ok(code),
@@ -145,6 +157,24 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
             "{} sent to {exchange}, confirmed and taken off {queue} ({matched} matched, {read} read); those still unbound are back at the tail of {queue}",
             summary.replayed
         ));
+    }
+    if !stats_only {
+        audit(
+            &settings,
+            "unrouted replay",
+            queue,
+            audit_filters,
+            dry_run,
+            AuditCounts {
+                matched,
+                done: summary.replayed,
+                // Still bound for by nobody: back at the tail.
+                refused: summary.unroutable
+                    + summary.not_allowed
+                    + summary.missing_exchanges.values().sum::<u64>(),
+            },
+        )
+        .emit();
     }
     if summary.expired > 0 {
         report(format_args!(

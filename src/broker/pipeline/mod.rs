@@ -541,6 +541,7 @@ impl<'s> Pipeline<'s> {
                     vendor: *vendor,
                     delivered,
                     kept,
+                    lag: finished.raw.raw.receipt_lag(Utc::now()),
                 }
                 .record(&self.health, who),
                 Finish::DeadLettered(dead_letter) => {
