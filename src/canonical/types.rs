@@ -352,7 +352,7 @@ impl<'de> Deserialize<'de> for CanonicalType {
     }
 }
 
-/// The type table as a Markdown table, as the README shows it.
+/// The type table as a Markdown table, as `docs/events.md` shows it.
 pub fn markdown_table() -> String {
     let mut out = String::from(
         "| vendor | vendor type | condition | canonical type | subject |\n|---|---|---|---|---|\n",

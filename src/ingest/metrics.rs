@@ -120,7 +120,7 @@ impl IngestMetrics {
         );
         registry.register(
             "normalizer_ingest_memory_bound_bytes",
-            "The most memory the settings let the gateway use (see ingest in the README)",
+            "The most memory the settings let the gateway use (see docs/gateways.md)",
             bound,
         );
         IngestMetrics {

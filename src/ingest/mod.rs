@@ -65,7 +65,7 @@ const RESERVED_DESCRIPTORS: u64 = 64;
 /// the allocator's slack.
 const BASE_MEMORY: u64 = 64 * 1024 * 1024;
 
-/// The most memory `ingest` uses with these settings, stated in the README and logged
+/// The most memory `ingest` uses with these settings, stated in `docs/gateways.md` and logged
 /// at start: per connection, its header buffer and hyper's own state; per request
 /// holding a turn, its body up to four times (read into a growing buffer, published
 /// into the client's frames); and a base.

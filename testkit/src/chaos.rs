@@ -65,7 +65,7 @@ pub struct Accounting {
 }
 
 impl Accounting {
-    /// A row of the README's chaos table.
+    /// A row of the chaos table in `docs/delivery.md`.
     pub fn row(&self, scenario: &str, recovery: &str) -> String {
         format!(
             "| {scenario} | {} | {} | {} | {} | {} | {recovery} |",

@@ -1,5 +1,5 @@
 //! The compose broker's definitions (`deploy/rabbitmq/`), loaded on a private RabbitMQ
-//! node (3.10 here; compose runs 4.1, which these tests cannot run): the README's next
+//! node (3.10 here; compose runs 4.1, which these tests cannot run): `docs/running.md`'s next
 //! steps after `docker compose up` (`publish`, `tail`, `dlq`, with the CLI's default
 //! credentials, guest) are let in, and the worker's user too. The dead-letter queue's
 //! policy is for 4.x: only its presence in the file is checked here.
@@ -84,7 +84,7 @@ fn the_compose_broker_lets_the_readme_next_steps_in() {
         String::from_utf8_lossy(&version.stdout).trim()
     );
 
-    // The README's next steps, with the credentials it gives (the CLI's defaults).
+    // The next steps of `docs/running.md`, with the credentials it gives (the CLI's defaults).
     let guest = node.url("guest", "guest", "%2f");
     let mut tail = command(&guest, &["tail", "--limit", "1"]).spawn().unwrap();
     let mut tail_err = tail.stderr.take().unwrap();

@@ -193,16 +193,16 @@ fn event_types_lists_the_table() {
 }
 
 #[test]
-fn readme_type_table_is_the_code_table() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
+fn the_documented_type_table_is_the_code_table() {
+    let page =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/events.md")).unwrap();
+    let start = page
         .find("<!-- event-types:start -->\n")
         .expect("start marker")
         + 27;
-    let end = readme.find("<!-- event-types:end -->").expect("end marker");
+    let end = page.find("<!-- event-types:end -->").expect("end marker");
     assert_eq!(
-        &readme[start..end],
+        &page[start..end],
         webhook_normalizer::canonical::markdown_table(),
         "regenerate with `webhook-normalizer event-types --format markdown`"
     );

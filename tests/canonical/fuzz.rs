@@ -12,7 +12,7 @@
 //!
 //! Deterministic: a fixed seed and 2048 cases by default (about a second in a debug
 //! build). `PROPTEST_CASES=100000` runs longer, `PROPTEST_RNG_SEED=n` explores other
-//! inputs (see the README, "Fuzzing").
+//! inputs (see `docs/testing.md`, "Fuzzing").
 
 use std::sync::OnceLock;
 

@@ -243,7 +243,7 @@ fn events_of_the_deepest_body_accepted_are_readable_by_serde_json_defaults() {
     serde_json::from_slice::<webhook_normalizer::CanonicalEvent>(&json).unwrap();
 }
 
-/// README: nesting "deeper than 125" is `invalid_json`: a body 125 deep maps, 126 does
+/// `docs/events.md`: nesting "deeper than 125" is `invalid_json`: a body 125 deep maps, 126 does
 /// not.
 #[test]
 fn a_body_nested_125_deep_maps_and_126_is_invalid_json() {

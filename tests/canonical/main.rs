@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod architecture;
 mod cli;
+mod docs;
 mod fixtures;
 mod fuzz;
 mod hostile;

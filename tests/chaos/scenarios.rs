@@ -2,7 +2,7 @@
 //! messages in flight (all three vendors, 5% that cannot be normalized), one disruption
 //! mid-stream, and every input accounted for afterwards: its events (duplicates counted,
 //! same ids) or its one dead letter; nothing lost, nothing unexpected; the worker's
-//! memory bounded. Each prints its row of the README's table (`CHAOS-ROW …`) with the
+//! memory bounded. Each prints its row of the table in `docs/delivery.md` (`CHAOS-ROW …`) with the
 //! time from the end of the disruption to the first event published after it.
 
 use std::time::{Duration, Instant};
