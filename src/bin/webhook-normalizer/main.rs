@@ -1,6 +1,6 @@
 //! The `webhook-normalizer` binary: parses arguments and hands over to the library.
 
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,36 +12,31 @@ use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
+use webhook_normalizer::canonical::SchemaBase;
 use webhook_normalizer::config::Settings;
 use webhook_normalizer::normalize::{EventJson, normalize_json};
 use webhook_normalizer::ops::{self, Health};
-use webhook_normalizer::telemetry::TelemetryError;
 use webhook_normalizer::{
-    ErrorKind, EventType, Limits, Unmapped, UnmappedPolicy, Vendor, broker, telemetry, worker,
+    ErrorKind, EventType, Limits, Unmapped, UnmappedPolicy, Vendor, broker, worker,
 };
 
+mod common;
 mod dlq;
 mod progress;
 mod publish;
 mod tail;
 mod unrouted;
+mod walk;
 
+use common::{
+    ConfigFile, EXIT_DATA_ERROR, EXIT_UNAVAILABLE, SchemaBaseArg, amqp_user_and_vhost,
+    configuration_error, parse_rfc3339, report, runtime, with_settings, written_to_stdout,
+};
 use dlq::DlqCommand;
-use progress::ProgressBar;
 use unrouted::UnroutedCommand;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// sysexits.h EX_DATAERR: the input was read but cannot be normalized.
-const EXIT_DATA_ERROR: u8 = 65;
-/// sysexits.h EX_UNAVAILABLE: the broker could not be reached or refused.
-const EXIT_UNAVAILABLE: u8 = 69;
-/// sysexits.h EX_CONFIG: the configuration is invalid.
-const EXIT_CONFIG: u8 = 78;
-/// EX_TEMPFAIL: another `dlq` or `unrouted` command holds the queue; try again later.
-const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
 #[command(version, about = "Vendor webhooks in, one CloudEvents stream out")]
@@ -167,20 +162,6 @@ enum Command {
     },
 }
 
-/// `--schema-base-uri URI`: the commands that print events or schemas take it.
-#[derive(clap::Args)]
-struct SchemaBaseArg {
-    /// What the schemas' `$id`s and the events' `dataschema` are made from, as the
-    /// setting `schemas.base_uri` does: an absolute URI ending in `/`, an identifier that
-    /// nothing fetches
-    #[arg(long = "schema-base-uri", value_name = "URI", value_parser = parse_schema_base, default_value = DEFAULT_SCHEMA_BASE)]
-    base: SchemaBase,
-}
-
-fn parse_schema_base(s: &str) -> Result<SchemaBase, String> {
-    SchemaBase::new(s).map_err(|e| e.to_string())
-}
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TableFormat {
     /// Aligned columns.
@@ -198,42 +179,6 @@ enum TableFormat {
     EventSchema,
 }
 
-/// `--config FILE`: every command that reads the settings takes it.
-#[derive(clap::Args)]
-struct ConfigFile {
-    /// A TOML file layered over the defaults (config/default.toml); `NORMALIZER__{SECTION}__{KEY}` variables override both
-    #[arg(long = "config", value_name = "FILE")]
-    path: Option<PathBuf>,
-}
-
-/// How much a `replay` moves, and how fast: the same for dead letters and unrouted events.
-#[derive(clap::Args)]
-struct ReplayPace {
-    /// Move at most this many.
-    #[arg(long)]
-    limit: Option<u64>,
-    /// At most this many a second.
-    #[arg(long, value_parser = positive_rate)]
-    rate: Option<f64>,
-    /// List and count what would be moved; move nothing.
-    #[arg(long)]
-    dry_run: bool,
-}
-
-/// The smallest `--rate`: one message every 1,000 seconds. Smaller ones are mistakes,
-/// and their pause overflows a `Duration`.
-const MIN_RATE: f64 = 0.001;
-
-/// A rate: a number of messages a second, at least [`MIN_RATE`].
-fn positive_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r >= MIN_RATE && r.is_finite() => Ok(r),
-        _ => Err(format!(
-            "must be a number of messages a second, at least {MIN_RATE}"
-        )),
-    }
-}
-
 /// A limit: 0 would refuse every body.
 fn at_least_1(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
@@ -243,19 +188,8 @@ fn at_least_1(s: &str) -> Result<usize, String> {
     }
 }
 
-/// A receipt time: RFC 3339, and one it can write in UTC, since it may become `time`.
-fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
-    let t = DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("not an RFC 3339 date-time: {e}"))?;
-    if !rfc3339_utc::writable(&t) {
-        return Err("outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)".into());
-    }
-    Ok(t)
-}
-
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    match dispatch(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
             // `{:#}`: the causes on one line. Never `{:?}`, which appends a stack trace
@@ -267,18 +201,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes one line to stderr. Unlike `eprintln!`, does not panic when stderr is gone.
-fn report(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "{message}");
-}
-
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs the command given; an `Err` is printed as `error: …` and exits 1.
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
+        Command::Run { config } => with_settings(&config, |settings| {
             // What this worker runs with, as `config` prints it: secrets masked.
             if let Ok(effective) = Settings::masked_table(config.path.as_deref()) {
                 let effective = serde_json::to_value(&effective).unwrap_or_default();
@@ -288,14 +214,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Ok(addrs) => addrs,
                 Err(e) => return Ok(configuration_error(&e)),
             };
-            tokio::runtime::Runtime::new()?.block_on(run_worker(settings, &health_addrs))
-        }
-        Command::Topology { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
+            runtime()?.block_on(run_worker(settings, &health_addrs))
+        }),
+        Command::Topology { config } => with_settings(&config, |settings| {
+            let runtime = runtime()?;
             match runtime.block_on(broker::declare_topology(&settings)) {
                 Ok(()) => {
                     info!(broker = %settings.amqp.url, "topology declared");
@@ -306,7 +228,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_UNAVAILABLE))
                 }
             }
-        }
+        }),
         Command::Normalize {
             vendor,
             received_at,
@@ -390,17 +312,13 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::dlq(command),
         Command::Unrouted { command } => unrouted::unrouted(command),
         Command::Publish(args) => publish::publish(args),
-        Command::Ingest { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
+        Command::Ingest { config } => with_settings(&config, |settings| {
             let addrs = match settings.ingest.listen.resolve() {
                 Ok(addrs) => addrs,
                 Err(e) => return Ok(configuration_error(&e)),
             };
-            tokio::runtime::Runtime::new()?.block_on(run_ingest(settings, &addrs))
-        }
+            runtime()?.block_on(run_ingest(settings, &addrs))
+        }),
         Command::Tail(args) => tail::tail(args),
         Command::Permissions {
             user,
@@ -409,11 +327,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             consumer,
             consumer_queues,
             config,
-        } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
+        } => with_settings(&config, |settings| {
             let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
             let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
                 Ok(team) => team,
@@ -429,70 +343,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 consumer: (&consumer, &prefix, team),
             };
             written_to_stdout(print_permissions(&settings, users))
-        }
-    }
-}
-
-/// Writes `lines` to `out`, one a line, stopping at the first failure.
-fn write_lines(out: &mut impl Write, lines: impl IntoIterator<Item = String>) -> io::Result<()> {
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
-}
-
-/// The warnings a walk ends with: messages it could not copy byte for byte, and
-/// messages it counted that another consumer took.
-fn report_walk_warnings(summary: &broker::WalkSummary) {
-    if summary.left_in_place > 0 {
-        report(format_args!(
-            "warning: {} could not be copied byte for byte; left in place, their delivery count rose by one (their properties as sent, with the walk's edits, would not fit the broker's frame_max or could not be walked)",
-            summary.left_in_place
-        ));
-    }
-    if summary.read < summary.at_start {
-        report(format_args!(
-            "warning: {} were present at the start but another consumer took them first",
-            summary.at_start - summary.read
-        ));
-    }
-}
-
-/// Reports why a `dlq` or `unrouted` walk failed: EX_TEMPFAIL when another holds the
-/// queue, EX_UNAVAILABLE otherwise.
-fn walk_failed(e: &broker::WalkError) -> ExitCode {
-    report(format_args!("error: {e}"));
-    match e {
-        broker::WalkError::Locked { .. } => ExitCode::from(EXIT_TEMPFAIL),
-        _ => ExitCode::from(EXIT_UNAVAILABLE),
-    }
-}
-
-/// Prints an invalid configuration's message (which names the key): EX_CONFIG.
-fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
-    report(format_args!("error: configuration: {e}"));
-    ExitCode::from(EXIT_CONFIG)
-}
-
-/// Loads the settings and installs logging. An invalid configuration (a setting, or
-/// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
-/// returned.
-fn configure(file: &ConfigFile) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(file.path.as_deref()).map_err(|e| configuration_error(&e))?;
-    if settings.amqp.url.expose().starts_with("amqps:") {
-        broker::tls_client_config(&settings.amqp.tls).map_err(|e| configuration_error(&e))?;
-    }
-    let colour = telemetry::colour_wanted(
-        io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    match telemetry::init(&settings.log, io::stderr, colour) {
-        Ok(()) => Ok(settings),
-        Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
-        Err(e @ TelemetryError::Install(_)) => {
-            report(format_args!("error: {e}"));
-            Err(ExitCode::FAILURE)
-        }
+        }),
     }
 }
 
@@ -632,16 +483,6 @@ fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<In
     Ok(Input::Body(body))
 }
 
-/// The end of a command that wrote to stdout. A reader that went away
-/// (`event-types | head -1`) has what it wanted: the command ends quietly with success.
-fn written_to_stdout(written: io::Result<()>) -> anyhow::Result<ExitCode> {
-    match written {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
-    }
-}
-
 /// JSON Lines.
 fn print_events(events: &[EventJson]) -> io::Result<()> {
     let mut out = io::stdout().lock();
@@ -650,42 +491,6 @@ fn print_events(events: &[EventJson]) -> io::Result<()> {
         out.write_all(b"\n")?;
     }
     out.flush()
-}
-
-/// The user and vhost of the first URL of `amqp.url` (never its password).
-fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Option<String>) {
-    let url = settings.amqp.url.each().remove(0);
-    match url.expose().parse::<lapin::uri::AMQPUri>() {
-        Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
-        Err(_) => (None, None),
-    }
-}
-
-/// An audit record of a command that moves or removes messages, with who runs it: the
-/// OS user (`USER`, else `LOGNAME`) and uid, and the AMQP user.
-fn audit(
-    settings: &Settings,
-    command: &'static str,
-    queue: &str,
-    filters: Vec<(&'static str, webhook_normalizer::audit::FilterValue)>,
-    dry_run: bool,
-    counts: webhook_normalizer::audit::AuditCounts,
-) -> webhook_normalizer::audit::Audit {
-    let (amqp_user, vhost) = amqp_user_and_vhost(settings);
-    webhook_normalizer::audit::Audit {
-        command,
-        os_user: std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .filter(|u| !u.is_empty()),
-        uid: rustix::process::getuid().as_raw(),
-        amqp_user,
-        vhost,
-        queue: queue.to_owned(),
-        filters,
-        dry_run,
-        counts,
-    }
 }
 
 /// Who `permissions` prints lines for.

@@ -6,14 +6,14 @@ use std::process::ExitCode;
 use clap::Subcommand;
 use webhook_normalizer::broker::{self, Action};
 use webhook_normalizer::canonical::rfc3339_utc;
+use webhook_normalizer::config::Settings;
 use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
 
 use webhook_normalizer::audit::{AuditCounts, FilterValue};
 
-use super::{
-    ConfigFile, ProgressBar, ReplayPace, audit, configure, report, report_walk_warnings,
-    walk_failed, write_lines, written_to_stdout,
-};
+use crate::common::{ConfigFile, report, runtime, with_settings, write_lines, written_to_stdout};
+use crate::progress::ProgressBar;
+use crate::walk::{ReplayPace, audit, report_walk_warnings, walk_failed};
 
 #[derive(Subcommand)]
 pub(super) enum UnroutedCommand {
@@ -83,105 +83,137 @@ pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
     if let Some(r) = rate {
         audit_filters.push(("rate", FilterValue::Parsed(r.to_string())));
     }
-    let settings = match configure(&config) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
-    let mut stats = Stats::default();
-    let (mut matched, mut picked) = (0u64, 0u64);
-    let mut out = io::stdout().lock();
-    let mut write_failed: Option<io::Error> = None;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let mut bar = ProgressBar::new("unrouted events");
-    let walked = runtime.block_on(broker::walk_unrouted(
-        &settings,
+    let walk = Walk {
+        pattern,
+        limit,
         rate,
-        &mut |p| bar.update(p),
-        |event| {
-            if pattern
-                .as_ref()
-                .is_some_and(|p| !p.matches(&event.event_type))
-            {
-                return Action::Keep;
-            }
-            matched += 1;
-            if stats_only {
-                stats.add(event);
-                return Action::Keep;
-            }
-            if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
-                return Action::Keep;
-            }
-            picked += 1;
-            if let Err(e) = writeln!(out, "{}", event_line(event)) {
-                write_failed = Some(e);
-            }
-            if dry_run {
-                Action::Keep
-            } else {
-                Action::Replay
-            }
-        },
-    ));
-    bar.finish();
-    let summary = match walked {
-        Ok(summary) => summary,
-        Err(e) => return Ok(walk_failed(&e)),
+        dry_run,
+        stats_only,
     };
-    if stats_only
-        && let Err(e) = write_lines(
-            &mut out,
-            stats.lines(chrono::TimeDelta::seconds(
-                i64::try_from(settings.output.unrouted_max_age_secs).unwrap_or(i64::MAX),
-            )),
-        )
-    {
-        write_failed = Some(e);
-    }
-    if let Some(e) = write_failed {
-        return written_to_stdout(Err(e));
-    }
-    let _ = out.flush();
-    let (queue, exchange) = (&settings.output.unrouted_queue, &settings.output.exchange);
-    let read = summary.read;
-    if stats_only {
-        report(format_args!(
-            "{read} events read in {queue}, {matched} matched; each left as it was"
-        ));
-    } else if dry_run {
-        report(format_args!(
-            "dry run: {picked} of {matched} matching events would be sent to {exchange} ({read} read in {queue}); nothing moved"
-        ));
-    } else {
-        report(format_args!(
-            "{} sent to {exchange}, confirmed and taken off {queue} ({matched} matched, {read} read); those still unbound are back at the tail of {queue}",
-            summary.replayed
-        ));
-    }
-    if !stats_only {
-        audit(
-            &settings,
-            "unrouted replay",
-            queue,
-            audit_filters,
+    with_settings(&config, |settings| walk.run(settings, audit_filters))
+}
+
+/// What an `unrouted` command walks the queue for.
+struct Walk {
+    /// Only types matching this.
+    pattern: Option<TypePattern>,
+    limit: Option<u64>,
+    rate: Option<f64>,
+    dry_run: bool,
+    /// `stats`: count, move nothing.
+    stats_only: bool,
+}
+
+impl Walk {
+    /// The walk, once the arguments are read and the settings loaded.
+    fn run(
+        self,
+        settings: Settings,
+        audit_filters: Vec<(&'static str, FilterValue)>,
+    ) -> anyhow::Result<ExitCode> {
+        let Walk {
+            pattern,
+            limit,
+            rate,
             dry_run,
-            AuditCounts {
-                matched,
-                done: summary.replayed,
-                // Still bound for by nobody: back at the tail.
-                refused: summary.unroutable
-                    + summary.not_allowed
-                    + summary.missing_exchanges.values().sum::<u64>(),
+            stats_only,
+        } = self;
+        let mut stats = Stats::default();
+        let (mut matched, mut picked) = (0u64, 0u64);
+        let mut out = io::stdout().lock();
+        let mut write_failed: Option<io::Error> = None;
+        let runtime = runtime()?;
+        let mut bar = ProgressBar::new("unrouted events");
+        let walked = runtime.block_on(broker::walk_unrouted(
+            &settings,
+            rate,
+            &mut |p| bar.update(p),
+            |event| {
+                if pattern
+                    .as_ref()
+                    .is_some_and(|p| !p.matches(&event.event_type))
+                {
+                    return Action::Keep;
+                }
+                matched += 1;
+                if stats_only {
+                    stats.add(event);
+                    return Action::Keep;
+                }
+                if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
+                    return Action::Keep;
+                }
+                picked += 1;
+                if let Err(e) = writeln!(out, "{}", event_line(event)) {
+                    write_failed = Some(e);
+                }
+                if dry_run {
+                    Action::Keep
+                } else {
+                    Action::Replay
+                }
             },
-        )
-        .emit();
-    }
-    if summary.expired > 0 {
-        report(format_args!(
-            "{} were older than output.unrouted_max_age_secs: not kept (the broker drops those)",
-            summary.expired
         ));
+        bar.finish();
+        let summary = match walked {
+            Ok(summary) => summary,
+            Err(e) => return Ok(walk_failed(&e)),
+        };
+        if stats_only
+            && let Err(e) = write_lines(
+                &mut out,
+                stats.lines(chrono::TimeDelta::seconds(
+                    i64::try_from(settings.output.unrouted_max_age_secs).unwrap_or(i64::MAX),
+                )),
+            )
+        {
+            write_failed = Some(e);
+        }
+        if let Some(e) = write_failed {
+            return written_to_stdout(Err(e));
+        }
+        let _ = out.flush();
+        let (queue, exchange) = (&settings.output.unrouted_queue, &settings.output.exchange);
+        let read = summary.read;
+        if stats_only {
+            report(format_args!(
+                "{read} events read in {queue}, {matched} matched; each left as it was"
+            ));
+        } else if dry_run {
+            report(format_args!(
+                "dry run: {picked} of {matched} matching events would be sent to {exchange} ({read} read in {queue}); nothing moved"
+            ));
+        } else {
+            report(format_args!(
+                "{} sent to {exchange}, confirmed and taken off {queue} ({matched} matched, {read} read); those still unbound are back at the tail of {queue}",
+                summary.replayed
+            ));
+        }
+        if !stats_only {
+            audit(
+                &settings,
+                "unrouted replay",
+                queue,
+                audit_filters,
+                dry_run,
+                AuditCounts {
+                    matched,
+                    done: summary.replayed,
+                    // Still bound for by nobody: back at the tail.
+                    refused: summary.unroutable
+                        + summary.not_allowed
+                        + summary.missing_exchanges.values().sum::<u64>(),
+                },
+            )
+            .emit();
+        }
+        if summary.expired > 0 {
+            report(format_args!(
+                "{} were older than output.unrouted_max_age_secs: not kept (the broker drops those)",
+                summary.expired
+            ));
+        }
+        report_walk_warnings(&summary);
+        Ok(ExitCode::SUCCESS)
     }
-    report_walk_warnings(&summary);
-    Ok(ExitCode::SUCCESS)
 }
