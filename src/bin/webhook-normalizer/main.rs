@@ -20,20 +20,16 @@ use webhook_normalizer::{
     ErrorKind, EventType, Limits, Unmapped, UnmappedPolicy, Vendor, broker, worker,
 };
 
+mod commands;
 mod common;
-mod dlq;
 mod progress;
-mod publish;
-mod tail;
-mod unrouted;
 mod walk;
 
+use commands::{dlq, publish, tail, unrouted};
 use common::{
     ConfigFile, EXIT_DATA_ERROR, EXIT_UNAVAILABLE, SchemaBaseArg, amqp_user_and_vhost,
     configuration_error, parse_rfc3339, report, runtime, with_settings, written_to_stdout,
 };
-use dlq::DlqCommand;
-use unrouted::UnroutedCommand;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -94,13 +90,13 @@ enum Command {
     /// Look at, replay, export or purge dead letters (same configuration as `run`).
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: dlq::DlqCommand,
     },
     /// Send on events nobody was bound for, once a team binds for them (same configuration
     /// as `run`).
     Unrouted {
         #[command(subcommand)]
-        command: UnroutedCommand,
+        command: unrouted::UnroutedCommand,
     },
     /// Publish raw webhook bodies to the raw exchange as a gateway does: byte for byte,
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1

@@ -16,7 +16,7 @@ use crate::progress::ProgressBar;
 use crate::walk::{ReplayPace, audit, report_walk_warnings, walk_failed};
 
 #[derive(Subcommand)]
-pub(super) enum UnroutedCommand {
+pub(crate) enum UnroutedCommand {
     /// Kept events grouped by type: count, bytes, oldest and newest event time. Reads
     /// every kept event and leaves each as it was.
     Stats {
@@ -59,7 +59,7 @@ fn event_line(e: &UnroutedEvent) -> String {
 }
 
 /// Runs an `unrouted` command: one walk of the unrouted queue.
-pub(super) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
     let (pattern, limit, rate, dry_run, stats_only, config) = match command {
         UnroutedCommand::Stats { pattern, config } => (pattern, None, None, true, true, config),
         UnroutedCommand::Replay {

@@ -15,7 +15,7 @@ use crate::common::{
 };
 
 #[derive(clap::Args)]
-pub(super) struct TailArgs {
+pub(crate) struct TailArgs {
     /// Binding patterns over canonical types (`deel.contract.*`, `*.background_check.#`);
     /// default `#`, every event.
     #[arg(value_parser = type_pattern)]
@@ -57,7 +57,7 @@ fn event_line(body: &[u8], routing_key: &str, colour: bool) -> String {
     )
 }
 
-pub(super) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     with_settings(&args.config, |settings| watch(settings, &args))
 }
 

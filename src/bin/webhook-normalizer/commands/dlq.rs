@@ -21,7 +21,7 @@ use crate::progress::ProgressBar;
 use crate::walk::{ReplayPace, audit, report_walk_warnings, walk_failed};
 
 #[derive(Subcommand)]
-pub(super) enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// Dead letters grouped by vendor and error kind: count, oldest, newest, the most
     /// common detail. Reads every dead letter and leaves each as it was.
     Stats {
@@ -86,7 +86,7 @@ pub(super) enum DlqCommand {
 
 /// Which dead letters a `dlq` command acts on; all that are given must match.
 #[derive(clap::Args)]
-pub(super) struct DlqFilter {
+pub(crate) struct DlqFilter {
     /// A vendor key, or `unknown`.
     #[arg(long)]
     vendor: Option<String>,
@@ -138,7 +138,7 @@ enum DlqMode {
 }
 
 /// Runs a `dlq` command: one walk of the dead-letter queue.
-pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let (mode, filter, limit, rate, config) = match command {
         DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
         DlqCommand::Peek {

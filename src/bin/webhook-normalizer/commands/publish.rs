@@ -13,7 +13,7 @@ use webhook_normalizer::config::Settings;
 use crate::common::{ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings};
 
 #[derive(clap::Args)]
-pub(super) struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// The vendor key (entuitive, authenticate, deel): sent as the `x-vendor` header and,
     /// without --routing-key, as the routing key.
     #[arg(long)]
@@ -35,7 +35,7 @@ pub(super) struct PublishArgs {
 /// returned (no queue bound) or nacked or the exchange does not exist (the broker was
 /// reached and refused it: the fix is the topology or the settings, not the network),
 /// 69 when the broker cannot be reached.
-pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(vendor) = &args.vendor
         && vendor.parse::<Vendor>().is_err()
     {
