@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 use webhook_normalizer::broker;
 use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
 use webhook_normalizer::config::Settings;
@@ -133,4 +135,22 @@ pub(crate) fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Optio
         Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
         Err(_) => (None, None),
     }
+}
+
+/// First SIGTERM or SIGINT: graceful shutdown. Second: exit at once.
+pub(crate) async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    info!("shutdown requested; finishing in-flight messages");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    warn!("second signal; exiting now");
+    std::process::exit(130);
 }

@@ -138,7 +138,7 @@ enum DlqMode {
 }
 
 /// Runs a `dlq` command: one walk of the dead-letter queue.
-pub(crate) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let (mode, filter, limit, rate, config) = match command {
         DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
         DlqCommand::Peek {

@@ -12,6 +12,7 @@ use webhook_normalizer::config::Settings;
 
 use crate::common::{ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings};
 
+/// The arguments of `publish` (its description is on its `Command` variant).
 #[derive(clap::Args)]
 pub(crate) struct PublishArgs {
     /// The vendor key (entuitive, authenticate, deel): sent as the `x-vendor` header and,
@@ -35,7 +36,7 @@ pub(crate) struct PublishArgs {
 /// returned (no queue bound) or nacked or the exchange does not exist (the broker was
 /// reached and refused it: the fix is the topology or the settings, not the network),
 /// 69 when the broker cannot be reached.
-pub(crate) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(vendor) = &args.vendor
         && vendor.parse::<Vendor>().is_err()
     {

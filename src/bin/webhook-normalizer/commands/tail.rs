@@ -14,6 +14,7 @@ use crate::common::{
     ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings, written_to_stdout,
 };
 
+/// The arguments of `tail` (its description is on its `Command` variant).
 #[derive(clap::Args)]
 pub(crate) struct TailArgs {
     /// Binding patterns over canonical types (`deel.contract.*`, `*.background_check.#`);
@@ -57,7 +58,7 @@ fn event_line(body: &[u8], routing_key: &str, colour: bool) -> String {
     )
 }
 
-pub(crate) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
     with_settings(&args.config, |settings| watch(settings, &args))
 }
 

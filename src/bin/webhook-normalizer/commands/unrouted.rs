@@ -59,7 +59,7 @@ fn event_line(e: &UnroutedEvent) -> String {
 }
 
 /// Runs an `unrouted` command: one walk of the unrouted queue.
-pub(crate) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
     let (pattern, limit, rate, dry_run, stats_only, config) = match command {
         UnroutedCommand::Stats { pattern, config } => (pattern, None, None, true, true, config),
         UnroutedCommand::Replay {
@@ -83,7 +83,7 @@ pub(crate) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
     if let Some(r) = rate {
         audit_filters.push(("rate", FilterValue::Parsed(r.to_string())));
     }
-    let walk = Walk {
+    let walk = UnroutedWalk {
         pattern,
         limit,
         rate,
@@ -94,7 +94,7 @@ pub(crate) fn unrouted(command: UnroutedCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// What an `unrouted` command walks the queue for.
-struct Walk {
+struct UnroutedWalk {
     /// Only types matching this.
     pattern: Option<TypePattern>,
     limit: Option<u64>,
@@ -104,14 +104,14 @@ struct Walk {
     stats_only: bool,
 }
 
-impl Walk {
+impl UnroutedWalk {
     /// The walk, once the arguments are read and the settings loaded.
     fn run(
         self,
         settings: Settings,
         audit_filters: Vec<(&'static str, FilterValue)>,
     ) -> anyhow::Result<ExitCode> {
-        let Walk {
+        let UnroutedWalk {
             pattern,
             limit,
             rate,
