@@ -1,6 +1,6 @@
-//! What every command shares: the exit codes, the `--config` and `--schema-base-uri`
-//! arguments, the one way to load the settings and build a runtime, and writing to
-//! stdout and stderr. No command's own logic.
+//! What the commands share: the exit codes, the `--config` and `--schema-base-uri`
+//! arguments, the one way to load the settings and build a runtime, writing to stdout
+//! and stderr, and the signal watch of the long-running ones. No command's own logic.
 
 use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
