@@ -1,47 +1,24 @@
-//! The `webhook-normalizer` binary: parses arguments and hands over to the library.
+//! The `webhook-normalizer` binary: the command line and which command runs. Each
+//! command is a file of `commands/`; what they share (loading the settings, exit codes,
+//! writing output) is in `common`.
 
-use std::io::{self, IsTerminal, Read, Write};
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use std::time::Duration;
-
-use anyhow::Context;
-use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
-use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
-use webhook_normalizer::config::Settings;
-use webhook_normalizer::normalize::{EventJson, normalize_json};
-use webhook_normalizer::ops::{self, Health};
-use webhook_normalizer::telemetry::TelemetryError;
-use webhook_normalizer::{
-    ErrorKind, EventType, Limits, Unmapped, UnmappedPolicy, Vendor, broker, telemetry, worker,
-};
 
-mod dlq;
+mod commands;
+mod common;
 mod progress;
-mod publish;
-mod tail;
-mod unrouted;
+mod walk;
 
-use dlq::DlqCommand;
-use progress::ProgressBar;
-use unrouted::UnroutedCommand;
+use commands::{
+    config, dlq, event_types, ingest, normalize, permissions, publish, run, tail, topology,
+    unrouted,
+};
+use common::{ConfigFile, report};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// sysexits.h EX_DATAERR: the input was read but cannot be normalized.
-const EXIT_DATA_ERROR: u8 = 65;
-/// sysexits.h EX_UNAVAILABLE: the broker could not be reached or refused.
-const EXIT_UNAVAILABLE: u8 = 69;
-/// sysexits.h EX_CONFIG: the configuration is invalid.
-const EXIT_CONFIG: u8 = 78;
-/// EX_TEMPFAIL: another `dlq` or `unrouted` command holds the queue; try again later.
-const EXIT_TEMPFAIL: u8 = 75;
 
 #[derive(Parser)]
 #[command(version, about = "Vendor webhooks in, one CloudEvents stream out")]
@@ -69,43 +46,17 @@ enum Command {
     ///
     /// Exit 0 with the events on stdout; exit 65 with `error: {kind}: {detail}` on stderr
     /// and nothing on stdout when the body cannot be normalized.
-    Normalize {
-        /// Vendor key (entuitive, authenticate, deel); detected from the body if omitted.
-        #[arg(long)]
-        vendor: Option<String>,
-        /// Receipt time (RFC 3339), used when the body carries no time; default: now.
-        #[arg(long, value_parser = parse_rfc3339)]
-        received_at: Option<DateTime<Utc>>,
-        /// Largest body accepted, in bytes (at least 1). No more than this and one byte
-        /// is read.
-        #[arg(long, default_value_t = Limits::default().max_body_bytes, value_parser = at_least_1)]
-        max_body_bytes: usize,
-        /// Most events one body may fan out into (at least 1).
-        #[arg(long, default_value_t = Limits::default().max_events_per_message, value_parser = at_least_1)]
-        max_events_per_message: usize,
-        /// Most bytes of event JSON one body may make, all its events together (at least 1).
-        #[arg(long, default_value_t = Limits::default().max_output_bytes, value_parser = at_least_1)]
-        max_output_bytes: usize,
-        /// Pass this vendor's unmapped types through as generic events, as the setting
-        /// `unmapped.{vendor} = "passthrough"` does (repeatable); otherwise they fail as
-        /// unknown_event_type.
-        #[arg(long, value_name = "VENDOR")]
-        passthrough: Vec<Vendor>,
-        #[command(flatten)]
-        schemas: SchemaBaseArg,
-        /// File holding the raw body; `-` or nothing reads stdin.
-        file: Option<PathBuf>,
-    },
+    Normalize(normalize::NormalizeArgs),
     /// Look at, replay, export or purge dead letters (same configuration as `run`).
     Dlq {
         #[command(subcommand)]
-        command: DlqCommand,
+        command: dlq::DlqCommand,
     },
     /// Send on events nobody was bound for, once a team binds for them (same configuration
     /// as `run`).
     Unrouted {
         #[command(subcommand)]
-        command: UnroutedCommand,
+        command: unrouted::UnroutedCommand,
     },
     /// Publish raw webhook bodies to the raw exchange as a gateway does: byte for byte,
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
@@ -125,137 +76,18 @@ enum Command {
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
     /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), for
     /// one user doing both, for a gateway's user and for a consuming team's user.
-    Permissions {
-        /// The worker's user; default: the user in amqp.url.
-        #[arg(long)]
-        user: Option<String>,
-        /// The operator's user.
-        #[arg(long, default_value = "OPERATOR")]
-        operator: String,
-        /// A gateway's user (`ingest`, `publish`): publishes to the raw exchange only.
-        #[arg(long, default_value = "GATEWAY")]
-        gateway: String,
-        /// A consuming team's user: declares, binds and consumes its own queues.
-        #[arg(long, default_value = "CONSUMER")]
-        consumer: String,
-        /// The start of every queue name the consuming team's user may declare; default:
-        /// its user name and a dot (`CONSUMER.`).
-        #[arg(long, value_name = "PREFIX")]
-        consumer_queues: Option<String>,
-        #[command(flatten)]
-        config: ConfigFile,
-    },
+    Permissions(permissions::PermissionsArgs),
     /// Print the effective settings (config/default.toml, the --config file, the
     /// `NORMALIZER__{SECTION}__{KEY}` variables) as TOML, secrets masked: passwords in
     /// amqp.url, every signature secret, path token and basic-auth password. Exit 78 when
     /// they are invalid, as `run` would.
-    Config {
-        /// Print only this setting (e.g. `amqp.url`): a string as it is, anything else
-        /// as TOML; a key that names no setting exits 2.
-        #[arg(long, value_name = "KEY")]
-        get: Option<String>,
-        #[command(flatten)]
-        config: ConfigFile,
-    },
+    Config(config::ConfigArgs),
     /// Print the canonical type table: vendor, vendor type, condition, canonical type, subject.
-    EventTypes {
-        /// What to print: the table, or a document made from it.
-        #[arg(long, value_enum, default_value_t = TableFormat::Text)]
-        format: TableFormat,
-        #[command(flatten)]
-        schemas: SchemaBaseArg,
-    },
-}
-
-/// `--schema-base-uri URI`: the commands that print events or schemas take it.
-#[derive(clap::Args)]
-struct SchemaBaseArg {
-    /// What the schemas' `$id`s and the events' `dataschema` are made from, as the
-    /// setting `schemas.base_uri` does: an absolute URI ending in `/`, an identifier that
-    /// nothing fetches
-    #[arg(long = "schema-base-uri", value_name = "URI", value_parser = parse_schema_base, default_value = DEFAULT_SCHEMA_BASE)]
-    base: SchemaBase,
-}
-
-fn parse_schema_base(s: &str) -> Result<SchemaBase, String> {
-    SchemaBase::new(s).map_err(|e| e.to_string())
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum TableFormat {
-    /// Aligned columns.
-    Text,
-    /// One JSON object per line.
-    Json,
-    /// A Markdown table.
-    Markdown,
-    /// The AsyncAPI 3.0 document of every channel (as `docs/asyncapi.json`).
-    Asyncapi,
-    /// The JSON Schema of each type's `data` (as `schema/event-data.v1.schema.json`),
-    /// which every event's `dataschema` points into.
-    DataSchema,
-    /// The JSON Schema of the envelope (as `schema/canonical-event.schema.json`).
-    EventSchema,
-}
-
-/// `--config FILE`: every command that reads the settings takes it.
-#[derive(clap::Args)]
-struct ConfigFile {
-    /// A TOML file layered over the defaults (config/default.toml); `NORMALIZER__{SECTION}__{KEY}` variables override both
-    #[arg(long = "config", value_name = "FILE")]
-    path: Option<PathBuf>,
-}
-
-/// How much a `replay` moves, and how fast: the same for dead letters and unrouted events.
-#[derive(clap::Args)]
-struct ReplayPace {
-    /// Move at most this many.
-    #[arg(long)]
-    limit: Option<u64>,
-    /// At most this many a second.
-    #[arg(long, value_parser = positive_rate)]
-    rate: Option<f64>,
-    /// List and count what would be moved; move nothing.
-    #[arg(long)]
-    dry_run: bool,
-}
-
-/// The smallest `--rate`: one message every 1,000 seconds. Smaller ones are mistakes,
-/// and their pause overflows a `Duration`.
-const MIN_RATE: f64 = 0.001;
-
-/// A rate: a number of messages a second, at least [`MIN_RATE`].
-fn positive_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r >= MIN_RATE && r.is_finite() => Ok(r),
-        _ => Err(format!(
-            "must be a number of messages a second, at least {MIN_RATE}"
-        )),
-    }
-}
-
-/// A limit: 0 would refuse every body.
-fn at_least_1(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".into()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(format!("{e}; must be a whole number, at least 1")),
-    }
-}
-
-/// A receipt time: RFC 3339, and one it can write in UTC, since it may become `time`.
-fn parse_rfc3339(s: &str) -> Result<DateTime<Utc>, String> {
-    let t = DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("not an RFC 3339 date-time: {e}"))?;
-    if !rfc3339_utc::writable(&t) {
-        return Err("outside RFC 3339 once in UTC (years 0000 to 9999, seconds 00 to 59)".into());
-    }
-    Ok(t)
+    EventTypes(event_types::EventTypesArgs),
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse().command) {
+    match dispatch(Cli::parse().command) {
         Ok(code) => code,
         Err(e) => {
             // `{:#}`: the causes on one line. Never `{:?}`, which appends a stack trace
@@ -267,553 +99,21 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes one line to stderr. Unlike `eprintln!`, does not panic when stderr is gone.
-fn report(message: std::fmt::Arguments<'_>) {
-    let _ = writeln!(io::stderr().lock(), "{message}");
-}
-
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs the command given; an `Err` is printed as `error: …` and exits 1.
+fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
-            // What this worker runs with, as `config` prints it: secrets masked.
-            if let Ok(effective) = Settings::masked_table(config.path.as_deref()) {
-                let effective = serde_json::to_value(&effective).unwrap_or_default();
-                info!(settings = %effective, "effective settings");
-            }
-            let health_addrs = match settings.http.listen.resolve() {
-                Ok(addrs) => addrs,
-                Err(e) => return Ok(configuration_error(&e)),
-            };
-            tokio::runtime::Runtime::new()?.block_on(run_worker(settings, &health_addrs))
-        }
-        Command::Topology { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
-            let runtime = tokio::runtime::Runtime::new()?;
-            match runtime.block_on(broker::declare_topology(&settings)) {
-                Ok(()) => {
-                    info!(broker = %settings.amqp.url, "topology declared");
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => {
-                    error!(error = %e, "cannot declare the topology");
-                    Ok(ExitCode::from(EXIT_UNAVAILABLE))
-                }
-            }
-        }
-        Command::Normalize {
-            vendor,
-            received_at,
-            max_body_bytes,
-            max_events_per_message,
-            max_output_bytes,
-            passthrough,
-            schemas,
-            file,
-        } => {
-            let body = match read_input(file.as_deref(), max_body_bytes)? {
-                Input::Body(body) => body,
-                Input::TooLarge { size } => {
-                    let kind = ErrorKind::BodyTooLarge;
-                    match size {
-                        Some(size) => report(format_args!(
-                            "error: {kind}: body is {size} bytes, over the limit of {max_body_bytes}"
-                        )),
-                        None => report(format_args!(
-                            "error: {kind}: body is over the limit of {max_body_bytes} bytes (reading stopped there)"
-                        )),
-                    }
-                    return Ok(ExitCode::from(EXIT_DATA_ERROR));
-                }
-            };
-            let limits = Limits {
-                max_body_bytes,
-                max_events_per_message,
-                max_output_bytes,
-            };
-            let received_at = received_at.unwrap_or_else(Utc::now);
-            let mut unmapped = Unmapped::default();
-            for vendor in passthrough {
-                *unmapped.of_mut(vendor) = UnmappedPolicy::Passthrough;
-            }
-            // Serialized (and bounded) before anything is printed: an error prints nothing
-            // on stdout.
-            match normalize_json(
-                &body,
-                vendor.as_deref(),
-                received_at,
-                &limits,
-                &unmapped,
-                schemas.base,
-            ) {
-                Ok(events) => written_to_stdout(print_events(&events)),
-                Err(e) => {
-                    report(format_args!("error: {}: {e}", e.kind()));
-                    Ok(ExitCode::from(EXIT_DATA_ERROR))
-                }
-            }
-        }
-        Command::Config { get, config } => {
-            let table = match Settings::masked_table(config.path.as_deref()) {
-                Ok(table) => table,
-                Err(e) => return Ok(configuration_error(&e)),
-            };
-            let text = match get {
-                None => toml::to_string(&table)?,
-                Some(key) => {
-                    let mut value = Some(&toml::Value::Table(table.clone()));
-                    for part in key.split('.') {
-                        value = value.and_then(|v| v.get(part));
-                    }
-                    match value {
-                        Some(toml::Value::String(s)) => format!("{s}\n"),
-                        Some(toml::Value::Table(t)) => toml::to_string(t)?,
-                        Some(other) => format!("{other}\n"),
-                        None => {
-                            report(format_args!("error: no setting named {key:?}"));
-                            return Ok(ExitCode::from(2));
-                        }
-                    }
-                }
-            };
-            written_to_stdout(io::stdout().lock().write_all(text.as_bytes()))
-        }
-        Command::EventTypes { format, schemas } => {
-            written_to_stdout(print_event_types(format, schemas.base))
-        }
-        Command::Dlq { command } => dlq::dlq(command),
-        Command::Unrouted { command } => unrouted::unrouted(command),
-        Command::Publish(args) => publish::publish(args),
-        Command::Ingest { config } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
-            let addrs = match settings.ingest.listen.resolve() {
-                Ok(addrs) => addrs,
-                Err(e) => return Ok(configuration_error(&e)),
-            };
-            tokio::runtime::Runtime::new()?.block_on(run_ingest(settings, &addrs))
-        }
-        Command::Tail(args) => tail::tail(args),
-        Command::Permissions {
-            user,
-            operator,
-            gateway,
-            consumer,
-            consumer_queues,
-            config,
-        } => {
-            let settings = match configure(&config) {
-                Ok(settings) => settings,
-                Err(code) => return Ok(code),
-            };
-            let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
-            let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
-                Ok(team) => team,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            };
-            let users = PermissionUsers {
-                worker: user,
-                operator: &operator,
-                gateway: &gateway,
-                consumer: (&consumer, &prefix, team),
-            };
-            written_to_stdout(print_permissions(&settings, users))
-        }
+        Command::Run { config } => run::run(config),
+        Command::Topology { config } => topology::run(config),
+        Command::Normalize(args) => normalize::run(args),
+        Command::Config(args) => config::run(args),
+        Command::EventTypes(args) => event_types::run(args),
+        Command::Dlq { command } => dlq::run(command),
+        Command::Unrouted { command } => unrouted::run(command),
+        Command::Publish(args) => publish::run(args),
+        Command::Ingest { config } => ingest::run(config),
+        Command::Tail(args) => tail::run(args),
+        Command::Permissions(args) => permissions::run(args),
     }
-}
-
-/// Writes `lines` to `out`, one a line, stopping at the first failure.
-fn write_lines(out: &mut impl Write, lines: impl IntoIterator<Item = String>) -> io::Result<()> {
-    for line in lines {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
-}
-
-/// The warnings a walk ends with: messages it could not copy byte for byte, and
-/// messages it counted that another consumer took.
-fn report_walk_warnings(summary: &broker::WalkSummary) {
-    if summary.left_in_place > 0 {
-        report(format_args!(
-            "warning: {} could not be copied byte for byte; left in place, their delivery count rose by one (their properties as sent, with the walk's edits, would not fit the broker's frame_max or could not be walked)",
-            summary.left_in_place
-        ));
-    }
-    if summary.read < summary.at_start {
-        report(format_args!(
-            "warning: {} were present at the start but another consumer took them first",
-            summary.at_start - summary.read
-        ));
-    }
-}
-
-/// Reports why a `dlq` or `unrouted` walk failed: EX_TEMPFAIL when another holds the
-/// queue, EX_UNAVAILABLE otherwise.
-fn walk_failed(e: &broker::WalkError) -> ExitCode {
-    report(format_args!("error: {e}"));
-    match e {
-        broker::WalkError::Locked { .. } => ExitCode::from(EXIT_TEMPFAIL),
-        _ => ExitCode::from(EXIT_UNAVAILABLE),
-    }
-}
-
-/// Prints an invalid configuration's message (which names the key): EX_CONFIG.
-fn configuration_error(e: &dyn std::fmt::Display) -> ExitCode {
-    report(format_args!("error: configuration: {e}"));
-    ExitCode::from(EXIT_CONFIG)
-}
-
-/// Loads the settings and installs logging. An invalid configuration (a setting, or
-/// `RUST_LOG`) is printed naming the key, and the process is to exit with the code
-/// returned.
-fn configure(file: &ConfigFile) -> Result<Settings, ExitCode> {
-    let settings = Settings::load(file.path.as_deref()).map_err(|e| configuration_error(&e))?;
-    if settings.amqp.url.expose().starts_with("amqps:") {
-        broker::tls_client_config(&settings.amqp.tls).map_err(|e| configuration_error(&e))?;
-    }
-    let colour = telemetry::colour_wanted(
-        io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
-    match telemetry::init(&settings.log, io::stderr, colour) {
-        Ok(()) => Ok(settings),
-        Err(e @ TelemetryError::InvalidFilter { .. }) => Err(configuration_error(&e)),
-        Err(e @ TelemetryError::Install(_)) => {
-            report(format_args!("error: {e}"));
-            Err(ExitCode::FAILURE)
-        }
-    }
-}
-
-/// Runs the worker and the health endpoints until a signal, then drains and exits 0. If
-/// the drain overruns its deadline by more than a grace period, exits 1 rather than hang.
-async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    let http_shutdown = CancellationToken::new();
-    let health = Health::default();
-
-    let listeners = ops::listen(health_addrs)
-        .await
-        .context("http.listen: cannot listen")?;
-    let mut http = Vec::new();
-    for listener in listeners {
-        info!(address = %listener.local_addr()?, "health and metrics on /healthz, /readyz and /metrics");
-        http.push(tokio::spawn(ops::serve(
-            listener,
-            health.clone(),
-            http_shutdown.clone(),
-        )));
-    }
-    tokio::spawn(watch_signals(shutdown.clone()));
-
-    let hard_deadline = settings
-        .shutdown
-        .drain_timeout()
-        .saturating_add(Duration::from_secs(15));
-    let deadline = {
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            tokio::time::sleep(hard_deadline).await;
-        }
-    };
-    let code = tokio::select! {
-        ran = worker::run(&settings, shutdown, health) => match ran {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!(error = %e, "cannot start: the broker's TLS handshake failed");
-                report(format_args!("error: {e}"));
-                ExitCode::from(EXIT_UNAVAILABLE)
-            }
-        },
-        _ = deadline => {
-            error!("shutdown did not finish in {}s; exiting", hard_deadline.as_secs());
-            ExitCode::FAILURE
-        }
-    };
-    http_shutdown.cancel();
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(http)).await;
-    Ok(code)
-}
-
-/// Serves the reference gateway on every address until a signal; requests in progress
-/// finish.
-async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<ExitCode> {
-    let shutdown = CancellationToken::new();
-    let listeners = ops::listen(addrs)
-        .await
-        .context("ingest.listen: cannot listen")?;
-    let ingest = std::sync::Arc::new(webhook_normalizer::ingest::Ingest::new(settings));
-    let mut servers = Vec::new();
-    for listener in listeners {
-        info!(address = %listener.local_addr()?, "ingest: POST /webhooks/{{vendor}}");
-        let ingest = ingest.clone();
-        let shutdown = shutdown.clone();
-        servers.push(tokio::spawn(async move {
-            ingest.serve(listener, shutdown).await
-        }));
-    }
-    tokio::spawn(watch_signals(shutdown.clone()));
-    for server in servers {
-        server.await??;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// First SIGTERM or SIGINT: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        error!("cannot install signal handlers");
-        return;
-    };
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    info!("shutdown requested; finishing in-flight messages");
-    shutdown.cancel();
-    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-    warn!("second signal; exiting now");
-    std::process::exit(130);
-}
-
-/// The body `normalize` reads, or the fact that it is over the limit.
-enum Input {
-    Body(Vec<u8>),
-    /// Over the limit; `size` when known without reading (a regular file).
-    TooLarge {
-        size: Option<u64>,
-    },
-}
-
-/// Reads the body from `file` (`-` or nothing: stdin), at most `limit + 1` bytes: enough
-/// to know it is over the limit without reading, or holding, an endless stream or a
-/// huge file. A regular file is measured before it is read.
-fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<Input> {
-    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
-    let (reader, name): (Box<dyn Read>, String) = match file {
-        None => (Box::new(io::stdin().lock()), "stdin".into()),
-        Some(p) if p.as_os_str() == "-" => (Box::new(io::stdin().lock()), "stdin".into()),
-        Some(p) => {
-            let file =
-                std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
-            if let Ok(meta) = file.metadata()
-                && meta.is_file()
-                && meta.len() > limit
-            {
-                return Ok(Input::TooLarge {
-                    size: Some(meta.len()),
-                });
-            }
-            (Box::new(file), p.display().to_string())
-        }
-    };
-    let mut body = Vec::new();
-    reader
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut body)
-        .with_context(|| format!("cannot read {name}"))?;
-    if body.len() as u64 > limit {
-        return Ok(Input::TooLarge { size: None });
-    }
-    Ok(Input::Body(body))
-}
-
-/// The end of a command that wrote to stdout. A reader that went away
-/// (`event-types | head -1`) has what it wanted: the command ends quietly with success.
-fn written_to_stdout(written: io::Result<()>) -> anyhow::Result<ExitCode> {
-    match written {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        Err(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
-    }
-}
-
-/// JSON Lines.
-fn print_events(events: &[EventJson]) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    for event in events {
-        out.write_all(&event.json)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
-}
-
-/// The user and vhost of the first URL of `amqp.url` (never its password).
-fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Option<String>) {
-    let url = settings.amqp.url.each().remove(0);
-    match url.expose().parse::<lapin::uri::AMQPUri>() {
-        Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
-        Err(_) => (None, None),
-    }
-}
-
-/// An audit record of a command that moves or removes messages, with who runs it: the
-/// OS user (`USER`, else `LOGNAME`) and uid, and the AMQP user.
-fn audit(
-    settings: &Settings,
-    command: &'static str,
-    queue: &str,
-    filters: Vec<(&'static str, webhook_normalizer::audit::FilterValue)>,
-    dry_run: bool,
-    counts: webhook_normalizer::audit::AuditCounts,
-) -> webhook_normalizer::audit::Audit {
-    let (amqp_user, vhost) = amqp_user_and_vhost(settings);
-    webhook_normalizer::audit::Audit {
-        command,
-        os_user: std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .filter(|u| !u.is_empty()),
-        uid: rustix::process::getuid().as_raw(),
-        amqp_user,
-        vhost,
-        queue: queue.to_owned(),
-        filters,
-        dry_run,
-        counts,
-    }
-}
-
-/// Who `permissions` prints lines for.
-struct PermissionUsers<'a> {
-    worker: Option<String>,
-    operator: &'a str,
-    gateway: &'a str,
-    /// The team's user, its queue prefix and what that gives it.
-    consumer: (
-        &'a str,
-        &'a str,
-        webhook_normalizer::permissions::Permissions,
-    ),
-}
-
-fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Result<()> {
-    use webhook_normalizer::permissions;
-    let PermissionUsers {
-        worker: user,
-        operator,
-        gateway,
-        consumer: (consumer, prefix, team),
-    } = users;
-    let (url_user, vhost) = amqp_user_and_vhost(settings);
-    let vhost = vhost.unwrap_or_else(|| "/".to_owned());
-    let user = user.or(url_user).unwrap_or_else(|| "USER".to_owned());
-    let worker = permissions::worker(settings);
-    let ops = permissions::operator(settings);
-    let declares = if settings.amqp.declare_topology {
-        "declares the topology (amqp.declare_topology = true)"
-    } else {
-        "checks a topology declared beforehand (amqp.declare_topology = false)"
-    };
-    let mut out = io::stdout().lock();
-    writeln!(out, "# webhook-normalizer run, which {declares}:")?;
-    writeln!(out, "{}", worker.command(&vhost, &user))?;
-    writeln!(
-        out,
-        "# the dlq, unrouted and tail commands, as another user:"
-    )?;
-    writeln!(out, "{}", ops.command(&vhost, operator))?;
-    writeln!(out, "# both, as one user:")?;
-    writeln!(out, "{}", worker.union(&ops).command(&vhost, &user))?;
-    writeln!(
-        out,
-        "# a gateway (ingest, publish), as its own user: publishes to {} only:",
-        settings.input.exchange
-    )?;
-    writeln!(
-        out,
-        "{}",
-        permissions::gateway(settings).command(&vhost, gateway)
-    )?;
-    writeln!(
-        out,
-        "# a consuming team, as its own user: its queues (names starting {prefix}), bound to {}:",
-        settings.output.exchange
-    )?;
-    writeln!(out, "{}", team.command(&vhost, consumer))?;
-    out.flush()
-}
-
-fn print_event_types(format: TableFormat, base: SchemaBase) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    if let TableFormat::DataSchema = format {
-        let doc = webhook_normalizer::canonical::data_schema_document(base);
-        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
-        out.write_all(b"\n")?;
-    } else if let TableFormat::EventSchema = format {
-        let doc = webhook_normalizer::canonical::event_schema(base);
-        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
-        out.write_all(b"\n")?;
-    } else if let TableFormat::Asyncapi = format {
-        let doc = webhook_normalizer::asyncapi::document(env!("CARGO_PKG_VERSION"), base);
-        serde_json::to_writer_pretty(&mut out, &doc).map_err(io::Error::from)?;
-        out.write_all(b"\n")?;
-    } else if let TableFormat::Markdown = format {
-        out.write_all(webhook_normalizer::canonical::markdown_table().as_bytes())?;
-    } else if let TableFormat::Json = format {
-        for t in EventType::ALL {
-            let row = serde_json::json!({
-                "vendor": t.vendor(),
-                "vendor_event_type": t.vendor_event_type(),
-                "condition": (!t.condition().is_empty()).then_some(t.condition()),
-                "type": t,
-                "subject": t.subject_rule(),
-            });
-            // An I/O error comes back as itself, so a broken pipe is still one.
-            serde_json::to_writer(&mut out, &row).map_err(io::Error::from)?;
-            out.write_all(b"\n")?;
-        }
-    } else {
-        let header = [
-            "VENDOR",
-            "VENDOR TYPE",
-            "CONDITION",
-            "CANONICAL TYPE",
-            "SUBJECT",
-        ];
-        let rows: Vec<[&str; 5]> = EventType::ALL
-            .iter()
-            .map(|t| {
-                [
-                    t.vendor().key(),
-                    t.vendor_event_type(),
-                    t.condition(),
-                    t.as_str(),
-                    t.subject_rule(),
-                ]
-            })
-            .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.len());
-            }
-        }
-        for row in std::iter::once(&header).chain(&rows) {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(cell, w)| format!("{cell:w$}"))
-                .collect();
-            writeln!(out, "{}", line.join("  ").trim_end())?;
-        }
-    }
-    out.flush()?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,14 +5,18 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use webhook_normalizer::broker::{self, TailSource, Tailed};
+use webhook_normalizer::config::Settings;
 use webhook_normalizer::dead_letters;
 use webhook_normalizer::telemetry;
 use webhook_normalizer::unrouted::TypePattern;
 
-use super::{ConfigFile, EXIT_UNAVAILABLE, configure, report, written_to_stdout};
+use crate::common::{
+    ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings, written_to_stdout,
+};
 
+/// The arguments of `tail` (its description is on its `Command` variant).
 #[derive(clap::Args)]
-pub(super) struct TailArgs {
+pub(crate) struct TailArgs {
     /// Binding patterns over canonical types (`deel.contract.*`, `*.background_check.#`);
     /// default `#`, every event.
     #[arg(value_parser = type_pattern)]
@@ -54,11 +58,12 @@ fn event_line(body: &[u8], routing_key: &str, colour: bool) -> String {
     )
 }
 
-pub(super) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
-    let settings = match configure(&args.config) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
+pub(crate) fn run(args: TailArgs) -> anyhow::Result<ExitCode> {
+    with_settings(&args.config, |settings| watch(settings, &args))
+}
+
+/// Watches until a signal, the limit, or a reader that went away.
+fn watch(settings: Settings, args: &TailArgs) -> anyhow::Result<ExitCode> {
     let source = if args.dead_letters {
         TailSource::DeadLetters
     } else if args.unrouted {
@@ -82,7 +87,7 @@ pub(super) fn tail(args: TailArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::stdout().lock();
     let mut write_failed: Option<io::Error> = None;
     let mut printed = 0u64;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = runtime()?;
     let watched = runtime.block_on(broker::tail(
         &settings,
         &source,

@@ -8,18 +8,20 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use webhook_normalizer::broker;
 use webhook_normalizer::canonical::Vendor;
+use webhook_normalizer::config::Settings;
 use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
 
 use webhook_normalizer::audit::{AuditCounts, FilterValue};
 use webhook_normalizer::canonical::rfc3339_utc;
 
-use super::{
-    ConfigFile, ProgressBar, ReplayPace, audit, configure, parse_rfc3339, report,
-    report_walk_warnings, walk_failed, write_lines, written_to_stdout,
+use crate::common::{
+    ConfigFile, parse_rfc3339, report, runtime, with_settings, write_lines, written_to_stdout,
 };
+use crate::progress::ProgressBar;
+use crate::walk::{ReplayPace, audit, report_walk_warnings, walk_failed};
 
 #[derive(Subcommand)]
-pub(super) enum DlqCommand {
+pub(crate) enum DlqCommand {
     /// Dead letters grouped by vendor and error kind: count, oldest, newest, the most
     /// common detail. Reads every dead letter and leaves each as it was.
     Stats {
@@ -84,7 +86,7 @@ pub(super) enum DlqCommand {
 
 /// Which dead letters a `dlq` command acts on; all that are given must match.
 #[derive(clap::Args)]
-pub(super) struct DlqFilter {
+pub(crate) struct DlqFilter {
     /// A vendor key, or `unknown`.
     #[arg(long)]
     vendor: Option<String>,
@@ -136,7 +138,7 @@ enum DlqMode {
 }
 
 /// Runs a `dlq` command: one walk of the dead-letter queue.
-pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let (mode, filter, limit, rate, config) = match command {
         DlqCommand::Stats { filter, config } => (DlqMode::Stats, filter, None, None, config),
         DlqCommand::Peek {
@@ -207,10 +209,20 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     if let Some(r) = rate {
         audit_filters.push(("rate", FilterValue::Parsed(r.to_string())));
     }
-    let settings = match configure(&config) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
+    with_settings(&config, |settings| {
+        walk(settings, mode, filter, limit, rate, audit_filters)
+    })
+}
+
+/// The walk of a `dlq` command, once its arguments are read and the settings loaded.
+fn walk(
+    settings: Settings,
+    mode: DlqMode,
+    filter: Filter,
+    limit: Option<u64>,
+    rate: Option<f64>,
+    audit_filters: Vec<(&'static str, FilterValue)>,
+) -> anyhow::Result<ExitCode> {
     let mut export = match &mode {
         // Bodies hold personal data: readable by its owner only (0600), whatever the umask.
         DlqMode::Export { file } => match std::os::unix::fs::OpenOptionsExt::mode(
@@ -236,7 +248,7 @@ pub(super) fn dlq(command: DlqCommand) -> anyhow::Result<ExitCode> {
     let mut matched = 0u64;
     let mut out = io::stdout().lock();
     let mut write_failed: Option<io::Error> = None;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = runtime()?;
     let mut bar = ProgressBar::new("dead letters");
     let as_vendor = match mode {
         DlqMode::Replay { as_vendor, .. } => as_vendor,

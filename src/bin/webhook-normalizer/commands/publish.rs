@@ -8,11 +8,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use webhook_normalizer::broker::{self, Published, RawBody};
 use webhook_normalizer::canonical::{Vendor, rfc3339_utc};
+use webhook_normalizer::config::Settings;
 
-use super::{ConfigFile, EXIT_UNAVAILABLE, configure, report};
+use crate::common::{ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings};
 
+/// The arguments of `publish` (its description is on its `Command` variant).
 #[derive(clap::Args)]
-pub(super) struct PublishArgs {
+pub(crate) struct PublishArgs {
     /// The vendor key (entuitive, authenticate, deel): sent as the `x-vendor` header and,
     /// without --routing-key, as the routing key.
     #[arg(long)]
@@ -34,7 +36,7 @@ pub(super) struct PublishArgs {
 /// returned (no queue bound) or nacked or the exchange does not exist (the broker was
 /// reached and refused it: the fix is the topology or the settings, not the network),
 /// 69 when the broker cannot be reached.
-pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(vendor) = &args.vendor
         && vendor.parse::<Vendor>().is_err()
     {
@@ -43,10 +45,11 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         ));
         return Ok(ExitCode::from(2));
     }
-    let settings = match configure(&args.config) {
-        Ok(settings) => settings,
-        Err(code) => return Ok(code),
-    };
+    with_settings(&args.config, |settings| send(settings, &args))
+}
+
+/// Reads every body, then publishes them one by one.
+fn send(settings: Settings, args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let sources: Vec<Option<PathBuf>> = if args.files.is_empty() {
         vec![None]
     } else {
@@ -99,7 +102,7 @@ pub(super) fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     let exchange = &settings.input.exchange;
     let mut refused = 0;
     let mut answered = 0;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = runtime()?;
     let sent = runtime.block_on(broker::publish_bodies(&settings, &bodies, |i, outcome| {
         let bytes = bodies[i].body.len();
         answered += 1;
