@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use webhook_normalizer::config::Settings;
 
-use crate::common::{ConfigFile, amqp_user_and_vhost, with_settings, written_to_stdout};
+use crate::common::{ConfigFile, amqp_user_and_vhost, report, with_settings, written_to_stdout};
 
 /// The arguments of `permissions` (its description is on its `Command` variant).
 #[derive(clap::Args)]
@@ -45,7 +45,7 @@ pub(crate) fn run(args: PermissionsArgs) -> anyhow::Result<ExitCode> {
         let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
             Ok(team) => team,
             Err(e) => {
-                eprintln!("error: {e}");
+                report(format_args!("error: {e}"));
                 return Ok(ExitCode::from(2));
             }
         };
