@@ -2,13 +2,14 @@
 # The whole test suite, on a fresh clone too: checks that the tools the tests use are
 # there (installing what is missing when it may), makes sure RabbitMQ answers when it
 # may start it, then runs every check CI runs: the alert rules, the compose file, the
-# AsyncAPI document, formatting, clippy and `cargo test --workspace --locked`.
+# AsyncAPI document, licences and banned crates (cargo deny), formatting, clippy and
+# `cargo test --workspace --locked`.
 #
 #   scripts/test.sh [--install | --no-install] [-- ARGS for cargo test]
 #
-# Missing tools are installed (apt-get, pip) with --install, or by default when run as
-# root; with --no-install, or as another user, the script lists what is missing and
-# exits 69 before running anything. `.ci/run` is this script with --install.
+# Missing tools are installed (apt-get, pip, cargo install) with --install, or by default
+# when run as root; with --no-install, or as another user, the script lists what is
+# missing and exits 69 before running anything. `.ci/run` is this script with --install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
     --install) install=yes ;;
     --no-install) install=no ;;
     --) shift; cargo_args=("$@"); break ;;
-    -h | --help) sed -n '2,12s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,13s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) echo "scripts/test.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -28,9 +29,11 @@ if [ "$install" = auto ]; then
   if [ "$(id -u)" = 0 ]; then install=yes; else install=no; fi
 fi
 
-# tool, then the Debian package that provides it ("pip:NAME" for a Python module).
+# tool, then the Debian package that provides it ("pip:NAME" for a Python module,
+# "cargo:NAME" for a crate installed with `cargo install --locked NAME`).
 requirements=(
   "cargo:"
+  "cargo-deny:cargo:cargo-deny"
   "rabbitmq-server:rabbitmq-server"
   "rabbitmqctl:rabbitmq-server"
   "python3:python3"
@@ -63,12 +66,13 @@ missing() {
 
 mapfile -t absent < <(missing)
 if [ "${#absent[@]}" -gt 0 ] && [ "$install" = yes ]; then
-  packages=() modules=()
+  packages=() modules=() crates=()
   for r in "${absent[@]}"; do
     source=${r#*:}
     case "$source" in
       "") ;;
       pip:*) modules+=("${source#pip:}") ;;
+      cargo:*) crates+=("${source#cargo:}") ;;
       *) packages+=("$source") ;;
     esac
   done
@@ -85,6 +89,14 @@ if [ "${#absent[@]}" -gt 0 ] && [ "$install" = yes ]; then
     python3 -m pip install -q --break-system-packages "${modules[@]}" 2>/dev/null \
       || python3 -m pip install -q "${modules[@]}" || true
   fi
+  # Without cargo there is nothing to install them with: they stay listed as missing,
+  # with the Rust toolchain.
+  if [ "${#crates[@]}" -gt 0 ] && has cargo; then
+    echo "installing with cargo: ${crates[*]}" >&2
+    for crate in "${crates[@]}"; do
+      cargo install --locked "$crate" || true
+    done
+  fi
   mapfile -t absent < <(missing)
 fi
 if [ "${#absent[@]}" -gt 0 ]; then
@@ -94,6 +106,7 @@ if [ "${#absent[@]}" -gt 0 ]; then
     case "$source" in
       "") echo "  ${r%%:*} (the Rust toolchain: https://rustup.rs)" >&2 ;;
       pip:*) echo "  ${r%%:*}, a Python module (python3 -m pip install ${source#pip:})" >&2 ;;
+      cargo:*) echo "  ${r%%:*} (cargo install --locked ${source#cargo:})" >&2 ;;
       *) echo "  ${r%%:*} (Debian/Ubuntu package ${source})" >&2 ;;
     esac
   done
@@ -130,6 +143,14 @@ docker-compose -f docker-compose.yml --profile monitoring config -q
 # is what `event-types --format asyncapi` prints.
 NODE_CONFIG_DIR=$(mktemp -d) SUPPRESS_NO_CONFIG_WARNING=1 \
   npx --yes @asyncapi/cli@6.2.0 validate docs/asyncapi.json
+
+# Licences and banned crates (deny.toml): the dependency tree's licences are on the
+# allow-list, no crate we must not ship (openssl), crates only from crates.io. Not the
+# advisories: their database needs the network. cargo deny reads the crates' manifests
+# from Cargo's cache and, --offline, downloads none: fetch them first (every platform's,
+# as `cargo metadata` needs; nothing to do when they are there).
+cargo fetch --locked
+cargo deny --offline --locked check licenses bans sources
 
 export INSTA_UPDATE=no
 cargo fmt --all -- --check

@@ -39,8 +39,9 @@ fn run(bin: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-const TOOLS: [&str; 11] = [
+const TOOLS: [&str; 12] = [
     "cargo",
+    "cargo-deny",
     "rabbitmq-server",
     "rabbitmqctl",
     "python3",
@@ -66,6 +67,11 @@ fn without_the_tools_it_lists_them_and_runs_nothing() {
         );
     }
     assert!(stderr.contains("--install"), "{stderr}");
+    // cargo-deny is a crate, not a Debian package: the listing gives its install command.
+    assert!(
+        stderr.contains("cargo-deny (cargo install --locked cargo-deny)"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty(), "nothing ran: {:?}", out.stdout);
 }
 
@@ -73,13 +79,7 @@ fn without_the_tools_it_lists_them_and_runs_nothing() {
 fn with_install_it_asks_apt_for_every_package_and_still_checks() {
     let (_dir, bin) = bare_path();
     let log = bin.parent().unwrap().join("apt.log");
-    let apt = bin.join("apt-get");
-    std::fs::write(
-        &apt,
-        format!("#!/bin/bash\necho \"$*\" >> {}\n", log.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&apt, std::fs::Permissions::from_mode(0o755)).unwrap();
+    logging_tool(&bin, "apt-get", &log);
     let out = run(&bin, &["--install"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     // The stand-in apt-get installs nothing: the script checks again and stops.
@@ -110,6 +110,51 @@ fn with_install_it_asks_apt_for_every_package_and_still_checks() {
         ]
     );
     assert!(stderr.contains("cargo"), "{stderr}");
+    // No cargo on the PATH: nothing to install cargo-deny with, so it is still missing.
+    assert!(
+        stderr.contains("cargo-deny (cargo install --locked cargo-deny)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("installing with cargo"), "{stderr}");
+}
+
+/// A stand-in for `NAME` on `bin` that appends its arguments to `log`.
+fn logging_tool(bin: &Path, name: &str, log: &Path) {
+    let tool = bin.join(name);
+    std::fs::write(
+        &tool,
+        format!("#!/bin/bash\necho \"$*\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn with_install_and_cargo_it_installs_cargo_deny_with_cargo() {
+    let (_dir, bin) = bare_path();
+    let apt_log = bin.parent().unwrap().join("apt.log");
+    let cargo_log = bin.parent().unwrap().join("cargo.log");
+    logging_tool(&bin, "apt-get", &apt_log);
+    logging_tool(&bin, "cargo", &cargo_log);
+    let out = run(&bin, &["--install"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The stand-in cargo installs nothing: cargo-deny is listed as missing again.
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    let calls = std::fs::read_to_string(&cargo_log).unwrap();
+    assert_eq!(calls, "install --locked cargo-deny\n", "{stderr}");
+    // Not asked of apt-get: no Debian package is named after the crate.
+    let apt = std::fs::read_to_string(&apt_log).unwrap();
+    assert!(!apt.contains("cargo"), "{apt}");
+    assert!(
+        stderr.contains("cargo-deny (cargo install --locked cargo-deny)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr
+            .lines()
+            .any(|l| l.trim_start().starts_with("cargo (")),
+        "cargo is there: {stderr}"
+    );
 }
 
 /// CI runs exactly the README's command.
@@ -129,5 +174,26 @@ fn ci_and_the_readme_run_the_same_command() {
         commands.last(),
         Some(&"exec scripts/test.sh --install"),
         "{ci}"
+    );
+}
+
+/// The licence and crate check docs/testing.md shows is the one the script runs.
+#[test]
+fn the_script_runs_the_documented_cargo_deny_check() {
+    let page = std::fs::read_to_string(repo().join("docs/testing.md")).unwrap();
+    let section = page
+        .split_once("\n## Licences and banned crates\n")
+        .expect("the section in docs/testing.md")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("a sh block in the section")
+        .0;
+    assert!(block.starts_with("cargo deny "), "{block}");
+    let script = std::fs::read_to_string(repo().join("scripts/test.sh")).unwrap();
+    assert!(
+        script.lines().any(|l| l == block),
+        "scripts/test.sh does not run `{block}`"
     );
 }
