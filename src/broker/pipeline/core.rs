@@ -1565,6 +1565,8 @@ mod tests {
         /// Reopens asked for and not yet answered, by lane.
         reopens: Vec<Lane>,
         finished: Vec<(u64, Settle, Finish)>,
+        /// Every publish asked for, in order: the message, its channel, and `mandatory`.
+        sent: Vec<(Msg, Lane, bool)>,
     }
 
     impl Run {
@@ -1589,6 +1591,7 @@ mod tests {
                 published: Vec::new(),
                 reopens: Vec::new(),
                 finished: Vec::new(),
+                sent: Vec::new(),
             }
         }
 
@@ -1597,13 +1600,36 @@ mod tests {
             self.core.check_index();
             for c in self.core.take_commands() {
                 match c {
-                    Command::Publish { id, message, .. } => {
+                    Command::Publish {
+                        id,
+                        lane,
+                        message,
+                        mandatory,
+                    } => {
                         self.published.push((id, (*message).clone()));
+                        self.sent.push(((*message).clone(), lane, mandatory));
                     }
                     Command::Reopen { lane, .. } => self.reopens.push(lane),
                 }
             }
-            for f in self.core.take_finished() {
+            let finished = self.core.take_finished();
+            for (i, f) in finished.iter().enumerate() {
+                // An ack with `multiple` acks every earlier delivery: none may be held.
+                if let Settle::Ack {
+                    tag,
+                    multiple: true,
+                } = f.settle
+                {
+                    let held = self.core.entries.values().map(|e| e.tag);
+                    let later = finished[i + 1..].iter().map(|f| f.tag);
+                    let covered: Vec<u64> = held.chain(later).filter(|t| *t < tag).collect();
+                    assert!(
+                        covered.is_empty(),
+                        "ack up to {tag} covers held {covered:?}"
+                    );
+                }
+            }
+            for f in finished {
                 self.finished.push((f.tag, f.settle, f.finish));
             }
         }
@@ -1628,16 +1654,77 @@ mod tests {
             tag
         }
 
-        /// Answers the oldest pending publish whose description is `what`.
-        fn answer(&mut self, what: &str, outcome: PublishOutcome) {
+        /// Admits a raw message planned as its dead letter; returns its tag.
+        fn dead_letter(&mut self) -> u64 {
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            let raw: &'static str = Box::leak(format!("raw {tag}").into_boxed_str());
+            let (dl, msg) = Make.dead_letter(&raw, ErrorKind::InvalidJson, None, "bad");
+            let msg = msg.expect("the test maker makes every dead letter");
+            self.core
+                .admit(self.now, tag, raw, Fate::DeadLetter(dl), vec![msg]);
+            self.collect();
+            tag
+        }
+
+        /// Takes the oldest pending publish whose description is `what`.
+        fn take(&mut self, what: &str) -> PublishId {
             let at = self
                 .published
                 .iter()
                 .position(|(_, m)| m.what == what)
                 .unwrap_or_else(|| panic!("{what} was not published: {:?}", self.pending()));
-            let (id, _) = self.published.remove(at);
+            self.published.remove(at).0
+        }
+
+        /// Answers the oldest pending publish whose description is `what`.
+        fn answer(&mut self, what: &str, outcome: PublishOutcome) {
+            let id = self.take(what);
             self.core.decided(self.now, id, outcome);
             self.collect();
+        }
+
+        /// Answers several pending publishes before the next tick, as a burst of confirms
+        /// read at once.
+        fn answer_together(&mut self, whats: &[&str], outcome: PublishOutcome) {
+            for what in whats {
+                let id = self.take(what);
+                self.core.decided(self.now, id, outcome.clone());
+            }
+            self.collect();
+        }
+
+        /// Lets the broker answer until nothing is held: every reopen succeeds, the
+        /// oldest pending publish gets `broker`'s answer, and time passes when nothing is
+        /// pending (retries fall due).
+        fn run_until_settled(&mut self, broker: impl Fn(&str) -> PublishOutcome) {
+            for _ in 0..2000 {
+                if self.core.held() == 0 {
+                    return;
+                }
+                if !self.reopens.is_empty() {
+                    self.reopen(Ok(()));
+                } else if let Some(what) = self.pending().first().cloned() {
+                    self.answer(&what, broker(&what));
+                } else {
+                    self.advance(Duration::from_millis(100));
+                }
+            }
+            panic!("still held: {}", self.core.held());
+        }
+
+        /// How many times `what` was published.
+        fn times_sent(&self, what: &str) -> usize {
+            self.sent.iter().filter(|(m, _, _)| m.what == what).count()
+        }
+
+        /// The tap copies published, in order.
+        fn taps_sent(&self) -> Vec<String> {
+            self.sent
+                .iter()
+                .filter(|(m, _, _)| m.what.starts_with("tap "))
+                .map(|(m, _, _)| m.what.clone())
+                .collect()
         }
 
         /// Confirms everything pending, oldest first, until nothing is.
@@ -2368,19 +2455,667 @@ mod tests {
         assert_eq!(run.pending(), ["tap next"]);
     }
 
+    fn lost() -> PublishOutcome {
+        PublishOutcome::Closed {
+            code: None,
+            reason: "connection reset".into(),
+        }
+    }
+
+    fn stored(delivered: usize, kept: usize) -> Finish {
+        Finish::Stored {
+            vendor: Vendor::Deel,
+            delivered: vec!["deel.contract.created"; delivered],
+            kept: vec!["deel.contract.created"; kept],
+        }
+    }
+
+    fn ack(tag: u64, multiple: bool) -> (u64, Settle) {
+        (tag, Settle::Ack { tag, multiple })
+    }
+
+    /// Per-publish identity: an outcome counts only for the attempt in flight. The late
+    /// outcome of an attempt given up on (its confirm timed out, and it was published
+    /// again), whatever it says, changes nothing: no publish, no reopen, no count, no keep.
+    /// Neither does an outcome for a message already settled.
     #[test]
     fn an_outcome_of_an_attempt_given_up_on_is_ignored() {
+        for late in [
+            PublishOutcome::Confirmed,
+            PublishOutcome::Returned,
+            PublishOutcome::Nacked,
+            PublishOutcome::TimedOut,
+            closed(403),
+            lost(),
+        ] {
+            let mut run = Run::new();
+            run.events(&["a"]);
+            let (first, _) = run.published[0].clone();
+            run.answer("a", PublishOutcome::TimedOut);
+            run.advance(Duration::from_millis(100));
+            assert_eq!(run.pending(), ["a"], "published again");
+            let (retry, _) = run.published[0].clone();
+            assert_ne!(first, retry, "each attempt has an identity of its own");
+            let status = run.core.status();
+            run.core.take_counts();
+            run.core.decided(run.now, first, late.clone());
+            run.collect();
+            assert_eq!(
+                run.pending(),
+                ["a"],
+                "{late:?}: still waiting for the retry's own"
+            );
+            assert!(run.reopens.is_empty(), "{late:?}");
+            assert_eq!(run.core.status(), status, "{late:?}");
+            assert_eq!(run.core.take_counts(), Counts::default(), "{late:?}");
+            run.confirm_all();
+            assert_eq!(run.settled(), [ack(1, true)], "{late:?}");
+            assert_eq!(
+                run.finish_of(1),
+                &stored(1, 0),
+                "{late:?}: delivered, not kept"
+            );
+            // The retry's outcome once more, after settlement.
+            run.core.decided(run.now, retry, late.clone());
+            run.collect();
+            assert!(
+                run.pending().is_empty() && run.reopens.is_empty(),
+                "{late:?}"
+            );
+            assert_eq!(run.settled().len(), 1, "{late:?}: settled once");
+        }
+    }
+
+    /// One step failing once is held and published again after the first backoff (half
+    /// to all of `retry.initial`, 100 ms here), and the message then settles as if
+    /// nothing had happened. A returned dead letter is retried, never kept.
+    #[test]
+    fn a_step_failing_once_is_published_again_after_backoff() {
+        struct Row {
+            case: &'static str,
+            dead_letter: bool,
+            fails: Vec<(&'static str, PublishOutcome)>,
+            again: &'static str,
+            finish: Finish,
+            unroutable: u64,
+        }
+        let dead_letter = |kind| {
+            let (dl, _) = Make.dead_letter(&"raw 1", kind, None, "bad");
+            Finish::DeadLettered(dl)
+        };
+        let rows = [
+            Row {
+                case: "nacked",
+                dead_letter: false,
+                fails: vec![("a", PublishOutcome::Nacked)],
+                again: "a",
+                finish: stored(1, 0),
+                unroutable: 0,
+            },
+            Row {
+                case: "confirm timed out",
+                dead_letter: false,
+                fails: vec![("a", PublishOutcome::TimedOut)],
+                again: "a",
+                finish: stored(1, 0),
+                unroutable: 0,
+            },
+            Row {
+                case: "returned, then kept nowhere: delivered again (a team may have bound)",
+                dead_letter: false,
+                fails: vec![
+                    ("a", PublishOutcome::Returned),
+                    ("kept a", PublishOutcome::Returned),
+                ],
+                again: "a",
+                finish: stored(1, 0),
+                unroutable: 1,
+            },
+            Row {
+                case: "keep nacked",
+                dead_letter: false,
+                fails: vec![
+                    ("a", PublishOutcome::Returned),
+                    ("kept a", PublishOutcome::Nacked),
+                ],
+                again: "a",
+                finish: stored(1, 0),
+                unroutable: 0,
+            },
+            Row {
+                case: "tap nacked",
+                dead_letter: false,
+                fails: vec![
+                    ("a", PublishOutcome::Confirmed),
+                    ("tap a", PublishOutcome::Nacked),
+                ],
+                again: "tap a",
+                finish: stored(1, 0),
+                unroutable: 0,
+            },
+            Row {
+                case: "dead letter nacked",
+                dead_letter: true,
+                fails: vec![("dead letter of raw 1", PublishOutcome::Nacked)],
+                again: "dead letter of raw 1",
+                finish: dead_letter(ErrorKind::InvalidJson),
+                unroutable: 0,
+            },
+            Row {
+                case: "dead letter returned (nothing bound for its key)",
+                dead_letter: true,
+                fails: vec![("dead letter of raw 1", PublishOutcome::Returned)],
+                again: "dead letter of raw 1",
+                finish: dead_letter(ErrorKind::InvalidJson),
+                unroutable: 1,
+            },
+        ];
+        for row in rows {
+            let case = row.case;
+            let mut run = Run::new();
+            if row.dead_letter {
+                run.dead_letter();
+            } else {
+                run.events(&["a"]);
+            }
+            for (what, outcome) in row.fails {
+                run.answer(what, outcome);
+            }
+            assert!(run.pending().is_empty(), "{case}: held");
+            run.advance(Duration::from_millis(49));
+            assert!(run.pending().is_empty(), "{case}: not before half the step");
+            run.advance(Duration::from_millis(51));
+            assert_eq!(run.pending(), [row.again], "{case}");
+            run.confirm_all();
+            assert_eq!(run.settled(), [ack(1, true)], "{case}");
+            assert_eq!(run.finish_of(1), &row.finish, "{case}");
+            let counts = run.core.take_counts();
+            assert_eq!(counts.retries, 1, "{case}");
+            assert_eq!(counts.unroutable, row.unroutable, "{case}");
+            assert_eq!(counts.taps_given_up, 0, "{case}");
+        }
+    }
+
+    /// A message failing past `retry.max_elapsed` (60 s here) is given up on: an event
+    /// whose failure is its own (others to its exchange stored meanwhile) is dead-lettered
+    /// as `undeliverable`; when nothing was stored (the broker refuses everything), or the
+    /// channel never came back, or it is a dead letter already, it is rejected for
+    /// redelivery. Never both, and never before the budget.
+    #[test]
+    fn a_message_failing_past_the_budget_is_dead_lettered_or_requeued() {
+        enum Expect {
+            DeadLettered,
+            Requeued,
+        }
+        let rows = [
+            (
+                "event nacked, others stored",
+                false,
+                PublishOutcome::Nacked,
+                true,
+                Expect::DeadLettered,
+            ),
+            (
+                "event timed out, others stored",
+                false,
+                PublishOutcome::TimedOut,
+                true,
+                Expect::DeadLettered,
+            ),
+            (
+                "event timed out, nothing stored",
+                false,
+                PublishOutcome::TimedOut,
+                false,
+                Expect::Requeued,
+            ),
+            (
+                "dead letter nacked, others stored",
+                true,
+                PublishOutcome::Nacked,
+                true,
+                Expect::Requeued,
+            ),
+            (
+                "channel never reopened",
+                false,
+                lost(),
+                false,
+                Expect::Requeued,
+            ),
+        ];
+        for (case, dead_letter, failure, others, expect) in rows {
+            let mut run = Run::new();
+            let start = run.now;
+            let subject = if dead_letter {
+                run.dead_letter()
+            } else {
+                run.events(&["a"])
+            };
+            let what = if dead_letter {
+                "dead letter of raw 1".to_owned()
+            } else {
+                "a".to_owned()
+            };
+            run.answer(&what, failure.clone());
+            for round in 0..200 {
+                let settled = run.finished.iter().any(|(t, _, _)| *t == subject);
+                let dead_lettered = !dead_letter && run.times_sent("dead letter of raw 1") > 0;
+                if settled || dead_lettered {
+                    break;
+                }
+                run.advance(Duration::from_millis(500));
+                while !run.reopens.is_empty() {
+                    run.reopen(Err("connection refused".into()));
+                }
+                if run.pending().contains(&what) {
+                    if others {
+                        // Sent after the retry, stored before it fails.
+                        let name = if dead_letter {
+                            let tag = run.dead_letter();
+                            format!("dead letter of raw {tag}")
+                        } else {
+                            let name = format!("o{round}");
+                            run.events(&[&name]);
+                            name
+                        };
+                        run.answer(&name, PublishOutcome::Confirmed);
+                    }
+                    run.answer(&what, failure.clone());
+                    run.confirm_all();
+                }
+            }
+            let waited = run.now.duration_since(start);
+            assert!(
+                (Duration::from_secs(60)..=Duration::from_millis(60_500)).contains(&waited),
+                "{case}: given up after {waited:?}"
+            );
+            run.confirm_all();
+            let (_, settle, finish) = run
+                .finished
+                .iter()
+                .find(|(t, _, _)| *t == subject)
+                .unwrap_or_else(|| panic!("{case}: not settled"));
+            match expect {
+                Expect::DeadLettered => {
+                    assert_eq!(
+                        *settle,
+                        Settle::Ack {
+                            tag: 1,
+                            multiple: true
+                        },
+                        "{case}"
+                    );
+                    let Finish::DeadLettered(dl) = finish else {
+                        panic!("{case}: {finish:?}")
+                    };
+                    assert_eq!(dl.kind, ErrorKind::Undeliverable, "{case}");
+                    assert!(
+                        dl.detail.contains(&describe(&failure)),
+                        "{case}: {}",
+                        dl.detail
+                    );
+                }
+                Expect::Requeued => {
+                    assert_eq!(
+                        *settle,
+                        Settle::Reject {
+                            tag: 1,
+                            requeue: true
+                        },
+                        "{case}"
+                    );
+                    assert!(
+                        matches!(finish, Finish::Requeued { failing_for, last }
+                            if *failing_for >= Duration::from_secs(60) && *last == failure),
+                        "{case}: {finish:?}"
+                    );
+                    if !dead_letter {
+                        assert_eq!(run.times_sent("dead letter of raw 1"), 0, "{case}");
+                    }
+                }
+            }
+            assert_eq!(run.core.held(), 0, "{case}: the others settled too");
+            let tags: BTreeSet<u64> = run.finished.iter().map(|(t, _, _)| *t).collect();
+            assert_eq!(tags.len(), run.finished.len(), "{case}: each settled once");
+        }
+    }
+
+    /// The connection is lost with three publishes in flight; their outcomes come back one
+    /// by one, one of them a confirm read before the loss. The channel is reopened only
+    /// once nothing is in flight on it; then only the failed ones go again, in order, with
+    /// a delivery taken meanwhile behind them. The confirmed one is not published twice.
+    #[test]
+    fn a_channel_closed_mid_flight_is_reopened_once_its_publishes_are_back() {
         let mut run = Run::new();
         run.events(&["a"]);
-        let (id, _) = run.published[0].clone();
-        run.answer("a", PublishOutcome::TimedOut);
-        run.advance(Duration::from_millis(200));
-        assert_eq!(run.pending(), ["a"]);
-        // The first attempt's confirm, late.
-        run.core.decided(run.now, id, PublishOutcome::Confirmed);
-        run.collect();
-        assert_eq!(run.pending(), ["a"], "still waiting for the retry's own");
+        run.events(&["b"]);
+        run.events(&["c"]);
+        run.answer("a", lost());
+        assert!(!run.core.can_take());
+        run.answer("b", PublishOutcome::Confirmed);
+        assert!(
+            run.pending() == ["c"],
+            "b's tap waits for a: {:?}",
+            run.pending()
+        );
+        run.advance(Duration::from_secs(1));
+        assert!(run.reopens.is_empty(), "c is still in flight on it");
+        run.answer("c", lost());
+        assert_eq!(run.reopens, [Lane::Events], "the backoff is past");
+        run.events(&["d"]);
+        assert!(run.pending().is_empty(), "nothing goes on a closed channel");
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["a", "c", "d"]);
         run.confirm_all();
-        assert_eq!(run.settled().len(), 1);
+        assert_eq!(run.times_sent("b"), 1);
+        assert_eq!(run.taps_sent(), ["tap a", "tap b", "tap c", "tap d"]);
+        assert_eq!(
+            run.settled(),
+            [ack(1, true), ack(2, true), ack(3, true), ack(4, true)]
+        );
+        assert_eq!(run.core.take_counts().retries, 2, "a and c");
+    }
+
+    /// An outage that ends before the budget: nothing is settled during it, and once the
+    /// broker is back every message is stored, tapped and acked exactly once, none
+    /// dead-lettered or requeued. A closed channel resends in consumption order, so taps
+    /// and acks keep it; publishes refused one by one are each retried on its own backoff,
+    /// and a message held for retry holds nothing back, so they settle in any order.
+    #[test]
+    fn an_outage_that_ends_loses_nothing() {
+        for (case, failure, in_order) in [
+            ("connection lost", lost(), true),
+            ("every publish nacked", PublishOutcome::Nacked, false),
+            ("no confirm in time", PublishOutcome::TimedOut, false),
+        ] {
+            let mut run = Run::new();
+            let names: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+            for name in &names {
+                run.events(&[name]);
+            }
+            let start = run.now;
+            let mut reopens = 0;
+            while run.now < start + Duration::from_secs(20) {
+                if !run.reopens.is_empty() {
+                    reopens += 1;
+                    run.reopen(Err("connection refused".into()));
+                } else if let Some(what) = run.pending().first().cloned() {
+                    run.answer(&what, failure.clone());
+                } else {
+                    run.advance(Duration::from_millis(250));
+                }
+            }
+            assert!(run.finished.is_empty(), "{case}: {:?}", run.finished);
+            assert!(
+                matches!(run.core.status(), Status::Retrying { held: 6, .. }),
+                "{case}: {:?}",
+                run.core.status()
+            );
+            if in_order {
+                assert!((5..=20).contains(&reopens), "{case}: {reopens} reopens");
+                while run.reopens.is_empty() {
+                    run.advance(Duration::from_millis(250));
+                }
+                run.reopen(Ok(()));
+                assert_eq!(run.pending(), names, "{case}: resent in order");
+            }
+            run.run_until_settled(|_| PublishOutcome::Confirmed);
+            let mut tags: Vec<u64> = run.settled().iter().map(|(t, _)| *t).collect();
+            if in_order {
+                assert_eq!(
+                    run.settled(),
+                    (1..=6).map(|t| ack(t, true)).collect::<Vec<_>>(),
+                    "{case}"
+                );
+            }
+            tags.sort_unstable();
+            assert_eq!(tags, [1, 2, 3, 4, 5, 6], "{case}: each settled once");
+            for tag in 1..=6 {
+                assert_eq!(run.finish_of(tag), &stored(1, 0), "{case}: {tag}");
+            }
+            let taps: Vec<String> = names.iter().map(|n| format!("tap {n}")).collect();
+            let mut sent = run.taps_sent();
+            if !in_order {
+                sent.sort();
+            }
+            assert_eq!(sent, taps, "{case}: each tapped once");
+        }
+    }
+
+    /// Eight messages in flight when the channel closes over one of them (403). Wherever
+    /// the refused one sits, the suspects are tried one at a time; it alone is
+    /// dead-lettered as `publish_refused`, once, and the seven others are stored.
+    #[test]
+    fn isolation_finds_the_one_refused_message_among_many() {
+        for bad in [0, 3, 7] {
+            let mut run = Run::new();
+            let names: Vec<String> = (0..8)
+                .map(|i| {
+                    if i == bad {
+                        "bad".into()
+                    } else {
+                        format!("m{i}")
+                    }
+                })
+                .collect();
+            for name in &names {
+                run.events(&[name]);
+            }
+            for name in &names {
+                run.answer(name, closed(403));
+            }
+            assert!(matches!(run.core.status(), Status::Isolating { .. }));
+            let mut alone = 0;
+            while run.core.isolation.is_some() {
+                assert!(run.pending().len() <= 1, "{bad}: {:?}", run.pending());
+                if !run.reopens.is_empty() {
+                    run.reopen(Ok(()));
+                } else if let Some(what) = run.pending().first().cloned() {
+                    alone += 1;
+                    let refused = what == "bad";
+                    run.answer(
+                        &what,
+                        if refused {
+                            closed(403)
+                        } else {
+                            PublishOutcome::Confirmed
+                        },
+                    );
+                } else {
+                    panic!("{bad}: isolation stalled");
+                }
+            }
+            assert!((8..=9).contains(&alone), "{bad}: {alone} tried alone");
+            run.run_until_settled(|_| PublishOutcome::Confirmed);
+            for (i, _) in names.iter().enumerate() {
+                let tag = i as u64 + 1;
+                if i == bad {
+                    let Finish::DeadLettered(dl) = run.finish_of(tag) else {
+                        panic!("{bad}: {:?}", run.finish_of(tag))
+                    };
+                    assert_eq!(dl.kind, ErrorKind::PublishRefused);
+                    assert!(dl.detail.contains("403 refused"), "{}", dl.detail);
+                    assert_eq!(run.times_sent(&format!("dead letter of raw {tag}")), 1);
+                } else {
+                    assert_eq!(run.finish_of(tag), &stored(1, 0), "{bad}: {tag}");
+                }
+            }
+            assert_eq!(run.settled().len(), 8, "{bad}: each settled once");
+        }
+    }
+
+    /// Three messages stored, their taps confirmed in various orders. A message settled
+    /// before an earlier one is acked alone (`multiple` false: its ack must not cover the
+    /// earlier one); one with nothing earlier held is acked with `multiple`, so consecutive
+    /// ones make one `basic.ack` for the settler. A burst of confirms read at once settles
+    /// in delivery order. (Every test checks that no `multiple` ack covers a held
+    /// delivery, in `Run::collect`.)
+    #[test]
+    fn acks_cover_earlier_deliveries_only_once_they_are_settled() {
+        use crate::delivery::{SettleFrame, coalesce};
+        /// Taps confirmed in this order, all read at once or not, then the acks (tag,
+        /// `multiple`) and the frames they make.
+        type Row = (
+            &'static [&'static str],
+            bool,
+            &'static [(u64, bool)],
+            &'static [SettleFrame],
+        );
+        let rows: [Row; 5] = [
+            (
+                &["a", "b", "c"],
+                false,
+                &[(1, true), (2, true), (3, true)],
+                &[SettleFrame::AckUpTo {
+                    tag: 3,
+                    deliveries: 3,
+                }],
+            ),
+            (
+                &["c", "b", "a"],
+                false,
+                &[(3, false), (2, false), (1, true)],
+                &[
+                    SettleFrame::Ack { tag: 3 },
+                    SettleFrame::Ack { tag: 2 },
+                    SettleFrame::AckUpTo {
+                        tag: 1,
+                        deliveries: 1,
+                    },
+                ],
+            ),
+            (
+                &["b", "a", "c"],
+                false,
+                &[(2, false), (1, true), (3, true)],
+                &[
+                    SettleFrame::Ack { tag: 2 },
+                    SettleFrame::AckUpTo {
+                        tag: 3,
+                        deliveries: 2,
+                    },
+                ],
+            ),
+            (
+                &["a", "c", "b"],
+                false,
+                &[(1, true), (3, false), (2, true)],
+                &[
+                    SettleFrame::AckUpTo {
+                        tag: 1,
+                        deliveries: 1,
+                    },
+                    SettleFrame::Ack { tag: 3 },
+                    SettleFrame::AckUpTo {
+                        tag: 2,
+                        deliveries: 1,
+                    },
+                ],
+            ),
+            (
+                &["c", "b", "a"],
+                true,
+                &[(1, true), (2, true), (3, true)],
+                &[SettleFrame::AckUpTo {
+                    tag: 3,
+                    deliveries: 3,
+                }],
+            ),
+        ];
+        for (order, together, acks, frames) in rows {
+            let mut run = Run::new();
+            for what in ["a", "b", "c"] {
+                run.events(&[what]);
+            }
+            run.answer_together(&["a", "b", "c"], PublishOutcome::Confirmed);
+            assert_eq!(run.pending(), ["tap a", "tap b", "tap c"]);
+            let taps: Vec<String> = order.iter().map(|w| format!("tap {w}")).collect();
+            if together {
+                let taps: Vec<&str> = taps.iter().map(String::as_str).collect();
+                run.answer_together(&taps, PublishOutcome::Confirmed);
+            } else {
+                for tap in &taps {
+                    run.answer(tap, PublishOutcome::Confirmed);
+                }
+            }
+            let want: Vec<(u64, Settle)> = acks.iter().map(|(t, m)| ack(*t, *m)).collect();
+            assert_eq!(run.settled(), want, "{order:?} together: {together}");
+            let settles: Vec<Settle> = run.settled().iter().map(|(_, s)| *s).collect();
+            assert_eq!(coalesce(&settles), frames, "{order:?} together: {together}");
+        }
+    }
+
+    /// Once a message is stored, its copy goes to the tap, routed by where it was stored,
+    /// never `mandatory` (observers bind there, and none bound is no failure), on the
+    /// events' channel; a dead letter's own publish goes on the dead letters' channel.
+    #[test]
+    fn a_stored_message_is_tapped_by_where_it_was_stored() {
+        let tap = |what: &str, key: &str| Msg {
+            exchange: "events.tap".into(),
+            key: key.into(),
+            what: what.into(),
+        };
+        let delivered = |run: &mut Run| {
+            run.events(&["a"]);
+            run.answer("a", PublishOutcome::Confirmed);
+        };
+        let kept = |run: &mut Run| {
+            run.events(&["a"]);
+            run.answer("a", PublishOutcome::Returned);
+            run.answer("kept a", PublishOutcome::Confirmed);
+        };
+        let dead_letter = |run: &mut Run| {
+            run.dead_letter();
+            run.answer("dead letter of raw 1", PublishOutcome::Confirmed);
+        };
+        /// How it is stored, the publishes that makes (on which lane, `mandatory`), and its
+        /// tap copy.
+        type Row<'a> = (
+            &'static str,
+            &'a dyn Fn(&mut Run),
+            &'static [(&'static str, Lane, bool)],
+            Msg,
+        );
+        let rows: [Row; 3] = [
+            (
+                "delivered",
+                &delivered,
+                &[("a", Lane::Events, true), ("tap a", Lane::Events, false)],
+                tap("tap a", "Canonical"),
+            ),
+            (
+                "kept",
+                &kept,
+                &[
+                    ("a", Lane::Events, true),
+                    ("kept a", Lane::Events, true),
+                    ("tap kept a", Lane::Events, false),
+                ],
+                tap("tap kept a", "Unrouted"),
+            ),
+            (
+                "dead letter",
+                &dead_letter,
+                &[
+                    ("dead letter of raw 1", Lane::DeadLetters, true),
+                    ("tap dead letter of raw 1", Lane::Events, false),
+                ],
+                tap("tap dead letter of raw 1", "DeadLetter"),
+            ),
+        ];
+        for (case, store, sent, copy) in rows {
+            let mut run = Run::new();
+            store(&mut run);
+            let got: Vec<(&str, Lane, bool)> = run
+                .sent
+                .iter()
+                .map(|(m, lane, mandatory)| (m.what.as_str(), *lane, *mandatory))
+                .collect();
+            assert_eq!(got, sent, "{case}");
+            assert_eq!(run.published[0].1, copy, "{case}");
+            run.confirm_all();
+            assert_eq!(run.settled(), [ack(1, true)], "{case}");
+        }
     }
 }
