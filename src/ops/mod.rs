@@ -4,8 +4,6 @@
 
 mod health;
 mod metrics;
-#[cfg(test)]
-mod monitoring_kit;
 mod outcome;
 
 pub use health::{Health, HealthSnapshot, WorkerState, listen, serve};

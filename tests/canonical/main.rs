@@ -10,6 +10,7 @@ mod fixtures;
 mod fuzz;
 mod hostile;
 mod local_validation;
+mod monitoring_kit;
 mod passthrough;
 mod properties;
 mod schema;

@@ -4,46 +4,10 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use crate::docs::github_anchors;
+
 fn read(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
-}
-
-/// A heading's anchor as GitHub makes it: lower case, punctuation other than `-` and `_`
-/// dropped, spaces made `-`; a repeated anchor gets `-1`, `-2`, ...
-fn github_anchors(markdown: &str) -> BTreeSet<String> {
-    let mut anchors = BTreeSet::new();
-    let mut in_code = false;
-    for line in markdown.lines() {
-        if line.trim_start().starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        let Some(text) = line.strip_prefix('#') else {
-            continue;
-        };
-        if in_code {
-            continue;
-        }
-        let text = text.trim_start_matches('#');
-        if !text.starts_with(' ') {
-            continue;
-        }
-        let slug: String = text
-            .trim()
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
-            .map(|c| if c == ' ' { '-' } else { c })
-            .collect();
-        let mut anchor = slug.clone();
-        let mut n = 0;
-        while anchors.contains(&anchor) {
-            n += 1;
-            anchor = format!("{slug}-{n}");
-        }
-        anchors.insert(anchor);
-    }
-    anchors
 }
 
 /// The alert rules of `alerts.yml` as (name, runbook_url template). The file is written
