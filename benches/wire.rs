@@ -16,7 +16,7 @@ use futures_lite::io::{AsyncReadExt, Cursor};
 use lapin::BasicProperties;
 use lapin::protocol::basic::gen_properties;
 use lapin::types::{AMQPValue, FieldTable};
-use webhook_normalizer::broker::wire::{CheckedStream, FrameCheck};
+use webhook_normalizer::amqp::wire::{CheckedStream, FrameCheck};
 
 const MESSAGES: usize = 1000;
 /// lapin reads into a buffer the size of a frame.

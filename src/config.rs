@@ -169,7 +169,7 @@ pub struct IngestSettings {
     pub header_timeout_secs: u64,
     /// Who may post each vendor's webhooks: path tokens, basic auth.
     #[serde(default)]
-    pub access: crate::ingest::access::Access,
+    pub access: crate::gateway::access::Access,
 }
 
 impl IngestSettings {
@@ -858,7 +858,7 @@ impl Settings {
             HOUR_SECS,
             "seconds",
         )?;
-        if let Some((key, problem)) = crate::ingest::access::problem(&self.ingest.access) {
+        if let Some((key, problem)) = crate::gateway::access::problem(&self.ingest.access) {
             return Err(ConfigError::Invalid(format!("{key}: {problem}")));
         }
         within(

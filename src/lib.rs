@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! RabbitMQ webhooks.raw -> normalizer.raw
-//!   -> broker::Session             consume (its own connection); feed the pipeline
-//!   -> broker pipeline             one task: deliveries in consumption order
+//!   -> worker::Session             consume (its own connection); feed the pipeline
+//!   -> worker pipeline             one task: deliveries in consumption order
 //!      -> delivery::plan           RawMessage -> bounded events to publish, or a dead letter
 //!         -> normalize             size limit, JSON parse, vendor detection, bounds
 //!            -> body               strict JSON: no repeated keys
@@ -13,11 +13,11 @@
 //!                                  pure mapping of one vendor's envelope
 //!         -> canonical::CanonicalEvent
 //!                                  CloudEvents 1.0, canonical type, stable id
-//!      -> broker pipeline core     no I/O: each output delivered (events.canonical,
+//!      -> worker pipeline core     no I/O: each output delivered (events.canonical,
 //!                                  webhooks.dead-letter), kept (events.unrouted, when no
 //!                                  team binds it), tapped (events.tap, for observers);
 //!                                  refusals retried in place, or isolated
-//!      -> broker publish           frame check; confirmed, returns told by content
+//!      -> worker publisher         frame check; confirmed, returns told by content
 //!   -> delivery::coalesce          acks batched with `multiple` where nothing is held
 //! ```
 //!
@@ -28,39 +28,36 @@
 //! - [`body`]: the strict JSON reader of webhook bodies.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
 //!   schedule, ack batching), and the delivery policy.
-//! - [`broker`]: all AMQP client code; [`worker`]: the reconnect loop around it.
+//! - [`amqp`]: the AMQP plumbing (connections, TLS, the frame check, topology, header
+//!   helpers) that the three roles build on: [`worker`] (the reconnect loop, session,
+//!   pipeline, publisher, settler), [`tools`] (the operator tools: queue walks, `dlq`,
+//!   `unrouted`, `tail`, permissions, audit) and [`gateway`] (the reference gateway,
+//!   HTTP in, raw messages out). No role imports from another.
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //! - [`signatures`]: the vendors' webhook signatures, checked over the raw bytes.
-//! - [`permissions`]: the RabbitMQ permissions the configured names need.
-//! - [`ingest`]: the reference gateway, HTTP in, raw messages out.
-//! - [`dead_letters`]: reading, filtering and grouping dead letters for the `dlq`
-//!   commands; [`unrouted`]: the same for events nobody was bound for, for the
-//!   `unrouted` commands (the walk itself is in [`broker`]); [`audit`]: the line every
-//!   replay and purge leaves (who, filters, counts).
+//! - `tools::dlq::stored`, `tools::unrouted::stored`: reading, filtering and grouping
+//!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
-//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `dead_letters`, `unrouted`,
-//! `permissions`, `signatures` and `redact` are pure: no I/O, no
+//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `tools::dlq::stored`,
+//! `tools::unrouted::stored`, `tools::permissions`, `signatures` and `redact` are pure: no I/O, no
 //! clock, no randomness. The broker glue is built on top of them, never the other way
 //! round.
 
+pub mod amqp;
 pub mod asyncapi;
-pub mod audit;
 pub mod body;
-pub mod broker;
 pub mod canonical;
 pub mod config;
-pub mod dead_letters;
 pub mod delivery;
+pub mod gateway;
 pub mod http;
-pub mod ingest;
 pub mod normalize;
 pub mod ops;
-pub mod permissions;
 pub mod redact;
 pub mod signatures;
 pub mod telemetry;
-pub mod unrouted;
+pub mod tools;
 pub mod vendors;
 pub mod worker;
 

@@ -352,7 +352,7 @@ mod tests {
         m.add_events("deel", std::iter::once("deel.contract.created"));
         m.add_dead_lettered("deel", "invalid_json");
         // The gateway's metrics too: the kit alerts on ingest's answers.
-        let ingest = crate::ingest::metrics::IngestMetrics::new(0, Default::default());
+        let ingest = crate::gateway::metrics::IngestMetrics::new(0, Default::default());
         let exported: std::collections::BTreeSet<String> = [m.encode(), ingest.encode()]
             .concat()
             .lines()

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use webhook_normalizer::broker;
+
 use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
 use webhook_normalizer::config::Settings;
 use webhook_normalizer::telemetry::{self, TelemetryError};
@@ -74,7 +74,8 @@ pub(crate) fn with_settings(
 fn configure(file: &ConfigFile) -> Result<Settings, ExitCode> {
     let settings = Settings::load(file.path.as_deref()).map_err(|e| configuration_error(&e))?;
     if settings.amqp.url.expose().starts_with("amqps:") {
-        broker::tls_client_config(&settings.amqp.tls).map_err(|e| configuration_error(&e))?;
+        webhook_normalizer::amqp::tls_client_config(&settings.amqp.tls)
+            .map_err(|e| configuration_error(&e))?;
     }
     let colour = telemetry::colour_wanted(
         io::stderr().is_terminal(),

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use webhook_normalizer::broker::Progress;
+use webhook_normalizer::tools::walk::Progress;
 
 /// Walks shorter than this finish too soon for a bar to help.
 const SHOWN_FROM: u64 = 300;

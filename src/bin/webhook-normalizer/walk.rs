@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use webhook_normalizer::audit::{Audit, AuditCounts, FilterValue};
-use webhook_normalizer::broker;
+use webhook_normalizer::tools::audit::{Audit, AuditCounts, FilterValue};
+
 use webhook_normalizer::config::Settings;
 
 use crate::common::{EXIT_TEMPFAIL, EXIT_UNAVAILABLE, amqp_user_and_vhost, report};
@@ -39,7 +39,7 @@ fn positive_rate(s: &str) -> Result<f64, String> {
 
 /// The warnings a walk ends with: messages it could not copy byte for byte, and
 /// messages it counted that another consumer took.
-pub(crate) fn report_walk_warnings(summary: &broker::WalkSummary) {
+pub(crate) fn report_walk_warnings(summary: &webhook_normalizer::tools::walk::WalkSummary) {
     if summary.left_in_place > 0 {
         report(format_args!(
             "warning: {} could not be copied byte for byte; left in place, their delivery count rose by one (their properties as sent, with the walk's edits, would not fit the broker's frame_max or could not be walked)",
@@ -56,10 +56,10 @@ pub(crate) fn report_walk_warnings(summary: &broker::WalkSummary) {
 
 /// Reports why a `dlq` or `unrouted` walk failed: EX_TEMPFAIL when another holds the
 /// queue, EX_UNAVAILABLE otherwise.
-pub(crate) fn walk_failed(e: &broker::WalkError) -> ExitCode {
+pub(crate) fn walk_failed(e: &webhook_normalizer::tools::walk::WalkError) -> ExitCode {
     report(format_args!("error: {e}"));
     match e {
-        broker::WalkError::Locked { .. } => ExitCode::from(EXIT_TEMPFAIL),
+        webhook_normalizer::tools::walk::WalkError::Locked { .. } => ExitCode::from(EXIT_TEMPFAIL),
         _ => ExitCode::from(EXIT_UNAVAILABLE),
     }
 }

@@ -6,13 +6,13 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
-use webhook_normalizer::broker;
+
 use webhook_normalizer::canonical::Vendor;
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::dead_letters::{self, Filter, NotReplayable, Stats};
+use webhook_normalizer::tools::dlq::stored::{self, Filter, NotReplayable, Stats};
 
-use webhook_normalizer::audit::{AuditCounts, FilterValue};
 use webhook_normalizer::canonical::rfc3339_utc;
+use webhook_normalizer::tools::audit::{AuditCounts, FilterValue};
 
 use crate::common::{
     ConfigFile, parse_rfc3339, report, runtime, with_settings, write_lines, written_to_stdout,
@@ -254,18 +254,18 @@ fn walk(
         DlqMode::Replay { as_vendor, .. } => as_vendor,
         _ => None,
     };
-    let walked = runtime.block_on(broker::walk_dead_letters(
+    let walked = runtime.block_on(webhook_normalizer::tools::dlq::walk_dead_letters(
         &settings,
         rate,
         as_vendor,
         &mut |p| bar.update(p),
         |info, body, properties| {
             if !filter.matches(info) {
-                return broker::Action::Keep;
+                return webhook_normalizer::tools::walk::Action::Keep;
             }
             matched += 1;
             if limit.is_some_and(|l| picked >= l) || write_failed.is_some() {
-                return broker::Action::Keep;
+                return webhook_normalizer::tools::walk::Action::Keep;
             }
             if let DlqMode::Replay {
                 ignore_replay_limit,
@@ -274,40 +274,42 @@ fn walk(
                 && let Err(why) = info.replay_target(&replay_to, max_replays, ignore_replay_limit)
             {
                 not_replayable.add(why);
-                return broker::Action::Keep;
+                return webhook_normalizer::tools::walk::Action::Keep;
             }
             picked += 1;
             let line = match &mode {
                 DlqMode::Stats => {
                     stats.add(info);
-                    return broker::Action::Keep;
+                    return webhook_normalizer::tools::walk::Action::Keep;
                 }
                 DlqMode::Export { .. } => {
-                    let record = dead_letters::export_record(info, body, properties);
+                    let record = stored::export_record(info, body, properties);
                     if let Some(w) = export.as_mut()
                         && let Err(e) = writeln!(w, "{record}")
                     {
                         write_failed = Some(e);
                     }
-                    return broker::Action::Keep;
+                    return webhook_normalizer::tools::walk::Action::Keep;
                 }
                 DlqMode::Peek { show_body: true } => {
                     let body = String::from_utf8_lossy(body).into_owned();
                     format!(
                         "{}\t{}",
-                        dead_letters::peek_line(info, now),
+                        stored::peek_line(info, now),
                         serde_json::Value::String(body)
                     )
                 }
-                _ => dead_letters::peek_line(info, now),
+                _ => stored::peek_line(info, now),
             };
             if let Err(e) = writeln!(out, "{line}") {
                 write_failed = Some(e);
             }
             match mode {
-                DlqMode::Replay { dry_run: false, .. } => broker::Action::Replay,
-                DlqMode::Purge => broker::Action::Drop,
-                _ => broker::Action::Keep,
+                DlqMode::Replay { dry_run: false, .. } => {
+                    webhook_normalizer::tools::walk::Action::Replay
+                }
+                DlqMode::Purge => webhook_normalizer::tools::walk::Action::Drop,
+                _ => webhook_normalizer::tools::walk::Action::Keep,
             }
         },
     ));
@@ -322,7 +324,7 @@ fn walk(
         write_failed.get_or_insert(e);
     }
     if let DlqMode::Stats = mode
-        && let Err(e) = write_lines(&mut out, dead_letters::stats_lines(&stats))
+        && let Err(e) = write_lines(&mut out, stored::stats_lines(&stats))
     {
         write_failed = Some(e);
     }

@@ -42,7 +42,7 @@ pub(crate) fn run(args: PermissionsArgs) -> anyhow::Result<ExitCode> {
     } = args;
     with_settings(&config, |settings| {
         let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
-        let team = match webhook_normalizer::permissions::consumer(&settings, &prefix) {
+        let team = match webhook_normalizer::tools::permissions::consumer(&settings, &prefix) {
             Ok(team) => team,
             Err(e) => {
                 report(format_args!("error: {e}"));
@@ -68,12 +68,12 @@ struct PermissionUsers<'a> {
     consumer: (
         &'a str,
         &'a str,
-        webhook_normalizer::permissions::Permissions,
+        webhook_normalizer::tools::permissions::Permissions,
     ),
 }
 
 fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Result<()> {
-    use webhook_normalizer::permissions;
+    use webhook_normalizer::tools::permissions;
     let PermissionUsers {
         worker: user,
         operator,

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use webhook_normalizer::broker::{self, Published, RawBody};
 use webhook_normalizer::canonical::{Vendor, rfc3339_utc};
 use webhook_normalizer::config::Settings;
+use webhook_normalizer::gateway::{self, Published, RawBody};
 
 use crate::common::{ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings};
 
@@ -103,7 +103,7 @@ fn send(settings: Settings, args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let mut refused = 0;
     let mut answered = 0;
     let runtime = runtime()?;
-    let sent = runtime.block_on(broker::publish_bodies(&settings, &bodies, |i, outcome| {
+    let sent = runtime.block_on(gateway::publish_bodies(&settings, &bodies, |i, outcome| {
         let bytes = bodies[i].body.len();
         answered += 1;
         match outcome {

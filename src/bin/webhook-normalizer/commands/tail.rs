@@ -4,11 +4,11 @@
 use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
-use webhook_normalizer::broker::{self, TailSource, Tailed};
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::dead_letters;
 use webhook_normalizer::telemetry;
-use webhook_normalizer::unrouted::TypePattern;
+use webhook_normalizer::tools::dlq::stored;
+use webhook_normalizer::tools::tail::{self, TailSource, Tailed};
+use webhook_normalizer::tools::unrouted::stored::TypePattern;
 
 use crate::common::{
     ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings, written_to_stdout,
@@ -88,7 +88,7 @@ fn watch(settings: Settings, args: &TailArgs) -> anyhow::Result<ExitCode> {
     let mut write_failed: Option<io::Error> = None;
     let mut printed = 0u64;
     let runtime = runtime()?;
-    let watched = runtime.block_on(broker::tail(
+    let watched = runtime.block_on(tail::tail(
         &settings,
         &source,
         || report(format_args!("watching {watching}; Ctrl-C to stop")),
@@ -105,7 +105,7 @@ fn watch(settings: Settings, args: &TailArgs) -> anyhow::Result<ExitCode> {
                     properties,
                 } if terminal => {
                     let _ = properties;
-                    let mut line = dead_letters::peek_line(&info, chrono::Utc::now());
+                    let mut line = stored::peek_line(&info, chrono::Utc::now());
                     if args.show_body {
                         line.push('\t');
                         line.push_str(&String::from_utf8_lossy(body));
@@ -117,7 +117,7 @@ fn watch(settings: Settings, args: &TailArgs) -> anyhow::Result<ExitCode> {
                     body,
                     properties,
                 } => {
-                    let mut record = dead_letters::export_record(&info, body, &properties);
+                    let mut record = stored::export_record(&info, body, &properties);
                     if !args.show_body
                         && let Some(map) = record.as_object_mut()
                     {

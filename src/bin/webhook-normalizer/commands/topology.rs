@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use tracing::{error, info};
-use webhook_normalizer::broker;
 
 use crate::common::{ConfigFile, EXIT_UNAVAILABLE, runtime, with_settings};
 
@@ -12,7 +11,7 @@ use crate::common::{ConfigFile, EXIT_UNAVAILABLE, runtime, with_settings};
 pub(crate) fn run(config: ConfigFile) -> anyhow::Result<ExitCode> {
     with_settings(&config, |settings| {
         let runtime = runtime()?;
-        match runtime.block_on(broker::declare_topology(&settings)) {
+        match runtime.block_on(webhook_normalizer::amqp::declare_topology(&settings)) {
             Ok(()) => {
                 info!(broker = %settings.amqp.url, "topology declared");
                 Ok(ExitCode::SUCCESS)

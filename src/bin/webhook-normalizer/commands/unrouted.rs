@@ -4,12 +4,12 @@ use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use webhook_normalizer::broker::{self, Action};
 use webhook_normalizer::canonical::rfc3339_utc;
 use webhook_normalizer::config::Settings;
-use webhook_normalizer::unrouted::{Stats, TypePattern, UnroutedEvent};
+use webhook_normalizer::tools::unrouted::stored::{Stats, TypePattern, UnroutedEvent};
+use webhook_normalizer::tools::walk::Action;
 
-use webhook_normalizer::audit::{AuditCounts, FilterValue};
+use webhook_normalizer::tools::audit::{AuditCounts, FilterValue};
 
 use crate::common::{ConfigFile, report, runtime, with_settings, write_lines, written_to_stdout};
 use crate::progress::ProgressBar;
@@ -124,7 +124,7 @@ impl UnroutedWalk {
         let mut write_failed: Option<io::Error> = None;
         let runtime = runtime()?;
         let mut bar = ProgressBar::new("unrouted events");
-        let walked = runtime.block_on(broker::walk_unrouted(
+        let walked = runtime.block_on(webhook_normalizer::tools::unrouted::walk_unrouted(
             &settings,
             rate,
             &mut |p| bar.update(p),

@@ -27,9 +27,9 @@
 //! only its own: see the caller). The client parses properties into its own types and
 //! writes them again: the same values. But what it cannot parse as sent (a short string
 //! that is not UTF-8, headers nested deeper than it goes, a repeated header name) the
-//! frame check rewrites first ([`super::wire`]), and a copy made of that would carry the
+//! frame check rewrites first ([`crate::amqp::wire`]), and a copy made of that would carry the
 //! rewrite. So the walk's connection keeps each rewritten content header as it was sent,
-//! the walk makes the same edits to those bytes ([`super::wire::edit`]), and the
+//! the walk makes the same edits to those bytes ([`crate::amqp::wire::edit`]), and the
 //! connection's stream sends them in place of what the client writes for the copy. Where that cannot be done (the edited properties
 //! would not fit `frame_max`, or the bytes cannot be walked), the message is left in
 //! hand, unacked, until the walk ends: the broker then gives it back, as it was, at the
@@ -59,12 +59,12 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation};
 
-use super::confirm::judge;
-use super::connection::connect_checked;
-use super::error::{BrokerError, Role};
-use super::publish::{header_payload_size, header_room};
-use super::wire::edit::{PropertyEdits, edit_content_header};
-use super::wire::{FrameCheck, Returns, Sent, Verbatim, WireReports};
+use crate::amqp::confirm::judge;
+use crate::amqp::connection::connect_checked;
+use crate::amqp::error::{BrokerError, Role};
+use crate::amqp::headers::{header_payload_size, header_room};
+use crate::amqp::wire::edit::{PropertyEdits, edit_content_header};
+use crate::amqp::wire::{FrameCheck, Returns, Sent, Verbatim, WireReports};
 use crate::config::Settings;
 use crate::delivery::PublishOutcome;
 

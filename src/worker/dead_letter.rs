@@ -23,8 +23,9 @@ use std::sync::Arc;
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 
-use super::publish::{
-    AmqpMessage, PERSISTENT, header_entry_size, header_payload_size, header_room, text_headers,
+use super::publisher::AmqpMessage;
+use crate::amqp::headers::{
+    PERSISTENT, header_entry_size, header_payload_size, header_room, text_headers,
 };
 use crate::delivery::{DeadLetter, headers};
 use crate::redact::SafeName;
@@ -218,7 +219,7 @@ mod tests {
     }
 
     fn text(p: &BasicProperties, name: &str) -> Option<String> {
-        super::super::publish::header_text(p, name)
+        crate::amqp::headers::header_text(p, name)
     }
 
     #[test]

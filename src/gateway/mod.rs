@@ -14,6 +14,11 @@
 
 pub mod access;
 pub mod metrics;
+mod publisher;
+
+pub use publisher::{
+    GatewayPublisher, Published, RawBody, Readiness as GatewayReadiness, publish_bodies,
+};
 
 use std::io;
 use std::sync::Arc;
@@ -33,7 +38,6 @@ use tracing::{debug, info, warn};
 
 use self::access::{Access, Presented};
 use self::metrics::{IngestMetrics, Outcome};
-use crate::broker::{GatewayPublisher, GatewayReadiness, Published, RawBody};
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
 use crate::http::{Bounds, ConnectionCounts};

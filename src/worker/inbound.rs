@@ -4,7 +4,7 @@
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 
-use super::publish::header_text;
+use crate::amqp::headers::header_text;
 use crate::delivery::{RawMessage, VendorHeader, headers};
 use crate::signatures;
 

@@ -49,8 +49,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::broker::wire::FrameCheck;
-    use crate::broker::wire::test_support::feed_all;
+    use crate::amqp::wire::FrameCheck;
+    use crate::amqp::wire::test_support::feed_all;
 
     const CHANNEL: u16 = 1;
 
@@ -140,7 +140,7 @@ mod tests {
     ) -> Vec<(Option<String>, PublishOutcome)> {
         let publishes: Vec<Publish> = (0..run.returned.len()).map(Publish::new).collect();
         let check = FrameCheck::default();
-        let mut filter = crate::broker::wire::test_support::filter(&check);
+        let mut filter = crate::amqp::wire::test_support::filter(&check);
         let mut pending: BTreeSet<u64> = (1..=publishes.len() as u64).collect();
         let mut waiting: VecDeque<String> = VecDeque::new();
         let mut attached: Vec<Option<Option<String>>> = vec![None; publishes.len()];

@@ -167,7 +167,7 @@ mod tests {
     use futures_lite::future::block_on;
 
     use super::*;
-    use crate::broker::wire::Verbatim;
+    use crate::amqp::wire::Verbatim;
 
     /// A socket that takes at most `at_once` bytes a write, and every other write (and
     /// flush) is not ready yet (waking at once).

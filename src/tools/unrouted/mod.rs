@@ -1,6 +1,8 @@
-//! The `unrouted` commands' walk of the unrouted queue ([`super::walk`]): each kept event
+//! The `unrouted` commands' walk of the unrouted queue ([`crate::tools::walk`]): each kept event
 //! read as an [`UnroutedEvent`], and replayed to the canonical exchange as it was first
 //! published.
+
+pub mod stored;
 
 use std::time::Duration;
 
@@ -8,10 +10,10 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
-use super::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 use crate::config::Settings;
 use crate::delivery::headers;
-use crate::unrouted::{ROUTING_KEY_HEADER, UnroutedEvent};
+use crate::tools::unrouted::stored::{ROUTING_KEY_HEADER, UnroutedEvent};
+use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every event in the unrouted queue when it starts, in order, and leaves the queue
 /// as it was except for those `decide` replays: published to `output.exchange` with their

@@ -215,7 +215,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::broker::wire::properties::check_content_header;
+    use crate::amqp::wire::properties::check_content_header;
 
     fn short(bytes: &[u8]) -> Vec<u8> {
         [vec![u8::try_from(bytes.len()).unwrap()], bytes.to_vec()].concat()

@@ -9,11 +9,11 @@ use lapin::{BasicProperties, Channel, Connection};
 use std::sync::Arc;
 use std::task::Poll;
 
-use super::confirm::judge;
-use super::connection::connect_checked;
-use super::error::{BrokerError, Role};
-use super::ordered;
-use super::wire::{FrameCheck, Returns, Sent};
+use crate::amqp::confirm::judge;
+use crate::amqp::connection::connect_checked;
+use crate::amqp::error::{BrokerError, Role};
+use crate::amqp::ordered;
+use crate::amqp::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
 use crate::delivery::PublishOutcome;
 

@@ -15,7 +15,7 @@ use futures_core::Stream;
 
 use super::frames::FrameCheck;
 use super::stream::CheckedStream;
-use crate::broker::tls::{self, TlsTarget, Transport};
+use crate::amqp::tls::{self, TlsTarget, Transport};
 
 /// Tokio, with checked TCP streams whose findings go to `check`, through TLS to `tls`.
 #[derive(Debug, Clone)]

@@ -25,21 +25,20 @@ mod core;
 
 use self::core::{Command, Core, Fate, Finish, Messages, PublishId, Route, Status, Tuning};
 use super::dead_letter::dead_letter_message;
-use super::ordered;
-use super::publish::{
-    AmqpMessage, Publisher, header_payload_bound, header_payload_size, header_room,
-};
-use super::raw::raw_message;
-use super::wire::WireReport;
+use super::inbound::raw_message;
+use super::publisher::{AmqpMessage, Publisher};
+use crate::amqp::headers::{header_payload_bound, header_payload_size, header_room};
+use crate::amqp::ordered;
+use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
-use crate::dead_letters::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
 use crate::delivery::{
     DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan_checked,
 };
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Delivery as Who, Health, Outcome, WorkerState};
 use crate::signatures::Signatures;
+use crate::tools::dlq::stored::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {

@@ -10,11 +10,12 @@ use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 
-use super::connection::connect;
-use super::dlq::{delivered, properties_json};
-use super::error::{BrokerError, Role};
+use super::dlq::delivered;
+use crate::amqp::connection::connect;
+use crate::amqp::error::{BrokerError, Role};
+use crate::amqp::json::properties_json;
 use crate::config::Settings;
-use crate::dead_letters::DeadLetterInfo;
+use crate::tools::dlq::stored::DeadLetterInfo;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{BrokerError, Session, SessionEnd};
+use super::session::{Session, SessionEnd};
+use crate::amqp::BrokerError;
 use crate::config::Settings;
 use crate::delivery::backoff_delay;
 use crate::ops::{Health, WorkerState};
@@ -81,7 +82,7 @@ pub async fn run(
                     SessionEnd::Failed(e) => {
                         warn!(error = %e, "broker session ended");
                         // With several nodes in amqp.url, the next one first, unless it failed lately.
-                        crate::broker::prefer_next_url(settings.amqp.url.each().len());
+                        crate::amqp::prefer_next_url(settings.amqp.url.each().len());
                         with_hint(format!("broker session ended: {e}"), e.hint())
                     }
                 }

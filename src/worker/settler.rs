@@ -14,8 +14,8 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::Channel;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 
-use super::error::BrokerError;
-use super::ordered;
+use crate::amqp::error::BrokerError;
+use crate::amqp::ordered;
 use crate::delivery::{AckPolicy, Settle, SettleFrame, coalesce};
 use crate::ops::Health;
 

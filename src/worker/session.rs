@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::connection::connect_checked;
-use super::error::{BrokerError, Role};
 use super::pipeline::Pipeline;
-use super::publish::Publisher;
+use super::publisher::Publisher;
 use super::settler::Settler;
-use super::wire::{FrameCheck, WireReports};
+use crate::amqp::connection::connect_checked;
+use crate::amqp::error::{BrokerError, Role};
+use crate::amqp::wire::{FrameCheck, WireReports};
 use crate::config::Settings;
 use crate::ops::{Health, WorkerState};
 
@@ -207,7 +207,7 @@ fn watch_consumer_connection(
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             if let Event::Error(e) = event
-                && !super::error::is_channel_error(&e)
+                && !crate::amqp::error::is_channel_error(&e)
             {
                 let _ = failures
                     .send(BrokerError::ConnectionLost {

@@ -1,0 +1,127 @@
+//! Measuring and reading AMQP properties and headers: the size a content header frame
+//! takes (checked against the negotiated `frame_max` before publishing) and header
+//! values as text. Used by the worker, the queue walks and the gateway alike.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+pub(crate) const PERSISTENT: u8 = 2;
+
+/// The bytes a content header frame with these properties takes beyond the frame's own
+/// 8 bytes of overhead: class, weight, body size (12) and the encoded properties. The
+/// broker closes the connection (FRAME_ERROR) when this exceeds `frame_max - 8`, so it
+/// is checked before publishing.
+pub(crate) fn header_payload_size(properties: &BasicProperties) -> usize {
+    let encoded = cookie_factory::gen_simple(
+        lapin::protocol::basic::gen_properties(properties),
+        Vec::with_capacity(256),
+    );
+    // Writing to a Vec cannot fail; should it, nothing fits.
+    12 + encoded.map_or(usize::MAX - 12, |bytes| bytes.len())
+}
+
+/// [`header_payload_size`] found without encoding, for the common case of properties
+/// whose headers are all text (the worker's events): `None` when a header holds another
+/// type, whose size only the encoder knows.
+pub(crate) fn header_payload_bound(properties: &BasicProperties) -> Option<usize> {
+    let short = |s: &Option<ShortString>| s.as_ref().map_or(0, |s| 1 + s.as_str().len());
+    let mut size = 12 + 2 // class, weight, body size; property flags
+        + short(properties.content_type())
+        + short(properties.content_encoding())
+        + short(properties.correlation_id())
+        + short(properties.reply_to())
+        + short(properties.expiration())
+        + short(properties.message_id())
+        + short(properties.kind())
+        + short(properties.user_id())
+        + short(properties.app_id())
+        + short(properties.cluster_id())
+        + properties.delivery_mode().map_or(0, |_| 1)
+        + properties.priority().map_or(0, |_| 1)
+        + properties.timestamp().map_or(0, |_| 8);
+    if let Some(headers) = properties.headers() {
+        size += 4;
+        for (name, value) in headers.inner() {
+            let AMQPValue::LongString(text) = value else {
+                return None;
+            };
+            size += 1 + name.as_str().len() + 1 + 4 + text.len();
+        }
+    }
+    Some(size)
+}
+
+/// The largest header payload a frame of `frame_max` bytes carries.
+pub(crate) fn header_room(frame_max: u32) -> usize {
+    // frame_max 0 means "no limit" in AMQP; RabbitMQ never negotiates it.
+    if frame_max == 0 {
+        usize::MAX
+    } else {
+        (frame_max as usize).saturating_sub(8)
+    }
+}
+
+/// The encoded size of one header entry (name and value) in a field table.
+pub(crate) fn header_entry_size(name: &ShortString, value: &AMQPValue) -> usize {
+    let mut table = FieldTable::default();
+    table.insert(name.clone(), value.clone());
+    let encoded = cookie_factory::gen_simple(
+        lapin::types::generation::gen_field_table(&table),
+        Vec::new(),
+    );
+    // Minus the table's own 4-byte length.
+    encoded.map_or(usize::MAX, |bytes| bytes.len().saturating_sub(4))
+}
+
+/// Adds text headers to a table (replacing same-named ones).
+pub(crate) fn text_headers(
+    mut table: FieldTable,
+    headers: &[(&'static str, String)],
+) -> FieldTable {
+    for (name, value) in headers {
+        table.insert((*name).into(), AMQPValue::LongString(value.as_str().into()));
+    }
+    table
+}
+
+/// A header's value as text, when it is a string.
+pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_sizes_match_the_wire_encoding() {
+        // Flags (2), content type (1 + 16), delivery mode (1).
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
+        assert_eq!(header_payload_size(&p), 12 + 2 + 17 + 1);
+        // Headers: table length (4), name (1 + 3), type (1), long string (4 + 5).
+        let p = BasicProperties::default().with_headers(text_headers(
+            FieldTable::default(),
+            &[("x-a", "hello".into())],
+        ));
+        assert_eq!(header_payload_size(&p), 12 + 2 + 4 + 4 + 1 + 4 + 5);
+        assert!(header_payload_bound(&p).unwrap() >= header_payload_size(&p));
+        let entry = header_entry_size(&"x-a".into(), &AMQPValue::LongString("hello".into()));
+        assert_eq!(entry, 4 + 1 + 4 + 5);
+        assert_eq!(header_room(131_072), 131_064);
+        let table = FieldTable::from(std::collections::BTreeMap::from([(
+            "n".into(),
+            AMQPValue::LongLongInt(1),
+        )]));
+        assert_eq!(header_payload_bound(&p.with_headers(table)), None);
+        assert_eq!(header_room(0), usize::MAX);
+    }
+}

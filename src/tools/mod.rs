@@ -1,0 +1,11 @@
+//! The operator tools behind the `dlq`, `unrouted`, `tail` and `permissions` commands:
+//! the queue walk that looks without changing ([`walk`]), each with its pure reader
+//! beside it ([`dlq::stored`], [`unrouted::stored`]), and the audit line every replay
+//! and purge leaves.
+
+pub mod audit;
+pub mod dlq;
+pub mod permissions;
+pub mod tail;
+pub mod unrouted;
+pub mod walk;
