@@ -15,8 +15,8 @@
 //!
 //! What still varies from run to run is how the worker's threads interleave (how many
 //! deliveries one wake-up takes, how confirms and acks batch): `--fair-sched=yes` makes
-//! valgrind hand the one CPU it gives the threads round in a fixed order, which narrowed
-//! the spread from about 0.7% to 0.2%. Nothing the benchmark does while the worker runs
+//! valgrind hand the one CPU it gives the threads round in a fixed order (runs of 5,000
+//! messages spread over 0.74% without it, 6 runs; 0.41% with it, 18 runs). Nothing the benchmark does while the worker runs
 //! is counted against it but a handful of `/readyz` requests: progress is read from the
 //! broker, and the worker's only timers that tick with the wall clock are set out of the
 //! way (AMQP heartbeats every 3600 s, no periodic summary log line), since under
