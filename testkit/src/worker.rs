@@ -50,6 +50,8 @@ pub struct WorkerBuilder {
     env: Vec<(String, String)>,
     address_space: Option<u64>,
     open_files: Option<u64>,
+    under: Vec<String>,
+    startup: Duration,
     keep_log_lines: Option<usize>,
 }
 
@@ -81,29 +83,50 @@ impl WorkerBuilder {
         self
     }
 
+    /// Runs the binary under another program, `PROGRAM ARGS… BINARY run` (a profiler
+    /// such as valgrind, which runs it in its own process: the child's pid is still the
+    /// worker's). After the limits' `prlimit`, when both are set.
+    pub fn under(mut self, program: &str, args: &[String]) -> Self {
+        self.under = std::iter::once(program.to_owned())
+            .chain(args.iter().cloned())
+            .collect();
+        self
+    }
+
+    /// How long [`WorkerBuilder::start`] waits for the health address (30 s by default;
+    /// longer under a slow [`WorkerBuilder::under`]).
+    pub fn startup_timeout(mut self, within: Duration) -> Self {
+        self.startup = within;
+        self
+    }
+
     /// Keeps only the last `n` log lines (for long runs); all by default.
     pub fn keep_log_lines(mut self, n: usize) -> Self {
         self.keep_log_lines = Some(n);
         self
     }
 
-    /// Spawns it and waits (up to 30 s) for the health address it logs when it starts.
+    /// Spawns it and waits (up to 30 s, or [`WorkerBuilder::startup_timeout`]) for the
+    /// health address it logs when it starts.
     pub fn start(self) -> WorkerProcess {
         let binary = self.binary.unwrap_or_else(worker_binary);
-        // prlimit sets the limit and execs the binary: the child's pid is the worker's.
-        let mut command = if self.address_space.is_some() || self.open_files.is_some() {
-            let mut c = Command::new("prlimit");
+        // prlimit sets the limit and execs the next program: the child's pid is the
+        // worker's.
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if self.address_space.is_some() || self.open_files.is_some() {
+            argv.push("prlimit".into());
             if let Some(bytes) = self.address_space {
-                c.arg(format!("--as={bytes}"));
+                argv.push(format!("--as={bytes}").into());
             }
             if let Some(n) = self.open_files {
-                c.arg(format!("--nofile={n}:{n}"));
+                argv.push(format!("--nofile={n}:{n}").into());
             }
-            c.arg("--").arg(&binary);
-            c
-        } else {
-            Command::new(&binary)
-        };
+            argv.push("--".into());
+        }
+        argv.extend(self.under.iter().map(Into::into));
+        argv.push(binary.into_os_string());
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]);
         command
             .arg("run")
             .env("NORMALIZER__AMQP__URL", &self.url)
@@ -146,7 +169,7 @@ impl WorkerBuilder {
             health: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
         };
-        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+        match addr_rx.recv_timeout(self.startup) {
             Ok(address) => worker.health = address,
             Err(_) => panic!(
                 "worker logged no health address; last log lines:\n{}",
@@ -198,6 +221,8 @@ impl WorkerProcess {
             env: Vec::new(),
             address_space: None,
             open_files: None,
+            under: Vec::new(),
+            startup: Duration::from_secs(30),
             keep_log_lines: None,
         }
     }
