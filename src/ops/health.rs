@@ -1,14 +1,14 @@
-//! What the worker is doing and what it has counted: the state `/readyz` reports and the
-//! counters behind it. Serving them over HTTP is `server.rs`'s job.
+//! What the worker is doing and what it has counted: the state `/readyz` reports, and
+//! [`Health::record`], the one way an occurrence is counted. The counts live only in the
+//! Prometheus [`Metrics`]; the `/readyz` snapshot reads them from there. Serving them over
+//! HTTP is `server.rs`'s job.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
-use super::metrics::Metrics;
-use crate::canonical::Vendor;
-use crate::normalize::ErrorKind;
+use super::Occurrence;
+use super::metrics::{Counts, Metrics};
 
 /// Shared state the worker updates and the HTTP endpoints read. Cheap to clone.
 #[derive(Clone, Default)]
@@ -41,22 +41,11 @@ struct Shared {
     state: Mutex<(WorkerState, Option<String>)>,
     /// The broker's reason while it blocks the publishing connection.
     blocked: Mutex<Option<String>>,
-    consumed: AtomicU64,
-    acked: AtomicU64,
-    events_published: AtomicU64,
-    events_kept: AtomicU64,
-    dead_lettered: AtomicU64,
-    requeued: AtomicU64,
-    settle_failed: AtomicU64,
-    sessions: AtomicU64,
-    publish_retries: AtomicU64,
-    ack_frames: AtomicU64,
-    handed_to_broker: AtomicU64,
-    in_flight: AtomicU64,
+    /// Every count, `/readyz`'s included: one store, so `/readyz` and `/metrics` agree.
     metrics: Metrics,
 }
 
-/// A point-in-time copy of the state.
+/// A point-in-time copy of the state, and the counts read from the Prometheus series.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct HealthSnapshot {
     /// Consuming from the raw queue and free to publish (`state` is `consuming`).
@@ -66,36 +55,16 @@ pub struct HealthSnapshot {
     pub reason: Option<String>,
     /// The broker blocks the publishing connection (memory or disk alarm).
     pub blocked: bool,
-    /// Raw messages received.
-    pub consumed: u64,
-    /// Raw messages acknowledged (their events or dead letter confirmed).
-    pub acked: u64,
-    /// Canonical events stored in a team's queue.
-    pub events_published: u64,
-    /// Canonical events nobody is bound for, kept on the unrouted queue.
-    pub events_unrouted: u64,
-    /// Raw messages dead-lettered by us (confirmed).
-    pub dead_lettered: u64,
-    /// Raw messages rejected for redelivery after a transient failure.
-    pub requeued: u64,
-    /// Acks or rejects that did not reach the broker (the channel was gone); those
-    /// messages are redelivered.
-    pub settle_failed: u64,
-    /// Broker sessions opened (1 + reconnects).
-    pub sessions: u64,
-    /// Publishes sent again after a transient failure.
-    pub publish_retries: u64,
-    /// `basic.ack` frames sent; each acknowledges every settled raw message before it
-    /// (`multiple`), so `acked / ack_frames` is the mean batch.
-    pub ack_frames: u64,
-    /// Raw messages whose dead letter could not be published, handed to the raw queue's
-    /// own dead-lettering (`basic.reject` without requeue) instead.
-    pub handed_to_broker: u64,
-    /// Raw messages held now: consumed, not yet settled.
-    pub in_flight: u64,
+    /// The counters, each the value of the Prometheus series its field names.
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 impl Health {
+    /// Counts one occurrence, for `/readyz` and `/metrics` at once.
+    pub fn record(&self, occurrence: Occurrence<'_>) {
+        self.0.metrics.record(&occurrence);
+    }
     /// What the worker is doing, and why when it is not consuming.
     pub fn set_state(&self, state: WorkerState, reason: Option<String>) {
         let mut current = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -109,87 +78,8 @@ impl Health {
     pub fn set_blocked(&self, reason: Option<String>) {
         *self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
-    pub fn add_consumed(&self, redelivered: bool) {
-        self.0.consumed.fetch_add(1, Ordering::Relaxed);
-        self.0.metrics.add_consumed(redelivered);
-    }
-    /// One `basic.ack` frame written, acknowledging `n` raw messages.
-    pub fn add_acked(&self, n: u64) {
-        self.0.acked.fetch_add(n, Ordering::Relaxed);
-        self.0.ack_frames.fetch_add(1, Ordering::Relaxed);
-    }
-    /// One raw message's events, confirmed: their canonical types.
-    pub fn add_events_published(&self, vendor: Vendor, types: &[&'static str]) {
-        self.0
-            .events_published
-            .fetch_add(types.len() as u64, Ordering::Relaxed);
-        self.0
-            .metrics
-            .add_events(vendor.key(), types.iter().copied());
-    }
-    pub fn add_dead_lettered(&self, vendor: Option<Vendor>, kind: ErrorKind) {
-        self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        self.0.metrics.add_dead_lettered(
-            vendor.map_or(super::metrics::UNKNOWN_VENDOR, Vendor::key),
-            kind.as_str(),
-        );
-    }
-    /// One raw message's events nobody is bound for, kept on the unrouted queue: one per
-    /// canonical type in `types`.
-    pub fn add_events_kept(&self, vendor: Vendor, types: &[&'static str]) {
-        self.0
-            .events_kept
-            .fetch_add(types.len() as u64, Ordering::Relaxed);
-        self.0
-            .metrics
-            .add_events_kept(vendor.key(), types.iter().copied());
-    }
-    /// A message that came back through the worker's own exchange, stopped.
-    pub fn add_loop_stopped(&self) {
-        self.0.metrics.add_loop_stopped();
-    }
-    /// Tap copies (for observers) given up on after failing past the retry budget.
-    pub fn add_taps_given_up(&self, n: u64) {
-        self.0.metrics.add_taps_given_up(n);
-    }
-    /// A publish the broker returned as unroutable with nowhere to keep it.
-    pub fn add_unroutable(&self) {
-        self.0.metrics.add_unroutable();
-    }
-    /// A raw message settled `seconds` after its delivery.
-    pub fn observe_processing(&self, seconds: f64) {
-        self.0.metrics.observe_processing(seconds);
-    }
-    /// A raw message's events confirmed `seconds` after the gateway received it.
-    pub fn observe_end_to_end_lag(&self, seconds: f64) {
-        self.0.metrics.observe_end_to_end_lag(seconds);
-    }
-    /// A broker session ended; `health.add_session` counts the next one as a reconnect.
-    pub fn set_disconnected(&self) {
-        self.0.metrics.set_broker_connected(false);
-    }
-    pub fn add_requeued(&self) {
-        self.0.requeued.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add_settle_failed(&self) {
-        self.0.settle_failed.fetch_add(1, Ordering::Relaxed);
-    }
-    /// A broker session opened; every one after the first is a reconnect.
-    pub fn add_session(&self) {
-        if self.0.sessions.fetch_add(1, Ordering::Relaxed) > 0 {
-            self.0.metrics.add_reconnect();
-        }
-        self.0.metrics.set_broker_connected(true);
-    }
-    pub fn add_publish_retries(&self, n: u64) {
-        self.0.publish_retries.fetch_add(n, Ordering::Relaxed);
-        self.0.metrics.add_publish_retries(n);
-    }
-    pub fn add_handed_to_broker(&self) {
-        self.0.handed_to_broker.fetch_add(1, Ordering::Relaxed);
-    }
+    /// Raw messages held now: consumed, not yet settled.
     pub fn set_in_flight(&self, n: usize) {
-        self.0.in_flight.store(n as u64, Ordering::Relaxed);
         self.0.metrics.set_in_flight(n);
     }
     pub fn metrics(&self) -> &Metrics {
@@ -213,18 +103,7 @@ impl Health {
             state,
             reason,
             blocked: blocked.is_some(),
-            consumed: s.consumed.load(Ordering::Relaxed),
-            acked: s.acked.load(Ordering::Relaxed),
-            events_published: s.events_published.load(Ordering::Relaxed),
-            events_unrouted: s.events_kept.load(Ordering::Relaxed),
-            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
-            requeued: s.requeued.load(Ordering::Relaxed),
-            settle_failed: s.settle_failed.load(Ordering::Relaxed),
-            sessions: s.sessions.load(Ordering::Relaxed),
-            publish_retries: s.publish_retries.load(Ordering::Relaxed),
-            ack_frames: s.ack_frames.load(Ordering::Relaxed),
-            handed_to_broker: s.handed_to_broker.load(Ordering::Relaxed),
-            in_flight: s.in_flight.load(Ordering::Relaxed),
+            counts: s.metrics.counts(),
         }
     }
 }
@@ -232,6 +111,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::Counts;
 
     #[test]
     fn an_alarm_makes_a_consuming_worker_not_ready_and_says_why() {
@@ -252,5 +132,194 @@ mod tests {
         health.set_blocked(None);
         let s = health.snapshot();
         assert!(s.ready && !s.blocked && s.reason.is_none());
+    }
+
+    /// Each `/readyz` count and the Prometheus series it is read from (a labelled
+    /// family's series summed).
+    const READYZ_SERIES: [(&str, &str); 17] = [
+        ("consumed", "normalizer_messages_consumed_total"),
+        ("redeliveries", "normalizer_redeliveries_total"),
+        ("acked", "normalizer_messages_acked_total"),
+        ("events_published", "normalizer_events_published_total"),
+        ("events_unrouted", "normalizer_events_unrouted_total"),
+        ("dead_lettered", "normalizer_dead_lettered_total"),
+        ("requeued", "normalizer_requeued_total"),
+        ("settle_failed", "normalizer_settle_failed_total"),
+        ("sessions", "normalizer_sessions_total"),
+        ("reconnects", "normalizer_reconnects_total"),
+        ("publish_retries", "normalizer_publish_retries_total"),
+        ("unroutable", "normalizer_unroutable_total"),
+        ("taps_given_up", "normalizer_tap_given_up_total"),
+        ("loops_stopped", "normalizer_loops_stopped_total"),
+        ("ack_frames", "normalizer_ack_frames_total"),
+        ("handed_to_broker", "normalizer_handed_to_broker_total"),
+        ("in_flight", "normalizer_in_flight"),
+    ];
+
+    /// Prometheus only, and why: distributions (a snapshot of counts has no place for
+    /// them), the connection gauge (`/readyz` says `state`), the version.
+    const PROMETHEUS_ONLY: [&str; 4] = [
+        "normalizer_processing_seconds",
+        "normalizer_end_to_end_lag_seconds",
+        "normalizer_broker_connected",
+        "normalizer_build_info",
+    ];
+
+    /// `/readyz`'s fields that are states, not counts.
+    const READYZ_STATE: [&str; 4] = ["ready", "state", "reason", "blocked"];
+
+    /// The OpenMetrics text's samples summed by metric name (labels dropped).
+    fn prometheus_totals(text: &str) -> std::collections::BTreeMap<&str, f64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            *totals.entry(name).or_default() += value.parse::<f64>().unwrap();
+        }
+        totals
+    }
+
+    /// Every count of `/readyz` equals its Prometheus series, and every series is either
+    /// a `/readyz` count or Prometheus-only on purpose.
+    fn assert_views_agree(health: &Health, after: &str) {
+        let json = serde_json::to_value(health.snapshot()).unwrap();
+        let json = json.as_object().unwrap();
+        let text = health.metrics().encode();
+        let totals = prometheus_totals(&text);
+        for (field, value) in json {
+            if READYZ_STATE.contains(&field.as_str()) {
+                continue;
+            }
+            let Some((_, series)) = READYZ_SERIES.iter().find(|(f, _)| f == field) else {
+                panic!("/readyz `{field}` has no Prometheus series");
+            };
+            // A labelled family is not encoded at all before its first series: 0.
+            let count = value.as_u64().unwrap() as f64;
+            assert_eq!(
+                totals.get(series).copied().unwrap_or(0.0),
+                count,
+                "after {after}: /readyz `{field}` is {count}, {series} in:\n{text}"
+            );
+        }
+        for name in totals.keys() {
+            let counted = READYZ_SERIES.iter().any(|(_, s)| s == name);
+            let prometheus_only = PROMETHEUS_ONLY.iter().any(|p| name.starts_with(p));
+            assert!(
+                counted || prometheus_only,
+                "{name} is neither a /readyz count nor Prometheus-only on purpose"
+            );
+        }
+        assert_eq!(json.len(), READYZ_STATE.len() + READYZ_SERIES.len());
+    }
+
+    /// The one change to behaviour of issue 19: the `/readyz` counts and Prometheus were
+    /// two sets of counters. `acked`, `ack_frames`, `requeued`, `settle_failed` and
+    /// `handed_to_broker` had no series; `sessions` (1 + reconnects) had none either, the
+    /// nearest, `normalizer_reconnects_total`, being one less; `redeliveries`,
+    /// `unroutable`, `taps_given_up`, `loops_stopped` and `reconnects` were not in
+    /// `/readyz`. Now every occurrence moves one counter that both read.
+    #[test]
+    fn every_readyz_count_equals_its_prometheus_series_after_each_occurrence() {
+        use std::time::Duration;
+
+        use crate::canonical::Vendor;
+        use crate::normalize::ErrorKind;
+
+        let health = Health::default();
+        assert_views_agree(&health, "nothing");
+        let occurrences = [
+            Occurrence::SessionOpened,
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: true },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Published {
+                vendor: Vendor::Deel,
+                delivered: &["deel.contract.created", "deel.contract.created"],
+                kept: &["deel.contract.signed"],
+                lag: Some(Duration::from_secs(2)),
+            },
+            Occurrence::Published {
+                vendor: Vendor::Entuitive,
+                delivered: &["entuitive.contractor.updated"],
+                kept: &[],
+                lag: None,
+            },
+            Occurrence::DeadLettered {
+                vendor: None,
+                kind: ErrorKind::InvalidJson,
+            },
+            Occurrence::DeadLettered {
+                vendor: Some(Vendor::Authenticate),
+                kind: ErrorKind::InvalidPayload,
+            },
+            Occurrence::Requeued,
+            Occurrence::HandedToBroker,
+            Occurrence::LoopStopped,
+            Occurrence::Settled {
+                after: Duration::from_millis(3),
+            },
+            Occurrence::AckFrame { messages: 3 },
+            Occurrence::AckFrame { messages: 1 },
+            Occurrence::SettleFailed,
+            Occurrence::PublishesRetried { publishes: 3 },
+            Occurrence::Unroutable { publishes: 2 },
+            Occurrence::TapsGivenUp { copies: 2 },
+            Occurrence::SessionEnded,
+            Occurrence::SessionOpened,
+        ];
+        for occurrence in occurrences {
+            health.record(occurrence);
+            assert_views_agree(&health, &format!("{occurrence:?}"));
+        }
+        health.set_in_flight(1);
+        assert_views_agree(&health, "in flight 1");
+        let text = health.metrics().encode();
+        let totals = prometheus_totals(&text);
+        for (_, series) in READYZ_SERIES {
+            assert!(
+                totals.contains_key(series),
+                "{series} missing from:\n{text}"
+            );
+        }
+
+        assert_eq!(
+            health.snapshot().counts,
+            Counts {
+                consumed: 5,
+                redeliveries: 1,
+                acked: 4,
+                events_published: 3,
+                events_unrouted: 1,
+                dead_lettered: 2,
+                requeued: 1,
+                settle_failed: 1,
+                sessions: 2,
+                reconnects: 1,
+                publish_retries: 3,
+                unroutable: 2,
+                taps_given_up: 2,
+                loops_stopped: 1,
+                ack_frames: 2,
+                handed_to_broker: 1,
+                in_flight: 1,
+            }
+        );
+    }
+
+    /// The JSON of `/readyz` keeps its shape: the state, then the counts flat beside it.
+    #[test]
+    fn the_readyz_json_is_flat() {
+        let health = Health::default();
+        health.record(Occurrence::SessionOpened);
+        health.record(Occurrence::Consumed { redelivered: false });
+        let json = serde_json::to_value(health.snapshot()).unwrap();
+        assert_eq!(json["state"], "connecting");
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["consumed"], 1);
+        assert_eq!(json["sessions"], 1);
+        assert_eq!(json["reconnects"], 0);
+        assert!(json.get("counts").is_none(), "{json}");
     }
 }

@@ -4,9 +4,9 @@
 //! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
 //!   blocked by a broker alarm, retrying publishes, isolating a refused publish,
 //!   draining); the JSON body ([`HealthSnapshot`]) says which and why, and carries the
-//!   counters.
+//!   counts.
 //! - `GET /metrics`: the [`Metrics`](super::Metrics) in the OpenMetrics text format, for
-//!   Prometheus.
+//!   Prometheus: the same counters the `/readyz` counts are read from.
 //!
 //! [`HealthSnapshot`]: super::HealthSnapshot
 
