@@ -1,29 +1,14 @@
-//! Liveness and readiness over HTTP, and the worker's counters.
-//!
-//! - `GET /healthz`: 200 while the process runs (liveness).
-//! - `GET /readyz`: 200 while the worker is consuming, 503 otherwise (connecting,
-//!   blocked by a broker alarm, retrying publishes, isolating a refused publish,
-//!   draining); the JSON body says which and why, and carries the counters.
-//! - `GET /metrics`: the [`Metrics`] in the OpenMetrics text format, for Prometheus.
+//! What the worker is doing and what it has counted: the state `/readyz` reports, and
+//! [`Health::record`], the one way an occurrence is counted. The counts live only in the
+//! Prometheus [`Metrics`]; the `/readyz` snapshot reads them from there. Serving them over
+//! HTTP is `server.rs`'s job.
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
-use super::metrics::{self, Metrics};
-use crate::canonical::Vendor;
-use crate::normalize::ErrorKind;
+use super::Occurrence;
+use super::metrics::{Counts, Metrics};
 
 /// Shared state the worker updates and the HTTP endpoints read. Cheap to clone.
 #[derive(Clone, Default)]
@@ -56,22 +41,11 @@ struct Shared {
     state: Mutex<(WorkerState, Option<String>)>,
     /// The broker's reason while it blocks the publishing connection.
     blocked: Mutex<Option<String>>,
-    consumed: AtomicU64,
-    acked: AtomicU64,
-    events_published: AtomicU64,
-    events_kept: AtomicU64,
-    dead_lettered: AtomicU64,
-    requeued: AtomicU64,
-    settle_failed: AtomicU64,
-    sessions: AtomicU64,
-    publish_retries: AtomicU64,
-    ack_frames: AtomicU64,
-    handed_to_broker: AtomicU64,
-    in_flight: AtomicU64,
+    /// Every count, `/readyz`'s included: one store, so `/readyz` and `/metrics` agree.
     metrics: Metrics,
 }
 
-/// A point-in-time copy of the state.
+/// A point-in-time copy of the state, and the counts read from the Prometheus series.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct HealthSnapshot {
     /// Consuming from the raw queue and free to publish (`state` is `consuming`).
@@ -81,36 +55,16 @@ pub struct HealthSnapshot {
     pub reason: Option<String>,
     /// The broker blocks the publishing connection (memory or disk alarm).
     pub blocked: bool,
-    /// Raw messages received.
-    pub consumed: u64,
-    /// Raw messages acknowledged (their events or dead letter confirmed).
-    pub acked: u64,
-    /// Canonical events stored in a team's queue.
-    pub events_published: u64,
-    /// Canonical events nobody is bound for, kept on the unrouted queue.
-    pub events_unrouted: u64,
-    /// Raw messages dead-lettered by us (confirmed).
-    pub dead_lettered: u64,
-    /// Raw messages rejected for redelivery after a transient failure.
-    pub requeued: u64,
-    /// Acks or rejects that did not reach the broker (the channel was gone); those
-    /// messages are redelivered.
-    pub settle_failed: u64,
-    /// Broker sessions opened (1 + reconnects).
-    pub sessions: u64,
-    /// Publishes sent again after a transient failure.
-    pub publish_retries: u64,
-    /// `basic.ack` frames sent; each acknowledges every settled raw message before it
-    /// (`multiple`), so `acked / ack_frames` is the mean batch.
-    pub ack_frames: u64,
-    /// Raw messages whose dead letter could not be published, handed to the raw queue's
-    /// own dead-lettering (`basic.reject` without requeue) instead.
-    pub handed_to_broker: u64,
-    /// Raw messages held now: consumed, not yet settled.
-    pub in_flight: u64,
+    /// The counters, each the value of the Prometheus series its field names.
+    #[serde(flatten)]
+    pub counts: Counts,
 }
 
 impl Health {
+    /// Counts one occurrence, for `/readyz` and `/metrics` at once.
+    pub fn record(&self, occurrence: Occurrence<'_>) {
+        self.0.metrics.record(&occurrence);
+    }
     /// What the worker is doing, and why when it is not consuming.
     pub fn set_state(&self, state: WorkerState, reason: Option<String>) {
         let mut current = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -124,87 +78,8 @@ impl Health {
     pub fn set_blocked(&self, reason: Option<String>) {
         *self.0.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
-    pub fn add_consumed(&self, redelivered: bool) {
-        self.0.consumed.fetch_add(1, Ordering::Relaxed);
-        self.0.metrics.add_consumed(redelivered);
-    }
-    /// One `basic.ack` frame written, acknowledging `n` raw messages.
-    pub fn add_acked(&self, n: u64) {
-        self.0.acked.fetch_add(n, Ordering::Relaxed);
-        self.0.ack_frames.fetch_add(1, Ordering::Relaxed);
-    }
-    /// One raw message's events, confirmed: their canonical types.
-    pub fn add_events_published(&self, vendor: Vendor, types: &[&'static str]) {
-        self.0
-            .events_published
-            .fetch_add(types.len() as u64, Ordering::Relaxed);
-        self.0
-            .metrics
-            .add_events(vendor.key(), types.iter().copied());
-    }
-    pub fn add_dead_lettered(&self, vendor: Option<Vendor>, kind: ErrorKind) {
-        self.0.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        self.0.metrics.add_dead_lettered(
-            vendor.map_or(super::metrics::UNKNOWN_VENDOR, Vendor::key),
-            kind.as_str(),
-        );
-    }
-    /// One raw message's events nobody is bound for, kept on the unrouted queue: one per
-    /// canonical type in `types`.
-    pub fn add_events_kept(&self, vendor: Vendor, types: &[&'static str]) {
-        self.0
-            .events_kept
-            .fetch_add(types.len() as u64, Ordering::Relaxed);
-        self.0
-            .metrics
-            .add_events_kept(vendor.key(), types.iter().copied());
-    }
-    /// A message that came back through the worker's own exchange, stopped.
-    pub fn add_loop_stopped(&self) {
-        self.0.metrics.add_loop_stopped();
-    }
-    /// Tap copies (for observers) given up on after failing past the retry budget.
-    pub fn add_taps_given_up(&self, n: u64) {
-        self.0.metrics.add_taps_given_up(n);
-    }
-    /// A publish the broker returned as unroutable with nowhere to keep it.
-    pub fn add_unroutable(&self) {
-        self.0.metrics.add_unroutable();
-    }
-    /// A raw message settled `seconds` after its delivery.
-    pub fn observe_processing(&self, seconds: f64) {
-        self.0.metrics.observe_processing(seconds);
-    }
-    /// A raw message's events confirmed `seconds` after the gateway received it.
-    pub fn observe_end_to_end_lag(&self, seconds: f64) {
-        self.0.metrics.observe_end_to_end_lag(seconds);
-    }
-    /// A broker session ended; `health.add_session` counts the next one as a reconnect.
-    pub fn set_disconnected(&self) {
-        self.0.metrics.set_broker_connected(false);
-    }
-    pub fn add_requeued(&self) {
-        self.0.requeued.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add_settle_failed(&self) {
-        self.0.settle_failed.fetch_add(1, Ordering::Relaxed);
-    }
-    /// A broker session opened; every one after the first is a reconnect.
-    pub fn add_session(&self) {
-        if self.0.sessions.fetch_add(1, Ordering::Relaxed) > 0 {
-            self.0.metrics.add_reconnect();
-        }
-        self.0.metrics.set_broker_connected(true);
-    }
-    pub fn add_publish_retries(&self, n: u64) {
-        self.0.publish_retries.fetch_add(n, Ordering::Relaxed);
-        self.0.metrics.add_publish_retries(n);
-    }
-    pub fn add_handed_to_broker(&self) {
-        self.0.handed_to_broker.fetch_add(1, Ordering::Relaxed);
-    }
+    /// Raw messages held now: consumed, not yet settled.
     pub fn set_in_flight(&self, n: usize) {
-        self.0.in_flight.store(n as u64, Ordering::Relaxed);
         self.0.metrics.set_in_flight(n);
     }
     pub fn metrics(&self) -> &Metrics {
@@ -228,121 +103,15 @@ impl Health {
             state,
             reason,
             blocked: blocked.is_some(),
-            consumed: s.consumed.load(Ordering::Relaxed),
-            acked: s.acked.load(Ordering::Relaxed),
-            events_published: s.events_published.load(Ordering::Relaxed),
-            events_unrouted: s.events_kept.load(Ordering::Relaxed),
-            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
-            requeued: s.requeued.load(Ordering::Relaxed),
-            settle_failed: s.settle_failed.load(Ordering::Relaxed),
-            sessions: s.sessions.load(Ordering::Relaxed),
-            publish_retries: s.publish_retries.load(Ordering::Relaxed),
-            ack_frames: s.ack_frames.load(Ordering::Relaxed),
-            handed_to_broker: s.handed_to_broker.load(Ordering::Relaxed),
-            in_flight: s.in_flight.load(Ordering::Relaxed),
+            counts: s.metrics.counts(),
         }
     }
-}
-
-/// Listens on every address `http.listen` resolved to ([`ListenAddr::resolve`]). With
-/// port 0 the first address picks a free port and the others take the same one. An
-/// address this host cannot listen on for want of it (`::1` where IPv6 is off) is skipped
-/// with a warning; a port in use or not permitted is an error, and so is listening
-/// nowhere.
-///
-/// [`ListenAddr::resolve`]: crate::config::ListenAddr::resolve
-pub async fn listen(addrs: &[SocketAddr]) -> io::Result<Vec<TcpListener>> {
-    let mut listeners = Vec::new();
-    let mut picked_port = None;
-    let mut skipped = Vec::new();
-    for &addr in addrs {
-        let mut addr = addr;
-        if let Some(port) = picked_port.filter(|_| addr.port() == 0) {
-            addr.set_port(port);
-        }
-        match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                picked_port.get_or_insert(listener.local_addr()?.port());
-                listeners.push(listener);
-            }
-            Err(e) => {
-                let e = io::Error::new(e.kind(), format!("{addr}: {e}"));
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::AddrInUse | io::ErrorKind::PermissionDenied
-                ) {
-                    return Err(e);
-                }
-                skipped.push(e);
-            }
-        }
-    }
-    if listeners.is_empty() {
-        return Err(skipped.into_iter().next().unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "no address to listen on")
-        }));
-    }
-    for e in skipped {
-        warn!(error = %e, "cannot listen on this address of http.listen; skipped");
-    }
-    Ok(listeners)
-}
-
-/// Serves the endpoints on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    listener: TcpListener,
-    health: Health,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_text))
-        .with_state(health);
-    // Whoever can reach this port could otherwise hold every descriptor the process has
-    // (and the broker connections need some): few connections, closed when idle.
-    let bounds = crate::http::Bounds {
-        max_connections: MAX_CONNECTIONS,
-        header_timeout: HEADER_TIMEOUT,
-        max_header_bytes: 16 * 1024,
-    };
-    crate::http::serve(listener, app, bounds, Arc::default(), shutdown).await
-}
-
-/// Connections the health endpoints keep open at once (a scraper and a probe or two
-/// need a handful); at the limit a new one closes the one idle the longest.
-pub const MAX_CONNECTIONS: usize = 64;
-
-/// Longest a client of the health endpoints may take to send its headers or stay idle.
-pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-async fn metrics_text(State(health): State<Health>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
-        health.metrics().encode(),
-    )
-}
-
-async fn readyz(State(health): State<Health>) -> impl IntoResponse {
-    let snapshot = health.snapshot();
-    let status = if snapshot.ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    // serde_json directly rather than axum's `json` feature, which turns on serde_json's
-    // `raw_value` for the whole build.
-    let body = serde_json::to_string(&snapshot).unwrap_or_default();
-    (status, [(header::CONTENT_TYPE, "application/json")], body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
-        list.iter().map(|a| a.parse().unwrap()).collect()
-    }
+    use crate::ops::Counts;
 
     #[test]
     fn an_alarm_makes_a_consuming_worker_not_ready_and_says_why() {
@@ -365,27 +134,192 @@ mod tests {
         assert!(s.ready && !s.blocked && s.reason.is_none());
     }
 
-    #[tokio::test]
-    async fn listens_on_every_address_with_one_port() {
-        // 192.0.2.1 (TEST-NET-1) is no address of this host: skipped, since another binds.
-        let listeners = listen(&addrs(&["127.0.0.1:0", "192.0.2.1:0", "127.0.0.2:0"]))
-            .await
-            .unwrap();
-        let bound: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        assert_eq!(bound.len(), 2, "{bound:?}");
-        assert_ne!(bound[0].port(), 0);
-        assert_eq!(bound[0].port(), bound[1].port());
+    /// Each `/readyz` count and the Prometheus series it is read from (a labelled
+    /// family's series summed).
+    const READYZ_SERIES: [(&str, &str); 17] = [
+        ("consumed", "normalizer_messages_consumed_total"),
+        ("redeliveries", "normalizer_redeliveries_total"),
+        ("acked", "normalizer_messages_acked_total"),
+        ("events_published", "normalizer_events_published_total"),
+        ("events_unrouted", "normalizer_events_unrouted_total"),
+        ("dead_lettered", "normalizer_dead_lettered_total"),
+        ("requeued", "normalizer_requeued_total"),
+        ("settle_failed", "normalizer_settle_failed_total"),
+        ("sessions", "normalizer_sessions_total"),
+        ("reconnects", "normalizer_reconnects_total"),
+        ("publish_retries", "normalizer_publish_retries_total"),
+        ("unroutable", "normalizer_unroutable_total"),
+        ("taps_given_up", "normalizer_tap_given_up_total"),
+        ("loops_stopped", "normalizer_loops_stopped_total"),
+        ("ack_frames", "normalizer_ack_frames_total"),
+        ("handed_to_broker", "normalizer_handed_to_broker_total"),
+        ("in_flight", "normalizer_in_flight"),
+    ];
+
+    /// Prometheus only, and why: distributions (a snapshot of counts has no place for
+    /// them), the connection gauge (`/readyz` says `state`), the version.
+    const PROMETHEUS_ONLY: [&str; 4] = [
+        "normalizer_processing_seconds",
+        "normalizer_end_to_end_lag_seconds",
+        "normalizer_broker_connected",
+        "normalizer_build_info",
+    ];
+
+    /// `/readyz`'s fields that are states, not counts.
+    const READYZ_STATE: [&str; 4] = ["ready", "state", "reason", "blocked"];
+
+    /// The OpenMetrics text's samples summed by metric name (labels dropped).
+    fn prometheus_totals(text: &str) -> std::collections::BTreeMap<&str, f64> {
+        let mut totals = std::collections::BTreeMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            let name = series.split('{').next().unwrap();
+            *totals.entry(name).or_default() += value.parse::<f64>().unwrap();
+        }
+        totals
     }
 
-    #[tokio::test]
-    async fn listening_nowhere_or_on_a_taken_port_is_an_error() {
-        let e = listen(&addrs(&["192.0.2.1:0"])).await.unwrap_err();
-        assert!(e.to_string().starts_with("192.0.2.1:0: "), "{e}");
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = taken.local_addr().unwrap().port();
-        let e = listen(&addrs(&["192.0.2.1:0", &format!("127.0.0.1:{port}")]))
-            .await
-            .unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+    /// Every count of `/readyz` equals its Prometheus series, and every series is either
+    /// a `/readyz` count or Prometheus-only on purpose.
+    fn assert_views_agree(health: &Health, after: &str) {
+        let json = serde_json::to_value(health.snapshot()).unwrap();
+        let json = json.as_object().unwrap();
+        let text = health.metrics().encode();
+        let totals = prometheus_totals(&text);
+        for (field, value) in json {
+            if READYZ_STATE.contains(&field.as_str()) {
+                continue;
+            }
+            let Some((_, series)) = READYZ_SERIES.iter().find(|(f, _)| f == field) else {
+                panic!("/readyz `{field}` has no Prometheus series");
+            };
+            // A labelled family is not encoded at all before its first series: 0.
+            let count = value.as_u64().unwrap() as f64;
+            assert_eq!(
+                totals.get(series).copied().unwrap_or(0.0),
+                count,
+                "after {after}: /readyz `{field}` is {count}, {series} in:\n{text}"
+            );
+        }
+        for name in totals.keys() {
+            let counted = READYZ_SERIES.iter().any(|(_, s)| s == name);
+            let prometheus_only = PROMETHEUS_ONLY.iter().any(|p| name.starts_with(p));
+            assert!(
+                counted || prometheus_only,
+                "{name} is neither a /readyz count nor Prometheus-only on purpose"
+            );
+        }
+        assert_eq!(json.len(), READYZ_STATE.len() + READYZ_SERIES.len());
+    }
+
+    /// The one change to behaviour of issue 19: the `/readyz` counts and Prometheus were
+    /// two sets of counters. `acked`, `ack_frames`, `requeued`, `settle_failed` and
+    /// `handed_to_broker` had no series; `sessions` (1 + reconnects) had none either, the
+    /// nearest, `normalizer_reconnects_total`, being one less; `redeliveries`,
+    /// `unroutable`, `taps_given_up`, `loops_stopped` and `reconnects` were not in
+    /// `/readyz`. Now every occurrence moves one counter that both read.
+    #[test]
+    fn every_readyz_count_equals_its_prometheus_series_after_each_occurrence() {
+        use std::time::Duration;
+
+        use crate::canonical::Vendor;
+        use crate::normalize::ErrorKind;
+
+        let health = Health::default();
+        assert_views_agree(&health, "nothing");
+        let occurrences = [
+            Occurrence::SessionOpened,
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: true },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Consumed { redelivered: false },
+            Occurrence::Published {
+                vendor: Vendor::Deel,
+                delivered: &["deel.contract.created", "deel.contract.created"],
+                kept: &["deel.contract.signed"],
+                lag: Some(Duration::from_secs(2)),
+            },
+            Occurrence::Published {
+                vendor: Vendor::Entuitive,
+                delivered: &["entuitive.contractor.updated"],
+                kept: &[],
+                lag: None,
+            },
+            Occurrence::DeadLettered {
+                vendor: None,
+                kind: ErrorKind::InvalidJson,
+            },
+            Occurrence::DeadLettered {
+                vendor: Some(Vendor::Authenticate),
+                kind: ErrorKind::InvalidPayload,
+            },
+            Occurrence::Requeued,
+            Occurrence::HandedToBroker,
+            Occurrence::LoopStopped,
+            Occurrence::Settled {
+                after: Duration::from_millis(3),
+            },
+            Occurrence::AckFrame { messages: 3 },
+            Occurrence::AckFrame { messages: 1 },
+            Occurrence::SettleFailed,
+            Occurrence::PublishesRetried { publishes: 3 },
+            Occurrence::Unroutable { publishes: 2 },
+            Occurrence::TapsGivenUp { copies: 2 },
+            Occurrence::SessionEnded,
+            Occurrence::SessionOpened,
+        ];
+        for occurrence in occurrences {
+            health.record(occurrence);
+            assert_views_agree(&health, &format!("{occurrence:?}"));
+        }
+        health.set_in_flight(1);
+        assert_views_agree(&health, "in flight 1");
+        let text = health.metrics().encode();
+        let totals = prometheus_totals(&text);
+        for (_, series) in READYZ_SERIES {
+            assert!(
+                totals.contains_key(series),
+                "{series} missing from:\n{text}"
+            );
+        }
+
+        assert_eq!(
+            health.snapshot().counts,
+            Counts {
+                consumed: 5,
+                redeliveries: 1,
+                acked: 4,
+                events_published: 3,
+                events_unrouted: 1,
+                dead_lettered: 2,
+                requeued: 1,
+                settle_failed: 1,
+                sessions: 2,
+                reconnects: 1,
+                publish_retries: 3,
+                unroutable: 2,
+                taps_given_up: 2,
+                loops_stopped: 1,
+                ack_frames: 2,
+                handed_to_broker: 1,
+                in_flight: 1,
+            }
+        );
+    }
+
+    /// The JSON of `/readyz` keeps its shape: the state, then the counts flat beside it.
+    #[test]
+    fn the_readyz_json_is_flat() {
+        let health = Health::default();
+        health.record(Occurrence::SessionOpened);
+        health.record(Occurrence::Consumed { redelivered: false });
+        let json = serde_json::to_value(health.snapshot()).unwrap();
+        assert_eq!(json["state"], "connecting");
+        assert_eq!(json["ready"], false);
+        assert_eq!(json["consumed"], 1);
+        assert_eq!(json["sessions"], 1);
+        assert_eq!(json["reconnects"], 0);
+        assert!(json.get("counts").is_none(), "{json}");
     }
 }

@@ -1,17 +1,23 @@
-//! The worker's Prometheus metrics, served as text at `GET /metrics`.
+//! The worker's counters: the Prometheus metrics served as text at `GET /metrics`, and
+//! the only store of counts; the `/readyz` snapshot reads its numbers from them
+//! ([`Metrics::counts`]).
 //!
 //! Labels are from closed sets only (vendor keys, canonical types, error kinds): never an
 //! id, a body or an error text, so a metric cannot carry personal data and the number of
 //! series is bounded by the type table.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 
+use super::Occurrence;
 use crate::canonical::Vendor;
 use crate::normalize::ErrorKind;
 
@@ -42,9 +48,14 @@ struct BuildLabels {
 pub struct Metrics {
     registry: Registry,
     consumed: Counter,
-    events_published: Family<EventLabels, Counter>,
-    events_unrouted: Family<EventLabels, Counter>,
-    dead_lettered: Family<DeadLetterLabels, Counter>,
+    acked: Counter,
+    ack_frames: Counter,
+    events_published: Summed<EventLabels>,
+    events_unrouted: Summed<EventLabels>,
+    dead_lettered: Summed<DeadLetterLabels>,
+    requeued: Counter,
+    settle_failed: Counter,
+    handed_to_broker: Counter,
     redeliveries: Counter,
     unroutable: Counter,
     taps_given_up: Counter,
@@ -54,7 +65,109 @@ pub struct Metrics {
     end_to_end_lag: Histogram,
     in_flight: Gauge,
     broker_connected: Gauge,
+    sessions: Counter,
     reconnects: Counter,
+}
+
+/// The counts `/readyz` shows, each read from the Prometheus series named on it (a
+/// labelled family's is the sum of its series), so the two cannot disagree.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    /// Raw messages received (`normalizer_messages_consumed_total`).
+    pub consumed: u64,
+    /// Raw messages received with the redelivered flag set
+    /// (`normalizer_redeliveries_total`).
+    pub redeliveries: u64,
+    /// Raw messages acknowledged, their events or dead letter confirmed
+    /// (`normalizer_messages_acked_total`).
+    pub acked: u64,
+    /// Canonical events stored in a team's queue
+    /// (`normalizer_events_published_total{vendor,type}`, summed).
+    pub events_published: u64,
+    /// Canonical events nobody is bound for, kept on the unrouted queue
+    /// (`normalizer_events_unrouted_total{vendor,type}`, summed).
+    pub events_unrouted: u64,
+    /// Raw messages dead-lettered (`normalizer_dead_lettered_total{vendor,kind}`, summed).
+    pub dead_lettered: u64,
+    /// Raw messages rejected for redelivery after a transient failure
+    /// (`normalizer_requeued_total`).
+    pub requeued: u64,
+    /// Acks or rejects that did not reach the broker (the channel was gone); those
+    /// messages are redelivered (`normalizer_settle_failed_total`).
+    pub settle_failed: u64,
+    /// Broker sessions opened, 1 + reconnects (`normalizer_sessions_total`).
+    pub sessions: u64,
+    /// Broker sessions lost and reopened (`normalizer_reconnects_total`).
+    pub reconnects: u64,
+    /// Publishes sent again after a transient failure (`normalizer_publish_retries_total`).
+    pub publish_retries: u64,
+    /// Publishes returned as unroutable with nowhere to keep them
+    /// (`normalizer_unroutable_total`).
+    pub unroutable: u64,
+    /// Copies for observers given up on past the retry budget
+    /// (`normalizer_tap_given_up_total`).
+    pub taps_given_up: u64,
+    /// Messages that came back through the worker's own exchanges, put in the
+    /// dead-letter queue as they were (`normalizer_loops_stopped_total`).
+    pub loops_stopped: u64,
+    /// `basic.ack` frames sent; each acknowledges every settled raw message before it
+    /// (`multiple`), so `acked / ack_frames` is the mean batch
+    /// (`normalizer_ack_frames_total`).
+    pub ack_frames: u64,
+    /// Raw messages whose dead letter could not be published, handed to the raw queue's
+    /// own dead-lettering (`basic.reject` without requeue) instead
+    /// (`normalizer_handed_to_broker_total`).
+    pub handed_to_broker: u64,
+    /// Raw messages held now: consumed, not yet settled (`normalizer_in_flight`).
+    pub in_flight: u64,
+}
+
+/// A labelled counter family whose total can be read: its constructor keeps a handle on
+/// each series' counter as the family creates it, so the total is summed from the very
+/// counters `/metrics` encodes.
+struct Summed<L> {
+    family: Family<L, Counter, SeriesList>,
+    series: SeriesList,
+}
+
+/// The counters of a family's series, shared with the family as its constructor (which
+/// runs once per new label set, under the family's write lock).
+#[derive(Clone, Default, Debug)]
+struct SeriesList(Arc<Mutex<Vec<Counter>>>);
+
+impl MetricConstructor<Counter> for SeriesList {
+    fn new_metric(&self) -> Counter {
+        let counter = Counter::default();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(counter.clone());
+        counter
+    }
+}
+
+impl<L: Clone + std::hash::Hash + Eq> Summed<L> {
+    fn new() -> Self {
+        let series = SeriesList::default();
+        Summed {
+            family: Family::new_with_constructor(series.clone()),
+            series,
+        }
+    }
+
+    fn inc(&self, labels: &L) {
+        self.family.get_or_create(labels).inc();
+    }
+
+    /// Every series at 0 from the start (a dead-letter series' first increase must show).
+    fn create(&self, labels: &L) {
+        drop(self.family.get_or_create(labels));
+    }
+
+    fn total(&self) -> u64 {
+        let series = self.series.0.lock().unwrap_or_else(|e| e.into_inner());
+        series.iter().map(Counter::get).sum()
+    }
 }
 
 impl Default for Metrics {
@@ -79,9 +192,14 @@ impl Metrics {
         let mut registry = Registry::default();
         let metrics = Metrics {
             consumed: Counter::default(),
-            events_published: Family::default(),
-            events_unrouted: Family::default(),
-            dead_lettered: Family::default(),
+            acked: Counter::default(),
+            ack_frames: Counter::default(),
+            events_published: Summed::new(),
+            events_unrouted: Summed::new(),
+            dead_lettered: Summed::new(),
+            requeued: Counter::default(),
+            settle_failed: Counter::default(),
+            handed_to_broker: Counter::default(),
             redeliveries: Counter::default(),
             unroutable: Counter::default(),
             taps_given_up: Counter::default(),
@@ -91,6 +209,7 @@ impl Metrics {
             end_to_end_lag: Histogram::new(END_TO_END_LAG_BUCKETS),
             in_flight: Gauge::default(),
             broker_connected: Gauge::default(),
+            sessions: Counter::default(),
             reconnects: Counter::default(),
             registry: Registry::default(),
         };
@@ -100,14 +219,39 @@ impl Metrics {
             metrics.consumed.clone(),
         );
         registry.register(
+            "normalizer_messages_acked",
+            "Raw messages acknowledged (their events or dead letter confirmed)",
+            metrics.acked.clone(),
+        );
+        registry.register(
+            "normalizer_ack_frames",
+            "basic.ack frames sent, each acknowledging every settled raw message before it (multiple)",
+            metrics.ack_frames.clone(),
+        );
+        registry.register(
+            "normalizer_requeued",
+            "Raw messages rejected for redelivery after their publishes kept failing",
+            metrics.requeued.clone(),
+        );
+        registry.register(
+            "normalizer_settle_failed",
+            "Acks or rejects that did not reach the broker (the channel was gone); those messages are redelivered",
+            metrics.settle_failed.clone(),
+        );
+        registry.register(
+            "normalizer_handed_to_broker",
+            "Raw messages whose dead letter could not be published, rejected without requeue to the raw queue's dead-lettering",
+            metrics.handed_to_broker.clone(),
+        );
+        registry.register(
             "normalizer_events_published",
             "Canonical events stored in a team's queue (confirmed), by vendor and canonical type",
-            metrics.events_published.clone(),
+            metrics.events_published.family.clone(),
         );
         registry.register(
             "normalizer_events_unrouted",
             "Canonical events nobody is bound for, kept on the unrouted queue (confirmed), by vendor and canonical type",
-            metrics.events_unrouted.clone(),
+            metrics.events_unrouted.family.clone(),
         );
         registry.register(
             "normalizer_loops_stopped",
@@ -122,7 +266,7 @@ impl Metrics {
         registry.register(
             "normalizer_dead_lettered",
             "Raw messages dead-lettered by the worker (confirmed), by vendor and error kind",
-            metrics.dead_lettered.clone(),
+            metrics.dead_lettered.family.clone(),
         );
         registry.register(
             "normalizer_redeliveries",
@@ -160,6 +304,11 @@ impl Metrics {
             metrics.broker_connected.clone(),
         );
         registry.register(
+            "normalizer_sessions",
+            "Broker sessions opened (1 + reconnects)",
+            metrics.sessions.clone(),
+        );
+        registry.register(
             "normalizer_reconnects",
             "Broker sessions lost and reopened",
             metrics.reconnects.clone(),
@@ -177,13 +326,10 @@ impl Metrics {
         let vendors = Vendor::ALL.map(Vendor::key);
         for vendor in vendors.into_iter().chain(std::iter::once(UNKNOWN_VENDOR)) {
             for kind in ErrorKind::ALL {
-                metrics
-                    .dead_lettered
-                    .get_or_create(&DeadLetterLabels {
-                        vendor,
-                        kind: kind.as_str(),
-                    })
-                    .get();
+                metrics.dead_lettered.create(&DeadLetterLabels {
+                    vendor,
+                    kind: kind.as_str(),
+                });
             }
         }
         Metrics {
@@ -200,93 +346,140 @@ impl Metrics {
         out
     }
 
-    pub fn add_consumed(&self, redelivered: bool) {
-        self.consumed.inc();
-        if redelivered {
-            self.redeliveries.inc();
+    /// Counts one occurrence: the one place every counter moves.
+    pub(super) fn record(&self, occurrence: &Occurrence<'_>) {
+        match *occurrence {
+            Occurrence::Consumed { redelivered } => {
+                self.consumed.inc();
+                if redelivered {
+                    self.redeliveries.inc();
+                }
+            }
+            Occurrence::Published {
+                vendor,
+                delivered,
+                kept,
+                lag,
+            } => {
+                let vendor = vendor.key();
+                for &t in delivered {
+                    self.events_published
+                        .inc(&EventLabels { vendor, r#type: t });
+                }
+                for &t in kept {
+                    self.events_unrouted.inc(&EventLabels { vendor, r#type: t });
+                }
+                if let Some(lag) = lag {
+                    self.end_to_end_lag.observe(lag.as_secs_f64());
+                }
+            }
+            Occurrence::DeadLettered { vendor, kind } => {
+                self.dead_lettered.inc(&DeadLetterLabels {
+                    vendor: vendor.map_or(UNKNOWN_VENDOR, Vendor::key),
+                    kind: kind.as_str(),
+                });
+            }
+            Occurrence::Requeued => {
+                self.requeued.inc();
+            }
+            Occurrence::HandedToBroker => {
+                self.handed_to_broker.inc();
+            }
+            Occurrence::LoopStopped => {
+                self.loops_stopped.inc();
+            }
+            Occurrence::Settled { after } => self.processing.observe(after.as_secs_f64()),
+            Occurrence::AckFrame { messages } => {
+                self.acked.inc_by(messages);
+                self.ack_frames.inc();
+            }
+            Occurrence::SettleFailed => {
+                self.settle_failed.inc();
+            }
+            Occurrence::PublishesRetried { publishes } => {
+                self.publish_retries.inc_by(publishes);
+            }
+            Occurrence::Unroutable { publishes } => {
+                self.unroutable.inc_by(publishes);
+            }
+            Occurrence::TapsGivenUp { copies } => {
+                self.taps_given_up.inc_by(copies);
+            }
+            Occurrence::SessionOpened => {
+                // `inc` returns the count before: every session after the first is a
+                // reconnect.
+                if self.sessions.inc() > 0 {
+                    self.reconnects.inc();
+                }
+                self.broker_connected.set(1);
+            }
+            Occurrence::SessionEnded => {
+                self.broker_connected.set(0);
+            }
         }
     }
 
-    /// One raw message's events, confirmed: one per canonical type in `types`.
-    pub fn add_events(&self, vendor: &'static str, types: impl Iterator<Item = &'static str>) {
-        for t in types {
-            self.events_published
-                .get_or_create(&EventLabels { vendor, r#type: t })
-                .inc();
-        }
-    }
-
-    /// One raw message's events kept on the unrouted queue: one per type in `types`.
-    pub fn add_events_kept(&self, vendor: &'static str, types: impl Iterator<Item = &'static str>) {
-        for t in types {
-            self.events_unrouted
-                .get_or_create(&EventLabels { vendor, r#type: t })
-                .inc();
-        }
-    }
-
-    pub fn add_loop_stopped(&self) {
-        self.loops_stopped.inc();
-    }
-
-    pub fn add_taps_given_up(&self, n: u64) {
-        self.taps_given_up.inc_by(n);
-    }
-
-    pub fn add_dead_lettered(&self, vendor: &'static str, kind: &'static str) {
-        self.dead_lettered
-            .get_or_create(&DeadLetterLabels { vendor, kind })
-            .inc();
-    }
-
-    pub fn add_unroutable(&self) {
-        self.unroutable.inc();
-    }
-
-    pub fn add_publish_retries(&self, n: u64) {
-        self.publish_retries.inc_by(n);
-    }
-
-    pub fn observe_processing(&self, seconds: f64) {
-        self.processing.observe(seconds);
-    }
-
-    /// A raw message's events confirmed `seconds` after the gateway received it.
-    pub fn observe_end_to_end_lag(&self, seconds: f64) {
-        self.end_to_end_lag.observe(seconds);
-    }
-
-    pub fn set_in_flight(&self, n: usize) {
+    /// Raw messages held now: consumed, not yet settled.
+    pub(super) fn set_in_flight(&self, n: usize) {
         self.in_flight.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    pub fn set_broker_connected(&self, connected: bool) {
-        self.broker_connected.set(i64::from(connected));
-    }
-
-    pub fn add_reconnect(&self) {
-        self.reconnects.inc();
+    /// The counts as `/readyz` shows them, read from the series `/metrics` encodes.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            consumed: self.consumed.get(),
+            redeliveries: self.redeliveries.get(),
+            acked: self.acked.get(),
+            events_published: self.events_published.total(),
+            events_unrouted: self.events_unrouted.total(),
+            dead_lettered: self.dead_lettered.total(),
+            requeued: self.requeued.get(),
+            settle_failed: self.settle_failed.get(),
+            sessions: self.sessions.get(),
+            reconnects: self.reconnects.get(),
+            publish_retries: self.publish_retries.get(),
+            unroutable: self.unroutable.get(),
+            taps_given_up: self.taps_given_up.get(),
+            loops_stopped: self.loops_stopped.get(),
+            ack_frames: self.ack_frames.get(),
+            handed_to_broker: self.handed_to_broker.get(),
+            in_flight: u64::try_from(self.in_flight.get()).unwrap_or(0),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
     fn every_metric_is_exported_under_its_documented_name() {
         let m = Metrics::new();
-        m.add_consumed(true);
-        m.add_events(
-            "deel",
-            ["deel.contract.created", "deel.contract.created"].into_iter(),
-        );
-        m.add_dead_lettered("unknown", "invalid_json");
-        m.observe_processing(0.003);
-        m.observe_end_to_end_lag(12.0);
+        m.record(&Occurrence::Consumed { redelivered: true });
+        m.record(&Occurrence::Published {
+            vendor: Vendor::Deel,
+            delivered: &["deel.contract.created", "deel.contract.created"],
+            kept: &[],
+            lag: Some(Duration::from_secs(12)),
+        });
+        m.record(&Occurrence::DeadLettered {
+            vendor: None,
+            kind: ErrorKind::InvalidJson,
+        });
+        m.record(&Occurrence::Settled {
+            after: Duration::from_millis(3),
+        });
         let text = m.encode();
         for line in [
             "normalizer_messages_consumed_total 1",
+            "normalizer_messages_acked_total 0",
+            "normalizer_ack_frames_total 0",
+            "normalizer_requeued_total 0",
+            "normalizer_settle_failed_total 0",
+            "normalizer_handed_to_broker_total 0",
+            "normalizer_sessions_total 0",
             "normalizer_redeliveries_total 1",
             "normalizer_events_published_total{vendor=\"deel\",type=\"deel.contract.created\"} 2",
             "normalizer_dead_lettered_total{vendor=\"unknown\",kind=\"invalid_json\"} 1",
@@ -349,8 +542,16 @@ mod tests {
     #[test]
     fn the_monitoring_kit_names_only_exported_metrics() {
         let m = Metrics::new();
-        m.add_events("deel", std::iter::once("deel.contract.created"));
-        m.add_dead_lettered("deel", "invalid_json");
+        m.record(&Occurrence::Published {
+            vendor: Vendor::Deel,
+            delivered: &["deel.contract.created"],
+            kept: &[],
+            lag: None,
+        });
+        m.record(&Occurrence::DeadLettered {
+            vendor: Some(Vendor::Deel),
+            kind: ErrorKind::InvalidJson,
+        });
         // The gateway's metrics too: the kit alerts on ingest's answers.
         let ingest = crate::gateway::metrics::IngestMetrics::new(0, Default::default());
         let exported: std::collections::BTreeSet<String> = [m.encode(), ingest.encode()]

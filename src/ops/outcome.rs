@@ -1,12 +1,12 @@
-//! What became of one raw message, counted and logged in one place, inside a span of
-//! the delivery that carries its tag and the gateway's message id (shown only when it
-//! looks like an id).
+//! What became of one raw message, counted (as an [`Occurrence`]) and logged in one
+//! place, inside a span of the delivery that carries its tag and the gateway's message id
+//! (shown only when it looks like an id).
 
 use std::time::Duration;
 
 use tracing::{Level, Span, debug, error, info_span, warn};
 
-use super::Health;
+use super::{Health, Occurrence};
 use crate::canonical::Vendor;
 use crate::delivery::{DeadLetter, PublishOutcome};
 use crate::redact::SafeName;
@@ -71,13 +71,12 @@ impl Outcome<'_> {
             lag,
         } = self
         {
-            health.add_events_published(*vendor, delivered);
-            if let Some(lag) = lag {
-                health.observe_end_to_end_lag(lag.as_secs_f64());
-            }
-            if !kept.is_empty() {
-                health.add_events_kept(*vendor, kept);
-            }
+            health.record(Occurrence::Published {
+                vendor: *vendor,
+                delivered,
+                kept,
+                lag: *lag,
+            });
             if tracing::enabled!(Level::DEBUG) {
                 let (events, unrouted) = (delivered.len(), kept.len());
                 delivery
@@ -90,7 +89,10 @@ impl Outcome<'_> {
         match self {
             Outcome::Published { .. } => {}
             Outcome::DeadLettered(dead_letter) => {
-                health.add_dead_lettered(dead_letter.vendor, dead_letter.kind);
+                health.record(Occurrence::DeadLettered {
+                    vendor: dead_letter.vendor,
+                    kind: dead_letter.kind,
+                });
                 warn!(
                     kind = %dead_letter.kind,
                     vendor = dead_letter.vendor.map(|v| v.key()),
@@ -99,7 +101,7 @@ impl Outcome<'_> {
                 );
             }
             Outcome::Requeued { failing_for, last } => {
-                health.add_requeued();
+                health.record(Occurrence::Requeued);
                 warn!(
                     failing_for_ms = failing_for.as_millis() as u64,
                     last = %describe(last),
@@ -107,7 +109,10 @@ impl Outcome<'_> {
                 );
             }
             Outcome::LeftToBroker(dead_letter) => {
-                health.add_dead_lettered(dead_letter.vendor, dead_letter.kind);
+                health.record(Occurrence::DeadLettered {
+                    vendor: dead_letter.vendor,
+                    kind: dead_letter.kind,
+                });
                 warn!(
                     kind = %dead_letter.kind,
                     detail = %dead_letter.detail,
@@ -115,7 +120,7 @@ impl Outcome<'_> {
                 );
             }
             Outcome::Looped { through, queue } => {
-                health.add_loop_stopped();
+                health.record(Occurrence::LoopStopped);
                 error!(
                     through,
                     queue,
@@ -123,7 +128,7 @@ impl Outcome<'_> {
                 );
             }
             Outcome::HandedToBroker { why } => {
-                health.add_handed_to_broker();
+                health.record(Occurrence::HandedToBroker);
                 error!(
                     why,
                     "the dead letter cannot be published; handed to the raw queue's dead-lettering"

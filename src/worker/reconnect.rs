@@ -10,7 +10,7 @@ use super::session::{Session, SessionEnd};
 use crate::amqp::BrokerError;
 use crate::config::Settings;
 use crate::delivery::backoff_delay;
-use crate::ops::{Health, WorkerState};
+use crate::ops::{Health, Occurrence, WorkerState};
 
 /// Runs until `shutdown` is cancelled; then drains and returns. Broker failures are
 /// logged and retried with backoff, with readiness down meanwhile; except a failed TLS
@@ -69,10 +69,10 @@ pub async fn run(
             Ok(session) => {
                 ever_opened = true;
                 refusal_logged = None;
-                health.add_session();
+                health.record(Occurrence::SessionOpened);
                 let started = Instant::now();
                 let end = session.run(settings, &shutdown, &health).await;
-                health.set_disconnected();
+                health.record(Occurrence::SessionEnded);
                 // A session that lasted a while was healthy: start backing off afresh.
                 if started.elapsed() > settings.amqp.reconnect_max() {
                     backoff.reset();
@@ -109,7 +109,7 @@ pub async fn run(
     if let Some(task) = summaries {
         task.abort();
     }
-    let total = health.snapshot();
+    let total = health.snapshot().counts;
     info!(
         consumed = total.consumed,
         events_published = total.events_published,
@@ -127,10 +127,10 @@ async fn log_summaries(health: Health, every: Duration) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
-    let mut last = health.snapshot();
+    let mut last = health.snapshot().counts;
     loop {
         ticks.tick().await;
-        let now = health.snapshot();
+        let now = health.snapshot().counts;
         let consumed = now.consumed.saturating_sub(last.consumed);
         if consumed > 0 {
             info!(

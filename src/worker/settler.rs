@@ -17,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use crate::amqp::error::BrokerError;
 use crate::amqp::ordered;
 use crate::delivery::{AckPolicy, Settle, SettleFrame, coalesce};
-use crate::ops::Health;
+use crate::ops::{Health, Occurrence};
 
 /// One settlement frame written (or not).
 type Write = Pin<Box<dyn Future<Output = Result<u64, lapin::Error>> + Send>>;
@@ -119,11 +119,11 @@ impl Settler {
         match written {
             Ok(0) => Ok(()),
             Ok(acked) => {
-                self.health.add_acked(acked);
+                self.health.record(Occurrence::AckFrame { messages: acked });
                 Ok(())
             }
             Err(source) => {
-                self.health.add_settle_failed();
+                self.health.record(Occurrence::SettleFailed);
                 Err(BrokerError::Amqp {
                     what: "settling deliveries".into(),
                     source,

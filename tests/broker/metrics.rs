@@ -18,7 +18,7 @@ fn samples(text: &str) -> BTreeMap<String, f64> {
 
 /// 200 raw webhooks of all three vendors (every 20th not normalizable): the counters
 /// say exactly how many came in, which events went out by vendor and type, and which
-/// dead letters by vendor and kind; nothing is left in flight.
+/// dead letters by vendor and kind; nothing is left in flight; `/readyz` says the same.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_exactly_what_went_through() {
     let vhost = TestVhost::new("metrics");
@@ -58,6 +58,7 @@ async fn metrics_count_exactly_what_went_through() {
     let n = webhooks.len() as f64;
     for (series, value) in [
         ("normalizer_messages_consumed_total", n),
+        ("normalizer_messages_acked_total", n),
         ("normalizer_redeliveries_total", 0.0),
         ("normalizer_unroutable_total", 0.0),
         ("normalizer_publish_retries_total", 0.0),
@@ -65,6 +66,7 @@ async fn metrics_count_exactly_what_went_through() {
         ("normalizer_in_flight", 0.0),
         ("normalizer_broker_connected", 1.0),
         ("normalizer_reconnects_total", 0.0),
+        ("normalizer_sessions_total", 1.0),
     ] {
         want.insert(series.to_owned(), value);
     }
@@ -97,6 +99,30 @@ async fn metrics_count_exactly_what_went_through() {
             .any(|k| k.starts_with("normalizer_dead_lettered_total")),
         "the mix has dead letters to count"
     );
+    // `/readyz` reads its counts from these very series: with nothing moving, each equals
+    // its series (a labelled family's summed).
+    let (_, ready) = worker.readiness();
+    let total = |name: &str| -> f64 {
+        got.iter()
+            .filter(|(series, _)| series.split('{').next() == Some(name))
+            .map(|(_, value)| value)
+            .sum()
+    };
+    for (field, name) in [
+        ("consumed", "normalizer_messages_consumed_total"),
+        ("acked", "normalizer_messages_acked_total"),
+        ("ack_frames", "normalizer_ack_frames_total"),
+        ("events_published", "normalizer_events_published_total"),
+        ("dead_lettered", "normalizer_dead_lettered_total"),
+        ("sessions", "normalizer_sessions_total"),
+        ("in_flight", "normalizer_in_flight"),
+    ] {
+        assert_eq!(
+            ready[field].as_u64().map(|n| n as f64),
+            Some(total(name)),
+            "/readyz {field} against {name}: {ready}\n{text}"
+        );
+    }
 }
 
 /// The end-to-end lag is observed once per raw message whose events are confirmed, and

@@ -36,7 +36,7 @@ use crate::delivery::{
     DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan_checked,
 };
 use crate::normalize::{ErrorKind, Limits};
-use crate::ops::{Delivery as Who, Health, Outcome, WorkerState};
+use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
 use crate::signatures::Signatures;
 use crate::tools::dlq::stored::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
 
@@ -295,7 +295,7 @@ impl<'s> Pipeline<'s> {
             redelivered,
             ..
         } = delivery;
-        self.health.add_consumed(redelivered);
+        self.health.record(Occurrence::Consumed { redelivered });
         let body_omitted = report.as_ref().and_then(|r| r.body_omitted);
         let (properties, property_problems) = match report {
             Some(report) => report.apply(properties),
@@ -509,13 +509,19 @@ impl<'s> Pipeline<'s> {
     fn collect(&mut self) {
         let counts = self.core.take_counts();
         if counts.retries > 0 {
-            self.health.add_publish_retries(counts.retries);
+            self.health.record(Occurrence::PublishesRetried {
+                publishes: counts.retries,
+            });
         }
-        for _ in 0..counts.unroutable {
-            self.health.add_unroutable();
+        if counts.unroutable > 0 {
+            self.health.record(Occurrence::Unroutable {
+                publishes: counts.unroutable,
+            });
         }
         if counts.taps_given_up > 0 {
-            self.health.add_taps_given_up(counts.taps_given_up);
+            self.health.record(Occurrence::TapsGivenUp {
+                copies: counts.taps_given_up,
+            });
             warn!(
                 copies = counts.taps_given_up,
                 "tap copies for observers kept failing; given up (the messages are stored)"
@@ -565,8 +571,9 @@ impl<'s> Pipeline<'s> {
                     .record(&self.health, who);
                 }
             }
-            self.health
-                .observe_processing(finished.admitted_at.elapsed().as_secs_f64());
+            self.health.record(Occurrence::Settled {
+                after: finished.admitted_at.elapsed(),
+            });
             self.settled.push(finished.settle);
         }
         self.health.set_in_flight(self.core.held());
