@@ -36,10 +36,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use self::access::{Access, Presented};
+use self::access::Presented;
 use self::metrics::{IngestMetrics, Outcome};
 use crate::canonical::{Vendor, rfc3339_utc};
-use crate::config::Settings;
+use crate::config::{Access, Settings};
 use crate::http::{Bounds, ConnectionCounts};
 use crate::signatures::Signatures;
 
