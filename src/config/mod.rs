@@ -1,12 +1,14 @@
 //! Settings: defaults compiled in from `config/default.toml`, an optional file over them,
 //! `NORMALIZER__{SECTION}__{KEY}` environment variables over both; validated once at start.
-//! The sections are here; loading them is in [`load`](self::load), checking them in
-//! [`validate`](self::validate) (one function a section), the AMQP URL and the listen
-//! address in files of their own. No role's logic here: roles import their settings from
-//! this module, never the other way.
+//! The sections are here; loading them is in `load.rs`, checking them in
+//! `validate.rs` (one function a section), the AMQP URL and the listen
+//! address in files of their own; each component's own settings, made from them, in
+//! `components.rs`. No role's logic here: roles import their settings
+//! from this module, never the other way.
 
 mod access;
 mod amqp_url;
+mod components;
 mod listen;
 mod load;
 mod validate;
@@ -17,8 +19,12 @@ use serde::Deserialize;
 
 pub use self::access::{Access, MIN_SECRET_CHARS, VendorAccess};
 pub use self::amqp_url::AmqpUrl;
+pub use self::components::{
+    DlqSettings, GatewaySettings, PipelineSettings, Topology, WorkerSettings,
+};
 pub use self::listen::ListenAddr;
 pub use self::load::{DEFAULTS, ENV_PREFIX};
+use crate::delivery::RetryPolicy;
 use crate::normalize::Limits;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -264,6 +270,15 @@ impl RetrySettings {
     }
     pub fn max_elapsed(&self) -> Duration {
         Duration::from_secs(self.max_elapsed_secs)
+    }
+
+    /// The policy the pipeline retries a refused publish by.
+    pub fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.initial(),
+            max: self.max(),
+            max_elapsed: self.max_elapsed(),
+        }
     }
 }
 
