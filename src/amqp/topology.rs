@@ -8,25 +8,25 @@ use lapin::{Channel, ExchangeKind};
 
 use super::connection::connect;
 use super::error::{BrokerError, Role};
-use crate::config::Settings;
+use crate::config::{AmqpSettings, OutputSettings, Topology};
 use crate::delivery::DELIVERY_LIMIT_ROUTING_KEY;
 
 /// Connects, declares the topology, and closes: `webhook-normalizer topology`.
-pub async fn declare_topology(settings: &Settings) -> Result<(), BrokerError> {
-    let connection = connect(&settings.amqp, Role::Admin).await?;
+pub async fn declare_topology(amqp: &AmqpSettings, topology: &Topology) -> Result<(), BrokerError> {
+    let connection = connect(amqp, Role::Admin).await?;
     let channel = connection
         .create_channel()
         .await
         .map_err(BrokerError::amqp("opening a channel"))?;
-    declare_topology_with(&channel, settings).await?;
+    declare_topology_with(&channel, topology).await?;
     let _ = connection.close(200, "topology declared".into()).await;
     Ok(())
 }
 
 /// Declares the topology on an open channel ([`declare_topology_with`]), or with
 /// `amqp.declare_topology` off checks that it exists ([`check_topology`]).
-pub async fn prepare_topology(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
-    if s.amqp.declare_topology {
+pub async fn prepare_topology(channel: &Channel, s: &Topology) -> Result<(), BrokerError> {
+    if s.declare {
         declare_topology_with(channel, s).await
     } else {
         check_topology(channel, s).await
@@ -36,7 +36,7 @@ pub async fn prepare_topology(channel: &Channel, s: &Settings) -> Result<(), Bro
 /// Checks, with passive declarations (which need no configure permission), that every
 /// exchange and queue exists; the first missing one ends the check with a 404 naming it.
 /// Bindings cannot be checked this way.
-pub async fn check_topology(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
+pub async fn check_topology(channel: &Channel, s: &Topology) -> Result<(), BrokerError> {
     let passive_exchange = ExchangeDeclareOptions {
         passive: true,
         ..ExchangeDeclareOptions::default()
@@ -93,7 +93,7 @@ pub async fn check_topology(channel: &Channel, s: &Settings) -> Result<(), Broke
 ///   the unrouted queue to the alternate exchange: that binding is removed.
 /// - `output.tap_exchange` (topic), where observers get a copy of what was stored.
 /// - `dead_letter.exchange` (topic) and `dead_letter.queue` (quorum) bound with `#`.
-pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<(), BrokerError> {
+pub async fn declare_topology_with(channel: &Channel, s: &Topology) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
         ..ExchangeDeclareOptions::default()
@@ -122,7 +122,7 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
     declare_quorum_queue(
         channel,
         &s.output.unrouted_queue,
-        unrouted_queue_arguments(s),
+        unrouted_queue_arguments(&s.output),
     )
     .await?;
     // Bound by earlier versions: with it, events no team binds would be stored there by
@@ -181,16 +181,16 @@ pub async fn declare_topology_with(channel: &Channel, s: &Settings) -> Result<()
 /// than `output.unrouted_max_age_secs`; past either the broker drops the oldest
 /// (`drop-head`, the default overflow), so publishing to the canonical exchange never
 /// fails for want of a binding.
-fn unrouted_queue_arguments(s: &Settings) -> FieldTable {
+fn unrouted_queue_arguments(output: &OutputSettings) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-max-length".into(),
-        AMQPValue::LongLongInt(i64::try_from(s.output.unrouted_max_length).unwrap_or(i64::MAX)),
+        AMQPValue::LongLongInt(i64::try_from(output.unrouted_max_length).unwrap_or(i64::MAX)),
     );
     args.insert(
         "x-message-ttl".into(),
         AMQPValue::LongLongInt(
-            i64::try_from(s.output.unrouted_max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            i64::try_from(output.unrouted_max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
         ),
     );
     args

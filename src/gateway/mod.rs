@@ -39,7 +39,7 @@ use tracing::{debug, info, warn};
 use self::access::Presented;
 use self::metrics::{IngestMetrics, Outcome};
 use crate::canonical::{Vendor, rfc3339_utc};
-use crate::config::{Access, Settings};
+use crate::config::{Access, GatewaySettings};
 use crate::http::{Bounds, ConnectionCounts};
 use crate::signatures::Signatures;
 
@@ -73,18 +73,18 @@ const BASE_MEMORY: u64 = 64 * 1024 * 1024;
 /// at start: per connection, its header buffer and hyper's own state; per request
 /// holding a turn, its body up to four times (read into a growing buffer, published
 /// into the client's frames); and a base.
-pub fn memory_bound(settings: &Settings, max_connections: usize) -> u64 {
+pub fn memory_bound(settings: &GatewaySettings, max_connections: usize) -> u64 {
     let per_connection = MAX_HEADER_BYTES as u64 + 16 * 1024;
-    let per_request = 4 * settings.limits.max_body_bytes as u64;
+    let per_request = 4 * settings.max_body_bytes as u64;
     max_connections as u64 * per_connection
-        + settings.ingest.max_concurrent_requests as u64 * per_request
+        + settings.max_concurrent_requests as u64 * per_request
         + BASE_MEMORY
 }
 
 /// `ingest.max_connections`, or fewer when the process may not open that many
 /// descriptors (`RLIMIT_NOFILE`, less [`RESERVED_DESCRIPTORS`]).
-pub fn max_connections(settings: &Settings) -> usize {
-    let configured = settings.ingest.max_connections;
+pub fn max_connections(settings: &GatewaySettings) -> usize {
+    let configured = settings.max_connections;
     let Ok(limit) = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .ok_or(())
@@ -124,32 +124,29 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(settings: Settings) -> Ingest {
+    pub fn new(settings: GatewaySettings) -> Ingest {
         let max_connections = max_connections(&settings);
         let bound = memory_bound(&settings, max_connections);
         info!(
             max_connections,
-            max_concurrent_requests = settings.ingest.max_concurrent_requests,
+            max_concurrent_requests = settings.max_concurrent_requests,
             memory_bound_mib = bound / (1024 * 1024),
             "ingest: bounds"
         );
         let connections = Arc::new(ConnectionCounts::default());
         let bounds = Bounds {
             max_connections,
-            header_timeout: Duration::from_secs(settings.ingest.header_timeout_secs),
+            header_timeout: settings.header_timeout,
             max_header_bytes: MAX_HEADER_BYTES,
         };
         let gateway = Arc::new(Gateway {
-            max_body_bytes: settings.limits.max_body_bytes,
-            request_timeout: settings.ingest.request_timeout(),
-            signatures: settings
-                .ingest
-                .verify_signatures
-                .then(|| settings.signatures.clone()),
-            access: settings.ingest.access.clone(),
-            turns: Semaphore::new(settings.ingest.max_concurrent_requests),
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: settings.request_timeout,
+            turns: Semaphore::new(settings.max_concurrent_requests),
             metrics: IngestMetrics::new(bound, connections.clone()),
-            publisher: GatewayPublisher::new(settings),
+            publisher: GatewayPublisher::new(settings.amqp, settings.exchange),
+            signatures: settings.signatures,
+            access: settings.access,
         });
         Ingest {
             gateway,

@@ -14,7 +14,7 @@ use crate::amqp::connection::connect_checked;
 use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::ordered;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
-use crate::config::Settings;
+use crate::config::AmqpSettings;
 use crate::delivery::PublishOutcome;
 
 /// One raw webhook to publish to `input.exchange`.
@@ -49,11 +49,12 @@ pub enum Published {
 /// Publishes each body in turn, each confirmed (or not) before the next, and says what
 /// became of each. A broker error ends it (the bodies before it have their outcome).
 pub async fn publish_bodies(
-    settings: &Settings,
+    amqp: &AmqpSettings,
+    exchange: &str,
     bodies: &[RawBody],
     mut each: impl FnMut(usize, Published),
 ) -> Result<(), BrokerError> {
-    let publisher = GatewayPublisher::new(settings.clone());
+    let publisher = GatewayPublisher::new(amqp.clone(), exchange.to_owned());
     for (i, raw) in bodies.iter().enumerate() {
         each(i, publisher.publish(raw).await?);
     }
@@ -151,7 +152,9 @@ pub struct GatewayPublisher {
 }
 
 struct Shared {
-    settings: Settings,
+    amqp: AmqpSettings,
+    /// `input.exchange`.
+    exchange: String,
     state: std::sync::Mutex<State>,
     /// Woken when a connection attempt ends.
     attempt_ended: tokio::sync::Notify,
@@ -183,10 +186,11 @@ struct Link {
 }
 
 impl GatewayPublisher {
-    pub fn new(settings: Settings) -> GatewayPublisher {
+    pub fn new(amqp: AmqpSettings, exchange: String) -> GatewayPublisher {
         GatewayPublisher {
             shared: Arc::new(Shared {
-                settings,
+                amqp,
+                exchange,
                 state: std::sync::Mutex::new(State::default()),
                 attempt_ended: tokio::sync::Notify::new(),
             }),
@@ -201,7 +205,7 @@ impl GatewayPublisher {
         if blocked {
             return Ok(Published::Blocked);
         }
-        let published = publish_one(&link, &self.shared.settings.input.exchange, raw).await;
+        let published = publish_one(&link, &self.shared.exchange, raw).await;
         if published.is_err() {
             self.shared.lock().open = None;
         }
@@ -290,7 +294,7 @@ impl Shared {
 
     /// One connection attempt (through every URL of `amqp.url`), to its end.
     async fn connect(self: Arc<Self>, attempt: u64) {
-        let opened = open(&self.settings).await;
+        let opened = open(&self.amqp).await;
         {
             let mut state = self.lock();
             state.connecting = false;
@@ -307,10 +311,10 @@ impl Shared {
 }
 
 /// A new connection and confirm-mode channel.
-async fn open(settings: &Settings) -> Result<Open, BrokerError> {
+async fn open(amqp: &AmqpSettings) -> Result<Open, BrokerError> {
     let check = FrameCheck::default();
     let returns = check.returns.clone();
-    let connection = connect_checked(&settings.amqp, Role::Publisher, check).await?;
+    let connection = connect_checked(amqp, Role::Publisher, check).await?;
     let channel = connection
         .create_channel()
         .await

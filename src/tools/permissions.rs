@@ -17,7 +17,7 @@
 //! - `tail`'s queue, exclusive and named by the broker (`amq.gen-…`): configure, write
 //!   and read on it.
 
-use crate::config::Settings;
+use crate::config::Topology;
 
 /// One user's permissions on the vhost: three regular expressions over resource names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +73,7 @@ impl Permissions {
 /// What `webhook-normalizer run` needs: with `amqp.declare_topology` it declares and
 /// binds everything; without, it only checks (passively) that it all exists, and needs
 /// no configure permission at all.
-pub fn worker(s: &Settings) -> Permissions {
+pub fn worker(s: &Topology) -> Permissions {
     let raw_exchange = s.input.exchange.as_str();
     let raw_queue = s.input.queue.as_str();
     let canonical = s.output.exchange.as_str();
@@ -82,7 +82,7 @@ pub fn worker(s: &Settings) -> Permissions {
     let unrouted_queue = s.output.unrouted_queue.as_str();
     let dead_letter_exchange = s.dead_letter.exchange.as_str();
     let dead_letter_queue = s.dead_letter.queue.as_str();
-    if !s.amqp.declare_topology {
+    if !s.declare {
         return Permissions {
             configure: none(),
             // Events, their copies kept and tapped, and dead letters.
@@ -131,7 +131,7 @@ pub fn worker(s: &Settings) -> Permissions {
 /// exchange, replays to the raw and the canonical exchange; and for `tail`, a
 /// server-named exclusive queue (`amq.gen-…`: configure to declare it, write to bind it,
 /// read to consume it) bound to the tap exchange (read).
-pub fn operator(s: &Settings) -> Permissions {
+pub fn operator(s: &Topology) -> Permissions {
     let dead_letter_lock = format!("{}.lock", s.dead_letter.queue);
     let unrouted_lock = format!("{}.lock", s.output.unrouted_queue);
     let names = |names: &[&str]| names.iter().map(|n| escape(n)).collect::<Vec<_>>();
@@ -158,7 +158,7 @@ pub fn operator(s: &Settings) -> Permissions {
 /// one's own): publishing to the raw exchange, and nothing else. It declares nothing (the
 /// worker or `webhook-normalizer topology` does) and reads nothing (confirms and returns
 /// come on its own channel).
-pub fn gateway(s: &Settings) -> Permissions {
+pub fn gateway(s: &Topology) -> Permissions {
     Permissions {
         configure: none(),
         write: any_of(&[&s.input.exchange]),
@@ -182,7 +182,7 @@ pub enum TeamQueuesError {
 /// read on the exchange) and consuming them (read). Nothing of ours beyond reading the
 /// canonical exchange: it cannot publish events, nor bind to the raw, tap or unrouted
 /// exchanges. A prefix that matches one of the configured names is refused.
-pub fn consumer(s: &Settings, queue_prefix: &str) -> Result<Permissions, TeamQueuesError> {
+pub fn consumer(s: &Topology, queue_prefix: &str) -> Result<Permissions, TeamQueuesError> {
     if queue_prefix.is_empty() {
         return Err(TeamQueuesError::Empty);
     }
@@ -272,8 +272,8 @@ fn shell_quote(text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn defaults() -> Settings {
-        Settings::load(None).unwrap()
+    fn defaults() -> Topology {
+        crate::config::Settings::load(None).unwrap().topology()
     }
 
     /// Reviewed by hand against the list in the module's documentation.
@@ -297,7 +297,7 @@ mod tests {
     #[test]
     fn a_pre_declared_topology_needs_no_configure_permission() {
         let mut s = defaults();
-        s.amqp.declare_topology = false;
+        s.declare = false;
         let p = worker(&s);
         assert_eq!(p.configure, "^$");
         assert_eq!(
@@ -310,7 +310,7 @@ mod tests {
     #[test]
     fn one_user_for_both_gets_the_union() {
         let mut s = defaults();
-        s.amqp.declare_topology = false;
+        s.declare = false;
         let both = worker(&s).union(&operator(&s));
         assert_eq!(
             both.configure,

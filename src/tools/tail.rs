@@ -14,7 +14,7 @@ use super::dlq::delivered;
 use crate::amqp::connection::connect;
 use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::json::properties_json;
-use crate::config::Settings;
+use crate::config::AmqpSettings;
 use crate::tools::dlq::stored::DeadLetterInfo;
 
 /// What to watch.
@@ -44,14 +44,16 @@ pub enum Tailed<'a> {
 
 /// Binds a queue of its own, calls `ready` once it is bound, then hands each message to
 /// `each` until `each` says stop (`false`) or `stop` completes. Returns how many it saw.
+/// `tap_exchange` is `output.tap_exchange`.
 pub async fn tail(
-    settings: &Settings,
+    amqp: &AmqpSettings,
+    tap_exchange: &str,
     source: &TailSource,
     ready: impl FnOnce(),
     mut each: impl FnMut(Tailed<'_>) -> bool,
     stop: impl Future<Output = ()>,
 ) -> Result<u64, BrokerError> {
-    let connection = connect(&settings.amqp, Role::Consumer).await?;
+    let connection = connect(amqp, Role::Consumer).await?;
     let channel = connection
         .create_channel()
         .await
@@ -69,7 +71,7 @@ pub async fn tail(
         .await
         .map_err(BrokerError::amqp("declaring a queue of its own"))?;
     let name = queue.name().clone();
-    let exchange = settings.output.tap_exchange.as_str();
+    let exchange = tap_exchange;
     for key in tap_bindings(source) {
         channel
             .queue_bind(

@@ -65,7 +65,7 @@ use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::headers::{header_payload_size, header_room};
 use crate::amqp::wire::edit::{PropertyEdits, edit_content_header};
 use crate::amqp::wire::{FrameCheck, Returns, Sent, Verbatim, WireReports};
-use crate::config::Settings;
+use crate::config::AmqpSettings;
 use crate::delivery::PublishOutcome;
 
 /// Messages in hand at once: taken, their copy or replay published, not yet acked.
@@ -167,7 +167,7 @@ pub enum WalkError {
 /// Reads every message present in `walk.queue` when it starts, in order; `decide` says
 /// what becomes of each (see the module's documentation).
 pub(crate) async fn walk_queue(
-    settings: &Settings,
+    amqp: &AmqpSettings,
     walk: Walk<'_>,
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&Delivery, &str) -> Step,
@@ -180,7 +180,7 @@ pub(crate) async fn walk_queue(
     };
     let returns = check.returns.clone();
     let reports = check.reports.clone();
-    let connection = connect_checked(&settings.amqp, Role::Admin, check).await?;
+    let connection = connect_checked(amqp, Role::Admin, check).await?;
     let channel = connection
         .create_channel()
         .await

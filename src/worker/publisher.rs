@@ -20,7 +20,7 @@ use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::headers::PERSISTENT;
 use crate::amqp::topology::prepare_topology;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
-use crate::config::Settings;
+use crate::config::{AmqpSettings, Topology};
 use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, Lane, OutgoingEvent, PublishOutcome};
 use crate::ops::Health;
 
@@ -84,12 +84,13 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// Connects, opens the confirm-mode channels and declares the topology.
     pub(crate) async fn open(
-        settings: &Settings,
+        amqp: &AmqpSettings,
+        topology: &Topology,
         health: &Health,
     ) -> Result<Publisher, BrokerError> {
         let check = FrameCheck::default();
         let returns = check.returns.clone();
-        let connection = connect_checked(&settings.amqp, Role::Publisher, check).await?;
+        let connection = connect_checked(amqp, Role::Publisher, check).await?;
         // A new connection starts unblocked; the broker says so if it is not.
         health.set_blocked(None);
         let blocked = Arc::new(AtomicBool::new(false));
@@ -104,13 +105,13 @@ impl Publisher {
             confirm_channel(&connection).await?,
             confirm_channel(&connection).await?,
         ];
-        prepare_topology(&channels[0], settings).await?;
-        check_writable(&channels[0], settings, &blocked).await?;
+        prepare_topology(&channels[0], topology).await?;
+        check_writable(&channels[0], &topology.output.tap_exchange, &blocked).await?;
         Ok(Publisher {
             connection,
             channels,
             returns,
-            confirm_timeout: settings.amqp.confirm_timeout(),
+            confirm_timeout: amqp.confirm_timeout(),
             blocked,
             connection_lost,
             watcher,
@@ -123,14 +124,15 @@ impl Publisher {
     /// declares the topology again (after an exchange went missing).
     pub(crate) async fn reopen(
         &mut self,
-        settings: &Settings,
+        amqp: &AmqpSettings,
+        topology: &Topology,
         lane: Lane,
         redeclare: bool,
     ) -> Result<(), BrokerError> {
         let connected =
             self.connection.status().connected() && !self.connection_lost.load(Ordering::Relaxed);
         if !connected {
-            let fresh = Publisher::open(settings, &self.health).await?;
+            let fresh = Publisher::open(amqp, topology, &self.health).await?;
             let stale = std::mem::replace(self, fresh);
             info!("publishing connection reopened");
             tokio::spawn(stale.close());
@@ -138,7 +140,7 @@ impl Publisher {
         }
         let channel = confirm_channel(&self.connection).await?;
         if redeclare {
-            prepare_topology(&channel, settings).await?;
+            prepare_topology(&channel, topology).await?;
         }
         self.channels[lane as usize] = channel;
         Ok(())
@@ -211,13 +213,10 @@ impl Publisher {
 /// fails the session here, with the broker's words, not every message later.
 async fn check_writable(
     channel: &Channel,
-    settings: &Settings,
+    tap_exchange: &str,
     blocked: &AtomicBool,
 ) -> Result<(), BrokerError> {
-    for (exchange, routing_key) in [
-        (settings.output.tap_exchange.as_str(), PROBE_ROUTING_KEY),
-        ("", PROBE_ROUTING_KEY),
-    ] {
+    for (exchange, routing_key) in [(tap_exchange, PROBE_ROUTING_KEY), ("", PROBE_ROUTING_KEY)] {
         let what = || {
             format!(
                 "checking that the worker may publish to {} (a probe nobody receives)",

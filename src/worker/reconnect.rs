@@ -8,7 +8,7 @@ use tracing::{debug, error, info, warn};
 
 use super::session::{Session, SessionEnd};
 use crate::amqp::BrokerError;
-use crate::config::Settings;
+use crate::config::WorkerSettings;
 use crate::delivery::backoff_delay;
 use crate::ops::{Health, Occurrence, WorkerState};
 
@@ -17,7 +17,7 @@ use crate::ops::{Health, Occurrence, WorkerState};
 /// handshake before any session ever opened (a wrong CA, an expired or mismatched
 /// certificate, a plain-text port): a deployment mistake, returned at once.
 pub async fn run(
-    settings: &Settings,
+    settings: &WorkerSettings,
     shutdown: CancellationToken,
     health: Health,
 ) -> Result<(), BrokerError> {
@@ -29,8 +29,7 @@ pub async fn run(
     );
     info!(broker = %settings.amqp.url, "starting");
     let summaries = settings
-        .log
-        .summary_every()
+        .summary_every
         .map(|every| tokio::spawn(log_summaries(health.clone(), every)));
     // The permanent refusal last logged at error, so a refusal that persists is logged
     // once, not once per attempt.

@@ -20,7 +20,7 @@ use super::settler::Settler;
 use crate::amqp::connection::connect_checked;
 use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::wire::{FrameCheck, WireReports};
-use crate::config::Settings;
+use crate::config::WorkerSettings;
 use crate::ops::{Health, WorkerState};
 
 /// How a session ended.
@@ -49,11 +49,11 @@ impl Session {
     /// Opens the publishing side (declaring the topology), then the consuming
     /// connection, and starts consuming. On failure, what was opened is dropped, and
     /// lapin closes a dropped connection.
-    pub async fn open(settings: &Settings, health: &Health) -> Result<Session, BrokerError> {
-        let publisher = Publisher::open(settings, health).await?;
+    pub async fn open(settings: &WorkerSettings, health: &Health) -> Result<Session, BrokerError> {
+        let publisher = Publisher::open(&settings.amqp, &settings.topology, health).await?;
         // A body over the limit would be a dead letter anyway: the worker never holds it.
         let check = FrameCheck {
-            max_body_bytes: u64::try_from(settings.limits.max_body_bytes).ok(),
+            max_body_bytes: u64::try_from(settings.pipeline.limits.max_body_bytes).ok(),
             ..FrameCheck::default()
         };
         let reports = check.reports.clone();
@@ -65,13 +65,13 @@ impl Session {
             .await
             .map_err(BrokerError::amqp("opening the consuming channel"))?;
         channel
-            .basic_qos(settings.input.prefetch, BasicQosOptions::default())
+            .basic_qos(settings.pipeline.prefetch, BasicQosOptions::default())
             .await
             .map_err(BrokerError::amqp("setting the prefetch"))?;
         let consumer_tag = format!("webhook-normalizer-{}", std::process::id());
         let consumer = channel
             .basic_consume(
-                settings.input.queue.as_str().into(),
+                settings.topology.input.queue.as_str().into(),
                 consumer_tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
@@ -79,7 +79,7 @@ impl Session {
             .await
             .map_err(BrokerError::amqp(format!(
                 "consuming from queue {}",
-                settings.input.queue
+                settings.topology.input.queue
             )))?;
         Ok(Session {
             connection,
@@ -99,14 +99,14 @@ impl Session {
     /// to the queue.
     pub async fn run(
         mut self,
-        settings: &Settings,
+        settings: &WorkerSettings,
         shutdown: &CancellationToken,
         health: &Health,
     ) -> SessionEnd {
         let mut pipeline = Pipeline::new(settings, self.publisher, health.clone());
         let mut settler = Settler::new(self.channel.clone(), health.clone());
         health.set_state(WorkerState::Consuming, None);
-        info!(queue = %settings.input.queue, prefetch = settings.input.prefetch, "consuming");
+        info!(queue = %settings.topology.input.queue, prefetch = settings.pipeline.prefetch, "consuming");
 
         let mut drain_deadline: Option<Instant> = None;
         let end = loop {
@@ -116,7 +116,7 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled(), if drain_deadline.is_none() => {
-                    drain_deadline = Some(Instant::now() + settings.shutdown.drain_timeout());
+                    drain_deadline = Some(Instant::now() + settings.drain_timeout);
                     health.set_state(WorkerState::Draining, None);
                     // Stop new deliveries; the ones we hold are finished below.
                     let _ = self
@@ -149,7 +149,7 @@ impl Session {
                     warn!(
                         left = pipeline.held(),
                         "in-flight deliveries not finished within {}s; they will be redelivered",
-                        settings.shutdown.drain_timeout().as_secs()
+                        settings.drain_timeout.as_secs()
                     );
                     break SessionEnd::Shutdown;
                 }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc};
-use webhook_normalizer::config::Settings;
+use webhook_normalizer::config::{AmqpSettings, Settings};
 use webhook_normalizer::telemetry::{self, TelemetryError};
 
 /// sysexits.h EX_DATAERR: the input was read but cannot be normalized.
@@ -130,8 +130,8 @@ pub(crate) fn write_lines(
 }
 
 /// The user and vhost of the first URL of `amqp.url` (never its password).
-pub(crate) fn amqp_user_and_vhost(settings: &Settings) -> (Option<String>, Option<String>) {
-    let url = settings.amqp.url.each().remove(0);
+pub(crate) fn amqp_user_and_vhost(amqp: &AmqpSettings) -> (Option<String>, Option<String>) {
+    let url = amqp.url.each().remove(0);
     match url.expose().parse::<lapin::uri::AMQPUri>() {
         Ok(u) => (Some(u.authority.userinfo.username), Some(u.vhost)),
         Err(_) => (None, None),

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use webhook_normalizer::tools::audit::{Audit, AuditCounts, FilterValue};
 
-use webhook_normalizer::config::Settings;
+use webhook_normalizer::config::AmqpSettings;
 
 use crate::common::{EXIT_TEMPFAIL, EXIT_UNAVAILABLE, amqp_user_and_vhost, report};
 
@@ -67,14 +67,14 @@ pub(crate) fn walk_failed(e: &webhook_normalizer::tools::walk::WalkError) -> Exi
 /// An audit record of a command that moves or removes messages, with who runs it: the
 /// OS user (`USER`, else `LOGNAME`) and uid, and the AMQP user.
 pub(crate) fn audit(
-    settings: &Settings,
+    amqp: &AmqpSettings,
     command: &'static str,
     queue: &str,
     filters: Vec<(&'static str, FilterValue)>,
     dry_run: bool,
     counts: AuditCounts,
 ) -> Audit {
-    let (amqp_user, vhost) = amqp_user_and_vhost(settings);
+    let (amqp_user, vhost) = amqp_user_and_vhost(amqp);
     Audit {
         command,
         os_user: std::env::var("USER")

@@ -12,37 +12,38 @@ use lapin::types::{AMQPValue, FieldTable};
 
 use crate::amqp::json::{properties_json, text};
 use crate::canonical::Vendor;
-use crate::config::Settings;
+use crate::config::{AmqpSettings, DlqSettings};
 use crate::tools::dlq::stored::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every dead letter present when it starts, in order, and leaves the queue as it
 /// was except for those `decide` replays (to where the raw message was first published,
-/// if that is a configured input ([`Settings::replay_exchanges`]) that exists,
+/// if that is a configured input ([`DlqSettings::replay_to`]) that exists,
 /// the `x-normalizer-*`, `x-original-exchange`/`-routing-key` and `x-death` headers
 /// stripped, `x-replay-count` added, `x-vendor` set to `as_vendor` when given; at most
 /// `per_second` a second) or drops. `decide`
 /// also gets each dead letter's routing key and properties as JSON (for `dlq export`).
 pub async fn walk_dead_letters(
-    settings: &Settings,
+    amqp: &AmqpSettings,
+    dlq: &DlqSettings,
     per_second: Option<f64>,
     as_vendor: Option<Vendor>,
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
-    let replay_to = settings.replay_exchanges();
+    let replay_to: Vec<&str> = dlq.replay_to.iter().map(String::as_str).collect();
     let walk = Walk {
         command: "dlq",
-        queue: &settings.dead_letter.queue,
+        queue: &dlq.queue,
         routing_key_header: ROUTING_KEY_HEADER,
         ttl: None,
         per_second,
         replay_to: &replay_to,
     };
-    walk_queue(settings, walk, progress, |delivery, routing_key| {
+    walk_queue(amqp, walk, progress, |delivery, routing_key| {
         let mut seen = delivered(delivery);
         seen.routing_key = routing_key.to_owned();
-        let info = DeadLetterInfo::read_with_limit(&seen, settings.limits.max_body_bytes);
+        let info = DeadLetterInfo::read_with_limit(&seen, dlq.max_body_bytes);
         let properties = properties_json(delivery.routing_key.as_str(), &delivery.properties);
         match decide(&info, &delivery.data, &properties) {
             Action::Keep => Step::Keep,

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
-use crate::config::Settings;
+use crate::config::{AmqpSettings, OutputSettings};
 use crate::delivery::headers;
 use crate::tools::unrouted::stored::{ROUTING_KEY_HEADER, UnroutedEvent};
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
@@ -21,21 +21,22 @@ use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, w
 /// taken off the queue. One that still nobody is bound for comes back through the
 /// alternate exchange, to the queue's tail, as it was.
 pub async fn walk_unrouted(
-    settings: &Settings,
+    amqp: &AmqpSettings,
+    output: &OutputSettings,
     per_second: Option<f64>,
     progress: &mut dyn FnMut(Progress),
     mut decide: impl FnMut(&UnroutedEvent) -> Action,
 ) -> Result<WalkSummary, WalkError> {
-    let replay_to = [settings.output.exchange.as_str()];
+    let replay_to = [output.exchange.as_str()];
     let walk = Walk {
         replay_to: &replay_to,
         command: "unrouted",
-        queue: &settings.output.unrouted_queue,
+        queue: &output.unrouted_queue,
         routing_key_header: ROUTING_KEY_HEADER,
         per_second,
-        ttl: Some(Duration::from_secs(settings.output.unrouted_max_age_secs)),
+        ttl: Some(Duration::from_secs(output.unrouted_max_age_secs)),
     };
-    walk_queue(settings, walk, progress, |delivery, routing_key| {
+    walk_queue(amqp, walk, progress, |delivery, routing_key| {
         let p = &delivery.properties;
         let event = UnroutedEvent {
             event_type: routing_key.to_owned(),
@@ -51,7 +52,7 @@ pub async fn walk_unrouted(
             Action::Keep => Step::Keep,
             Action::Drop => Step::Drop,
             Action::Replay => Step::Send {
-                exchange: settings.output.exchange.clone(),
+                exchange: output.exchange.clone(),
                 routing_key: event.event_type,
                 properties: Box::new(as_published(p)),
             },

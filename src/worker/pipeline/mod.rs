@@ -31,13 +31,12 @@ use crate::amqp::headers::{header_payload_bound, header_payload_size, header_roo
 use crate::amqp::ordered;
 use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
-use crate::config::Settings;
+use crate::config::WorkerSettings;
 use crate::delivery::{
-    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan_checked,
+    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, headers, plan_checked,
 };
-use crate::normalize::{ErrorKind, Limits};
+use crate::normalize::ErrorKind;
 use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
-use crate::signatures::Signatures;
 use crate::tools::dlq::stored::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
 
 /// How one publish attempt ended.
@@ -192,9 +191,7 @@ fn with_headers(properties: &BasicProperties, added: &[(&str, &str)]) -> BasicPr
 }
 
 pub(crate) struct Pipeline<'s> {
-    settings: &'s Settings,
-    limits: Limits,
-    signatures: Signatures,
+    settings: &'s WorkerSettings,
     output_exchange: ShortString,
     publisher: Publisher,
     core: Core<Amqp>,
@@ -206,31 +203,26 @@ pub(crate) struct Pipeline<'s> {
 
 impl<'s> Pipeline<'s> {
     pub(crate) fn new(
-        settings: &'s Settings,
+        settings: &'s WorkerSettings,
         publisher: Publisher,
         health: Health,
     ) -> Pipeline<'s> {
+        let topology = &settings.topology;
         let amqp = Amqp {
-            dead_letter_exchange: settings.dead_letter.exchange.as_str().into(),
-            tap_exchange: settings.output.tap_exchange.as_str().into(),
-            unrouted_queue: settings.output.unrouted_queue.as_str().into(),
+            dead_letter_exchange: topology.dead_letter.exchange.as_str().into(),
+            tap_exchange: topology.output.tap_exchange.as_str().into(),
+            unrouted_queue: topology.output.unrouted_queue.as_str().into(),
             frame_max: publisher.frame_max(),
             now_text: std::sync::Mutex::default(),
         };
         let tuning = Tuning {
-            retry: RetryPolicy {
-                initial: settings.retry.initial(),
-                max: settings.retry.max(),
-                max_elapsed: settings.retry.max_elapsed(),
-            },
-            window: usize::from(settings.input.prefetch),
-            window_bytes: settings.limits.max_in_flight_bytes,
+            retry: settings.pipeline.retry,
+            window: usize::from(settings.pipeline.prefetch),
+            window_bytes: settings.pipeline.max_in_flight_bytes,
         };
         Pipeline {
             settings,
-            limits: settings.limits(),
-            signatures: settings.signatures.clone(),
-            output_exchange: settings.output.exchange.as_str().into(),
+            output_exchange: topology.output.exchange.as_str().into(),
             publisher,
             core: Core::new(amqp, tuning, fastrand::u64(..)),
             settled: Vec::new(),
@@ -329,7 +321,7 @@ impl<'s> Pipeline<'s> {
                 None,
                 &format!(
                     "body of {size} bytes, over limits.max_body_bytes ({}): not read; dead-lettered by the broker with its bytes",
-                    self.settings.limits.max_body_bytes
+                    self.settings.pipeline.limits.max_body_bytes
                 ),
                 Utc::now(),
             );
@@ -347,10 +339,10 @@ impl<'s> Pipeline<'s> {
         }
         let planned = plan_checked(
             &held.raw,
-            &self.limits,
-            &self.signatures,
-            &self.settings.unmapped,
-            self.settings.schemas.base_uri,
+            &self.settings.pipeline.limits,
+            &self.settings.pipeline.signatures,
+            &self.settings.pipeline.unmapped,
+            self.settings.pipeline.schema_base,
             Utc::now(),
         );
         let (fate, messages) = self.prepare(&held, planned);
@@ -364,9 +356,9 @@ impl<'s> Pipeline<'s> {
     /// another dead letter, for ever. Such bindings cannot be read over AMQP 0-9-1, so
     /// every delivery is checked.
     fn came_back(&self, exchange: &str) -> Option<&'s str> {
-        let output = &self.settings.output;
+        let output = &self.settings.topology.output;
         [
-            self.settings.dead_letter.exchange.as_str(),
+            self.settings.topology.dead_letter.exchange.as_str(),
             output.exchange.as_str(),
             output.tap_exchange.as_str(),
             output.unrouted_exchange.as_str(),
@@ -387,7 +379,7 @@ impl<'s> Pipeline<'s> {
         );
         AmqpMessage {
             exchange: ShortString::from(""),
-            routing_key: self.settings.dead_letter.queue.as_str().into(),
+            routing_key: self.settings.topology.dead_letter.queue.as_str().into(),
             body: Arc::new(held.raw.body.clone()),
             properties,
         }
@@ -436,7 +428,7 @@ impl<'s> Pipeline<'s> {
             &dead_letter,
             Arc::new(held.raw.body.clone()),
             &held.original,
-            &self.settings.dead_letter.exchange.as_str().into(),
+            &self.settings.topology.dead_letter.exchange.as_str().into(),
             frame_max,
         );
         match built {
@@ -466,7 +458,15 @@ impl<'s> Pipeline<'s> {
                         mandatory,
                     } => self.start_publish(id, lane, message, mandatory).await,
                     Command::Reopen { lane, redeclare } => {
-                        let reopened = self.publisher.reopen(self.settings, lane, redeclare).await;
+                        let reopened = self
+                            .publisher
+                            .reopen(
+                                &self.settings.amqp,
+                                &self.settings.topology,
+                                lane,
+                                redeclare,
+                            )
+                            .await;
                         if let Err(e) = &reopened {
                             warn!(error = %e, "cannot reopen the publishing channel");
                         }
@@ -566,7 +566,7 @@ impl<'s> Pipeline<'s> {
                 Finish::Looped(through) => {
                     Outcome::Looped {
                         through,
-                        queue: &self.settings.dead_letter.queue,
+                        queue: &self.settings.topology.dead_letter.queue,
                     }
                     .record(&self.health, who);
                 }

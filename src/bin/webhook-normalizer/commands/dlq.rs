@@ -255,7 +255,8 @@ fn walk(
         _ => None,
     };
     let walked = runtime.block_on(webhook_normalizer::tools::dlq::walk_dead_letters(
-        &settings,
+        &settings.amqp,
+        &settings.dlq(),
         rate,
         as_vendor,
         &mut |p| bar.update(p),
@@ -360,7 +361,7 @@ fn walk(
         + summary.unroutable;
     match mode {
         DlqMode::Replay { dry_run, .. } => audit(
-            &settings,
+            &settings.amqp,
             "dlq replay",
             queue,
             audit_filters,
@@ -373,7 +374,7 @@ fn walk(
         )
         .emit(),
         DlqMode::Purge => audit(
-            &settings,
+            &settings.amqp,
             "dlq purge",
             queue,
             audit_filters,

@@ -29,7 +29,7 @@ async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<
     let listeners = ops::listen(addrs)
         .await
         .context("ingest.listen: cannot listen")?;
-    let ingest = std::sync::Arc::new(webhook_normalizer::gateway::Ingest::new(settings));
+    let ingest = std::sync::Arc::new(webhook_normalizer::gateway::Ingest::new(settings.gateway()));
     let mut servers = Vec::new();
     for listener in listeners {
         info!(address = %listener.local_addr()?, "ingest: POST /webhooks/{{vendor}}");

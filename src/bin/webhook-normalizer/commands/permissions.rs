@@ -3,7 +3,7 @@
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use webhook_normalizer::config::Settings;
+use webhook_normalizer::config::{AmqpSettings, Topology};
 
 use crate::common::{ConfigFile, amqp_user_and_vhost, report, with_settings, written_to_stdout};
 
@@ -41,8 +41,9 @@ pub(crate) fn run(args: PermissionsArgs) -> anyhow::Result<ExitCode> {
         config,
     } = args;
     with_settings(&config, |settings| {
+        let topology = settings.topology();
         let prefix = consumer_queues.unwrap_or_else(|| format!("{consumer}."));
-        let team = match webhook_normalizer::tools::permissions::consumer(&settings, &prefix) {
+        let team = match webhook_normalizer::tools::permissions::consumer(&topology, &prefix) {
             Ok(team) => team,
             Err(e) => {
                 report(format_args!("error: {e}"));
@@ -55,7 +56,7 @@ pub(crate) fn run(args: PermissionsArgs) -> anyhow::Result<ExitCode> {
             gateway: &gateway,
             consumer: (&consumer, &prefix, team),
         };
-        written_to_stdout(print_permissions(&settings, users))
+        written_to_stdout(print_permissions(&settings.amqp, &topology, users))
     })
 }
 
@@ -72,7 +73,11 @@ struct PermissionUsers<'a> {
     ),
 }
 
-fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Result<()> {
+fn print_permissions(
+    amqp: &AmqpSettings,
+    topology: &Topology,
+    users: PermissionUsers<'_>,
+) -> io::Result<()> {
     use webhook_normalizer::tools::permissions;
     let PermissionUsers {
         worker: user,
@@ -80,12 +85,12 @@ fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Res
         gateway,
         consumer: (consumer, prefix, team),
     } = users;
-    let (url_user, vhost) = amqp_user_and_vhost(settings);
+    let (url_user, vhost) = amqp_user_and_vhost(amqp);
     let vhost = vhost.unwrap_or_else(|| "/".to_owned());
     let user = user.or(url_user).unwrap_or_else(|| "USER".to_owned());
-    let worker = permissions::worker(settings);
-    let ops = permissions::operator(settings);
-    let declares = if settings.amqp.declare_topology {
+    let worker = permissions::worker(topology);
+    let ops = permissions::operator(topology);
+    let declares = if topology.declare {
         "declares the topology (amqp.declare_topology = true)"
     } else {
         "checks a topology declared beforehand (amqp.declare_topology = false)"
@@ -103,17 +108,17 @@ fn print_permissions(settings: &Settings, users: PermissionUsers<'_>) -> io::Res
     writeln!(
         out,
         "# a gateway (ingest, publish), as its own user: publishes to {} only:",
-        settings.input.exchange
+        topology.input.exchange
     )?;
     writeln!(
         out,
         "{}",
-        permissions::gateway(settings).command(&vhost, gateway)
+        permissions::gateway(topology).command(&vhost, gateway)
     )?;
     writeln!(
         out,
         "# a consuming team, as its own user: its queues (names starting {prefix}), bound to {}:",
-        settings.output.exchange
+        topology.output.exchange
     )?;
     writeln!(out, "{}", team.command(&vhost, consumer))?;
     out.flush()

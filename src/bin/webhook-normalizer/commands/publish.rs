@@ -103,7 +103,7 @@ fn send(settings: Settings, args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let mut refused = 0;
     let mut answered = 0;
     let runtime = runtime()?;
-    let sent = runtime.block_on(gateway::publish_bodies(&settings, &bodies, |i, outcome| {
+    let sent = runtime.block_on(gateway::publish_bodies(&settings.amqp, exchange, &bodies, |i, outcome| {
         let bytes = bodies[i].body.len();
         answered += 1;
         match outcome {

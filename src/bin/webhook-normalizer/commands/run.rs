@@ -64,8 +64,9 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
             tokio::time::sleep(hard_deadline).await;
         }
     };
+    let worker_settings = settings.worker();
     let code = tokio::select! {
-        ran = worker::run(&settings, shutdown, health) => match ran {
+        ran = worker::run(&worker_settings, shutdown, health) => match ran {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 error!(error = %e, "cannot start: the broker's TLS handshake failed");

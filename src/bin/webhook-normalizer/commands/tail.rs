@@ -89,7 +89,8 @@ fn watch(settings: Settings, args: &TailArgs) -> anyhow::Result<ExitCode> {
     let mut printed = 0u64;
     let runtime = runtime()?;
     let watched = runtime.block_on(tail::tail(
-        &settings,
+        &settings.amqp,
+        &settings.output.tap_exchange,
         &source,
         || report(format_args!("watching {watching}; Ctrl-C to stop")),
         |item| {

@@ -11,7 +11,10 @@ use crate::common::{ConfigFile, EXIT_UNAVAILABLE, runtime, with_settings};
 pub(crate) fn run(config: ConfigFile) -> anyhow::Result<ExitCode> {
     with_settings(&config, |settings| {
         let runtime = runtime()?;
-        match runtime.block_on(webhook_normalizer::amqp::declare_topology(&settings)) {
+        match runtime.block_on(webhook_normalizer::amqp::declare_topology(
+            &settings.amqp,
+            &settings.topology(),
+        )) {
             Ok(()) => {
                 info!(broker = %settings.amqp.url, "topology declared");
                 Ok(ExitCode::SUCCESS)

@@ -125,7 +125,8 @@ impl UnroutedWalk {
         let runtime = runtime()?;
         let mut bar = ProgressBar::new("unrouted events");
         let walked = runtime.block_on(webhook_normalizer::tools::unrouted::walk_unrouted(
-            &settings,
+            &settings.amqp,
+            &settings.output,
             rate,
             &mut |p| bar.update(p),
             |event| {
@@ -191,7 +192,7 @@ impl UnroutedWalk {
         }
         if !stats_only {
             audit(
-                &settings,
+                &settings.amqp,
                 "unrouted replay",
                 queue,
                 audit_filters,
