@@ -78,6 +78,17 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The compiled-in defaults alone, validated: no file, and not the process
+    /// environment, which the configuration tests change meanwhile (in a `figment::Jail`).
+    #[cfg(test)]
+    pub(crate) fn defaults() -> Settings {
+        let settings: Settings = Figment::from(Toml::string(DEFAULTS))
+            .extract()
+            .expect("the defaults deserialize");
+        settings.validate().expect("the defaults are valid");
+        settings
+    }
+
     /// The effective settings (defaults, `file`, environment), validated, as a TOML
     /// table with every secret masked: `amqp.url`'s passwords as `****`, and every
     /// string under `signatures` and `ingest.access` (a basic-auth pair keeps its user).
@@ -570,6 +581,16 @@ basic = ["gateway:basic-password-dddddddd"]
             assert_eq!(s.input.prefetch, 32);
             assert_eq!(s.input.queue, "from-env");
             assert_eq!(s.input.exchange, "webhooks.raw");
+            Ok(())
+        });
+    }
+
+    /// What the tests that must not see the environment load.
+    #[test]
+    fn the_defaults_alone_ignore_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("NORMALIZER__INPUT__QUEUE", "from-env");
+            assert_eq!(Settings::defaults().input.queue, "normalizer.raw");
             Ok(())
         });
     }
