@@ -26,6 +26,8 @@
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
 //! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
 //! - [`body`]: the strict JSON reader of webhook bodies.
+//! - [`contract`]: the names the contract fixes (header names, routing keys, the
+//!   worker's properties), which every part imports and which imports no role.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
 //!   schedule, ack batching), and the delivery policy.
 //! - [`amqp`]: the AMQP plumbing (connections, TLS, the frame check, topology, header
@@ -39,16 +41,17 @@
 //! - `tools::dlq::stored`, `tools::unrouted::stored`: reading, filtering and grouping
 //!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
-//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `tools::dlq::stored`,
-//! `tools::unrouted::stored`, `tools::permissions`, `signatures` and `redact` are pure: no I/O, no
-//! clock, no randomness. The broker glue is built on top of them, never the other way
-//! round.
+//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `contract`, `delivery`,
+//! `tools::dlq::stored`, `tools::unrouted::stored`, `tools::permissions`, `signatures` and
+//! `redact` are pure: no I/O, no clock, no randomness. The broker glue is built on top of
+//! them, never the other way round.
 
 pub mod amqp;
 pub mod asyncapi;
 pub mod body;
 pub mod canonical;
 pub mod config;
+pub mod contract;
 pub mod delivery;
 pub mod gateway;
 pub mod http;

@@ -27,7 +27,8 @@ use super::publisher::AmqpMessage;
 use crate::amqp::headers::{
     PERSISTENT, header_entry_size, header_payload_size, header_room, text_headers,
 };
-use crate::delivery::{DeadLetter, headers};
+use crate::contract::headers;
+use crate::delivery::DeadLetter;
 use crate::redact::SafeName;
 
 /// Even without any raw header, the dead letter's properties exceed the frame.

@@ -5,7 +5,8 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 
 use crate::amqp::headers::header_text;
-use crate::delivery::{RawMessage, VendorHeader, headers};
+use crate::contract::headers;
+use crate::delivery::{RawMessage, VendorHeader};
 use crate::signatures;
 
 /// The raw message of one delivery. `property_problems` are what the frame check found

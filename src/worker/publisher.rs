@@ -21,7 +21,8 @@ use crate::amqp::headers::PERSISTENT;
 use crate::amqp::topology::prepare_topology;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
-use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, Lane, OutgoingEvent, PublishOutcome};
+use crate::contract::{APP_ID, EVENT_CONTENT_TYPE};
+use crate::delivery::{Lane, OutgoingEvent, PublishOutcome};
 use crate::ops::Health;
 
 /// One AMQP message, built once and published as often as retries need.

@@ -13,7 +13,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use crate::amqp::json::{properties_json, text};
 use crate::canonical::Vendor;
 use crate::config::Settings;
-use crate::tools::dlq::stored::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
+use crate::contract::headers::{DEAD_LETTER_ROUTING_KEY, REPLAY_COUNT};
+use crate::tools::dlq::stored::{DeadLetterInfo, Death, Delivered};
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every dead letter present when it starts, in order, and leaves the queue as it
@@ -34,7 +35,7 @@ pub async fn walk_dead_letters(
     let walk = Walk {
         command: "dlq",
         queue: &settings.dead_letter.queue,
-        routing_key_header: ROUTING_KEY_HEADER,
+        routing_key_header: DEAD_LETTER_ROUTING_KEY,
         ttl: None,
         per_second,
         replay_to: &replay_to,
@@ -99,9 +100,6 @@ fn replay_properties(dead_letter: &BasicProperties, as_vendor: Option<Vendor>) -
     }
     dead_letter.clone().with_headers(headers)
 }
-
-/// How many times a message was replayed from the dead-letter queue.
-pub const REPLAY_COUNT: &str = "x-replay-count";
 
 /// A delivery as plain values for [`DeadLetterInfo::read`], with the routing key it was
 /// delivered with (a walk's copy keeps its own in a header: the caller sets it).

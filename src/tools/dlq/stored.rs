@@ -17,12 +17,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::{DELIVERY_LIMIT_ROUTING_KEY, headers};
-
-/// The header the `dlq` walk keeps a dead letter's own routing key in, once it has put a
-/// copy back on the queue (a copy goes through the default exchange, so that no other
-/// queue bound to the dead-letter exchange gets one).
-pub const ROUTING_KEY_HEADER: &str = "x-normalizer-dead-letter-routing-key";
+use crate::contract::{DELIVERY_LIMIT_ROUTING_KEY, headers};
 
 /// The first `x-death` entry of a broker-made dead letter, as plain values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,7 +32,7 @@ pub struct Death {
 #[derive(Debug, Clone, Default)]
 pub struct Delivered {
     /// Its own routing key: for a copy a walk put back, the one kept in
-    /// [`ROUTING_KEY_HEADER`] (the walk tells which).
+    /// [`headers::DEAD_LETTER_ROUTING_KEY`] (the walk tells which).
     pub routing_key: String,
     /// Text headers (long strings), by name.
     pub headers: BTreeMap<String, String>,

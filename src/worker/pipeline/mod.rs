@@ -32,13 +32,13 @@ use crate::amqp::ordered;
 use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
+use crate::contract::headers;
 use crate::delivery::{
-    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, headers, plan_checked,
+    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, plan_checked,
 };
 use crate::normalize::{ErrorKind, Limits};
 use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
 use crate::signatures::Signatures;
-use crate::tools::dlq::stored::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -135,7 +135,7 @@ impl Messages for Amqp {
                     .properties
                     .headers()
                     .as_ref()
-                    .and_then(|h| match h.inner().get(DEAD_LETTER_ROUTING_KEY) {
+                    .and_then(|h| match h.inner().get(headers::DEAD_LETTER_ROUTING_KEY) {
                         Some(AMQPValue::LongString(k)) => {
                             Some(String::from_utf8_lossy(k.as_bytes()).into_owned())
                         }
@@ -382,7 +382,10 @@ impl<'s> Pipeline<'s> {
             &held.original,
             &[
                 (headers::LOOPED_THROUGH, held.raw.exchange.as_str()),
-                (DEAD_LETTER_ROUTING_KEY, held.raw.routing_key.as_str()),
+                (
+                    headers::DEAD_LETTER_ROUTING_KEY,
+                    held.raw.routing_key.as_str(),
+                ),
             ],
         );
         AmqpMessage {
