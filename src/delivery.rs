@@ -52,8 +52,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::canonical::{CanonicalType, SchemaBase, Vendor, rfc3339_utc};
+use crate::contract::DeadLetterKind;
 use crate::contract::{MAX_DETAIL_BYTES, headers};
-use crate::normalize::{ErrorKind, EventJson, Limits, NormalizeError, normalize_json};
+use crate::normalize::{EventJson, Limits, NormalizeError, normalize_json};
 use crate::signatures::{Signatures, verify};
 use crate::vendors::Unmapped;
 
@@ -232,7 +233,7 @@ impl OutgoingEvent {
 pub struct DeadLetter {
     /// `{vendor or unknown}.{kind}`.
     pub routing_key: String,
-    pub kind: ErrorKind,
+    pub kind: DeadLetterKind,
     pub vendor: Option<Vendor>,
     /// The reason: field paths and sizes, never values from the body; at most
     /// [`MAX_DETAIL_BYTES`].
@@ -245,7 +246,7 @@ impl DeadLetter {
     /// The dead letter of `raw` for this reason. `detail` must not hold body values.
     pub fn new(
         raw: &RawMessage,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
         vendor: Option<Vendor>,
         detail: &str,
         now: DateTime<Utc>,
@@ -325,7 +326,7 @@ pub fn plan_checked(
         .map_err(|e| {
             Plan::DeadLetter(DeadLetter::new(
                 raw,
-                ErrorKind::InvalidSignature,
+                DeadLetterKind::InvalidSignature,
                 Some(vendor),
                 &e.to_string(),
                 now,
@@ -359,7 +360,7 @@ fn plan_unchecked(
         let detail = raw.property_problems.join("; ");
         return Plan::DeadLetter(DeadLetter::new(
             raw,
-            ErrorKind::InvalidProperties,
+            DeadLetterKind::InvalidProperties,
             None,
             &detail,
             now,
@@ -372,7 +373,7 @@ fn plan_unchecked(
         );
         return Plan::DeadLetter(DeadLetter::new(
             raw,
-            ErrorKind::UnknownVendor,
+            DeadLetterKind::UnknownVendor,
             None,
             &detail,
             now,
@@ -704,7 +705,7 @@ mod tests {
         assert_eq!(
             kind(&raw(ENTUITIVE_CREATED)),
             Some((
-                ErrorKind::InvalidSignature,
+                DeadLetterKind::InvalidSignature,
                 "entuitive.invalid_signature".into(),
                 "missing x-entuitive-signature (signatures.entuitive.required)".into()
             ))
@@ -717,14 +718,14 @@ mod tests {
             "gw",
         ))
         .unwrap();
-        assert_eq!(k, ErrorKind::InvalidSignature);
+        assert_eq!(k, DeadLetterKind::InvalidSignature);
         assert!(!detail.contains(&wrong), "{detail}");
         // With a hint, checked first: a bad signature on a body that would not map is
         // invalid_signature; a good one on it gets the mapping's verdict.
         let junk = b"not json";
         assert_eq!(
             kind(&signed(junk, DEEL_HEADER, sign("x", b"POST", junk), "deel")).map(|k| k.0),
-            Some(ErrorKind::InvalidSignature)
+            Some(DeadLetterKind::InvalidSignature)
         );
         assert_eq!(
             kind(&signed(
@@ -734,7 +735,7 @@ mod tests {
                 "deel"
             ))
             .map(|k| k.0),
-            Some(ErrorKind::InvalidJson)
+            Some(DeadLetterKind::InvalidJson)
         );
         // Nothing configured: nothing checked (plan).
         assert!(matches!(
@@ -868,25 +869,33 @@ mod tests {
             (
                 raw(b"{nope"),
                 "unknown.invalid_json",
-                ErrorKind::InvalidJson,
+                DeadLetterKind::InvalidJson,
             ),
-            (big, "deel.body_too_large", ErrorKind::BodyTooLarge),
-            (bad_hint, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
-            (not_text, "unknown.unknown_vendor", ErrorKind::UnknownVendor),
+            (big, "deel.body_too_large", DeadLetterKind::BodyTooLarge),
+            (
+                bad_hint,
+                "unknown.unknown_vendor",
+                DeadLetterKind::UnknownVendor,
+            ),
+            (
+                not_text,
+                "unknown.unknown_vendor",
+                DeadLetterKind::UnknownVendor,
+            ),
             (
                 raw(b"{\"hello\":1}"),
                 "unknown.unknown_vendor",
-                ErrorKind::UnknownVendor,
+                DeadLetterKind::UnknownVendor,
             ),
             (
                 raw(br#"{"id":"1","event":"NEW_THING","order":{}}"#),
                 "authenticate.unknown_event_type",
-                ErrorKind::UnknownEventType,
+                DeadLetterKind::UnknownEventType,
             ),
             (
                 raw(br#"{"id":"1","event":"USER_PII_UPDATE","order":{}}"#),
                 "authenticate.invalid_payload",
-                ErrorKind::InvalidPayload,
+                DeadLetterKind::InvalidPayload,
             ),
         ];
         for (message, key, kind) in cases {
@@ -950,7 +959,7 @@ mod tests {
         let detail = "é".repeat(MAX_DETAIL_BYTES);
         let dl = DeadLetter::new(
             &raw(b"{}"),
-            ErrorKind::PublishRefused,
+            DeadLetterKind::PublishRefused,
             Some(Vendor::Deel),
             &detail,
             now(),

@@ -24,10 +24,11 @@
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema);
 //!   [`asyncapi`]: the same as an AsyncAPI document, made from the type table.
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
-//! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
+//! - [`mod@normalize`]: the single entry point of the mapping and its errors.
 //! - [`body`]: the strict JSON reader of webhook bodies.
 //! - [`contract`]: the names the contract fixes (header names, routing keys, the
-//!   worker's properties), which every part imports and which imports no role.
+//!   worker's properties, the dead-letter kinds), which every part imports and which
+//!   imports no role.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
 //!   schedule, ack batching), and the delivery policy.
 //! - [`amqp`]: the AMQP plumbing (connections, TLS, the frame check, topology, header
@@ -65,5 +66,6 @@ pub mod vendors;
 pub mod worker;
 
 pub use canonical::{CanonicalEvent, CanonicalType, EventType, SchemaBase, Vendor};
-pub use normalize::{ErrorKind, Limits, NormalizeError, normalize};
+pub use contract::DeadLetterKind;
+pub use normalize::{Limits, NormalizeError, normalize};
 pub use vendors::{Unmapped, UnmappedPolicy};

@@ -96,8 +96,9 @@ mod tests {
     use lapin::types::{AMQPValue, FieldArray, FieldTable};
 
     use super::*;
+    use crate::contract::DeadLetterKind;
     use crate::delivery::{Plan, plan};
-    use crate::normalize::{ErrorKind, Limits};
+    use crate::normalize::Limits;
 
     const PII_UPDATE: &[u8] =
         br#"{"id":"e-1","event":"USER_PII_UPDATE","eventDate":"2020-12-07T19:18:32.076Z","order":{"userAccessCode":"u-1"}}"#;
@@ -145,7 +146,7 @@ mod tests {
             let Plan::DeadLetter(dead_letter) = plan(&raw, &Limits::default(), now()) else {
                 panic!("{value:?}: published");
             };
-            assert_eq!(dead_letter.kind, ErrorKind::UnknownVendor, "{value:?}");
+            assert_eq!(dead_letter.kind, DeadLetterKind::UnknownVendor, "{value:?}");
             assert_eq!(dead_letter.routing_key, "unknown.unknown_vendor");
             assert_eq!(
                 dead_letter.detail,

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::contract::{DELIVERY_LIMIT_ROUTING_KEY, headers};
+use crate::contract::{DELIVERY_LIMIT_ROUTING_KEY, DeadLetterKind, headers};
 
 /// The first `x-death` entry of a broker-made dead letter, as plain values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,7 +58,8 @@ pub struct DeadLetterInfo {
     pub shape: Shape,
     /// A vendor key, or `unknown`.
     pub vendor: String,
-    /// An error kind, or the broker's `delivery_limit`.
+    /// A [`DeadLetterKind`] as the dead letter says it (the worker's header, the broker's
+    /// [`DeadLetterKind::DeliveryLimit`]); text, since a header may say anything.
     pub kind: String,
     pub detail: String,
     pub failed_at: Option<DateTime<Utc>>,
@@ -79,9 +80,7 @@ impl DeadLetterInfo {
         let rejected =
             d.death.as_ref().and_then(|death| death.reason.as_deref()) == Some("rejected");
         if info.shape == Shape::Broker && rejected && d.body_len > max_body_bytes {
-            info.kind = crate::normalize::ErrorKind::BodyTooLarge
-                .as_str()
-                .to_owned();
+            info.kind = DeadLetterKind::BodyTooLarge.as_str().to_owned();
             info.detail = format!(
                 "body of {} bytes, over limits.max_body_bytes ({max_body_bytes}): not read; dead-lettered by the broker",
                 d.body_len
@@ -133,7 +132,7 @@ impl DeadLetterInfo {
             shape: Shape::Broker,
             vendor: "unknown".into(),
             kind: if routing_key == DELIVERY_LIMIT_ROUTING_KEY {
-                "delivery_limit".into()
+                DeadLetterKind::DeliveryLimit.as_str().to_owned()
             } else {
                 kind_from_key.to_owned()
             },

@@ -32,11 +32,12 @@ use crate::amqp::ordered;
 use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::Settings;
+use crate::contract::DeadLetterKind;
 use crate::contract::headers;
 use crate::delivery::{
     DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, plan_checked,
 };
-use crate::normalize::{ErrorKind, Limits};
+use crate::normalize::Limits;
 use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
 use crate::signatures::Signatures;
 
@@ -165,7 +166,7 @@ impl Messages for Amqp {
     fn dead_letter(
         &self,
         raw: &Held,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
         vendor: Option<Vendor>,
         detail: &str,
     ) -> (DeadLetter, Result<AmqpMessage, String>) {
@@ -325,7 +326,7 @@ impl<'s> Pipeline<'s> {
         if let Some(size) = body_omitted {
             let dead_letter = DeadLetter::new(
                 &held.raw,
-                ErrorKind::BodyTooLarge,
+                DeadLetterKind::BodyTooLarge,
                 None,
                 &format!(
                     "body of {size} bytes, over limits.max_body_bytes ({}): not read; dead-lettered by the broker with its bytes",
@@ -423,7 +424,7 @@ impl<'s> Pipeline<'s> {
                     None => return (Fate::Events { vendor, types }, messages),
                     Some((i, size)) => DeadLetter::new(
                         &held.raw,
-                        ErrorKind::OutputTooLarge,
+                        DeadLetterKind::OutputTooLarge,
                         Some(vendor),
                         &format!(
                             "event {} of {count}: its AMQP properties take {size} bytes, over the {room} the broker's frame_max of {frame_max} allows",
