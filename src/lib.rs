@@ -30,7 +30,8 @@
 //!   worker's properties, the dead-letter kinds), which every part imports and which
 //!   imports no role.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
-//!   schedule, ack batching), and the delivery policy.
+//!   schedule, ack batching), and the delivery policy; [`backoff`]: the schedule that
+//!   retries and reconnects wait by.
 //! - [`amqp`]: the AMQP plumbing (connections, TLS, the frame check, topology, header
 //!   helpers) that the three roles build on: [`worker`] (the reconnect loop, session,
 //!   pipeline, publisher, settler), [`tools`] (the operator tools: queue walks, `dlq`,
@@ -43,12 +44,13 @@
 //!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
 //! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `contract`, `delivery`,
-//! `tools::dlq::stored`, `tools::unrouted::stored`, `tools::permissions`, `signatures` and
-//! `redact` are pure: no I/O, no clock, no randomness. The broker glue is built on top of
-//! them, never the other way round.
+//! `backoff`, `tools::dlq::stored`, `tools::unrouted::stored`, `tools::permissions`,
+//! `signatures` and `redact` are pure: no I/O, no clock, no randomness. The broker glue is
+//! built on top of them, never the other way round.
 
 pub mod amqp;
 pub mod asyncapi;
+pub mod backoff;
 pub mod body;
 pub mod canonical;
 pub mod config;

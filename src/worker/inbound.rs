@@ -97,7 +97,7 @@ mod tests {
 
     use super::*;
     use crate::contract::DeadLetterKind;
-    use crate::delivery::{Plan, plan};
+    use crate::delivery::{Plan, plan_with_defaults};
     use crate::normalize::Limits;
 
     const PII_UPDATE: &[u8] =
@@ -143,7 +143,8 @@ mod tests {
         ];
         for (value, found) in cases {
             let raw = with_vendor_header(value.clone());
-            let Plan::DeadLetter(dead_letter) = plan(&raw, &Limits::default(), now()) else {
+            let Plan::DeadLetter(dead_letter) = plan_with_defaults(&raw, &Limits::default(), now())
+            else {
                 panic!("{value:?}: published");
             };
             assert_eq!(dead_letter.kind, DeadLetterKind::UnknownVendor, "{value:?}");
@@ -170,12 +171,16 @@ mod tests {
                 Some("authenticate")
             );
             assert!(
-                matches!(plan(&raw, &Limits::default(), now()), Plan::Publish { .. }),
+                matches!(
+                    plan_with_defaults(&raw, &Limits::default(), now()),
+                    Plan::Publish { .. }
+                ),
                 "{value:?}"
             );
         }
         let raw = with_vendor_header(AMQPValue::LongString("stripe".into()));
-        let Plan::DeadLetter(dead_letter) = plan(&raw, &Limits::default(), now()) else {
+        let Plan::DeadLetter(dead_letter) = plan_with_defaults(&raw, &Limits::default(), now())
+        else {
             panic!("published");
         };
         assert_eq!(dead_letter.routing_key, "unknown.unknown_vendor");

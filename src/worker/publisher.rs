@@ -358,7 +358,7 @@ fn closed(error: &lapin::Error) -> PublishOutcome {
 mod tests {
     use super::*;
     use crate::amqp::headers::{header_payload_bound, header_payload_size};
-    use crate::delivery::{Plan, RawMessage, plan};
+    use crate::delivery::{Plan, RawMessage, plan_with_defaults};
     use crate::normalize::Limits;
 
     /// The cheap bound is exact for what the worker publishes: every fixture's events.
@@ -374,7 +374,9 @@ mod tests {
                     vendor_header: crate::delivery::VendorHeader::Text(vendor.into()),
                     ..RawMessage::default()
                 };
-                let Plan::Publish { events, .. } = plan(&raw, &Limits::default(), now) else {
+                let Plan::Publish { events, .. } =
+                    plan_with_defaults(&raw, &Limits::default(), now)
+                else {
                     continue;
                 };
                 for event in events {

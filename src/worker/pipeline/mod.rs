@@ -35,7 +35,7 @@ use crate::config::Settings;
 use crate::contract::DeadLetterKind;
 use crate::contract::headers;
 use crate::delivery::{
-    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, plan_checked,
+    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, plan,
 };
 use crate::normalize::Limits;
 use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
@@ -346,7 +346,7 @@ impl<'s> Pipeline<'s> {
                 .admit(Instant::now(), delivery_tag, held, fate, vec![message]);
             return;
         }
-        let planned = plan_checked(
+        let planned = plan(
             &held.raw,
             &self.limits,
             &self.signatures,
