@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::body;
 use std::borrow::Cow;
@@ -183,16 +182,48 @@ pub fn normalize(
     Ok(out)
 }
 
-/// One canonical event serialized for the wire, with the attributes a publisher needs
-/// beside the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventJson {
-    /// The CloudEvent, JSON structured mode.
-    pub json: Vec<u8>,
-    pub id: Uuid,
+/// One canonical event serialized for the wire: the form the worker publishes and the
+/// `normalize` command prints. The body is the CloudEvent in JSON structured mode, made
+/// once; the other fields are what the broker glue sets as the AMQP properties of the same
+/// name, so that nothing parses the body again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingEvent {
+    /// The canonical type: the routing key and AMQP `type`.
     pub event_type: CanonicalType,
-    pub subject: String,
-    pub time: DateTime<Utc>,
+    pub body: Vec<u8>,
+    /// The stable id: AMQP `message_id`.
+    pub message_id: String,
+    /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
+    /// time (not the publish time) so that a redelivered event is the same message.
+    pub timestamp: u64,
+    /// Headers: `cloudEvents_subject` only (see [`OutgoingEvent::new`]).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl OutgoingEvent {
+    /// The event as an AMQP message. Every attribute is in the body (structured mode);
+    /// the properties repeat what consumers route and deduplicate on without parsing: the
+    /// id (`message_id`), the type (routing key and `type`), the time (`timestamp`), and
+    /// the subject as the one header (`cloudEvents_subject`, the CloudEvents AMQP
+    /// binding's name), for header-based routing and hashing. Headers that only repeated
+    /// those (id, type, source, time, spec version) cost the broker about 7% of its work
+    /// per event and were dropped (`docs/performance.md`).
+    fn new(event: CanonicalEvent, body: Vec<u8>) -> OutgoingEvent {
+        OutgoingEvent {
+            event_type: event.event_type,
+            message_id: event.id.to_string(),
+            timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
+            headers: vec![("cloudEvents_subject", event.subject)],
+            body,
+        }
+    }
+}
+
+impl OutgoingEvent {
+    /// The routing key on the canonical exchange: the type.
+    pub fn routing_key(&self) -> &str {
+        self.event_type.as_str()
+    }
 }
 
 /// As [`normalize`], serializing each event as it is built (the worker's path): the
@@ -204,7 +235,7 @@ pub fn normalize_json(
     limits: &Limits,
     unmapped: &Unmapped,
     schemas: SchemaBase,
-) -> Result<Vec<EventJson>, NormalizeError> {
+) -> Result<Vec<OutgoingEvent>, NormalizeError> {
     let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
@@ -212,13 +243,7 @@ pub fn normalize_json(
     for event in events {
         let json = serde_json::to_vec(&event).map_err(|_| unserializable.clone())?;
         budget.spend(json.len())?;
-        out.push(EventJson {
-            json,
-            id: event.id,
-            event_type: event.event_type,
-            subject: event.subject,
-            time: event.time,
-        });
+        out.push(OutgoingEvent::new(event, json));
     }
     Ok(out)
 }

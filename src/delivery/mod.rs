@@ -53,7 +53,7 @@ mod raw;
 mod settle;
 
 pub use outcome::{Fault, Lane, PublishOutcome, RetryPolicy, fault_of};
-pub use plan::{DeadLetter, OutgoingEvent, Plan, plan};
+pub use plan::{DeadLetter, Plan, plan};
 pub use raw::{PassedOver, RawMessage, VendorHeader};
 pub use settle::{AckPolicy, Settle, SettleFrame, coalesce};
 

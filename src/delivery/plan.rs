@@ -4,9 +4,9 @@
 use chrono::{DateTime, Utc};
 
 use super::{RawMessage, VendorHeader};
-use crate::canonical::{CanonicalType, SchemaBase, Vendor, rfc3339_utc};
+use crate::canonical::{SchemaBase, Vendor, rfc3339_utc};
 use crate::contract::{DeadLetterKind, MAX_DETAIL_BYTES, headers};
-use crate::normalize::{EventJson, Limits, NormalizeError, normalize_json};
+use crate::normalize::{Limits, NormalizeError, OutgoingEvent, normalize_json};
 use crate::signatures::{Signatures, verify};
 use crate::vendors::Unmapped;
 
@@ -20,48 +20,6 @@ pub enum Plan {
     },
     /// The original message, to the dead-letter exchange.
     DeadLetter(DeadLetter),
-}
-
-/// One canonical event, ready for the wire. The broker glue maps each field to the AMQP
-/// property of the same name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutgoingEvent {
-    /// The canonical type: the routing key and AMQP `type`.
-    pub event_type: CanonicalType,
-    pub body: Vec<u8>,
-    /// The stable id: AMQP `message_id`.
-    pub message_id: String,
-    /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
-    /// time (not the publish time) so that a redelivered event is the same message.
-    pub timestamp: u64,
-    /// Headers: `cloudEvents_subject` only (see [`OutgoingEvent::new`]).
-    pub headers: Vec<(&'static str, String)>,
-}
-
-impl OutgoingEvent {
-    /// The event as an AMQP message. Every attribute is in the body (structured mode);
-    /// the properties repeat what consumers route and deduplicate on without parsing: the
-    /// id (`message_id`), the type (routing key and `type`), the time (`timestamp`), and
-    /// the subject as the one header (`cloudEvents_subject`, the CloudEvents AMQP
-    /// binding's name), for header-based routing and hashing. Headers that only repeated
-    /// those (id, type, source, time, spec version) cost the broker about 7% of its work
-    /// per event and were dropped (`docs/performance.md`).
-    fn new(event: EventJson) -> OutgoingEvent {
-        OutgoingEvent {
-            event_type: event.event_type,
-            message_id: event.id.to_string(),
-            timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
-            headers: vec![("cloudEvents_subject", event.subject)],
-            body: event.json,
-        }
-    }
-}
-
-impl OutgoingEvent {
-    /// The routing key on the canonical exchange: the type.
-    pub fn routing_key(&self) -> &str {
-        self.event_type.as_str()
-    }
 }
 
 /// A raw message that cannot be normalized or published, and why.
@@ -214,7 +172,7 @@ fn plan_unchecked(
         Ok(events) => match events.first() {
             Some(first) => Plan::Publish {
                 vendor: first.event_type.vendor(),
-                events: events.into_iter().map(OutgoingEvent::new).collect(),
+                events,
             },
             // `normalize_json` never succeeds with no event; kept a dead letter, not a
             // panic.

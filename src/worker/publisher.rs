@@ -22,10 +22,14 @@ use crate::amqp::topology::prepare_topology;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
 use crate::config::Settings;
 use crate::contract::{APP_ID, EVENT_CONTENT_TYPE};
-use crate::delivery::{Lane, OutgoingEvent, PublishOutcome};
+use crate::delivery::{Lane, PublishOutcome};
+use crate::normalize::OutgoingEvent;
 use crate::ops::Health;
 
-/// One AMQP message, built once and published as often as retries need.
+/// One AMQP message, built once and published as often as retries need: the wire form,
+/// in the AMQP client's types, of an [`OutgoingEvent`] (with the output contract's
+/// properties), of a dead letter, or of a copy (kept, tapped, looped). Only the worker
+/// makes one.
 #[derive(Debug)]
 pub(crate) struct AmqpMessage {
     pub(crate) exchange: ShortString,
