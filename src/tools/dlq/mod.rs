@@ -1,5 +1,5 @@
 //! The `dlq` commands' walk of the dead-letter queue ([`crate::tools::walk`]): each dead letter
-//! read as a [`DeadLetterInfo`], and replayed to where the raw message was first
+//! read as a [`StoredDeadLetter`], and replayed to where the raw message was first
 //! published, as it was then.
 
 pub mod stored;
@@ -14,7 +14,7 @@ use crate::amqp::json::{properties_json, text};
 use crate::canonical::Vendor;
 use crate::config::Settings;
 use crate::contract::headers::{DEAD_LETTER_ROUTING_KEY, REPLAY_COUNT};
-use crate::tools::dlq::stored::{DeadLetterInfo, Death, Delivered};
+use crate::tools::dlq::stored::{Death, Delivered, StoredDeadLetter};
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every dead letter present when it starts, in order, and leaves the queue as it
@@ -29,7 +29,7 @@ pub async fn walk_dead_letters(
     per_second: Option<f64>,
     as_vendor: Option<Vendor>,
     progress: &mut dyn FnMut(Progress),
-    mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
+    mut decide: impl FnMut(&StoredDeadLetter, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
     let replay_to = settings.replay_exchanges();
     let walk = Walk {
@@ -43,7 +43,7 @@ pub async fn walk_dead_letters(
     walk_queue(settings, walk, progress, |delivery, routing_key| {
         let mut seen = delivered(delivery);
         seen.routing_key = routing_key.to_owned();
-        let info = DeadLetterInfo::read_with_limit(&seen, settings.limits.max_body_bytes);
+        let info = StoredDeadLetter::read_with_limit(&seen, settings.limits.max_body_bytes);
         let properties = properties_json(delivery.routing_key.as_str(), &delivery.properties);
         match decide(&info, &delivery.data, &properties) {
             Action::Keep => Step::Keep,
@@ -101,7 +101,7 @@ fn replay_properties(dead_letter: &BasicProperties, as_vendor: Option<Vendor>) -
     dead_letter.clone().with_headers(headers)
 }
 
-/// A delivery as plain values for [`DeadLetterInfo::read`], with the routing key it was
+/// A delivery as plain values for [`StoredDeadLetter::read`], with the routing key it was
 /// delivered with (a walk's copy keeps its own in a header: the caller sets it).
 pub(crate) fn delivered(d: &lapin::message::Delivery) -> Delivered {
     let table = d.properties.headers().clone().unwrap_or_default();

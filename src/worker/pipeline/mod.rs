@@ -38,7 +38,7 @@ use crate::delivery::{
     DeadLetter, Lane, Plan, PublishOutcome, RawMessage, RetryPolicy, Settle, plan,
 };
 use crate::normalize::Limits;
-use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
+use crate::ops::{DeliveryId, Health, Occurrence, Outcome, WorkerState};
 use crate::signatures::Signatures;
 
 /// How one publish attempt ended.
@@ -532,7 +532,7 @@ impl<'s> Pipeline<'s> {
             );
         }
         for finished in self.core.take_finished() {
-            let who = Who {
+            let who = DeliveryId {
                 tag: finished.tag,
                 message_id: finished
                     .raw
