@@ -13,7 +13,7 @@ use crate::canonical::{
     CanonicalType, EventType, SchemaBase, UNMAPPED_DEFINITION, Vendor, any_case_pattern,
     data_schema_document, event_schema,
 };
-use crate::normalize::ErrorKind;
+use crate::contract::DeadLetterKind;
 
 /// The document for this version of the worker, each event's `dataschema` made from
 /// `base` (`docs/asyncapi.json` has the default).
@@ -120,11 +120,7 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
         .map(|v| v.key())
         .chain(["unknown"])
         .collect();
-    let kinds: Vec<&str> = ErrorKind::ALL
-        .iter()
-        .map(|k| k.as_str())
-        .chain(["delivery_limit"])
-        .collect();
+    let kinds: Vec<&str> = DeadLetterKind::ALL.iter().map(|k| k.as_str()).collect();
     channels.insert(
         "deadLetters".into(),
         json!({
@@ -171,7 +167,7 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
             "headers": {
                 "type": "object",
                 "properties": {
-                    "x-normalizer-error-kind": {"type": "string", "enum": ErrorKind::ALL.iter().map(|k| k.as_str()).collect::<Vec<_>>()},
+                    "x-normalizer-error-kind": {"type": "string", "enum": DeadLetterKind::WORKER_MADE.iter().map(|k| k.as_str()).collect::<Vec<_>>()},
                     "x-normalizer-error": {"type": "string", "description": "A JSON path and what is wrong; never a value from the body."},
                     "x-normalizer-failed-at": {"type": "string", "format": "date-time"},
                     "x-normalizer-version": {"type": "string"},

@@ -24,10 +24,14 @@
 //! - [`canonical`]: the public contract (envelope, type table, stable ids, JSON Schema);
 //!   [`asyncapi`]: the same as an AsyncAPI document, made from the type table.
 //! - [`vendors`]: one module per vendor; lenient private readers of their bodies.
-//! - [`mod@normalize`]: the single entry point of the mapping and its error kinds.
+//! - [`mod@normalize`]: the single entry point of the mapping and its errors.
 //! - [`body`]: the strict JSON reader of webhook bodies.
+//! - [`contract`]: the names the contract fixes (header names, routing keys, the
+//!   worker's properties, the dead-letter kinds), which every part imports and which
+//!   imports no role.
 //! - [`delivery`]: the pure decisions about one raw message (bounds, faults, retry
-//!   schedule, ack batching), and the delivery policy.
+//!   schedule, ack batching), and the delivery policy; [`backoff`]: the schedule that
+//!   retries and reconnects wait by.
 //! - [`amqp`]: the AMQP plumbing (connections, TLS, the frame check, topology, header
 //!   helpers) that the three roles build on: [`worker`] (the reconnect loop, session,
 //!   pipeline, publisher, settler), [`tools`] (the operator tools: queue walks, `dlq`,
@@ -39,16 +43,18 @@
 //! - `tools::dlq::stored`, `tools::unrouted::stored`: reading, filtering and grouping
 //!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
-//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `delivery`, `tools::dlq::stored`,
-//! `tools::unrouted::stored`, `tools::permissions`, `signatures` and `redact` are pure: no I/O, no
-//! clock, no randomness. The broker glue is built on top of them, never the other way
-//! round.
+//! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `contract`, `delivery`,
+//! `backoff`, `tools::dlq::stored`, `tools::unrouted::stored`, `tools::permissions`,
+//! `signatures` and `redact` are pure: no I/O, no clock, no randomness. The broker glue is
+//! built on top of them, never the other way round.
 
 pub mod amqp;
 pub mod asyncapi;
+pub mod backoff;
 pub mod body;
 pub mod canonical;
 pub mod config;
+pub mod contract;
 pub mod delivery;
 pub mod gateway;
 pub mod http;
@@ -62,5 +68,6 @@ pub mod vendors;
 pub mod worker;
 
 pub use canonical::{CanonicalEvent, CanonicalType, EventType, SchemaBase, Vendor};
-pub use normalize::{ErrorKind, Limits, NormalizeError, normalize};
+pub use contract::DeadLetterKind;
+pub use normalize::{Limits, NormalizeError, normalize};
 pub use vendors::{Unmapped, UnmappedPolicy};

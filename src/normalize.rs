@@ -1,17 +1,14 @@
 //! `normalize`: raw webhook bytes (and an optional vendor hint) in, canonical events or
 //! one precise error out. Pure: the receipt time is an argument, nothing is read or sent.
 
-use std::fmt;
-
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
-use uuid::Uuid;
 
 use crate::body;
 use std::borrow::Cow;
 
 use crate::canonical::{CanonicalEvent, CanonicalType, SchemaBase, Vendor, rfc3339_utc};
+use crate::contract::DeadLetterKind;
 use crate::redact::SafeName;
 use crate::vendors::{self, MapError, Mapped, PayloadError, Unmapped};
 
@@ -36,78 +33,6 @@ impl Default for Limits {
             max_events_per_message: 1000,
             max_output_bytes: 8 * 1024 * 1024,
         }
-    }
-}
-
-/// The machine-readable kind of a dead letter. Its string is part of the public
-/// contract: dead-letter routing keys and headers carry it. `normalize` produces all but
-/// [`ErrorKind::InvalidProperties`], [`ErrorKind::PublishRefused`],
-/// [`ErrorKind::Undeliverable`] and [`ErrorKind::InvalidSignature`], which only the worker
-/// can observe (they depend on the message's properties, the broker, the headers).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    InvalidJson,
-    BodyTooLarge,
-    UnknownVendor,
-    UnknownEventType,
-    InvalidPayload,
-    /// The body would fan out into more events than `limits.max_events_per_message`.
-    TooManyEvents,
-    /// The events would exceed `limits.max_output_bytes`, or one of them would not fit
-    /// the broker's frame as an AMQP message.
-    OutputTooLarge,
-    /// The broker refused a publish of this message for good (it closed the channel:
-    /// access refused, precondition failed, frame error).
-    PublishRefused,
-    /// An event of this message was not stored for `retry.max_elapsed_secs` while others
-    /// to the same exchange were: nacked (a queue bound for its type refuses it, full with
-    /// `reject-publish` or unavailable), returned with `events.unrouted` missing, or not
-    /// confirmed in time.
-    Undeliverable,
-    /// The message's AMQP properties could not be taken as sent: a short string that is
-    /// not UTF-8, headers nested too deep or not parseable, a repeated `x-vendor`.
-    InvalidProperties,
-    /// The vendor's signature header is missing (when required), malformed, or made by
-    /// none of the configured secrets (`signatures.*`).
-    InvalidSignature,
-}
-
-impl ErrorKind {
-    pub const ALL: [ErrorKind; 11] = [
-        ErrorKind::InvalidJson,
-        ErrorKind::BodyTooLarge,
-        ErrorKind::UnknownVendor,
-        ErrorKind::UnknownEventType,
-        ErrorKind::InvalidPayload,
-        ErrorKind::TooManyEvents,
-        ErrorKind::OutputTooLarge,
-        ErrorKind::PublishRefused,
-        ErrorKind::Undeliverable,
-        ErrorKind::InvalidProperties,
-        ErrorKind::InvalidSignature,
-    ];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::InvalidJson => "invalid_json",
-            ErrorKind::BodyTooLarge => "body_too_large",
-            ErrorKind::UnknownVendor => "unknown_vendor",
-            ErrorKind::UnknownEventType => "unknown_event_type",
-            ErrorKind::InvalidPayload => "invalid_payload",
-            ErrorKind::TooManyEvents => "too_many_events",
-            ErrorKind::OutputTooLarge => "output_too_large",
-            ErrorKind::PublishRefused => "publish_refused",
-            ErrorKind::Undeliverable => "undeliverable",
-            ErrorKind::InvalidProperties => "invalid_properties",
-            ErrorKind::InvalidSignature => "invalid_signature",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -187,20 +112,20 @@ pub enum NormalizeError {
 }
 
 impl NormalizeError {
-    pub fn kind(&self) -> ErrorKind {
+    pub fn kind(&self) -> DeadLetterKind {
         match self {
-            NormalizeError::BodyTooLarge { .. } => ErrorKind::BodyTooLarge,
-            NormalizeError::InvalidJson { .. } => ErrorKind::InvalidJson,
+            NormalizeError::BodyTooLarge { .. } => DeadLetterKind::BodyTooLarge,
+            NormalizeError::InvalidJson { .. } => DeadLetterKind::InvalidJson,
             NormalizeError::UnknownVendorHint { .. }
             | NormalizeError::UnknownShape
-            | NormalizeError::AmbiguousShape { .. } => ErrorKind::UnknownVendor,
-            NormalizeError::UnknownEventType { .. } => ErrorKind::UnknownEventType,
+            | NormalizeError::AmbiguousShape { .. } => DeadLetterKind::UnknownVendor,
+            NormalizeError::UnknownEventType { .. } => DeadLetterKind::UnknownEventType,
             NormalizeError::InvalidPayload { .. }
             | NormalizeError::HintedVendorMismatch { .. }
             | NormalizeError::UnwritableReceivedAt { .. }
-            | NormalizeError::Unserializable { .. } => ErrorKind::InvalidPayload,
-            NormalizeError::TooManyEvents { .. } => ErrorKind::TooManyEvents,
-            NormalizeError::OutputTooLarge { .. } => ErrorKind::OutputTooLarge,
+            | NormalizeError::Unserializable { .. } => DeadLetterKind::InvalidPayload,
+            NormalizeError::TooManyEvents { .. } => DeadLetterKind::TooManyEvents,
+            NormalizeError::OutputTooLarge { .. } => DeadLetterKind::OutputTooLarge,
         }
     }
 
@@ -257,16 +182,48 @@ pub fn normalize(
     Ok(out)
 }
 
-/// One canonical event serialized for the wire, with the attributes a publisher needs
-/// beside the body.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventJson {
-    /// The CloudEvent, JSON structured mode.
-    pub json: Vec<u8>,
-    pub id: Uuid,
+/// One canonical event serialized for the wire: the form the worker publishes and the
+/// `normalize` command prints. The body is the CloudEvent in JSON structured mode, made
+/// once; the other fields are what the broker glue sets as the AMQP properties of the same
+/// name, so that nothing parses the body again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingEvent {
+    /// The canonical type: the routing key and AMQP `type`.
     pub event_type: CanonicalType,
-    pub subject: String,
-    pub time: DateTime<Utc>,
+    pub body: Vec<u8>,
+    /// The stable id: AMQP `message_id`.
+    pub message_id: String,
+    /// The event's `time`, seconds since the epoch: AMQP `timestamp`. The event's own
+    /// time (not the publish time) so that a redelivered event is the same message.
+    pub timestamp: u64,
+    /// Headers: `cloudEvents_subject` only (see [`OutgoingEvent::new`]).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl OutgoingEvent {
+    /// The event as an AMQP message. Every attribute is in the body (structured mode);
+    /// the properties repeat what consumers route and deduplicate on without parsing: the
+    /// id (`message_id`), the type (routing key and `type`), the time (`timestamp`), and
+    /// the subject as the one header (`cloudEvents_subject`, the CloudEvents AMQP
+    /// binding's name), for header-based routing and hashing. Headers that only repeated
+    /// those (id, type, source, time, spec version) cost the broker about 7% of its work
+    /// per event and were dropped (`docs/performance.md`).
+    fn new(event: CanonicalEvent, body: Vec<u8>) -> OutgoingEvent {
+        OutgoingEvent {
+            event_type: event.event_type,
+            message_id: event.id.to_string(),
+            timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
+            headers: vec![("cloudEvents_subject", event.subject)],
+            body,
+        }
+    }
+}
+
+impl OutgoingEvent {
+    /// The routing key on the canonical exchange: the type.
+    pub fn routing_key(&self) -> &str {
+        self.event_type.as_str()
+    }
 }
 
 /// As [`normalize`], serializing each event as it is built (the worker's path): the
@@ -278,7 +235,7 @@ pub fn normalize_json(
     limits: &Limits,
     unmapped: &Unmapped,
     schemas: SchemaBase,
-) -> Result<Vec<EventJson>, NormalizeError> {
+) -> Result<Vec<OutgoingEvent>, NormalizeError> {
     let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
     let unserializable = events.unserializable();
@@ -286,13 +243,7 @@ pub fn normalize_json(
     for event in events {
         let json = serde_json::to_vec(&event).map_err(|_| unserializable.clone())?;
         budget.spend(json.len())?;
-        out.push(EventJson {
-            json,
-            id: event.id,
-            event_type: event.event_type,
-            subject: event.subject,
-            time: event.time,
-        });
+        out.push(OutgoingEvent::new(event, json));
     }
     Ok(out)
 }
@@ -512,7 +463,7 @@ mod tests {
     fn a_body_of_another_vendor_says_the_hint_may_be_wrong() {
         let entuitive = br#"{"event_type": "user.created", "data": {"id": "u-1"}}"#;
         let e = err(entuitive, Some("deel"));
-        assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        assert_eq!(e.kind(), DeadLetterKind::InvalidPayload);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
         assert_eq!(
             e.to_string(),
@@ -527,7 +478,7 @@ mod tests {
     #[test]
     fn hint_that_is_no_vendor_is_unknown_vendor_and_not_echoed_when_odd() {
         let e = err(b"{}", Some("stripe"));
-        assert_eq!(e.kind(), ErrorKind::UnknownVendor);
+        assert_eq!(e.kind(), DeadLetterKind::UnknownVendor);
         assert_eq!(
             e.to_string(),
             "vendor hint \"stripe\" is not a vendor key (expected entuitive, authenticate or deel)"
@@ -566,7 +517,7 @@ mod tests {
             SchemaBase::default(),
         )
         .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::BodyTooLarge);
+        assert_eq!(e.kind(), DeadLetterKind::BodyTooLarge);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
         assert_eq!(e.to_string(), "body is 5 bytes, over the limit of 4");
         assert!(
@@ -578,17 +529,17 @@ mod tests {
                 &Unmapped::default(),
                 SchemaBase::default()
             )
-            .is_err_and(|e| e.kind() == ErrorKind::UnknownVendor)
+            .is_err_and(|e| e.kind() == DeadLetterKind::UnknownVendor)
         );
     }
 
     #[test]
     fn invalid_json_reports_position_not_content() {
         let e = err(b"{\"email\": \"jane@example.com\",}", None);
-        assert_eq!(e.kind(), ErrorKind::InvalidJson);
+        assert_eq!(e.kind(), DeadLetterKind::InvalidJson);
         assert_eq!(e.to_string(), "trailing comma at line 1 column 30");
         let e = err(b"{\"name\": \"\xff\xfe\"}", Some("deel"));
-        assert_eq!(e.kind(), ErrorKind::InvalidJson);
+        assert_eq!(e.kind(), DeadLetterKind::InvalidJson);
         assert_eq!(e.vendor(), Some(Vendor::Deel));
     }
 
@@ -612,7 +563,10 @@ mod tests {
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         let mut body = "[".repeat(100_000);
         body.push_str(&"]".repeat(100_000));
-        assert_eq!(err(body.as_bytes(), None).kind(), ErrorKind::InvalidJson);
+        assert_eq!(
+            err(body.as_bytes(), None).kind(),
+            DeadLetterKind::InvalidJson
+        );
     }
 
     #[test]
@@ -636,7 +590,7 @@ mod tests {
                 SchemaBase::default(),
             );
             let e = result.map(|events| events[0].time_rfc3339()).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+            assert_eq!(e.kind(), DeadLetterKind::InvalidPayload);
         }
     }
 
@@ -646,35 +600,11 @@ mod tests {
             br#"{"id":"1","event":"SEX_OFFENDER_CHECK_STATUS_UPDATE","order":{}}"#,
             None,
         );
-        assert_eq!(e.kind(), ErrorKind::UnknownEventType);
+        assert_eq!(e.kind(), DeadLetterKind::UnknownEventType);
         assert_eq!(e.vendor(), Some(Vendor::Authenticate));
         assert_eq!(
             e.to_string(),
             "authenticate event type \"SEX_OFFENDER_CHECK_STATUS_UPDATE\" is not in the canonical type table"
         );
-    }
-
-    #[test]
-    fn kind_strings_are_the_contract() {
-        let strings: Vec<_> = ErrorKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert_eq!(
-            strings,
-            [
-                "invalid_json",
-                "body_too_large",
-                "unknown_vendor",
-                "unknown_event_type",
-                "invalid_payload",
-                "too_many_events",
-                "output_too_large",
-                "publish_refused",
-                "undeliverable",
-                "invalid_properties",
-                "invalid_signature"
-            ]
-        );
-        for k in ErrorKind::ALL {
-            assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
-        }
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 use testkit::{fixtures_dir, received_at};
-use webhook_normalizer::{ErrorKind, Limits, Unmapped, normalize};
+use webhook_normalizer::{DeadLetterKind, Limits, Unmapped, normalize};
 
 /// A raw webhook as a gateway publishes it; its id is `bench-{index}` ([`super::raw_id`]).
 pub struct RawWebhook {
@@ -55,7 +55,7 @@ impl Mix {
                         good.push((vendor, parse(&bytes)));
                         count += 1;
                     }
-                    Err(e) if e.kind() == ErrorKind::UnknownEventType => {
+                    Err(e) if e.kind() == DeadLetterKind::UnknownEventType => {
                         bad.push((vendor, parse(&bytes)));
                     }
                     Err(_) => {}
@@ -167,7 +167,7 @@ impl Mix {
                         assert!(ids.insert(event.id), "message {i} repeats an event id");
                     }
                 }
-                Err(e) if !normalizable && e.kind() == ErrorKind::UnknownEventType => {
+                Err(e) if !normalizable && e.kind() == DeadLetterKind::UnknownEventType => {
                     dead_letters += 1;
                 }
                 other => panic!("message {i} ({vendor}) normalized unexpectedly: {other:?}"),

@@ -9,7 +9,7 @@ use lapin::{Channel, ExchangeKind};
 use super::connection::connect;
 use super::error::{BrokerError, Role};
 use crate::config::{AmqpSettings, OutputSettings, Topology};
-use crate::delivery::DELIVERY_LIMIT_ROUTING_KEY;
+use crate::contract::DELIVERY_LIMIT_ROUTING_KEY;
 
 /// Connects, declares the topology, and closes: `webhook-normalizer topology`.
 pub async fn declare_topology(amqp: &AmqpSettings, topology: &Topology) -> Result<(), BrokerError> {

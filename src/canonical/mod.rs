@@ -45,6 +45,11 @@ pub fn event_schema(base: SchemaBase) -> Value {
 
 /// One canonical event: a CloudEvents 1.0 event in JSON structured mode.
 ///
+/// The mapping's value, what the contract is written against: [`crate::normalize()`]
+/// returns it, the snapshots, the schema and the consumers read it. The worker holds each
+/// one only while serializing it into a [`crate::normalize::OutgoingEvent`], the form it
+/// publishes.
+///
 /// Field order here is the order on the wire. Optional extension attributes are omitted
 /// when absent rather than sent as `null`, as CloudEvents asks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -223,7 +223,7 @@ mod tests {
         use std::time::Duration;
 
         use crate::canonical::Vendor;
-        use crate::normalize::ErrorKind;
+        use crate::contract::DeadLetterKind;
 
         let health = Health::default();
         assert_views_agree(&health, "nothing");
@@ -248,11 +248,11 @@ mod tests {
             },
             Occurrence::DeadLettered {
                 vendor: None,
-                kind: ErrorKind::InvalidJson,
+                kind: DeadLetterKind::InvalidJson,
             },
             Occurrence::DeadLettered {
                 vendor: Some(Vendor::Authenticate),
-                kind: ErrorKind::InvalidPayload,
+                kind: DeadLetterKind::InvalidPayload,
             },
             Occurrence::Requeued,
             Occurrence::HandedToBroker,

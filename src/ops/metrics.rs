@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use super::Occurrence;
 use crate::canonical::Vendor;
-use crate::normalize::ErrorKind;
+use crate::contract::DeadLetterKind;
 
 /// The `vendor` label of a dead letter whose vendor was not found.
 pub(crate) const UNKNOWN_VENDOR: &str = "unknown";
@@ -322,10 +322,10 @@ impl Metrics {
         );
         // Every vendor and kind at 0 from the start: the first dead letter is then an
         // increase to the alert rules, which take a series' first sample as its baseline.
-        // Both sets are closed (the vendor keys and "unknown", the error kinds).
+        // Both sets are closed (the vendor keys and "unknown", the kinds the worker makes).
         let vendors = Vendor::ALL.map(Vendor::key);
         for vendor in vendors.into_iter().chain(std::iter::once(UNKNOWN_VENDOR)) {
-            for kind in ErrorKind::ALL {
+            for kind in DeadLetterKind::WORKER_MADE {
                 metrics.dead_lettered.create(&DeadLetterLabels {
                     vendor,
                     kind: kind.as_str(),
@@ -466,7 +466,7 @@ mod tests {
         });
         m.record(&Occurrence::DeadLettered {
             vendor: None,
-            kind: ErrorKind::InvalidJson,
+            kind: DeadLetterKind::InvalidJson,
         });
         m.record(&Occurrence::Settled {
             after: Duration::from_millis(3),
@@ -518,7 +518,7 @@ mod tests {
             .chain(std::iter::once("unknown"));
         let mut expected = 0;
         for vendor in vendors {
-            for kind in crate::normalize::ErrorKind::ALL {
+            for kind in DeadLetterKind::WORKER_MADE {
                 let line = format!(
                     "normalizer_dead_lettered_total{{vendor=\"{vendor}\",kind=\"{}\"}} 0",
                     kind.as_str()
@@ -535,6 +535,9 @@ mod tests {
             exported, expected,
             "only the closed set is exported:\n{text}"
         );
+        // Three vendors and `unknown`, by the 11 kinds the worker makes: not the broker's
+        // `delivery_limit`, which the worker never counts.
+        assert_eq!(exported, 44);
     }
 
     /// Every `normalizer_*` series the alert rules and the dashboard in `deploy/` use is
@@ -550,7 +553,7 @@ mod tests {
         });
         m.record(&Occurrence::DeadLettered {
             vendor: Some(Vendor::Deel),
-            kind: ErrorKind::InvalidJson,
+            kind: DeadLetterKind::InvalidJson,
         });
         // The gateway's metrics too: the kit alerts on ingest's answers.
         let ingest = crate::gateway::metrics::IngestMetrics::new(0, Default::default());

@@ -12,5 +12,5 @@ pub use health::{Health, HealthSnapshot, WorkerState};
 pub use metrics::{CONTENT_TYPE as METRICS_CONTENT_TYPE, Counts, Metrics};
 pub use occurrence::Occurrence;
 pub(crate) use outcome::describe;
-pub use outcome::{Delivery, Outcome};
+pub use outcome::{DeliveryId, Outcome};
 pub use server::{listen, serve};

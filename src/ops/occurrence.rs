@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::canonical::Vendor;
-use crate::normalize::ErrorKind;
+use crate::contract::DeadLetterKind;
 
 /// Something that happened once and is counted. Each variant names the counters it moves
 /// (`/readyz` field, then Prometheus series).
@@ -33,7 +33,7 @@ pub enum Occurrence<'a> {
     /// `normalizer_dead_lettered_total{vendor,kind}` (`unknown` when no vendor was found).
     DeadLettered {
         vendor: Option<Vendor>,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
     },
     /// A raw message rejected for redelivery after its publishes kept failing: `requeued`,
     /// `normalizer_requeued_total`.

@@ -11,16 +11,17 @@ use crate::canonical::Vendor;
 use crate::delivery::{DeadLetter, PublishOutcome};
 use crate::redact::SafeName;
 
-/// Which raw message an outcome is about.
+/// Which raw message an outcome is about: its delivery tag, and the gateway's id when
+/// there is one (what its log lines carry).
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery<'a> {
+pub struct DeliveryId<'a> {
     /// The delivery tag on the consuming channel.
     pub tag: u64,
     /// The gateway's `message_id`, when it set one.
     pub message_id: Option<&'a str>,
 }
 
-impl Delivery<'_> {
+impl DeliveryId<'_> {
     fn span(&self) -> Span {
         info_span!(
             "delivery",
@@ -63,7 +64,7 @@ pub enum Outcome<'a> {
 impl Outcome<'_> {
     /// Counts and logs the outcome. The span is made only when the log is written: the
     /// common outcome, published, logs at debug.
-    pub fn record(&self, health: &Health, delivery: Delivery<'_>) {
+    pub fn record(&self, health: &Health, delivery: DeliveryId<'_>) {
         if let Outcome::Published {
             vendor,
             delivered,

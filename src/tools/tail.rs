@@ -15,7 +15,7 @@ use crate::amqp::connection::connect;
 use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::json::properties_json;
 use crate::config::AmqpSettings;
-use crate::tools::dlq::stored::DeadLetterInfo;
+use crate::tools::dlq::stored::StoredDeadLetter;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub enum Tailed<'a> {
         body: &'a [u8],
     },
     DeadLetter {
-        info: Box<DeadLetterInfo>,
+        info: Box<StoredDeadLetter>,
         body: &'a [u8],
         /// Routing key and properties, as `dlq export` writes them.
         properties: serde_json::Value,
@@ -110,7 +110,7 @@ pub async fn tail(
                     let mut seen = delivered(&delivery);
                     seen.routing_key = routing_key.to_owned();
                     Tailed::DeadLetter {
-                        info: Box::new(DeadLetterInfo::read(&seen)),
+                        info: Box::new(StoredDeadLetter::read(&seen)),
                         body: &delivery.data,
                         properties: properties_json(routing_key, &delivery.properties),
                     }

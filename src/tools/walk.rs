@@ -743,7 +743,7 @@ fn copy_properties(
     routing_key: &str,
     ttl: Option<Duration>,
 ) -> Option<BasicProperties> {
-    use crate::delivery::headers::KEPT_AT;
+    use crate::contract::headers::KEPT_AT;
     let mut headers = FieldTable::default();
     if let Some(table) = original.headers() {
         for (k, v) in table.inner() {

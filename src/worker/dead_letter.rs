@@ -27,7 +27,8 @@ use super::publisher::AmqpMessage;
 use crate::amqp::headers::{
     PERSISTENT, header_entry_size, header_payload_size, header_room, text_headers,
 };
-use crate::delivery::{DeadLetter, headers};
+use crate::contract::headers;
+use crate::delivery::DeadLetter;
 use crate::redact::SafeName;
 
 /// Even without any raw header, the dead letter's properties exceed the frame.
@@ -195,8 +196,8 @@ mod tests {
     use chrono::{DateTime, Utc};
 
     use super::*;
+    use crate::contract::DeadLetterKind;
     use crate::delivery::RawMessage;
-    use crate::normalize::ErrorKind;
 
     fn dead_letter(detail: &str) -> DeadLetter {
         let raw = RawMessage {
@@ -207,7 +208,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-03-04T05:06:07Z")
             .unwrap()
             .with_timezone(&Utc);
-        DeadLetter::new(&raw, ErrorKind::InvalidJson, None, detail, now)
+        DeadLetter::new(&raw, DeadLetterKind::InvalidJson, None, detail, now)
     }
 
     fn table(entries: &[(&str, AMQPValue)]) -> FieldTable {

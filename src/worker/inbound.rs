@@ -5,7 +5,8 @@ use lapin::BasicProperties;
 use lapin::types::AMQPValue;
 
 use crate::amqp::headers::header_text;
-use crate::delivery::{RawMessage, VendorHeader, headers};
+use crate::contract::headers;
+use crate::delivery::{RawMessage, VendorHeader};
 use crate::signatures;
 
 /// The raw message of one delivery. `property_problems` are what the frame check found
@@ -95,8 +96,9 @@ mod tests {
     use lapin::types::{AMQPValue, FieldArray, FieldTable};
 
     use super::*;
-    use crate::delivery::{Plan, plan};
-    use crate::normalize::{ErrorKind, Limits};
+    use crate::contract::DeadLetterKind;
+    use crate::delivery::{Plan, plan_with_defaults};
+    use crate::normalize::Limits;
 
     const PII_UPDATE: &[u8] =
         br#"{"id":"e-1","event":"USER_PII_UPDATE","eventDate":"2020-12-07T19:18:32.076Z","order":{"userAccessCode":"u-1"}}"#;
@@ -141,10 +143,11 @@ mod tests {
         ];
         for (value, found) in cases {
             let raw = with_vendor_header(value.clone());
-            let Plan::DeadLetter(dead_letter) = plan(&raw, &Limits::default(), now()) else {
+            let Plan::DeadLetter(dead_letter) = plan_with_defaults(&raw, &Limits::default(), now())
+            else {
                 panic!("{value:?}: published");
             };
-            assert_eq!(dead_letter.kind, ErrorKind::UnknownVendor, "{value:?}");
+            assert_eq!(dead_letter.kind, DeadLetterKind::UnknownVendor, "{value:?}");
             assert_eq!(dead_letter.routing_key, "unknown.unknown_vendor");
             assert_eq!(
                 dead_letter.detail,
@@ -168,12 +171,16 @@ mod tests {
                 Some("authenticate")
             );
             assert!(
-                matches!(plan(&raw, &Limits::default(), now()), Plan::Publish { .. }),
+                matches!(
+                    plan_with_defaults(&raw, &Limits::default(), now()),
+                    Plan::Publish { .. }
+                ),
                 "{value:?}"
             );
         }
         let raw = with_vendor_header(AMQPValue::LongString("stripe".into()));
-        let Plan::DeadLetter(dead_letter) = plan(&raw, &Limits::default(), now()) else {
+        let Plan::DeadLetter(dead_letter) = plan_with_defaults(&raw, &Limits::default(), now())
+        else {
             panic!("published");
         };
         assert_eq!(dead_letter.routing_key, "unknown.unknown_vendor");

@@ -21,10 +21,15 @@ use crate::amqp::headers::PERSISTENT;
 use crate::amqp::topology::prepare_topology;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
 use crate::config::{AmqpSettings, Topology};
-use crate::delivery::{APP_ID, EVENT_CONTENT_TYPE, Lane, OutgoingEvent, PublishOutcome};
+use crate::contract::{APP_ID, EVENT_CONTENT_TYPE};
+use crate::delivery::{Lane, PublishOutcome};
+use crate::normalize::OutgoingEvent;
 use crate::ops::Health;
 
-/// One AMQP message, built once and published as often as retries need.
+/// One AMQP message, built once and published as often as retries need: the wire form,
+/// in the AMQP client's types, of an [`OutgoingEvent`] (with the output contract's
+/// properties), of a dead letter, or of a copy (kept, tapped, looped). Only the worker
+/// makes one.
 #[derive(Debug)]
 pub(crate) struct AmqpMessage {
     pub(crate) exchange: ShortString,
@@ -356,7 +361,7 @@ fn closed(error: &lapin::Error) -> PublishOutcome {
 mod tests {
     use super::*;
     use crate::amqp::headers::{header_payload_bound, header_payload_size};
-    use crate::delivery::{Plan, RawMessage, plan};
+    use crate::delivery::{Plan, RawMessage, plan_with_defaults};
     use crate::normalize::Limits;
 
     /// The cheap bound is exact for what the worker publishes: every fixture's events.
@@ -372,7 +377,9 @@ mod tests {
                     vendor_header: crate::delivery::VendorHeader::Text(vendor.into()),
                     ..RawMessage::default()
                 };
-                let Plan::Publish { events, .. } = plan(&raw, &Limits::default(), now) else {
+                let Plan::Publish { events, .. } =
+                    plan_with_defaults(&raw, &Limits::default(), now)
+                else {
                     continue;
                 };
                 for event in events {

@@ -8,8 +8,8 @@ use tracing::{debug, error, info, warn};
 
 use super::session::{Session, SessionEnd};
 use crate::amqp::BrokerError;
+use crate::backoff::backoff_delay;
 use crate::config::WorkerSettings;
-use crate::delivery::backoff_delay;
 use crate::ops::{Health, Occurrence, WorkerState};
 
 /// Runs until `shutdown` is cancelled; then drains and returns. Broker failures are

@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use webhook_normalizer::canonical::{
     DATA_JSON_SCHEMA, DATA_SCHEMA_DOCUMENT, JSON_SCHEMA, rfc3339_utc,
 };
-use webhook_normalizer::{CanonicalEvent, ErrorKind, Limits, Unmapped, Vendor, normalize};
+use webhook_normalizer::{CanonicalEvent, DeadLetterKind, Limits, Unmapped, Vendor, normalize};
 
 use crate::{all_fixtures, received_at};
 
@@ -569,10 +569,10 @@ fn validator() -> &'static jsonschema::Validator {
 }
 
 /// The kinds `normalize` can produce (the other two only the worker observes).
-fn normalize_kind(kind: ErrorKind) -> bool {
+fn normalize_kind(kind: DeadLetterKind) -> bool {
     !matches!(
         kind,
-        ErrorKind::PublishRefused | ErrorKind::InvalidProperties
+        DeadLetterKind::PublishRefused | DeadLetterKind::InvalidProperties
     )
 }
 
@@ -657,7 +657,7 @@ fn check(input: &Input, received_at: DateTime<Utc>) -> Result<(), TestCaseError>
                 .is_none_or(|h| h.trim().is_empty() || h.parse::<Vendor>().is_ok())
                 && rfc3339_utc::writable(&received_at);
             if input.must_be_invalid_json && arguments_fine {
-                prop_assert_eq!(e.kind(), ErrorKind::InvalidJson, "{}", detail);
+                prop_assert_eq!(e.kind(), DeadLetterKind::InvalidJson, "{}", detail);
             }
             prop_assert!(!detail.is_empty());
             prop_assert!(

@@ -2,7 +2,7 @@
 //! detection, duplicate keys, nesting and subjects. Each test names what it guards.
 
 use serde_json::{Value, json};
-use webhook_normalizer::{ErrorKind, Vendor, canonical::JSON_SCHEMA};
+use webhook_normalizer::{DeadLetterKind, Vendor, canonical::JSON_SCHEMA};
 
 use crate::run;
 
@@ -63,7 +63,7 @@ fn body_times_rfc3339_cannot_write_are_invalid_payload_naming_the_path() {
             };
             assert_eq!(
                 e.kind(),
-                ErrorKind::InvalidPayload,
+                DeadLetterKind::InvalidPayload,
                 "{time:?} at {path}: {e}"
             );
             let detail = e.to_string();
@@ -139,7 +139,7 @@ fn a_body_that_fits_two_envelopes_is_unknown_vendor_naming_both() {
     let body =
         br#"{"event_type":"user.updated","data":{"email":"a@b.c","meta":{},"resource":{"id":1}}}"#;
     let e = run(body, None).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::UnknownVendor);
+    assert_eq!(e.kind(), DeadLetterKind::UnknownVendor);
     assert_eq!(e.vendor(), None);
     let detail = e.to_string();
     assert!(
@@ -210,7 +210,7 @@ fn duplicate_keys_anywhere_are_invalid_json_naming_the_path() {
                 Ok(events) => panic!("{path}: emitted {:?}", events[0].data.payload),
                 Err(e) => e,
             };
-            assert_eq!(e.kind(), ErrorKind::InvalidJson, "{path}: {e}");
+            assert_eq!(e.kind(), DeadLetterKind::InvalidJson, "{path}: {e}");
             assert_eq!(e.vendor(), hint.map(|_| Vendor::Deel));
             let detail = e.to_string();
             assert!(detail.starts_with(&format!("{path}: ")), "{detail}");
@@ -250,7 +250,7 @@ fn a_body_nested_125_deep_maps_and_126_is_invalid_json() {
     let events = run(deel_nested(125).as_bytes(), None).unwrap_or_else(|e| panic!("125: {e}"));
     assert_eq!(events[0].subject, "contract/c-1");
     let e = run(deel_nested(126).as_bytes(), None).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidJson);
+    assert_eq!(e.kind(), DeadLetterKind::InvalidJson);
     assert!(e.to_string().starts_with("nested deeper than 125"), "{e}");
 }
 
@@ -303,7 +303,7 @@ fn entity_ids_with_control_characters_are_invalid_payload_naming_the_path() {
             };
             assert_eq!(
                 e.kind(),
-                ErrorKind::InvalidPayload,
+                DeadLetterKind::InvalidPayload,
                 "{bad:?} at {path}: {e}"
             );
             let detail = e.to_string();

@@ -7,7 +7,8 @@ use webhook_normalizer::canonical::{
     DATA_JSON_SCHEMA, DATA_SCHEMA_DOCUMENT, EVENT_ID_NAMESPACE, JSON_SCHEMA,
 };
 use webhook_normalizer::{
-    CanonicalEvent, ErrorKind, Limits, NormalizeError, Unmapped, UnmappedPolicy, Vendor, normalize,
+    CanonicalEvent, DeadLetterKind, Limits, NormalizeError, Unmapped, UnmappedPolicy, Vendor,
+    normalize,
 };
 
 use crate::{all_fixtures, fixtures_dir, received_at, run};
@@ -43,7 +44,7 @@ fn unmapped_fixtures_become_generic_events_and_nothing_else_changes() {
         let default = run(&body, hint);
         let passed = passthrough(&body, hint);
         match &default {
-            Err(e) if e.kind() == ErrorKind::UnknownEventType => {
+            Err(e) if e.kind() == DeadLetterKind::UnknownEventType => {
                 let rel = path.strip_prefix(fixtures_dir()).unwrap().to_string_lossy();
                 let name = rel.replace('/', "__");
                 let events = passed.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -216,7 +217,7 @@ fn only_the_vendors_that_pass_through_do() {
         webhook_normalizer::SchemaBase::default(),
     )
     .unwrap_err();
-    assert_eq!(refused.kind(), ErrorKind::UnknownEventType);
+    assert_eq!(refused.kind(), DeadLetterKind::UnknownEventType);
     assert_eq!(refused.vendor(), Some(Vendor::Entuitive));
 }
 
@@ -224,7 +225,7 @@ fn only_the_vendors_that_pass_through_do() {
 fn a_type_with_no_letter_or_digit_stays_a_dead_letter() {
     let body = br#"{"data": {"meta": {"event_type": "..."}, "resource": {"id": 1}}}"#;
     let e = passthrough(body, None).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::UnknownEventType);
+    assert_eq!(e.kind(), DeadLetterKind::UnknownEventType);
 }
 
 #[test]
@@ -236,12 +237,12 @@ fn a_generic_event_still_needs_what_identifies_it() {
         br#"{"data": {"meta": {"event_type": "payslip.available"}, "resource": null}}"#,
     ] {
         let e = passthrough(deel, Some("deel")).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+        assert_eq!(e.kind(), DeadLetterKind::InvalidPayload);
         assert_eq!(e.to_string(), "$.data.resource: missing");
     }
     let authenticate = br#"{"event": "NEW_THING", "eventDate": "2025-06-20T11:00:00Z"}"#;
     let e = passthrough(authenticate, None).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidPayload);
+    assert_eq!(e.kind(), DeadLetterKind::InvalidPayload);
     assert!(e.to_string().contains("$.id"), "{e}");
 }
 

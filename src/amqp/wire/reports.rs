@@ -9,7 +9,7 @@ use lapin::types::parsing::parse_value;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
 
 use super::properties::WireReport;
-use crate::delivery::headers;
+use crate::contract::headers;
 
 /// One connection's reports. Filed before the client parses the frames, so always there
 /// when the delivery is handed over; taken once; forgotten when the channel is opened or

@@ -1,5 +1,5 @@
 //! The `dlq` commands' walk of the dead-letter queue ([`crate::tools::walk`]): each dead letter
-//! read as a [`DeadLetterInfo`], and replayed to where the raw message was first
+//! read as a [`StoredDeadLetter`], and replayed to where the raw message was first
 //! published, as it was then.
 
 pub mod stored;
@@ -13,7 +13,8 @@ use lapin::types::{AMQPValue, FieldTable};
 use crate::amqp::json::{properties_json, text};
 use crate::canonical::Vendor;
 use crate::config::{AmqpSettings, DlqSettings};
-use crate::tools::dlq::stored::{DeadLetterInfo, Death, Delivered, ROUTING_KEY_HEADER};
+use crate::contract::headers::{DEAD_LETTER_ROUTING_KEY, REPLAY_COUNT};
+use crate::tools::dlq::stored::{Death, Delivered, StoredDeadLetter};
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every dead letter present when it starts, in order, and leaves the queue as it
@@ -29,13 +30,13 @@ pub async fn walk_dead_letters(
     per_second: Option<f64>,
     as_vendor: Option<Vendor>,
     progress: &mut dyn FnMut(Progress),
-    mut decide: impl FnMut(&DeadLetterInfo, &[u8], &serde_json::Value) -> Action,
+    mut decide: impl FnMut(&StoredDeadLetter, &[u8], &serde_json::Value) -> Action,
 ) -> Result<WalkSummary, WalkError> {
     let replay_to: Vec<&str> = dlq.replay_to.iter().map(String::as_str).collect();
     let walk = Walk {
         command: "dlq",
         queue: &dlq.queue,
-        routing_key_header: ROUTING_KEY_HEADER,
+        routing_key_header: DEAD_LETTER_ROUTING_KEY,
         ttl: None,
         per_second,
         replay_to: &replay_to,
@@ -43,7 +44,7 @@ pub async fn walk_dead_letters(
     walk_queue(amqp, walk, progress, |delivery, routing_key| {
         let mut seen = delivered(delivery);
         seen.routing_key = routing_key.to_owned();
-        let info = DeadLetterInfo::read_with_limit(&seen, dlq.max_body_bytes);
+        let info = StoredDeadLetter::read_with_limit(&seen, dlq.max_body_bytes);
         let properties = properties_json(delivery.routing_key.as_str(), &delivery.properties);
         match decide(&info, &delivery.data, &properties) {
             Action::Keep => Step::Keep,
@@ -101,10 +102,7 @@ fn replay_properties(dead_letter: &BasicProperties, as_vendor: Option<Vendor>) -
     dead_letter.clone().with_headers(headers)
 }
 
-/// How many times a message was replayed from the dead-letter queue.
-pub const REPLAY_COUNT: &str = "x-replay-count";
-
-/// A delivery as plain values for [`DeadLetterInfo::read`], with the routing key it was
+/// A delivery as plain values for [`StoredDeadLetter::read`], with the routing key it was
 /// delivered with (a walk's copy keeps its own in a header: the caller sets it).
 pub(crate) fn delivered(d: &lapin::message::Delivery) -> Delivered {
     let table = d.properties.headers().clone().unwrap_or_default();

@@ -11,18 +11,13 @@
 //!   without requeue): routing key `unknown.delivery_limit` and only `x-death`, whose
 //!   first entry says the reason, the time, the exchange and the routing keys. One
 //!   rejected with a body over `limits.max_body_bytes` is one the worker left to the
-//!   broker unread: it reads as `body_too_large` ([`DeadLetterInfo::read_with_limit`]).
+//!   broker unread: it reads as `body_too_large` ([`StoredDeadLetter::read_with_limit`]).
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
-use crate::delivery::{DELIVERY_LIMIT_ROUTING_KEY, headers};
-
-/// The header the `dlq` walk keeps a dead letter's own routing key in, once it has put a
-/// copy back on the queue (a copy goes through the default exchange, so that no other
-/// queue bound to the dead-letter exchange gets one).
-pub const ROUTING_KEY_HEADER: &str = "x-normalizer-dead-letter-routing-key";
+use crate::contract::{DELIVERY_LIMIT_ROUTING_KEY, DeadLetterKind, headers};
 
 /// The first `x-death` entry of a broker-made dead letter, as plain values.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,7 +32,7 @@ pub struct Death {
 #[derive(Debug, Clone, Default)]
 pub struct Delivered {
     /// Its own routing key: for a copy a walk put back, the one kept in
-    /// [`ROUTING_KEY_HEADER`] (the walk tells which).
+    /// [`headers::DEAD_LETTER_ROUTING_KEY`] (the walk tells which).
     pub routing_key: String,
     /// Text headers (long strings), by name.
     pub headers: BTreeMap<String, String>,
@@ -59,11 +54,12 @@ pub enum Shape {
 
 /// What a dead letter is.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetterInfo {
+pub struct StoredDeadLetter {
     pub shape: Shape,
     /// A vendor key, or `unknown`.
     pub vendor: String,
-    /// An error kind, or the broker's `delivery_limit`.
+    /// A [`DeadLetterKind`] as the dead letter says it (the worker's header, the broker's
+    /// [`DeadLetterKind::DeliveryLimit`]); text, since a header may say anything.
     pub kind: String,
     pub detail: String,
     pub failed_at: Option<DateTime<Utc>>,
@@ -75,18 +71,16 @@ pub struct DeadLetterInfo {
     pub replays: u64,
 }
 
-impl DeadLetterInfo {
-    /// [`DeadLetterInfo::read`], knowing the worker's body limit: a broker-made dead
+impl StoredDeadLetter {
+    /// [`StoredDeadLetter::read`], knowing the worker's body limit: a broker-made dead
     /// letter of a raw message rejected with a larger body is one the worker never read,
     /// and reads as `body_too_large`.
-    pub fn read_with_limit(d: &Delivered, max_body_bytes: usize) -> DeadLetterInfo {
-        let mut info = DeadLetterInfo::read(d);
+    pub fn read_with_limit(d: &Delivered, max_body_bytes: usize) -> StoredDeadLetter {
+        let mut info = StoredDeadLetter::read(d);
         let rejected =
             d.death.as_ref().and_then(|death| death.reason.as_deref()) == Some("rejected");
         if info.shape == Shape::Broker && rejected && d.body_len > max_body_bytes {
-            info.kind = crate::normalize::ErrorKind::BodyTooLarge
-                .as_str()
-                .to_owned();
+            info.kind = DeadLetterKind::BodyTooLarge.as_str().to_owned();
             info.detail = format!(
                 "body of {} bytes, over limits.max_body_bytes ({max_body_bytes}): not read; dead-lettered by the broker",
                 d.body_len
@@ -95,7 +89,7 @@ impl DeadLetterInfo {
         info
     }
 
-    pub fn read(d: &Delivered) -> DeadLetterInfo {
+    pub fn read(d: &Delivered) -> StoredDeadLetter {
         let routing_key = d.routing_key.as_str();
         let (vendor, kind_from_key) = routing_key.split_once('.').unwrap_or(("unknown", ""));
         let text = |name: &str| d.headers.get(name).cloned();
@@ -104,7 +98,7 @@ impl DeadLetterInfo {
         // got them from whoever published the raw message.
         let broker_made = routing_key == DELIVERY_LIMIT_ROUTING_KEY;
         if let Some(kind) = text(headers::ERROR_KIND).filter(|_| !broker_made) {
-            return DeadLetterInfo {
+            return StoredDeadLetter {
                 shape: Shape::Worker,
                 vendor: vendor.to_owned(),
                 kind,
@@ -134,11 +128,11 @@ impl DeadLetterInfo {
                 forged.join(", ")
             ));
         }
-        DeadLetterInfo {
+        StoredDeadLetter {
             shape: Shape::Broker,
             vendor: "unknown".into(),
             kind: if routing_key == DELIVERY_LIMIT_ROUTING_KEY {
-                "delivery_limit".into()
+                DeadLetterKind::DeliveryLimit.as_str().to_owned()
             } else {
                 kind_from_key.to_owned()
             },
@@ -207,7 +201,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, info: &DeadLetterInfo) -> bool {
+    pub fn matches(&self, info: &StoredDeadLetter) -> bool {
         let eq = |want: &Option<String>, got: &str| want.as_deref().is_none_or(|w| w == got);
         eq(&self.vendor, &info.vendor)
             && eq(&self.kind, &info.kind)
@@ -266,7 +260,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn add(&mut self, info: &DeadLetterInfo) {
+    pub fn add(&mut self, info: &StoredDeadLetter) {
         let g = self
             .groups
             .entry((info.vendor.clone(), info.kind.clone()))
@@ -286,7 +280,7 @@ impl Stats {
 
 /// One line of `dlq peek`: age, vendor, kind, where it was published, size, message id,
 /// detail. Tab-separated, so it reads as columns and cuts with `cut -f`.
-pub fn peek_line(info: &DeadLetterInfo, now: DateTime<Utc>) -> String {
+pub fn peek_line(info: &StoredDeadLetter, now: DateTime<Utc>) -> String {
     let age = info
         .failed_at
         .map_or_else(|| "-".to_owned(), |t| age(now - t));
@@ -343,7 +337,7 @@ pub fn stats_lines(stats: &Stats) -> Vec<String> {
 /// One line of `dlq export`: what the dead letter is, its routing key and properties as
 /// the broker delivered them, and its body in base64.
 pub fn export_record(
-    info: &DeadLetterInfo,
+    info: &StoredDeadLetter,
     body: &[u8],
     properties: &serde_json::Value,
 ) -> serde_json::Value {
@@ -409,7 +403,7 @@ mod tests {
     #[test]
     fn both_shapes_read_alike() {
         let info =
-            DeadLetterInfo::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
+            StoredDeadLetter::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
         assert_eq!(info.shape, Shape::Worker);
         assert_eq!(
             (info.vendor.as_str(), info.kind.as_str()),
@@ -428,7 +422,7 @@ mod tests {
             }),
             ..Delivered::default()
         };
-        let info = DeadLetterInfo::read(&broker);
+        let info = StoredDeadLetter::read(&broker);
         assert_eq!(info.shape, Shape::Broker);
         assert_eq!(
             (info.vendor.as_str(), info.kind.as_str()),
@@ -453,7 +447,7 @@ mod tests {
             body_len,
             ..Delivered::default()
         };
-        let info = DeadLetterInfo::read_with_limit(&rejected(2_000_000), 1_048_576);
+        let info = StoredDeadLetter::read_with_limit(&rejected(2_000_000), 1_048_576);
         assert_eq!(
             (info.vendor.as_str(), info.kind.as_str()),
             ("unknown", "body_too_large")
@@ -463,13 +457,13 @@ mod tests {
             "body of 2000000 bytes, over limits.max_body_bytes (1048576): not read; dead-lettered by the broker"
         );
         assert_eq!(
-            DeadLetterInfo::read_with_limit(&rejected(10), 1_048_576).kind,
+            StoredDeadLetter::read_with_limit(&rejected(10), 1_048_576).kind,
             "delivery_limit"
         );
         let mut over_limit = rejected(2_000_000);
         over_limit.death.as_mut().unwrap().reason = Some("delivery_limit".into());
         assert_eq!(
-            DeadLetterInfo::read_with_limit(&over_limit, 1_048_576).kind,
+            StoredDeadLetter::read_with_limit(&over_limit, 1_048_576).kind,
             "delivery_limit"
         );
     }
@@ -493,7 +487,7 @@ mod tests {
             routing_keys: vec!["gateway".into()],
             time: None,
         });
-        let info = DeadLetterInfo::read(&d);
+        let info = StoredDeadLetter::read(&d);
         assert_eq!(info.shape, Shape::Broker);
         assert_eq!(info.vendor, "unknown");
         assert_eq!(info.original_exchange, "webhooks.raw");
@@ -513,7 +507,7 @@ mod tests {
     #[test]
     fn a_replay_goes_only_to_a_configured_input_and_only_so_often() {
         let mut info =
-            DeadLetterInfo::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
+            StoredDeadLetter::read(&ours("deel", "invalid_json", "EOF", "2026-01-02T03:04:05Z"));
         let inputs = ["webhooks.raw", "webhooks.raw.p0"];
         assert_eq!(
             info.replay_target(&inputs, 5, false),
@@ -555,7 +549,7 @@ mod tests {
                 "2026-01-05T00:00:00Z",
             ),
         ];
-        let infos: Vec<_> = letters.iter().map(DeadLetterInfo::read).collect();
+        let infos: Vec<_> = letters.iter().map(StoredDeadLetter::read).collect();
         let filter = Filter {
             vendor: Some("deel".into()),
             failed_after: Some(at("2026-01-02T12:00:00Z")),
@@ -600,7 +594,7 @@ mod tests {
         ];
         for t in types {
             let letter = ours("deel", "unknown_event_type", t, "2026-01-02T00:00:00Z");
-            stats.add(&DeadLetterInfo::read(&letter));
+            stats.add(&StoredDeadLetter::read(&letter));
         }
         let lines = stats_lines(&stats);
         assert_eq!(

@@ -11,8 +11,8 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 use crate::config::{AmqpSettings, OutputSettings};
-use crate::delivery::headers;
-use crate::tools::unrouted::stored::{ROUTING_KEY_HEADER, UnroutedEvent};
+use crate::contract::headers;
+use crate::tools::unrouted::stored::UnroutedEvent;
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
 /// Reads every event in the unrouted queue when it starts, in order, and leaves the queue
@@ -32,7 +32,7 @@ pub async fn walk_unrouted(
         replay_to: &replay_to,
         command: "unrouted",
         queue: &output.unrouted_queue,
-        routing_key_header: ROUTING_KEY_HEADER,
+        routing_key_header: headers::UNROUTED_ROUTING_KEY,
         per_second,
         ttl: Some(Duration::from_secs(output.unrouted_max_age_secs)),
     };
@@ -69,7 +69,7 @@ fn as_published(kept: &BasicProperties) -> BasicProperties {
         for (k, v) in table.inner() {
             if !matches!(
                 k.as_str(),
-                ROUTING_KEY_HEADER | headers::KEPT_AT | "x-delivery-count"
+                headers::UNROUTED_ROUTING_KEY | headers::KEPT_AT | "x-delivery-count"
             ) {
                 headers.insert(k.clone(), v.clone());
             }

@@ -11,11 +11,6 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 
-/// The header the `unrouted` walk keeps an event's routing key in, once it has put a copy
-/// back on the queue (a copy goes through the default exchange, so that no other queue
-/// bound to the unrouted exchange gets one). Stripped when the event is replayed.
-pub const ROUTING_KEY_HEADER: &str = crate::delivery::headers::UNROUTED_ROUTING_KEY;
-
 /// One kept event, as plain values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnroutedEvent {

@@ -52,8 +52,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::canonical::Vendor;
+use crate::contract::DeadLetterKind;
 use crate::delivery::{DeadLetter, Fault, Lane, PublishOutcome, RetryPolicy, Settle, fault_of};
-use crate::normalize::ErrorKind;
 use crate::ops::describe;
 
 /// Probes refused in a row before the broker is taken to refuse everything.
@@ -75,7 +75,7 @@ pub(crate) trait Messages {
     fn dead_letter(
         &self,
         raw: &Self::Raw,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
         vendor: Option<Vendor>,
         detail: &str,
     ) -> (DeadLetter, Result<Self::Message, String>);
@@ -1062,7 +1062,12 @@ impl<X: Messages> Core<X> {
                     describe(&failed),
                     self.messages.exchange(&entry.outputs[index].primary),
                 );
-                self.replace_with_dead_letter(seq, ErrorKind::Undeliverable, Some(vendor), &detail);
+                self.replace_with_dead_letter(
+                    seq,
+                    DeadLetterKind::Undeliverable,
+                    Some(vendor),
+                    &detail,
+                );
             }
             _ => {
                 let entry = self.entries.remove(&seq);
@@ -1088,7 +1093,7 @@ impl<X: Messages> Core<X> {
     fn replace_with_dead_letter(
         &mut self,
         seq: u64,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
         vendor: Option<Vendor>,
         detail: &str,
     ) {
@@ -1330,7 +1335,7 @@ impl<X: Messages> Core<X> {
                 let vendor = *vendor;
                 self.replace_with_dead_letter(
                     candidate.seq,
-                    ErrorKind::PublishRefused,
+                    DeadLetterKind::PublishRefused,
                     Some(vendor),
                     &format!("the broker refused an event of this message: {reason}"),
                 );
@@ -1520,7 +1525,7 @@ mod tests {
         fn dead_letter(
             &self,
             raw: &&'static str,
-            kind: ErrorKind,
+            kind: DeadLetterKind,
             vendor: Option<Vendor>,
             detail: &str,
         ) -> (DeadLetter, Result<Msg, String>) {
@@ -1659,7 +1664,7 @@ mod tests {
             let tag = self.next_tag;
             self.next_tag += 1;
             let raw: &'static str = Box::leak(format!("raw {tag}").into_boxed_str());
-            let (dl, msg) = Make.dead_letter(&raw, ErrorKind::InvalidJson, None, "bad");
+            let (dl, msg) = Make.dead_letter(&raw, DeadLetterKind::InvalidJson, None, "bad");
             let msg = msg.expect("the test maker makes every dead letter");
             self.core
                 .admit(self.now, tag, raw, Fate::DeadLetter(dl), vec![msg]);
@@ -1832,7 +1837,7 @@ mod tests {
                         let tag = run.next_tag;
                         run.next_tag += 1;
                         let raw: &'static str = Box::leak(format!("raw {tag}").into_boxed_str());
-                        let (dl, msg) = Make.dead_letter(&raw, ErrorKind::InvalidJson, None, "x");
+                        let (dl, msg) = Make.dead_letter(&raw, DeadLetterKind::InvalidJson, None, "x");
                         run.core.admit(run.now, tag, raw, Fate::DeadLetter(dl), vec![msg.unwrap()]);
                         run.collect();
                         admitted.push((tag, vec![]));
@@ -2029,7 +2034,7 @@ mod tests {
         let Finish::DeadLettered(dl) = run.finish_of(1) else {
             panic!("{:?}", run.finish_of(1));
         };
-        assert_eq!(dl.kind, ErrorKind::Undeliverable);
+        assert_eq!(dl.kind, DeadLetterKind::Undeliverable);
         assert!(
             dl.detail
                 .starts_with("event 1 of 1 (deel.contract.created) not stored for 6"),
@@ -2119,7 +2124,7 @@ mod tests {
         let early: Vec<u64> = run
             .finished
             .iter()
-            .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(dl) if dl.kind == ErrorKind::Undeliverable))
+            .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(dl) if dl.kind == DeadLetterKind::Undeliverable))
             .map(|(t, _, _)| *t)
             .collect();
         assert_eq!(early, [1, 3, 5], "{:?}", run.finished);
@@ -2262,7 +2267,7 @@ mod tests {
         let Finish::DeadLettered(dl) = run.finish_of(2) else {
             panic!()
         };
-        assert_eq!(dl.kind, ErrorKind::PublishRefused);
+        assert_eq!(dl.kind, DeadLetterKind::PublishRefused);
         assert_eq!(run.settled().len(), 3);
         assert!(run.pending().is_empty(), "one dead letter, published once");
     }
@@ -2302,7 +2307,7 @@ mod tests {
         assert_eq!(run.settled().len(), 3);
         for tag in [1, 2] {
             assert!(
-                matches!(run.finish_of(tag), Finish::DeadLettered(dl) if dl.kind == ErrorKind::PublishRefused)
+                matches!(run.finish_of(tag), Finish::DeadLettered(dl) if dl.kind == DeadLetterKind::PublishRefused)
             );
         }
     }
@@ -2340,7 +2345,7 @@ mod tests {
     fn a_refused_dead_letter_is_handed_to_the_broker() {
         let mut run = Run::new();
         // A dead letter admitted as such.
-        let (dl, msg) = Make.dead_letter(&"raw 1", ErrorKind::InvalidJson, None, "bad");
+        let (dl, msg) = Make.dead_letter(&"raw 1", DeadLetterKind::InvalidJson, None, "bad");
         run.core.admit(
             run.now,
             1,
@@ -2412,7 +2417,7 @@ mod tests {
     #[test]
     fn a_refused_event_never_makes_a_dead_letter_go_out_twice() {
         let mut run = Run::new();
-        let (dl, msg) = Make.dead_letter(&"raw 1", ErrorKind::InvalidJson, None, "bad");
+        let (dl, msg) = Make.dead_letter(&"raw 1", DeadLetterKind::InvalidJson, None, "bad");
         run.core.admit(
             run.now,
             1,
@@ -2598,7 +2603,7 @@ mod tests {
                 dead_letter: true,
                 fails: vec![("dead letter of raw 1", PublishOutcome::Nacked)],
                 again: "dead letter of raw 1",
-                finish: dead_letter(ErrorKind::InvalidJson),
+                finish: dead_letter(DeadLetterKind::InvalidJson),
                 unroutable: 0,
             },
             Row {
@@ -2606,7 +2611,7 @@ mod tests {
                 dead_letter: true,
                 fails: vec![("dead letter of raw 1", PublishOutcome::Returned)],
                 again: "dead letter of raw 1",
-                finish: dead_letter(ErrorKind::InvalidJson),
+                finish: dead_letter(DeadLetterKind::InvalidJson),
                 unroutable: 1,
             },
         ];
@@ -2749,7 +2754,7 @@ mod tests {
                     let Finish::DeadLettered(dl) = finish else {
                         panic!("{case}: {finish:?}")
                     };
-                    assert_eq!(dl.kind, ErrorKind::Undeliverable, "{case}");
+                    assert_eq!(dl.kind, DeadLetterKind::Undeliverable, "{case}");
                     assert!(
                         dl.detail.contains(&describe(&failure)),
                         "{case}: {}",
@@ -2934,7 +2939,7 @@ mod tests {
                     let Finish::DeadLettered(dl) = run.finish_of(tag) else {
                         panic!("{bad}: {:?}", run.finish_of(tag))
                     };
-                    assert_eq!(dl.kind, ErrorKind::PublishRefused);
+                    assert_eq!(dl.kind, DeadLetterKind::PublishRefused);
                     assert!(dl.detail.contains("403 refused"), "{}", dl.detail);
                     assert_eq!(run.times_sent(&format!("dead letter of raw {tag}")), 1);
                 } else {

@@ -32,12 +32,10 @@ use crate::amqp::ordered;
 use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::WorkerSettings;
-use crate::delivery::{
-    DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, headers, plan_checked,
-};
-use crate::normalize::ErrorKind;
-use crate::ops::{Delivery as Who, Health, Occurrence, Outcome, WorkerState};
-use crate::tools::dlq::stored::ROUTING_KEY_HEADER as DEAD_LETTER_ROUTING_KEY;
+use crate::contract::DeadLetterKind;
+use crate::contract::headers;
+use crate::delivery::{DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, plan};
+use crate::ops::{DeliveryId, Health, Occurrence, Outcome, WorkerState};
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -134,7 +132,7 @@ impl Messages for Amqp {
                     .properties
                     .headers()
                     .as_ref()
-                    .and_then(|h| match h.inner().get(DEAD_LETTER_ROUTING_KEY) {
+                    .and_then(|h| match h.inner().get(headers::DEAD_LETTER_ROUTING_KEY) {
                         Some(AMQPValue::LongString(k)) => {
                             Some(String::from_utf8_lossy(k.as_bytes()).into_owned())
                         }
@@ -164,7 +162,7 @@ impl Messages for Amqp {
     fn dead_letter(
         &self,
         raw: &Held,
-        kind: ErrorKind,
+        kind: DeadLetterKind,
         vendor: Option<Vendor>,
         detail: &str,
     ) -> (DeadLetter, Result<AmqpMessage, String>) {
@@ -317,7 +315,7 @@ impl<'s> Pipeline<'s> {
         if let Some(size) = body_omitted {
             let dead_letter = DeadLetter::new(
                 &held.raw,
-                ErrorKind::BodyTooLarge,
+                DeadLetterKind::BodyTooLarge,
                 None,
                 &format!(
                     "body of {size} bytes, over limits.max_body_bytes ({}): not read; dead-lettered by the broker with its bytes",
@@ -337,7 +335,7 @@ impl<'s> Pipeline<'s> {
                 .admit(Instant::now(), delivery_tag, held, fate, vec![message]);
             return;
         }
-        let planned = plan_checked(
+        let planned = plan(
             &held.raw,
             &self.settings.pipeline.limits,
             &self.settings.pipeline.signatures,
@@ -374,7 +372,10 @@ impl<'s> Pipeline<'s> {
             &held.original,
             &[
                 (headers::LOOPED_THROUGH, held.raw.exchange.as_str()),
-                (DEAD_LETTER_ROUTING_KEY, held.raw.routing_key.as_str()),
+                (
+                    headers::DEAD_LETTER_ROUTING_KEY,
+                    held.raw.routing_key.as_str(),
+                ),
             ],
         );
         AmqpMessage {
@@ -412,7 +413,7 @@ impl<'s> Pipeline<'s> {
                     None => return (Fate::Events { vendor, types }, messages),
                     Some((i, size)) => DeadLetter::new(
                         &held.raw,
-                        ErrorKind::OutputTooLarge,
+                        DeadLetterKind::OutputTooLarge,
                         Some(vendor),
                         &format!(
                             "event {} of {count}: its AMQP properties take {size} bytes, over the {room} the broker's frame_max of {frame_max} allows",
@@ -528,7 +529,7 @@ impl<'s> Pipeline<'s> {
             );
         }
         for finished in self.core.take_finished() {
-            let who = Who {
+            let who = DeliveryId {
                 tag: finished.tag,
                 message_id: finished
                     .raw

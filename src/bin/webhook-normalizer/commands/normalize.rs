@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use webhook_normalizer::normalize::{EventJson, normalize_json};
-use webhook_normalizer::{ErrorKind, Limits, Unmapped, UnmappedPolicy, Vendor};
+use webhook_normalizer::normalize::{OutgoingEvent, normalize_json};
+use webhook_normalizer::{DeadLetterKind, Limits, Unmapped, UnmappedPolicy, Vendor};
 
 use crate::common::{EXIT_DATA_ERROR, SchemaBaseArg, parse_rfc3339, report, written_to_stdout};
 
@@ -65,7 +65,7 @@ pub(crate) fn run(args: NormalizeArgs) -> anyhow::Result<ExitCode> {
     let body = match read_input(file.as_deref(), max_body_bytes)? {
         Input::Body(body) => body,
         Input::TooLarge { size } => {
-            let kind = ErrorKind::BodyTooLarge;
+            let kind = DeadLetterKind::BodyTooLarge;
             match size {
                 Some(size) => report(format_args!(
                     "error: {kind}: body is {size} bytes, over the limit of {max_body_bytes}"
@@ -148,10 +148,10 @@ fn read_input(file: Option<&std::path::Path>, limit: usize) -> anyhow::Result<In
 }
 
 /// JSON Lines.
-fn print_events(events: &[EventJson]) -> io::Result<()> {
+fn print_events(events: &[OutgoingEvent]) -> io::Result<()> {
     let mut out = io::stdout().lock();
     for event in events {
-        out.write_all(&event.json)?;
+        out.write_all(&event.body)?;
         out.write_all(b"\n")?;
     }
     out.flush()
