@@ -415,13 +415,16 @@ impl<X: Messages> Core<X> {
     fn next_wake(&self) -> Option<Instant> {
         let mut at: Option<Instant> = None;
         let mut earliest = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
-        for channel in &self.channels {
+        for lane in Lane::ALL {
+            // A channel with publishes still in flight is reopened once they are back,
+            // which wakes the core anyway: waking for its time would be a busy loop.
             if let Channel::Down {
                 next, reopening, ..
-            } = channel
+            } = self.channels[lane as usize]
                 && !reopening
+                && !self.entries.values().any(|e| e.in_flight_on(lane))
             {
-                earliest(*next);
+                earliest(next);
             }
         }
         if let Some(wait) = self.isolation.as_ref().and_then(|i| i.wait_until) {
@@ -433,11 +436,15 @@ impl<X: Messages> Core<X> {
             .iter()
             .filter_map(|s| self.entries.get(s))
         {
-            if let Some(retry) = entry.retry_at {
+            // While isolating, retries wait for the isolation to end, which a decided
+            // publish or a reopen brings: waking for them would be a busy loop.
+            if let Some(retry) = entry.retry_at
+                && self.isolation.is_none()
+            {
                 earliest(retry);
             }
+            // Given up at the budget even with a retry still to come.
             if let Some(since) = entry.failing_since
-                && entry.retry_at.is_none()
                 && !entry.in_flight()
             {
                 earliest(since + self.tuning.retry.max_elapsed);
@@ -1580,6 +1587,10 @@ mod tests {
         }
 
         fn with_window(window: usize) -> Run {
+            Run::with_windows(window, 1 << 30)
+        }
+
+        fn with_windows(window: usize, window_bytes: usize) -> Run {
             let tuning = Tuning {
                 retry: RetryPolicy {
                     initial: Duration::from_millis(100),
@@ -1587,7 +1598,7 @@ mod tests {
                     max_elapsed: Duration::from_secs(60),
                 },
                 window,
-                window_bytes: 1 << 30,
+                window_bytes,
             };
             Run {
                 core: Core::new(Make, tuning, 7),
@@ -1603,6 +1614,10 @@ mod tests {
         fn collect(&mut self) {
             self.core.tick(self.now);
             self.core.check_index();
+            // A wake-up not in the future would have the shell tick in a busy loop.
+            if let Some(at) = self.core.wake_at() {
+                assert!(at > self.now, "asks to be woken {:?} ago", self.now - at);
+            }
             for c in self.core.take_commands() {
                 match c {
                     Command::Publish {
@@ -1745,10 +1760,15 @@ mod tests {
             self.published.iter().map(|(_, m)| m.what.clone()).collect()
         }
 
+        /// Lets time pass as the shell does: it ticks the core only once the time the
+        /// core asked for ([`Core::wake_at`]) has come, so a retry, a reopen or a
+        /// give-up the core forgot to ask for never happens here either.
         fn advance(&mut self, by: Duration) {
+            let wake = self.core.wake_at();
             self.now += by;
-            self.core.tick(self.now);
-            self.collect();
+            if wake.is_some_and(|at| at <= self.now) {
+                self.collect();
+            }
         }
 
         fn reopen(&mut self, result: Result<(), String>) {
@@ -1899,6 +1919,90 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_output_held_bounds_what_is_taken_until_it_is_settled() {
+        // Each test message counts 100 bytes: 250 bytes hold two messages' outputs.
+        let mut run = Run::with_windows(16, 250);
+        run.events(&["a1", "a2"]);
+        assert!(run.core.can_take(), "200 bytes held of 250");
+        run.events(&["b1"]);
+        assert!(!run.core.can_take(), "300 bytes held of 250");
+        run.confirm_all();
+        assert_eq!(run.core.held(), 0);
+        assert!(run.core.can_take(), "settled outputs are no longer held");
+    }
+
+    #[test]
+    fn a_tick_looks_only_at_entries_with_something_to_do() {
+        let mut run = Run::new();
+        run.events(&["a1"]);
+        // Delivering: nothing ready to go, nothing failing.
+        assert!(run.core.index.unsent.is_empty(), "in flight is not unsent");
+        assert!(
+            run.core.index.waiting.is_empty(),
+            "in flight is not waiting"
+        );
+        assert_eq!(run.core.index.delivering, BTreeSet::from([0]));
+        run.answer("a1", PublishOutcome::Confirmed);
+        // Its tap is in flight: still nothing ready.
+        assert_eq!(run.pending(), ["tap a1"]);
+        assert!(
+            run.core.index.waiting.is_empty(),
+            "a tap in flight is not waiting"
+        );
+        assert!(run.core.index.storing.is_empty());
+        run.confirm_all();
+        assert_eq!(
+            run.core.wake_at(),
+            None,
+            "nothing held, nothing to wake for"
+        );
+    }
+
+    #[test]
+    fn the_core_asks_to_be_woken_for_each_thing_that_falls_due() {
+        let mut run = Run::new();
+        run.events(&["a1"]);
+        assert_eq!(
+            run.core.wake_at(),
+            None,
+            "a publish in flight has no deadline here"
+        );
+        // A nack: the retry is due within the first backoff step (100 ms, jittered).
+        run.answer("a1", PublishOutcome::Nacked);
+        let retry = run.core.wake_at().expect("a retry to wake for");
+        assert!(retry > run.now && retry <= run.now + Duration::from_millis(100));
+        run.advance(retry - run.now);
+        assert_eq!(run.pending(), ["a1"], "published again when woken");
+        // A closed channel: the reopen waits for its backoff, and is asked for once due.
+        run.answer("a1", closed(504));
+        let reopen = run.core.wake_at().expect("a reopen to wake for");
+        assert!(run.reopens.is_empty(), "not before its time");
+        run.advance(reopen - run.now);
+        assert_eq!(run.reopens.len(), 1);
+        // While the reopen is under way, its time is not a reason to wake again.
+        assert!(
+            run.core.wake_at().is_none_or(|at| at > reopen),
+            "woken again for a reopen under way"
+        );
+    }
+
+    #[test]
+    fn a_message_failing_with_no_retry_due_is_woken_for_at_its_budget() {
+        let mut run = Run::new();
+        let started = run.now;
+        run.events(&["a1"]);
+        run.answer("a1", PublishOutcome::Nacked);
+        run.run_until_settled(|_| PublishOutcome::Nacked);
+        // Given up no later than a retry step past the budget: the core woke for it.
+        let budget = Duration::from_secs(60);
+        let settled_at = run.now - started;
+        assert!(
+            settled_at >= budget && settled_at <= budget + Duration::from_secs(5),
+            "given up after {settled_at:?}"
+        );
     }
 
     #[test]
