@@ -1576,6 +1576,8 @@ mod tests {
         published: Vec<(PublishId, Msg)>,
         /// Reopens asked for and not yet answered, by lane.
         reopens: Vec<Lane>,
+        /// Whether each reopen asked for (answered or not) declares the topology again.
+        redeclares: Vec<bool>,
         finished: Vec<(u64, Settle, Finish)>,
         /// Every publish asked for, in order: the message, its channel, and `mandatory`.
         sent: Vec<(Msg, Lane, bool)>,
@@ -1606,6 +1608,7 @@ mod tests {
                 next_tag: 1,
                 published: Vec::new(),
                 reopens: Vec::new(),
+                redeclares: Vec::new(),
                 finished: Vec::new(),
                 sent: Vec::new(),
             }
@@ -1629,7 +1632,10 @@ mod tests {
                         self.published.push((id, (*message).clone()));
                         self.sent.push(((*message).clone(), lane, mandatory));
                     }
-                    Command::Reopen { lane, .. } => self.reopens.push(lane),
+                    Command::Reopen { lane, redeclare } => {
+                        self.reopens.push(lane);
+                        self.redeclares.push(redeclare);
+                    }
                 }
             }
             let finished = self.core.take_finished();
@@ -1918,6 +1924,80 @@ mod tests {
                     other => prop_assert!(false, "{}: {:?}", tag, other),
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_channel_is_reopened_after_its_backoff_declaring_the_topology_only_when_missing() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        // The connection's fault, not a message's: the reopen waits out a backoff step.
+        run.answer("a", closed(320));
+        assert!(run.reopens.is_empty(), "reopened at once");
+        let at = run.core.wake_at().expect("a reopen to wake for");
+        assert!(at >= run.now + Duration::from_millis(50), "no backoff");
+        run.advance(at - run.now);
+        assert_eq!(run.redeclares, [false], "nothing was missing");
+        run.reopen(Ok(()));
+        run.confirm_all();
+        assert_eq!(run.core.held(), 0);
+    }
+
+    #[test]
+    fn a_missing_exchange_reported_while_the_channel_is_down_is_declared_again() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["b"]);
+        run.answer("a", closed(320));
+        run.answer("b", closed(404));
+        let at = run.core.wake_at().expect("a reopen to wake for");
+        run.advance(at - run.now);
+        assert_eq!(run.redeclares, [true]);
+    }
+
+    #[test]
+    fn a_channel_closed_over_a_missing_exchange_declares_it_again() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", closed(404));
+        let at = run.core.wake_at().expect("a reopen to wake for");
+        run.advance(at - run.now);
+        assert_eq!(run.redeclares, [true]);
+    }
+
+    #[test]
+    fn isolating_says_which_refusal_it_is_looking_for() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["b"]);
+        run.answer("a", closed(406));
+        match run.core.status() {
+            Status::Isolating { held, last } => {
+                assert_eq!(held, 2);
+                assert!(last.contains("406 refused"), "{last}");
+            }
+            other => panic!("not isolating: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_back_off_exponentially() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            run.answer("a", PublishOutcome::Nacked);
+            let at = run.core.wake_at().expect("a retry to wake for");
+            waits.push(at - run.now);
+            run.advance(at - run.now);
+        }
+        // Equal jitter over 100 ms doubling: each wait in [step/2, step).
+        for (round, wait) in waits.iter().enumerate() {
+            let step = Duration::from_millis(100 << round);
+            assert!(
+                *wait >= step / 2 && *wait < step,
+                "retry {round} after {wait:?}"
+            );
         }
     }
 
