@@ -1578,6 +1578,8 @@ mod tests {
         reopens: Vec<Lane>,
         /// Whether each reopen asked for (answered or not) declares the topology again.
         redeclares: Vec<bool>,
+        /// Every attempt number used.
+        attempts: std::collections::HashSet<u64>,
         finished: Vec<(u64, Settle, Finish)>,
         /// Every publish asked for, in order: the message, its channel, and `mandatory`.
         sent: Vec<(Msg, Lane, bool)>,
@@ -1609,6 +1611,7 @@ mod tests {
                 published: Vec::new(),
                 reopens: Vec::new(),
                 redeclares: Vec::new(),
+                attempts: Default::default(),
                 finished: Vec::new(),
                 sent: Vec::new(),
             }
@@ -1629,6 +1632,10 @@ mod tests {
                         message,
                         mandatory,
                     } => {
+                        // Attempts are numbered apart, so a late outcome is told apart.
+                        assert!(self.attempts.insert(id.attempt), "attempt {id:?} reused");
+                        // Returns are asked for on everything but the copies to the tap.
+                        assert_eq!(mandatory, !message.what.starts_with("tap "), "{message:?}");
                         self.published.push((id, (*message).clone()));
                         self.sent.push(((*message).clone(), lane, mandatory));
                     }
@@ -2454,6 +2461,41 @@ mod tests {
         assert_eq!(dl.kind, DeadLetterKind::PublishRefused);
         assert_eq!(run.settled().len(), 3);
         assert!(run.pending().is_empty(), "one dead letter, published once");
+        // a, bad and c tried again alone; bad's second refusal made its dead letter.
+        assert_eq!(run.core.take_counts().retries, 3);
+    }
+
+    /// Tried alone, a message publishes again only what was refused: an event of it
+    /// already stored and tapped is not sent twice.
+    #[test]
+    fn a_message_tried_alone_sends_again_only_what_was_refused() {
+        let mut run = Run::new();
+        run.events(&["done", "refused"]);
+        run.answer("done", PublishOutcome::Confirmed);
+        run.answer("tap done", PublishOutcome::Confirmed);
+        run.answer("refused", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(
+            run.pending(),
+            ["refused"],
+            "alone, and only the refused event"
+        );
+        run.answer("refused", PublishOutcome::Confirmed);
+        run.confirm_all();
+        assert_eq!(run.times_sent("done"), 1);
+        assert_eq!(run.times_sent("tap done"), 1);
+        assert_eq!(run.settled().len(), 1);
+    }
+
+    /// Within one message too, an event's keep waits for the events before it.
+    #[test]
+    fn a_keep_waits_for_earlier_events_of_the_same_message() {
+        let mut run = Run::new();
+        run.events(&["a1", "a2"]);
+        run.answer("a2", PublishOutcome::Returned);
+        assert_eq!(run.pending(), ["a1"], "a2's keep waits for a1");
+        run.answer("a1", PublishOutcome::Confirmed);
+        assert_eq!(run.pending(), ["tap a1", "kept a2"]);
     }
 
     /// Every suspect refused alone: that alone does not prove it is theirs. The next
