@@ -2487,6 +2487,76 @@ mod tests {
         assert_eq!(run.settled().len(), 1);
     }
 
+    /// Held messages filling half the window's bytes crowd it: the one failing longest
+    /// by its own fault is dead-lettered early. Half or less does not.
+    #[test]
+    fn held_bytes_over_half_the_window_give_up_the_oldest_own_failure() {
+        let crowd = |window_bytes: usize| -> Vec<u64> {
+            let mut run = Run::with_windows(16, window_bytes);
+            let answer_all = |run: &mut Run| {
+                while let Some(what) = run.pending().first().cloned() {
+                    let nacked = what == "m0" || what == "m2";
+                    let outcome = if nacked {
+                        PublishOutcome::Nacked
+                    } else {
+                        PublishOutcome::Confirmed
+                    };
+                    run.answer(&what, outcome);
+                }
+            };
+            for i in 0..4 {
+                run.events(&[&format!("m{i}")]);
+                answer_all(&mut run);
+            }
+            // Their retries are refused again, after m1 and m3 were stored: their own.
+            run.advance(Duration::from_millis(200));
+            answer_all(&mut run);
+            run.finished
+                .iter()
+                .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(dl) if dl.kind == DeadLetterKind::Undeliverable))
+                .map(|(t, _, _)| *t)
+                .collect()
+        };
+        // Two held messages of 100 bytes each.
+        assert_eq!(crowd(350), [1], "400 bytes doubled is over 350");
+        assert_eq!(
+            crowd(400),
+            [] as [u64; 0],
+            "400 bytes doubled is not over 400"
+        );
+    }
+
+    /// Tap copies waiting for a closed channel are not failing: past the budget, only
+    /// the copies refused are given up, and the waiting ones go once it is back.
+    #[test]
+    fn taps_waiting_for_a_closed_channel_are_not_given_up() {
+        let mut run = Run::new();
+        run.events(&["a1", "a2"]);
+        run.answer("a1", PublishOutcome::Confirmed);
+        run.answer("a2", PublishOutcome::Confirmed);
+        run.answer("tap a1", PublishOutcome::Nacked);
+        run.answer("tap a2", closed(320));
+        // The channel stays closed past the budget.
+        for _ in 0..150 {
+            run.advance(Duration::from_millis(500));
+            while !run.reopens.is_empty() {
+                run.reopen(Err("connection refused".into()));
+            }
+        }
+        assert!(run.settled().is_empty());
+        assert_eq!(
+            run.core.take_counts().taps_given_up,
+            0,
+            "none was refused at the end"
+        );
+        let at = run.core.wake_at().expect("a reopen to wake for");
+        run.advance(at - run.now);
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["tap a1", "tap a2"]);
+        run.confirm_all();
+        assert_eq!(run.settled().len(), 1);
+    }
+
     /// Within one message too, an event's keep waits for the events before it.
     #[test]
     fn a_keep_waits_for_earlier_events_of_the_same_message() {
