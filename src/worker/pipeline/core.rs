@@ -485,6 +485,12 @@ impl<X: Messages> Core<X> {
         assert_eq!(self.index.storing, scanned.storing, "storing");
         assert_eq!(self.index.waiting, scanned.waiting, "waiting");
         assert_eq!(self.index.failing, scanned.failing, "failing");
+        for entry in self.entries.values() {
+            let sizes = entry.outputs.iter().map(|o| self.messages.size(&o.primary));
+            assert_eq!(entry.bytes, sizes.sum::<usize>(), "an entry's bytes");
+        }
+        let held: usize = self.entries.values().map(|e| e.bytes).sum();
+        assert_eq!(self.held_bytes, held, "held bytes");
     }
 
     /// Reindexes every entry touched since.
@@ -2511,11 +2517,23 @@ mod tests {
             // Their retries are refused again, after m1 and m3 were stored: their own.
             run.advance(Duration::from_millis(200));
             answer_all(&mut run);
-            run.finished
+            let given_up: Vec<(u64, String)> = run
+                .finished
                 .iter()
-                .filter(|(_, _, f)| matches!(f, Finish::DeadLettered(dl) if dl.kind == DeadLetterKind::Undeliverable))
-                .map(|(t, _, _)| *t)
-                .collect()
+                .filter_map(|(t, _, f)| match f {
+                    Finish::DeadLettered(dl) if dl.kind == DeadLetterKind::Undeliverable => {
+                        Some((*t, dl.detail.clone()))
+                    }
+                    _ => None,
+                })
+                .collect();
+            for (_, detail) in &given_up {
+                assert!(
+                    detail.starts_with("event 1 of 1 (deel.contract.created)"),
+                    "{detail}"
+                );
+            }
+            given_up.into_iter().map(|(t, _)| t).collect::<Vec<u64>>()
         };
         // Two held messages of 100 bytes each.
         assert_eq!(crowd(350), [1], "400 bytes doubled is over 350");
@@ -2523,6 +2541,39 @@ mod tests {
             crowd(400),
             [] as [u64; 0],
             "400 bytes doubled is not over 400"
+        );
+    }
+
+    /// The dead letter of a message given up on names the event that was not stored.
+    #[test]
+    fn an_undeliverable_dead_letter_names_the_event_not_stored() {
+        let mut run = Run::new();
+        run.events(&["stored", "refused"]);
+        run.answer("stored", PublishOutcome::Confirmed);
+        run.answer("tap stored", PublishOutcome::Confirmed);
+        run.answer("refused", PublishOutcome::Nacked);
+        run.events(&["other"]);
+        run.answer("other", PublishOutcome::Confirmed);
+        run.answer("tap other", PublishOutcome::Confirmed);
+        run.advance(Duration::from_millis(200));
+        run.answer("refused", PublishOutcome::Nacked);
+        run.run_until_settled(|what| {
+            if what == "refused" {
+                PublishOutcome::Nacked
+            } else {
+                PublishOutcome::Confirmed
+            }
+        });
+        let Finish::DeadLettered(dl) = run.finish_of(1) else {
+            panic!("{:?}", run.finish_of(1))
+        };
+        assert_eq!(dl.kind, DeadLetterKind::Undeliverable);
+        assert!(
+            dl.detail
+                .starts_with("event 2 of 2 (deel.contract.created)")
+                && dl.detail.contains("nacked by the broker"),
+            "{}",
+            dl.detail
         );
     }
 
