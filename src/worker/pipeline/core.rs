@@ -2471,6 +2471,36 @@ mod tests {
         assert_eq!(run.core.take_counts().retries, 3);
     }
 
+    /// A suspect refused alone before anything to its exchange was stored alone is tried
+    /// once more after that: the broker may have refused it for a reason since gone.
+    #[test]
+    fn a_suspect_refused_before_its_exchange_was_vouched_for_is_tried_once_more() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.events(&["b"]);
+        run.answer("a", closed(403));
+        run.answer("b", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["a"], "alone");
+        run.answer("a", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["b"]);
+        run.answer("b", PublishOutcome::Confirmed);
+        assert_eq!(
+            run.pending(),
+            ["a"],
+            "tried again, once b vouched for the exchange"
+        );
+        run.answer("a", closed(403));
+        run.reopen(Ok(()));
+        run.confirm_all();
+        assert_eq!(run.times_sent("a"), 3);
+        let Finish::DeadLettered(dl) = run.finish_of(1) else {
+            panic!("{:?}", run.finish_of(1))
+        };
+        assert_eq!(dl.kind, DeadLetterKind::PublishRefused);
+    }
+
     /// Tried alone, a message publishes again only what was refused: an event of it
     /// already stored and tapped is not sent twice.
     #[test]
