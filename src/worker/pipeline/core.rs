@@ -541,9 +541,8 @@ impl<X: Messages> Core<X> {
         if let Some(isolation) = &mut self.isolation
             && isolation.wants_probe()
         {
-            isolation.current = Some(seq);
+            isolation.try_alone(seq);
             isolation.probing = true;
-            isolation.step += 1;
         }
         self.touch(seq);
     }
@@ -1042,14 +1041,7 @@ impl<X: Messages> Core<X> {
             .iter()
             .all(|o| o.step == Step::Done || o.step == Step::Tap);
         if only_taps {
-            for output in &mut entry.outputs {
-                if output.step == Step::Tap && matches!(output.state, State::Failed(_)) {
-                    output.step = Step::Done;
-                    output.copy = None;
-                    output.state = State::Ready;
-                    self.counts.taps_given_up += 1;
-                }
-            }
+            self.counts.taps_given_up += entry.give_up_failed_taps();
             entry.failing_since = None;
             entry.retry_at = None;
             return;
@@ -1237,8 +1229,7 @@ impl<X: Messages> Core<X> {
         }
         let queue = isolation.queue.get_or_insert_with(VecDeque::new);
         if let Some(seq) = queue.pop_front() {
-            isolation.current = Some(seq);
-            isolation.step += 1;
+            isolation.try_alone(seq);
             return;
         }
         // Refusals that need no proof of being the message's own: a tap copy is given up
@@ -1270,8 +1261,7 @@ impl<X: Messages> Core<X> {
         if let Some(seq) = retry {
             isolation.retried.push(seq);
             isolation.candidates.retain(|c| c.seq != seq);
-            isolation.current = Some(seq);
-            isolation.step += 1;
+            isolation.try_alone(seq);
         } else if unvouched {
             let allowed = if isolation.passes == 0 { MAX_PROBES } else { 1 };
             if isolation.probes_refused >= allowed {
@@ -1302,14 +1292,7 @@ impl<X: Messages> Core<X> {
         };
         match candidate.refused {
             Refused::Tap => {
-                for output in &mut entry.outputs {
-                    if output.step == Step::Tap && matches!(output.state, State::Failed(_)) {
-                        output.step = Step::Done;
-                        output.copy = None;
-                        output.state = State::Ready;
-                        self.counts.taps_given_up += 1;
-                    }
-                }
+                self.counts.taps_given_up += entry.give_up_failed_taps();
                 // Its other outputs may still be failing, and wait for their retry.
                 if !entry
                     .outputs
@@ -1389,6 +1372,12 @@ enum Refused {
 }
 
 impl Isolation {
+    /// Tries message `seq` alone, as the next step.
+    fn try_alone(&mut self, seq: u64) {
+        self.current = Some(seq);
+        self.step += 1;
+    }
+
     fn wants_probe(&self) -> bool {
         let allowed = if self.passes == 0 { MAX_PROBES } else { 1 };
         self.current.is_none()
@@ -1465,6 +1454,21 @@ impl<M> Output<M> {
 }
 
 impl<X: Messages> Entry<X> {
+    /// Gives up its failed tap copies (observers miss them; the message is stored);
+    /// returns how many.
+    fn give_up_failed_taps(&mut self) -> u64 {
+        let mut given_up = 0;
+        for output in &mut self.outputs {
+            if output.step == Step::Tap && matches!(output.state, State::Failed(_)) {
+                output.step = Step::Done;
+                output.copy = None;
+                output.state = State::Ready;
+                given_up += 1;
+            }
+        }
+        given_up
+    }
+
     fn in_flight(&self) -> bool {
         self.outputs
             .iter()
