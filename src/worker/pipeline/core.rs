@@ -2505,6 +2505,29 @@ mod tests {
         assert_eq!(dl.kind, DeadLetterKind::PublishRefused);
     }
 
+    /// A tap copy refused alone is given up, and the message's other outputs still
+    /// failing go on being retried until stored.
+    #[test]
+    fn a_tap_refused_alone_is_given_up_while_the_rest_is_retried() {
+        let mut run = Run::new();
+        run.events(&["e1", "e2"]);
+        run.answer("e1", PublishOutcome::Confirmed);
+        run.answer("e2", PublishOutcome::Nacked);
+        run.answer("tap e1", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["tap e1", "e2"], "the message alone");
+        let (tap, e2) = (run.take("tap e1"), run.take("e2"));
+        run.core.decided(run.now, tap, closed(403));
+        run.core.decided(run.now, e2, PublishOutcome::Nacked);
+        run.collect();
+        run.reopen(Ok(()));
+        run.run_until_settled(|_| PublishOutcome::Confirmed);
+        assert_eq!(run.times_sent("tap e1"), 2, "given up once refused alone");
+        assert_eq!(run.core.take_counts().taps_given_up, 1);
+        assert_eq!(run.settled(), [ack(1, true)]);
+        assert_eq!(run.taps_sent(), ["tap e1", "tap e1", "tap e2"]);
+    }
+
     /// Tried alone, a message publishes again only what was refused: an event of it
     /// already stored and tapped is not sent twice.
     #[test]
