@@ -2716,6 +2716,73 @@ mod tests {
         }
     }
 
+    /// However many suspects were refused alone, a probe is still wanted: only refused
+    /// probes count toward waiting the broker out.
+    #[test]
+    fn refused_suspects_do_not_count_as_refused_probes() {
+        let mut run = Run::new();
+        let bad: Vec<String> = (1..=6).map(|i| format!("bad{i}")).collect();
+        for what in &bad {
+            run.events(&[what]);
+        }
+        for what in &bad {
+            run.answer(what, closed(403));
+        }
+        for what in &bad {
+            run.reopen(Ok(()));
+            assert_eq!(run.pending(), [what.as_str()], "alone");
+            run.answer(what, closed(403));
+        }
+        run.reopen(Ok(()));
+        assert!(run.pending().is_empty());
+        assert!(run.core.can_take(), "a probe is wanted");
+    }
+
+    /// Tried alone, a message whose channel is closed for the broker's own reason (not
+    /// a refusal of it) is not a suspect any more: it is tried again, not dead-lettered.
+    #[test]
+    fn a_message_tried_alone_is_not_blamed_for_the_brokers_own_close() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", closed(403));
+        run.reopen(Ok(()));
+        assert_eq!(run.pending(), ["a"], "alone");
+        run.answer("a", closed(320));
+        let at = run.core.wake_at().expect("a reopen to wake for");
+        run.advance(at - run.now);
+        run.reopen(Ok(()));
+        // No suspect left: publishing goes on, a first.
+        assert!(
+            !matches!(run.core.status(), Status::Isolating { .. }),
+            "{:?}",
+            run.core.status()
+        );
+        assert_eq!(run.pending(), ["a"]);
+        run.confirm_all();
+        assert_eq!(run.settled(), [ack(1, true)]);
+        assert!(matches!(run.finish_of(1), Finish::Stored { .. }));
+    }
+
+    /// A message past its budget while a publish of it is in flight waits for that
+    /// publish: it may yet be stored.
+    #[test]
+    fn a_message_is_not_given_up_while_a_publish_of_it_is_in_flight() {
+        let mut run = Run::new();
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Nacked);
+        let at = run.core.wake_at().expect("a retry to wake for");
+        run.advance(at - run.now);
+        assert_eq!(run.pending(), ["a"], "retried, and in flight");
+        // Far past the budget with the retry unanswered (the confirm timeout is the
+        // shell's): the core does not give up on it, nor asks to be woken for it.
+        run.advance(Duration::from_secs(120));
+        run.collect();
+        assert!(run.settled().is_empty(), "given up while in flight");
+        run.answer("a", PublishOutcome::Confirmed);
+        run.confirm_all();
+        assert_eq!(run.settled(), [ack(1, true)]);
+    }
+
     /// The broker refuses everything (a permission lost): suspects and probes all
     /// refused. After a few probes the next waits with backoff; nothing is dead-lettered
     /// and the channel is not reopened in a loop.
