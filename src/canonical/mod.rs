@@ -3,6 +3,7 @@
 
 mod data_schema;
 mod id;
+mod json;
 mod schema_base;
 mod types;
 mod vendor;
