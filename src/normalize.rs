@@ -238,16 +238,13 @@ pub fn normalize_json(
 ) -> Result<Vec<OutgoingEvent>, NormalizeError> {
     let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
-    let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
     // One buffer for the events of the body, sized once for the first (its payload is
     // at most the body, written compactly), each event then copied out at its size.
     let mut json = Vec::with_capacity(body.len() + 1024);
     for event in events {
         json.clear();
-        event
-            .write_json(&mut json)
-            .map_err(|_| unserializable.clone())?;
+        event.write_json(&mut json);
         budget.spend(json.len())?;
         out.push(OutgoingEvent::new(event, json.as_slice().to_vec()));
     }
