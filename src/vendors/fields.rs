@@ -96,7 +96,11 @@ pub fn child_path(parent: &str, key: &str) -> String {
         .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
         && !key.is_empty();
     if plain {
-        format!("{parent}.{key}")
+        let mut path = String::with_capacity(parent.len() + 1 + key.len());
+        path.push_str(parent);
+        path.push('.');
+        path.push_str(key);
+        path
     } else {
         let mut path = String::with_capacity(parent.len() + key.len() + 4);
         path.push_str(parent);
