@@ -3,6 +3,7 @@
 //! [`CanonicalEvent`] in one pass. Byte for byte what `serde_json` writes of the same values; tests hold the two
 //! equal.
 
+use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -13,6 +14,7 @@ use super::{CanonicalEvent, Person, Tenant, rfc3339_utc};
 /// everything else as is.
 pub(crate) fn string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(s.len() + 2);
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut plain = 0;
@@ -67,6 +69,23 @@ pub(crate) fn next_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
         }
         at += 8;
     }
+    // The last few bytes: the final eight again where there are eight (bytes before
+    // `at` were checked already), else one at a time.
+    let start = bytes.len().checked_sub(8).filter(|&start| start < at);
+    let word = start.and_then(|start| bytes.get(start..));
+    if let Some(chunk) = word {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        let quote = x ^ (ONES * u64::from(b'"'));
+        let backslash = x ^ (ONES * u64::from(b'\\'));
+        let found = (x.wrapping_sub(ONES * 0x20) & !x)
+            | (quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash);
+        if found & HIGH == 0 {
+            return None;
+        }
+    }
     bytes
         .get(at..)?
         .iter()
@@ -108,6 +127,45 @@ pub(super) fn value(v: &Value, out: &mut Vec<u8>) {
     }
 }
 
+/// `time` as [`rfc3339_utc::format`] writes it (chrono's `AutoSi`: no fraction, or 3,
+/// 6 or 9 digits, as few as hold it), without the formatting machinery, for every time
+/// RFC 3339 can write in UTC (the only ones an event holds).
+fn time(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    if !rfc3339_utc::writable(t) {
+        string(&rfc3339_utc::format(t), out);
+        return;
+    }
+    let digits = |out: &mut Vec<u8>, n: u32, width: u32| {
+        for place in (0..width).rev() {
+            out.push(b'0' + (n / 10u32.pow(place) % 10) as u8);
+        }
+    };
+    let nanos = t.nanosecond();
+    out.push(b'"');
+    digits(out, t.year().unsigned_abs(), 4);
+    out.push(b'-');
+    digits(out, t.month(), 2);
+    out.push(b'-');
+    digits(out, t.day(), 2);
+    out.push(b'T');
+    digits(out, t.hour(), 2);
+    out.push(b':');
+    digits(out, t.minute(), 2);
+    out.push(b':');
+    digits(out, t.second(), 2);
+    if nanos != 0 {
+        out.push(b'.');
+        if nanos % 1_000_000 == 0 {
+            digits(out, nanos / 1_000_000, 3);
+        } else if nanos % 1_000 == 0 {
+            digits(out, nanos / 1_000, 6);
+        } else {
+            digits(out, nanos, 9);
+        }
+    }
+    out.extend_from_slice(b"Z\"");
+}
+
 /// `null` or the string.
 fn opt_string(s: Option<&str>, out: &mut Vec<u8>) {
     match s {
@@ -143,7 +201,7 @@ impl CanonicalEvent {
         key("subject", out);
         string(&self.subject, out);
         key("time", out);
-        string(&rfc3339_utc::format(&self.time), out);
+        time(&self.time, out);
         out.extend_from_slice(b",\"datacontenttype\":\"application/json\"");
         if let Some(schema) = &self.dataschema {
             key("dataschema", out);
@@ -217,7 +275,6 @@ impl CanonicalEvent {
 mod tests {
     use std::sync::Arc;
 
-    use chrono::{DateTime, Utc};
     use serde_json::json;
 
     use super::*;
@@ -275,6 +332,32 @@ mod tests {
                     serde_json::to_string(&e).unwrap()
                 );
             }
+        }
+    }
+
+    #[test]
+    fn times_are_written_as_rfc3339_utc_writes_them() {
+        for text in [
+            "2023-05-10T23:57:49Z",
+            "2023-05-10T23:57:49.274Z",
+            "2023-05-10T23:57:49.270Z",
+            "2023-05-10T23:57:49.000100Z",
+            "2023-05-10T23:57:49.123456789Z",
+            "2023-05-10T23:57:49.000000001Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999999999Z",
+            "2024-02-29T09:05:01.5+01:00",
+        ] {
+            let t = DateTime::parse_from_rfc3339(text)
+                .unwrap()
+                .with_timezone(&Utc);
+            let mut ours = Vec::new();
+            time(&t, &mut ours);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                format!("\"{}\"", rfc3339_utc::format(&t)),
+                "{text}"
+            );
         }
     }
 

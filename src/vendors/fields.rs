@@ -122,6 +122,9 @@ pub fn child_path(parent: &str, key: &str) -> String {
     }
 }
 
+/// Objects of at most this many members are searched by comparing keys, not by hash.
+const SCANNED: usize = 16;
+
 /// A JSON object and where it sits in the body.
 #[derive(Clone)]
 pub struct Obj<'a> {
@@ -146,7 +149,13 @@ pub fn as_object(value: &Value, path: String) -> Result<Obj<'_>, PayloadError> {
 impl<'a> Obj<'a> {
     /// The value at `key`; JSON `null` counts as absent.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+        // Vendors' objects are small: comparing a few keys costs less than hashing one.
+        let found = if self.map.len() <= SCANNED {
+            self.map.iter().find_map(|(k, v)| (k == key).then_some(v))
+        } else {
+            self.map.get(key)
+        };
+        found.filter(|v| !v.is_null())
     }
 
     pub fn has(&self, key: &str) -> bool {
