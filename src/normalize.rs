@@ -211,7 +211,11 @@ impl OutgoingEvent {
     fn new(event: CanonicalEvent, body: Vec<u8>) -> OutgoingEvent {
         OutgoingEvent {
             event_type: event.event_type,
-            message_id: event.id.to_string(),
+            message_id: event
+                .id
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+                .to_owned(),
             timestamp: u64::try_from(event.time.timestamp()).unwrap_or(0),
             headers: vec![("cloudEvents_subject", event.subject)],
             body,
@@ -238,12 +242,23 @@ pub fn normalize_json(
 ) -> Result<Vec<OutgoingEvent>, NormalizeError> {
     let events = events(body, vendor_hint, received_at, limits, unmapped, schemas)?;
     let mut budget = OutputBudget::new(&events, limits);
-    let unserializable = events.unserializable();
     let mut out = Vec::with_capacity(events.len());
+    // One buffer for the events of the body, sized once for the first (its payload is
+    // at most the body, written compactly).
+    let mut json = Vec::with_capacity(body.len() + 1024);
+    let single = events.len() == 1;
     for event in events {
-        let json = serde_json::to_vec(&event).map_err(|_| unserializable.clone())?;
+        json.clear();
+        event.write_json(&mut json);
         budget.spend(json.len())?;
-        out.push(OutgoingEvent::new(event, json));
+        // One event keeps the buffer (its payload is the body: the buffer fits it
+        // closely); those of a fan-out are copied out at their size.
+        let body = if single {
+            std::mem::take(&mut json)
+        } else {
+            json.as_slice().to_vec()
+        };
+        out.push(OutgoingEvent::new(event, body));
     }
     Ok(out)
 }

@@ -2,13 +2,13 @@
 //! reformatted bodies of one event all get one id. The algorithm is public
 //! (`docs/stable-ids.md`); changing it re-keys every event downstream.
 
-use canon_json::CanonJsonSerialize;
-use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
-use serde_json::{Map, Value};
+use std::cmp::Ordering;
+
+use serde_json::{Map, Number, Value};
 use sha1::{Digest, Sha1};
 use uuid::{Builder, Uuid, uuid};
 
+use super::json::string;
 use super::{CanonicalType, EventType};
 
 /// The UUIDv5 namespace of every canonical event id. Fixed forever.
@@ -110,9 +110,7 @@ pub fn id_from_content<'a>(
 /// (an unmapped type passed through), whose `resource` or `data` may be anything.
 pub fn id_from_any_content(name: &IdName<'_>, value: &Value) -> Result<Uuid, Uncanonicalizable> {
     let mut canonical = Vec::with_capacity(1024);
-    JcsValue(value)
-        .to_canon_json_writer(&mut canonical)
-        .map_err(|_| Uncanonicalizable)?;
+    Jcs::default().value(value, &mut canonical)?;
     let mut hasher = NameHasher::new(name);
     hasher.0.update(&canonical);
     Ok(hasher.finish())
@@ -121,49 +119,135 @@ pub fn id_from_any_content(name: &IdName<'_>, value: &Value) -> Result<Uuid, Unc
 /// The RFC 8785 (JCS) form of a JSON object: the bytes that go into a content id.
 pub fn canonical_json(object: &Map<String, Value>) -> Result<Vec<u8>, Uncanonicalizable> {
     let mut canonical = Vec::with_capacity(1024);
-    JcsNumbers(object)
-        .to_canon_json_writer(&mut canonical)
-        .map_err(|_| Uncanonicalizable)?;
+    Jcs::default().object(object, &mut canonical)?;
     Ok(canonical)
 }
 
-/// Presents a JSON object to the RFC 8785 formatter with every number as an IEEE 754
-/// double. We parse with serde_json's `arbitrary_precision` (to keep payload numbers as
-/// written), and the formatter passes such numbers through verbatim; JCS requires the
-/// ES6 form of the double (`1.50` -> `1.5`, `1e3` -> `1000`), which the formatter writes
-/// for `f64`. Everything else (key order, string escaping) is the formatter's.
-struct JcsNumbers<'a>(&'a Map<String, Value>);
+/// Writes RFC 8785 (JCS) canonical JSON straight from a parsed value, in one pass: each
+/// object's members sorted by reference (by their keys' UTF-16 code units, as JCS
+/// orders them), numbers as the ES6 form of their IEEE 754 double, strings escaped as
+/// JCS (and serde_json) escape them. We parse with `arbitrary_precision`, so a number is
+/// its text as sent; JCS wants the double it denotes (`1.50` -> `1.5`, `1e3` -> `1000`).
+///
+/// Byte for byte what the `canon-json` crate wrote over the same values, which ids were
+/// first made with (the golden snapshots and `tests/canonical/properties.rs` hold it to
+/// that and to an independent implementation), without that crate's buffering of every
+/// member of every object in a map of UTF-16 keys.
+#[derive(Default)]
+struct Jcs<'a> {
+    /// The members of the objects being written, innermost last: one vector for the
+    /// whole value instead of one per object.
+    members: Vec<(&'a String, &'a Value)>,
+}
 
-struct JcsValue<'a>(&'a Value);
-
-impl Serialize for JcsNumbers<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(self.0.len()))?;
-        for (k, v) in self.0 {
-            map.serialize_entry(k, &JcsValue(v))?;
+impl<'a> Jcs<'a> {
+    fn value(&mut self, value: &'a Value, out: &mut Vec<u8>) -> Result<(), Uncanonicalizable> {
+        match value {
+            Value::Null => out.extend_from_slice(b"null"),
+            Value::Bool(true) => out.extend_from_slice(b"true"),
+            Value::Bool(false) => out.extend_from_slice(b"false"),
+            Value::Number(n) => number(n, out)?,
+            Value::String(s) => string(s, out),
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.value(item, out)?;
+                }
+                out.push(b']');
+            }
+            Value::Object(map) => self.object(map, out)?,
         }
-        map.end()
+        Ok(())
+    }
+
+    fn object(
+        &mut self,
+        map: &'a Map<String, Value>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Uncanonicalizable> {
+        let start = self.members.len();
+        self.members.extend(map.iter());
+        let end = self.members.len();
+        self.members[start..].sort_unstable_by(|a, b| utf16_order(a.0, b.0));
+        out.push(b'{');
+        for i in start..end {
+            let (key, value) = self.members[i];
+            if i > start {
+                out.push(b',');
+            }
+            string(key, out);
+            out.push(b':');
+            self.value(value, out)?;
+        }
+        out.push(b'}');
+        self.members.truncate(start);
+        Ok(())
     }
 }
 
-impl Serialize for JcsValue<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Number(n) => match n.as_f64() {
-                Some(f) if f.is_finite() => s.serialize_f64(f),
-                _ => Err(serde::ser::Error::custom(
-                    "number out of the range of a double",
-                )),
-            },
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&JcsValue(item))?;
-                }
-                seq.end()
+/// JCS orders keys by their UTF-16 code units. Where the first differing bytes are both
+/// ASCII that is their byte order (the same prefix, then the same characters in any
+/// encoding); otherwise the UTF-16 units are compared.
+fn utf16_order(a: &str, b: &str) -> Ordering {
+    match a.bytes().zip(b.bytes()).position(|(x, y)| x != y) {
+        None => a.len().cmp(&b.len()),
+        Some(i) if a.as_bytes()[i].is_ascii() && b.as_bytes()[i].is_ascii() => {
+            a.as_bytes()[i].cmp(&b.as_bytes()[i])
+        }
+        Some(_) => a.encode_utf16().cmp(b.encode_utf16()),
+    }
+}
+
+/// A number as the ES6 form of its IEEE 754 double; one beyond a double's range is an
+/// error. An integer of at most 15 digits is exact as a double and written as sent.
+fn number(n: &Number, out: &mut Vec<u8>) -> Result<(), Uncanonicalizable> {
+    let text = n.as_str();
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if !digits.is_empty()
+        && digits.len() <= 15
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits.len() == 1 || !digits.starts_with('0'))
+        && digits != "0"
+    {
+        out.extend_from_slice(text.as_bytes());
+        return Ok(());
+    }
+    match n.as_f64() {
+        Some(f) if f.is_finite() => {
+            es6_number(f, out);
+            Ok(())
+        }
+        _ => Err(Uncanonicalizable),
+    }
+}
+
+/// The ES6 form of a finite double: `0` for either zero, fixed notation from 1e-6 to
+/// 1e21 (Rust's shortest round-trip digits, as ES6 takes them), exponent notation with
+/// a signed exponent outside it.
+fn es6_number(f: f64, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    if f == 0.0 {
+        out.push(b'0');
+        return;
+    }
+    let (sign, num) = if f.is_sign_negative() {
+        ("-", -f)
+    } else {
+        ("", f)
+    };
+    out.extend_from_slice(sign.as_bytes());
+    if (1e-6..1e21).contains(&num) {
+        let _ = write!(out, "{num}");
+    } else {
+        let scientific = format!("{num:e}");
+        match scientific.split_once('e') {
+            Some((mantissa, exponent)) if !exponent.starts_with('-') => {
+                let _ = write!(out, "{mantissa}e+{exponent}");
             }
-            Value::Object(map) => JcsNumbers(map).serialize(s),
-            other => other.serialize(s),
+            _ => out.extend_from_slice(scientific.as_bytes()),
         }
     }
 }
@@ -339,6 +423,36 @@ deel.contract.created
             )
             .unwrap(),
             real
+        );
+    }
+
+    /// The cases where a JCS writer can go wrong, against an independent implementation:
+    /// keys whose UTF-16 order is not their byte order (a character beyond U+FFFF sorts
+    /// before U+E000..U+FFFF), escapes, and numbers of every form (the integers written
+    /// as sent, and those that are not).
+    #[test]
+    fn canonical_form_of_the_hard_cases_agrees_with_an_independent_jcs() {
+        let body = r#"{"\uE000": 1, "\uD83D\uDE00": 2, "a\u0000b": "\u001f\b\f\n\r\t\"\\\/\u007f\u2028",
+            "": [], "z": {}, "aa": {"b": 1, "a": [null, true, false]}, "A": "é", "ab": 0,
+            "n": [0, -0, 1.50, 1e3, -1e-7, 1e21, 1e20, 0.000001, 123456789012345,
+                  -123456789012345, 1234567890123456, 12345678901234567890, 5e-324,
+                  1.7976931348623157e308, 0.1, -2.5E+3]}"#;
+        let value: Value = serde_json::from_str(body).unwrap();
+        let object = value.as_object().unwrap();
+        let ours = String::from_utf8(canonical_json(object).unwrap()).unwrap();
+        let theirs = String::from_utf8(serde_json_canonicalizer::to_vec(object).unwrap()).unwrap();
+        assert_eq!(ours, theirs);
+        assert!(
+            ours.starts_with("{\"\":[],\"A\":\"é\",\"a\\u0000b\":\"\\u001f\\b\\f\\n\\r\\t\\\"\\\\/\u{7f}\u{2028}\","),
+            "{ours}"
+        );
+        assert!(
+            ours.ends_with("\"z\":{},\"😀\":2,\"\u{e000}\":1}"),
+            "{ours}"
+        );
+        assert!(
+            ours.contains("\"n\":[0,0,1.5,1000,-1e-7,1e+21,100000000000000000000,0.000001,123456789012345,-123456789012345,1234567890123456,12345678901234567000,5e-324,1.7976931348623157e+308,0.1,-2500]"),
+            "{ours}"
         );
     }
 

@@ -3,6 +3,7 @@
 
 mod data_schema;
 mod id;
+mod json;
 mod schema_base;
 mod types;
 mod vendor;
@@ -179,7 +180,7 @@ impl CanonicalEvent {
             id: facts.id,
             source: Cow::Borrowed(vendor.source()),
             event_type: facts.event_type,
-            subject: format!("{}/{}", facts.data.entity.kind, facts.data.entity.id),
+            subject: [facts.data.entity.kind.as_str(), "/", &facts.data.entity.id].concat(),
             time: facts.time,
             datacontenttype: DataContentType::Json,
             dataschema,

@@ -176,7 +176,7 @@ fn element(
         IdName::mapped(event_type).simulated(simulation),
         resource.map,
     )
-    .map_err(uncanonicalizable(resource.path.clone()))?;
+    .map_err(uncanonicalizable(&resource.path))?;
     Ok(Element {
         id,
         entity: entity(event_type, &resource)?,

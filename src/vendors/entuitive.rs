@@ -94,8 +94,7 @@ pub(super) fn map(
 
     // The id covers the event object, not the envelope, so the bare and wrapped shapes
     // of one compliance update get one id.
-    let id =
-        id_from_content(event_type, event.map).map_err(uncanonicalizable(event.path.clone()))?;
+    let id = id_from_content(event_type, event.map).map_err(uncanonicalizable(&event.path))?;
 
     Ok(CanonicalEvent::new(EventFacts {
         event_type: event_type.into(),

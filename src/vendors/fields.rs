@@ -96,7 +96,11 @@ pub fn child_path(parent: &str, key: &str) -> String {
         .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()))
         && !key.is_empty();
     if plain {
-        format!("{parent}.{key}")
+        let mut path = String::with_capacity(parent.len() + 1 + key.len());
+        path.push_str(parent);
+        path.push('.');
+        path.push_str(key);
+        path
     } else {
         let mut path = String::with_capacity(parent.len() + key.len() + 4);
         path.push_str(parent);
@@ -117,6 +121,9 @@ pub fn child_path(parent: &str, key: &str) -> String {
         path
     }
 }
+
+/// Objects of at most this many members are searched by comparing keys, not by hash.
+const SCANNED: usize = 16;
 
 /// A JSON object and where it sits in the body.
 #[derive(Clone)]
@@ -142,7 +149,13 @@ pub fn as_object(value: &Value, path: String) -> Result<Obj<'_>, PayloadError> {
 impl<'a> Obj<'a> {
     /// The value at `key`; JSON `null` counts as absent.
     pub fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
+        // Vendors' objects are small: comparing a few keys costs less than hashing one.
+        let found = if self.map.len() <= SCANNED {
+            self.map.iter().find_map(|(k, v)| (k == key).then_some(v))
+        } else {
+            self.map.get(key)
+        };
+        found.filter(|v| !v.is_null())
     }
 
     pub fn has(&self, key: &str) -> bool {

@@ -38,9 +38,9 @@ impl From<PayloadError> for MapError {
 }
 
 /// Where an id was being computed when JCS refused the object.
-pub(crate) fn uncanonicalizable(path: String) -> impl FnOnce(Uncanonicalizable) -> PayloadError {
+pub(crate) fn uncanonicalizable(path: &str) -> impl FnOnce(Uncanonicalizable) -> PayloadError {
     move |_| PayloadError {
-        path,
+        path: path.to_owned(),
         problem: Problem::Uncanonicalizable,
     }
 }
@@ -66,20 +66,55 @@ pub fn shapes(body: &Value) -> Shapes {
     let Some(top) = body.as_object() else {
         return Shapes([false; 3]);
     };
-    let meta_beside_resource = |envelope: &serde_json::Map<String, Value>| {
-        envelope.get("meta").is_some_and(Value::is_object) && envelope.contains_key("resource")
-    };
-    let deel = meta_beside_resource(top)
+    let top = EnvelopeKeys::of(top);
+    let deel = top.meta_beside_resource()
         || top
-            .get("data")
+            .data
             .and_then(Value::as_object)
-            .is_some_and(meta_beside_resource);
-    let authenticate =
-        top.contains_key("event") && (top.contains_key("order") || top.contains_key("eventDate"));
-    let entuitive = (top.contains_key("event_type") && top.contains_key("data"))
-        || top.contains_key("compliance_status_items");
+            .is_some_and(|data| EnvelopeKeys::of(data).meta_beside_resource());
+    let authenticate = top.event && (top.order || top.event_date);
+    let entuitive = (top.event_type && top.data.is_some()) || top.compliance_status_items;
     // In the order of `Vendor::ALL`.
     Shapes([entuitive, authenticate, deel])
+}
+
+/// Which of the keys that tell the vendors apart an object has, read in one pass over
+/// its keys (cheaper than a hashed lookup of each).
+#[derive(Default)]
+struct EnvelopeKeys<'a> {
+    meta_object: bool,
+    resource: bool,
+    data: Option<&'a Value>,
+    event: bool,
+    order: bool,
+    event_date: bool,
+    event_type: bool,
+    compliance_status_items: bool,
+}
+
+impl<'a> EnvelopeKeys<'a> {
+    fn of(object: &'a serde_json::Map<String, Value>) -> EnvelopeKeys<'a> {
+        let mut keys = EnvelopeKeys::default();
+        for (key, value) in object {
+            match key.as_str() {
+                "meta" => keys.meta_object = value.is_object(),
+                "resource" => keys.resource = true,
+                "data" => keys.data = Some(value),
+                "event" => keys.event = true,
+                "order" => keys.order = true,
+                "eventDate" => keys.event_date = true,
+                "event_type" => keys.event_type = true,
+                "compliance_status_items" => keys.compliance_status_items = true,
+                _ => {}
+            }
+        }
+        keys
+    }
+
+    /// Deel's envelope: `meta` (an object) beside `resource`.
+    fn meta_beside_resource(&self) -> bool {
+        self.meta_object && self.resource
+    }
 }
 
 /// The vendors whose envelope a body fits, in the order of [`Vendor::ALL`].

@@ -96,7 +96,7 @@ impl Generic {
         let id = match envelope.identity {
             Identity::VendorEventId(id) => id_from_vendor_event_id(name, id),
             Identity::Content { value, path } => {
-                id_from_any_content(&name, value).map_err(uncanonicalizable(path))?
+                id_from_any_content(&name, value).map_err(uncanonicalizable(&path))?
             }
         };
         Ok(Generic {

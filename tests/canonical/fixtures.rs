@@ -2,9 +2,10 @@
 //! `tests/canonical/snapshots/`.
 
 use serde_json::json;
-use webhook_normalizer::{NormalizeError, Vendor};
+use webhook_normalizer::normalize::normalize_json;
+use webhook_normalizer::{Limits, NormalizeError, SchemaBase, Unmapped, Vendor, normalize};
 
-use crate::{all_fixtures, run};
+use crate::{all_fixtures, received_at, run};
 
 fn render(result: &Result<Vec<webhook_normalizer::CanonicalEvent>, NormalizeError>) -> String {
     let value = match result {
@@ -170,4 +171,42 @@ fn vendors_of_errors_follow_hint_or_envelope() {
     assert_eq!(e.vendor(), Some(Vendor::Deel));
     let e = run(b"not json", None).unwrap_err();
     assert_eq!(e.vendor(), None);
+}
+
+/// The worker's path writes each event exactly as serde_json writes the event
+/// `normalize` returns (the golden outputs above are of those), with the same id as its
+/// `message_id`, and fails the same way: for every fixture, hinted and not, with unmapped
+/// types dead-lettered and passed through.
+#[test]
+fn normalize_json_writes_what_serde_json_writes_of_the_events() {
+    for (path, hint) in all_fixtures() {
+        let body = std::fs::read(&path).unwrap();
+        for hint in [hint, None] {
+            for unmapped in [Unmapped::default(), Unmapped::PASSTHROUGH] {
+                assert_same_output(&body, hint, &unmapped, &path.display().to_string());
+            }
+        }
+    }
+}
+
+/// `normalize_json` and `normalize` agree on `body`, byte for byte.
+pub fn assert_same_output(body: &[u8], hint: Option<&str>, unmapped: &Unmapped, what: &str) {
+    let args = (received_at(), Limits::default(), SchemaBase::default());
+    let events = normalize(body, hint, args.0, &args.1, unmapped, args.2);
+    let written = normalize_json(body, hint, args.0, &args.1, unmapped, args.2);
+    match (events, written) {
+        (Ok(events), Ok(written)) => {
+            assert_eq!(events.len(), written.len(), "{what}");
+            for (event, out) in events.iter().zip(&written) {
+                assert_eq!(
+                    String::from_utf8_lossy(&out.body),
+                    serde_json::to_string(event).unwrap(),
+                    "{what}"
+                );
+                assert_eq!(out.message_id, event.id.to_string(), "{what}");
+            }
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b, "{what}"),
+        (a, b) => panic!("{what}: normalize {a:?}, normalize_json {b:?}"),
+    }
 }
