@@ -144,9 +144,7 @@ impl Node<'_> {
         first_key: String,
         first_value: Value,
     ) -> Result<Value, A::Error> {
-        // Room for the members of a typical vendor object from the start, instead of
-        // growing (and rehashing) at the 4th and 8th.
-        let mut object = Map::with_capacity(8);
+        let mut object = Map::new();
         object.insert(first_key, first_value);
         while let Some(key) = map.next_key::<String>()? {
             let value = match map.next_value_seed(self.child()) {
