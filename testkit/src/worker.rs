@@ -141,7 +141,7 @@ impl WorkerBuilder {
         let logs = Arc::new(Mutex::new(VecDeque::new()));
         let keep = self.keep_log_lines.unwrap_or(usize::MAX);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        {
+        let reader = {
             let logs = logs.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -162,12 +162,13 @@ impl WorkerBuilder {
                     }
                     logs.push_back(line);
                 }
-            });
-        }
+            })
+        };
         let mut worker = WorkerProcess {
             child,
             health: SocketAddr::from(([127, 0, 0, 1], 0)),
             logs,
+            reader: Some(reader),
         };
         match addr_rx.recv_timeout(self.startup) {
             Ok(address) => worker.health = address,
@@ -185,6 +186,8 @@ pub struct WorkerProcess {
     child: Child,
     pub health: SocketAddr,
     logs: Arc<Mutex<VecDeque<String>>>,
+    /// The thread reading its log lines; it ends when the process's stderr closes.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl WorkerProcess {
@@ -319,6 +322,10 @@ impl WorkerProcess {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Every line it wrote is read before its logs are looked at.
+                if let Some(reader) = self.reader.take() {
+                    let _ = reader.join();
+                }
                 return status.code();
             }
             assert!(
