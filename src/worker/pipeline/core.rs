@@ -1644,6 +1644,11 @@ mod tests {
                     } => {
                         // Attempts are numbered apart, so a late outcome is told apart.
                         assert!(self.attempts.insert(id.attempt), "attempt {id:?} reused");
+                        // Nothing goes on a closed channel (it changes only between ticks).
+                        assert!(
+                            matches!(self.core.channels[lane as usize], Channel::Up),
+                            "{message:?} published on a closed {lane:?} channel"
+                        );
                         // Returns are asked for on everything but the copies to the tap.
                         assert_eq!(mandatory, !message.what.starts_with("tap "), "{message:?}");
                         self.published.push((id, (*message).clone()));
