@@ -128,19 +128,10 @@ impl DeadLetterKind {
     /// The kinds the worker itself gives its dead letters: all but
     /// [`DeadLetterKind::DeliveryLimit`]. The closed set of the worker's
     /// `x-normalizer-error-kind` and of its dead-letter series.
-    pub const WORKER_MADE: [DeadLetterKind; 11] = [
-        DeadLetterKind::InvalidJson,
-        DeadLetterKind::BodyTooLarge,
-        DeadLetterKind::UnknownVendor,
-        DeadLetterKind::UnknownEventType,
-        DeadLetterKind::InvalidPayload,
-        DeadLetterKind::TooManyEvents,
-        DeadLetterKind::OutputTooLarge,
-        DeadLetterKind::PublishRefused,
-        DeadLetterKind::Undeliverable,
-        DeadLetterKind::InvalidProperties,
-        DeadLetterKind::InvalidSignature,
-    ];
+    pub const WORKER_MADE: &[DeadLetterKind] = match DeadLetterKind::ALL.split_last() {
+        Some((DeadLetterKind::DeliveryLimit, worker_made)) => worker_made,
+        _ => panic!("the broker's kind is listed last"),
+    };
 
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -325,7 +325,7 @@ impl Metrics {
         // Both sets are closed (the vendor keys and "unknown", the kinds the worker makes).
         let vendors = Vendor::ALL.map(Vendor::key);
         for vendor in vendors.into_iter().chain(std::iter::once(UNKNOWN_VENDOR)) {
-            for kind in DeadLetterKind::WORKER_MADE {
+            for &kind in DeadLetterKind::WORKER_MADE {
                 metrics.dead_lettered.create(&DeadLetterLabels {
                     vendor,
                     kind: kind.as_str(),
@@ -518,7 +518,7 @@ mod tests {
             .chain(std::iter::once("unknown"));
         let mut expected = 0;
         for vendor in vendors {
-            for kind in DeadLetterKind::WORKER_MADE {
+            for &kind in DeadLetterKind::WORKER_MADE {
                 let line = format!(
                     "normalizer_dead_lettered_total{{vendor=\"{vendor}\",kind=\"{}\"}} 0",
                     kind.as_str()
