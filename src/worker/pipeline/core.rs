@@ -906,17 +906,17 @@ impl<X: Messages> Core<X> {
                 }
             }
         }
-        self.publish_steps(seq, |s| s != Step::Done);
+        self.publish_steps(seq);
         self.touch(seq);
         self.schedule_retries(now);
     }
 
-    fn publish_steps(&mut self, seq: u64, which: impl Fn(Step) -> bool) {
+    fn publish_steps(&mut self, seq: u64) {
         let Some(entry) = self.entries.get_mut(&seq) else {
             return;
         };
         for (index, output) in entry.outputs.iter_mut().enumerate() {
-            if output.state != State::Ready || output.step == Step::Done || !which(output.step) {
+            if output.state != State::Ready || output.step == Step::Done {
                 continue;
             }
             let attempt = self.next_attempt;
