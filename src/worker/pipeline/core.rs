@@ -911,6 +911,7 @@ impl<X: Messages> Core<X> {
         self.schedule_retries(now);
     }
 
+    /// Publishes every output of message `seq` ready to go, at its step.
     fn publish_steps(&mut self, seq: u64) {
         let Some(entry) = self.entries.get_mut(&seq) else {
             return;
