@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 
 use common::Args;
 use common::broker::{preload, stored};
+use common::callgrind::total_ir;
 use common::mix::Mix;
 use common::procs::readiness;
 use common::report::{Table, median};
@@ -347,21 +348,6 @@ fn count(env: &Env, build: &Build, mix: &Mix, idle: Duration, out_file: &Path) -
         wall,
         out_file: out_file.to_owned(),
     }
-}
-
-/// The `summary:` (or `totals:`) line of a callgrind output file: Ir, the one event
-/// callgrind collects by default.
-fn total_ir(out_file: &Path) -> u64 {
-    let text = std::fs::read_to_string(out_file)
-        .unwrap_or_else(|e| panic!("callgrind output {}: {e}", out_file.display()));
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in {}", out_file.display()))
 }
 
 /// The first `top` function lines of `callgrind_annotate FILE` (self cost).

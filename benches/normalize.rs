@@ -21,10 +21,14 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[path = "common/callgrind.rs"]
+mod callgrind;
+
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use callgrind::total_ir;
 use criterion::{Criterion, Throughput, criterion_group};
 use testkit::{fixtures_dir, received_at};
 use webhook_normalizer::normalize::normalize_json;
@@ -288,18 +292,4 @@ fn instructions(n: usize) {
         );
         eprintln!("{}: {}", which.name(), file.display());
     }
-}
-
-/// The `summary:` (or `totals:`) line of a callgrind output file: Ir.
-fn total_ir(out_file: &Path) -> u64 {
-    let text = std::fs::read_to_string(out_file)
-        .unwrap_or_else(|e| panic!("callgrind output {}: {e}", out_file.display()));
-    text.lines()
-        .rev()
-        .find_map(|l| {
-            l.strip_prefix("summary:")
-                .or_else(|| l.strip_prefix("totals:"))
-        })
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no summary line in {}", out_file.display()))
 }

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod callgrind;
 pub mod mix;
 pub mod passthrough;
 pub mod procs;

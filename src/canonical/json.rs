@@ -45,24 +45,30 @@ pub(crate) fn string(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// Whether eight bytes may hold one a JSON string must escape (a control character,
+/// `"` or `\`): never false when one does; rarely true when none does.
+fn may_need_escape(chunk: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut word = [0; 8];
+    word.copy_from_slice(chunk);
+    let x = u64::from_le_bytes(word);
+    let quote = x ^ (ONES * u64::from(b'"'));
+    let backslash = x ^ (ONES * u64::from(b'\\'));
+    // A byte below 0x20, or one that is zero after the XOR, sets its high bit here.
+    let found = (x.wrapping_sub(ONES * 0x20) & !x)
+        | (quote.wrapping_sub(ONES) & !quote)
+        | (backslash.wrapping_sub(ONES) & !backslash);
+    found & HIGH != 0
+}
+
 /// The first byte from `from` on that a JSON string must escape: a control character,
 /// `"` or `\`. Eight bytes at a time (most strings have none).
 pub(crate) fn next_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
     let mut at = from;
     while let Some(chunk) = bytes.get(at..at + 8) {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        // A byte below 0x20, or one that is zero after the XOR, sets its high bit here.
-        let found = (x.wrapping_sub(ONES * 0x20) & !x)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
-        if found & HIGH != 0 {
+        if may_need_escape(chunk) {
             if let Some(i) = chunk.iter().position(|&b| escaped(b)) {
                 return Some(at + i);
             }
@@ -74,15 +80,7 @@ pub(crate) fn next_to_escape(bytes: &[u8], from: usize) -> Option<usize> {
     let start = bytes.len().checked_sub(8).filter(|&start| start < at);
     let word = start.and_then(|start| bytes.get(start..));
     if let Some(chunk) = word {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        let quote = x ^ (ONES * u64::from(b'"'));
-        let backslash = x ^ (ONES * u64::from(b'\\'));
-        let found = (x.wrapping_sub(ONES * 0x20) & !x)
-            | (quote.wrapping_sub(ONES) & !quote)
-            | (backslash.wrapping_sub(ONES) & !backslash);
-        if found & HIGH == 0 {
+        if !may_need_escape(chunk) {
             return None;
         }
     }
