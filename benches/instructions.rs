@@ -36,9 +36,18 @@
 //! dev-dependency features unified in, so its figures differ a little); `--baseline
 //! PATH` measures a second build in the same rounds (alternating) and prints the ratio.
 //! `--top K` prints the K functions with the most instructions of their own in each
-//! build's last run (`callgrind_annotate`). See `docs/performance.md`.
+//! build's last run (`callgrind_annotate`). `--with same-output` adds the same-output
+//! passthrough of `throughput` (this executable re-run as the baseline client, over a
+//! recording of the worker's output made first) as one more side, counted the same way
+//! with the recording's loading in its fixed cost: worker ÷ same-output is then the
+//! worker's own CPU per message against the least a client publishing the same output
+//! spends, in a figure that repeats. See `docs/performance.md`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
+
+// The worker's allocator (src/bin/webhook-normalizer/main.rs), for the passthrough side.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 
@@ -50,22 +59,26 @@ use common::Args;
 use common::broker::{preload, stored};
 use common::callgrind::total_ir;
 use common::mix::Mix;
-use common::procs::readiness;
+use common::passthrough::child_main;
+use common::procs::{PassthroughProcess, readiness};
+use common::recording::RecordingFile;
 use common::report::{Table, median};
 use common::runs::Env;
 use testkit::{WorkerProcess, assert_alive, queue_depth};
 
-const USAGE: &str = "cargo bench --bench instructions -- [--messages N] [--rounds R] [--idle SECONDS] [--baseline PATH] [--top K]";
+const USAGE: &str = "cargo bench --bench instructions -- [--messages N] [--rounds R] [--idle SECONDS] [--baseline PATH] [--with same-output] [--top K]";
 
 /// Giving up on a run whose stored output did not grow for this long (under valgrind).
 const STALL: Duration = Duration::from_secs(300);
 /// How often the broker is asked how much is stored, and `/readyz` how much is acked.
 const POLL: Duration = Duration::from_secs(1);
 
-/// A build of the worker to measure.
+/// A side to measure: a build of the worker, or the same-output passthrough.
 struct Build {
     label: String,
     binary: PathBuf,
+    /// The same-output passthrough over this recording (`binary` is then unused).
+    recording: Option<PathBuf>,
 }
 
 /// One run of one build under callgrind.
@@ -78,9 +91,12 @@ struct Counted {
 }
 
 fn main() {
+    if child_main() {
+        return;
+    }
     let args = Args::parse(
         "instructions",
-        &["messages", "rounds", "idle", "baseline", "top"],
+        &["messages", "rounds", "idle", "baseline", "with", "top"],
         USAGE,
     );
     if args.skip {
@@ -101,6 +117,7 @@ fn main() {
     let mut builds = vec![Build {
         label: "worker".into(),
         binary: common::worker_binary(),
+        recording: None,
     }];
     if let Some(path) = args.text("baseline") {
         let binary = PathBuf::from(path);
@@ -108,14 +125,32 @@ fn main() {
         builds.push(Build {
             label: "baseline".into(),
             binary,
+            recording: None,
         });
     }
+    let with = args.words("with", &[]);
+    assert!(
+        with.iter().all(|w| w == "same-output"),
+        "--with takes same-output; usage: {USAGE}"
+    );
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("instructions");
     std::fs::create_dir_all(&dir).expect("output folder");
 
     let env = Env::new();
     let mix = Mix::standard(n);
     let empty = Mix::standard(0);
+    // Kept for the whole run: the passthrough reads it in every round.
+    let mut _recording: Option<RecordingFile> = None;
+    if !with.is_empty() {
+        eprintln!("recording the worker's output (not counted)");
+        let (file, _, _) = env.record(&mix, "instructions");
+        builds.push(Build {
+            label: "same-output".into(),
+            binary: std::env::current_exe().expect("own path"),
+            recording: Some(file.path.clone()),
+        });
+        _recording = Some(file);
+    }
     eprintln!(
         "{n} raw messages per run, {rounds} rounds, under {valgrind}; callgrind files in {}",
         dir.display()
@@ -204,18 +239,19 @@ fn main() {
         );
         medians.push(mid);
     }
-    if builds.len() == 2 {
+    for (b, other) in builds.iter().enumerate().skip(1) {
         let each: Vec<String> = results
             .iter()
             .map(|r| {
-                let ratio = per_message(&r[0].0, &r[0].1, n) / per_message(&r[1].0, &r[1].1, n);
+                let ratio = per_message(&r[0].0, &r[0].1, n) / per_message(&r[b].0, &r[b].1, n);
                 format!("{ratio:.4}")
             })
             .collect();
         println!(
-            "- worker ÷ baseline, Ir per message: **{:.4}** ({:+.2}%; rounds {})",
-            medians[0] / medians[1],
-            (medians[0] / medians[1] - 1.0) * 100.0,
+            "- worker ÷ {}, Ir per message: **{:.4}** ({:+.2}%; rounds {})",
+            other.label,
+            medians[0] / medians[b],
+            (medians[0] / medians[b] - 1.0) * 100.0,
             each.join(", ")
         );
     }
@@ -254,6 +290,9 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 /// worker started and left to drain the queue (over an empty queue: until it consumes,
 /// then `idle`); stopped with SIGTERM, its output checked.
 fn count(env: &Env, build: &Build, mix: &Mix, idle: Duration, out_file: &Path) -> Counted {
+    if let Some(recording) = &build.recording {
+        return count_passthrough(env, recording, mix, out_file);
+    }
     let n = mix.len();
     let vhost = env.vhost(&format!("instructions-{}-{n}", build.label));
     let url = vhost.url();
@@ -343,6 +382,53 @@ fn count(env: &Env, build: &Build, mix: &Mix, idle: Duration, out_file: &Path) -
         depth
     });
     assert_eq!(left, 0, "raw messages left in {}", env.settings.input.queue);
+    Counted {
+        ir: total_ir(out_file),
+        wall,
+        out_file: out_file.to_owned(),
+    }
+}
+
+/// One run of the same-output passthrough under callgrind over `mix`, in a fresh vhost:
+/// preloaded, then the passthrough started (it loads the recording, consumes N raw
+/// messages, publishes their recorded output, acks and exits), its output checked.
+fn count_passthrough(env: &Env, recording: &Path, mix: &Mix, out_file: &Path) -> Counted {
+    let n = mix.len();
+    let vhost = env.vhost(&format!("instructions-same-output-{n}"));
+    let url = vhost.url();
+    env.runtime.block_on(preload(&url, &env.settings, mix));
+    env.settle_broker();
+    let _ = std::fs::remove_file(out_file);
+    let log_file = out_file.with_extension("log");
+    let started = Instant::now();
+    let valgrind_args = [
+        "--tool=callgrind".to_owned(),
+        "--fair-sched=yes".to_owned(),
+        format!("--callgrind-out-file={}", out_file.display()),
+        format!("--log-file={}", log_file.display()),
+    ];
+    let args = [
+        url.clone(),
+        n.to_string(),
+        env.settings.input.prefetch.to_string(),
+        "exact".to_owned(),
+        recording.display().to_string(),
+    ];
+    let mut child = PassthroughProcess::start_under(Some(("valgrind", &valgrind_args)), &args);
+    for expected in ["loaded", "consuming"] {
+        let line = child.line(STALL);
+        assert_eq!(line, expected, "passthrough said {line:?}");
+    }
+    let line = child.line(STALL);
+    assert!(line.starts_with("done "), "passthrough said {line:?}");
+    child.wait_within(STALL);
+    let wall = started.elapsed();
+    let (events, dead_letters) = env.runtime.block_on(stored(&url, &env.settings));
+    assert_eq!(
+        events + dead_letters,
+        mix.expected_output(),
+        "stored events and dead letters"
+    );
     Counted {
         ir: total_ir(out_file),
         wall,

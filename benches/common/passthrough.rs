@@ -6,7 +6,8 @@
 //!   canonical exchange: what moving the input bytes through the broker costs.
 //! - `exact`, `all-headers`, `no-headers`, `half-body` (the same-output passthrough):
 //!   publishes, for each raw message, what the worker published for it (from the
-//!   recording: exchange, routing key, body, every property and header), precomputed;
+//!   recording: exchange, routing key, body, every property and header), precomputed,
+//!   and each one's copy to the tap exchange, as the worker makes it for observers;
 //!   the variants alter the recorded events before the run (see [`Variant`]).
 //!
 //! The client is shaped for speed under the worker's contract: a consuming and a
@@ -43,6 +44,9 @@ use testkit::connect;
 use super::parse_raw_id;
 use super::procs::process_usage;
 use super::recording::{Output, Recording};
+use chrono::{SecondsFormat, Utc};
+use webhook_normalizer::config::Settings;
+use webhook_normalizer::contract::headers;
 
 /// What the same-output passthrough does to the recorded events (dead letters are
 /// always republished exactly).
@@ -145,6 +149,45 @@ fn without_headers(p: &BasicProperties) -> BasicProperties {
     q
 }
 
+/// `outputs` followed by their tap copies, as the worker publishes them once each output
+/// is stored (`src/worker/pipeline`, `Messages::tapped`): to the tap exchange, not
+/// `mandatory`, routed `canonical.{type}` or `dead-letter.{its routing key}`, with
+/// `x-normalizer-kept-at`. Made once, at load; published right after the outputs, without
+/// waiting for their confirms (the least a client publishing this output can do).
+fn with_taps(mut outputs: Vec<Output>, tap_exchange: &ShortString, kept_at: &str) -> Vec<Output> {
+    let taps: Vec<Output> = outputs
+        .iter()
+        .map(|o| {
+            let mut headers = o.properties.headers().clone().unwrap_or_default();
+            let routing_key = if o.dead_letter {
+                let key = match headers.inner().get(headers::DEAD_LETTER_ROUTING_KEY) {
+                    Some(AMQPValue::LongString(k)) => {
+                        String::from_utf8_lossy(k.as_bytes()).into_owned()
+                    }
+                    _ => o.routing_key.to_string(),
+                };
+                format!("dead-letter.{key}")
+            } else {
+                format!("canonical.{}", o.routing_key)
+            };
+            headers.insert(
+                headers::KEPT_AT.into(),
+                AMQPValue::LongString(kept_at.into()),
+            );
+            Output {
+                dead_letter: o.dead_letter,
+                tap: true,
+                exchange: tap_exchange.clone(),
+                routing_key: routing_key.as_str().into(),
+                properties: o.properties.clone().with_headers(headers),
+                body: o.body.clone(),
+            }
+        })
+        .collect();
+    outputs.extend(taps);
+    outputs
+}
+
 /// What the child publishes for each delivery.
 enum Source {
     Bare { exchange: ShortString },
@@ -171,14 +214,20 @@ pub fn child_main() -> bool {
         let variant = Variant::parse(mode).unwrap_or_else(|| panic!("unknown mode {mode}"));
         let path = rest.first().expect("same-output mode takes a recording");
         let recording = Recording::load(Path::new(path));
+        // The tap exchange of the worker's settings (the benchmark's are the same).
+        let settings = Settings::load(None).expect("the worker's settings load");
+        let tap_exchange: ShortString = settings.output.tap_exchange.as_str().into();
+        let kept_at = Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true);
         Source::Recorded(
             recording
                 .outputs
                 .into_iter()
                 .map(|outs| {
-                    outs.into_iter()
+                    let outs: Vec<Output> = outs
+                        .into_iter()
                         .map(|o| if o.dead_letter { o } else { variant.apply(&o) })
-                        .collect()
+                        .collect();
+                    with_taps(outs, &tap_exchange, &kept_at)
                 })
                 .collect(),
         )
@@ -291,6 +340,7 @@ async fn forward(delivery: Delivery, publisher: &Channel, source: &Source) -> Se
                     routing_key,
                     body,
                     properties,
+                    true,
                 ))
                 .await,
             );
@@ -321,6 +371,7 @@ async fn forward(delivery: Delivery, publisher: &Channel, source: &Source) -> Se
                         o.routing_key.clone(),
                         o.body.clone(),
                         properties,
+                        !o.tap,
                     ))
                     .await,
                 );
@@ -335,18 +386,20 @@ async fn forward(delivery: Delivery, publisher: &Channel, source: &Source) -> Se
     })
 }
 
-/// A `mandatory` publish that resolves once confirmed (an error if nacked or returned).
+/// A publish (`mandatory` but for tap copies) that resolves once confirmed (an error if
+/// nacked or returned).
 fn publish(
     channel: &Channel,
     exchange: ShortString,
     routing_key: ShortString,
     body: Arc<Vec<u8>>,
     properties: BasicProperties,
+    mandatory: bool,
 ) -> Pending {
     let channel = channel.clone();
     Box::pin(async move {
         let options = BasicPublishOptions {
-            mandatory: true,
+            mandatory,
             ..BasicPublishOptions::default()
         };
         let confirm = channel

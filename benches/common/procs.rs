@@ -51,7 +51,22 @@ pub struct PassthroughProcess {
 
 impl PassthroughProcess {
     pub fn start(args: &[String]) -> PassthroughProcess {
-        let mut child = Command::new(std::env::current_exe().expect("own path"))
+        PassthroughProcess::start_under(None, args)
+    }
+
+    /// Started as `PROGRAM ARGS... EXE --passthrough ...` when `under` is given (a
+    /// profiler, say), else directly.
+    pub fn start_under(under: Option<(&str, &[String])>, args: &[String]) -> PassthroughProcess {
+        let exe = std::env::current_exe().expect("own path");
+        let mut command = match under {
+            Some((program, wrapper_args)) => {
+                let mut c = Command::new(program);
+                c.args(wrapper_args).arg(exe);
+                c
+            }
+            None => Command::new(exe),
+        };
+        let mut child = command
             .arg("--passthrough")
             .args(args)
             .stdout(Stdio::piped())
@@ -87,7 +102,12 @@ impl PassthroughProcess {
 
     /// Waits (bounded) for it to exit, successfully.
     pub fn wait(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_within(Duration::from_secs(30));
+    }
+
+    /// Waits up to `limit` for it to exit, successfully.
+    pub fn wait_within(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 assert!(status.success(), "passthrough exited with {status}");

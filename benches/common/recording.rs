@@ -24,6 +24,9 @@ use webhook_normalizer::config::Settings;
 #[derive(Clone)]
 pub struct Output {
     pub dead_letter: bool,
+    /// A copy for observers, to the tap exchange (not `mandatory`); made by the
+    /// passthrough from the output it copies, never recorded.
+    pub tap: bool,
     pub exchange: ShortString,
     pub routing_key: ShortString,
     pub properties: BasicProperties,
@@ -94,6 +97,7 @@ impl Recording {
                     .expect("recorded output names its raw message");
                 outputs[index as usize].push(Output {
                     dead_letter,
+                    tap: false,
                     exchange: exchange.as_str().into(),
                     routing_key: delivery.routing_key,
                     properties,
@@ -183,6 +187,7 @@ impl Recording {
                 let body = read_bytes(&mut r);
                 list.push(Output {
                     dead_letter: role[0] == 1,
+                    tap: false,
                     exchange: exchange.as_str().into(),
                     routing_key: routing_key.as_str().into(),
                     properties,
