@@ -14,9 +14,19 @@
 //! sent within the window that follows are measured (p50, p99, max). Dead letters (5%)
 //! are not events and are not measured.
 //!
+//! `--at-drain F` (such as `0.8`; off by default) replaces `--rates` by one rate taken
+//! from this machine as it is: first the drain rate is measured as `throughput` measures
+//! it, the worker (one process) and the same-output passthrough each draining a
+//! preloaded queue of `--drain-messages` raw messages of the realistic mix (default
+//! 20,000; the passthrough from a recording of that mix), alternating, for
+//! `--drain-rounds` rounds (default 3); then both sides are offered F × the lower of the
+//! two medians (normally the worker's), so they are compared at one load. The drain runs
+//! (each, and the medians) and the offered rate are printed before the latency tables.
+//!
 //! ```sh
 //! cargo bench --bench latency
 //! cargo bench --bench latency -- --rates 1000,3000,5000,8000 --window 30 --rounds 3
+//! cargo bench --bench latency -- --at-drain 0.8 --rounds 3
 //! ```
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -44,11 +54,11 @@ use common::mix::Mix;
 use common::passthrough::{Variant, child_main};
 use common::procs::{PassthroughProcess, pid_ticks, start_worker};
 use common::recording::{Recording, RecordingFile};
-use common::report::{Table, f0, f1, f2, median, percentile};
-use common::runs::{Env, Side};
+use common::report::{Table, f0, f1, f2, median, percentile, runs_table};
+use common::runs::{Env, Run, Side, alternate};
 use common::{Args, EVENTS_QUEUE, STALL, parse_raw_id};
 
-const USAGE: &str = "cargo bench --bench latency -- [--rates 1000,3000,5000] [--warmup SECS] [--window SECS] [--templates N] [--rounds R] [--cpus shared|split]";
+const USAGE: &str = "cargo bench --bench latency -- [--rates 1000,3000,5000 | --at-drain 0.8 [--drain-messages 20000] [--drain-rounds 3]] [--warmup SECS] [--window SECS] [--templates N] [--rounds R] [--cpus shared|split]";
 
 struct Settings {
     warmup: Duration,
@@ -81,13 +91,28 @@ fn main() {
     }
     let args = Args::parse(
         "latency",
-        &["rates", "warmup", "window", "templates", "rounds", "cpus"],
+        &[
+            "rates",
+            "warmup",
+            "window",
+            "templates",
+            "rounds",
+            "cpus",
+            "at-drain",
+            "drain-messages",
+            "drain-rounds",
+        ],
         USAGE,
     );
     if args.skip {
         return;
     }
-    let rates = args.numbers("rates", &[1000, 3000, 5000]);
+    let at_drain = args.fraction("at-drain");
+    if at_drain.is_some() && args.text("rates").is_some() {
+        eprintln!("--at-drain replaces --rates: the rates given are not used");
+    }
+    let drain_messages = args.number("drain-messages", 20_000) as usize;
+    let drain_rounds = args.number("drain-rounds", 3) as usize;
     let settings = Settings {
         warmup: Duration::from_secs(args.number("warmup", 2)),
         window: Duration::from_secs(args.number("window", 10)),
@@ -100,6 +125,11 @@ fn main() {
     let mix = Mix::standard(templates);
     eprintln!("recording the worker's output for {templates} raw messages");
     let (file, recording, _) = env.record(&mix, "latency");
+    let drain = at_drain.map(|fraction| drain_rate(&env, fraction, drain_messages, drain_rounds));
+    let rates = match &drain {
+        Some(drain) => vec![drain.offered],
+        None => args.numbers("rates", &[1000, 3000, 5000]),
+    };
 
     let mut all = Vec::new();
     for round in 0..rounds {
@@ -123,16 +153,23 @@ fn main() {
         }
     }
 
+    let cpus = if _split.is_some() {
+        "split (broker on CPU 0 alone)"
+    } else {
+        "shared"
+    };
+    if let Some(drain) = &drain {
+        drain.print(env.settings.input.prefetch, cpus);
+    }
     println!();
     println!(
-        "## latency: warm-up {} s, window {} s per rate and side, {rounds} round(s), CPUs {}",
+        "## latency{}: warm-up {} s, window {} s per rate and side, {rounds} round(s), CPUs {cpus}",
+        drain.as_ref().map_or(String::new(), |d| format!(
+            " at {} × the lower drain rate",
+            d.fraction
+        )),
         settings.warmup.as_secs(),
         settings.window.as_secs(),
-        if _split.is_some() {
-            "split (broker on CPU 0 alone)"
-        } else {
-            "shared"
-        }
     );
     println!();
     println!(
@@ -205,6 +242,70 @@ fn main() {
             "- {rate}/s: p99 worker {w99:.2} ms ÷ same-output {s99:.2} ms = **{:.2}x**; p50 {w50:.2} ÷ {s50:.2} = {:.2}x",
             w99 / s99,
             w50 / s50
+        );
+    }
+}
+
+/// The drain rates `--at-drain` measured, and the rate offered from them.
+struct Drain {
+    fraction: f64,
+    messages: usize,
+    /// By round: the worker's run, then the same-output passthrough's.
+    runs: Vec<Vec<Run>>,
+    worker: f64,
+    same: f64,
+    /// `fraction` × the lower of the two medians, msg/s.
+    offered: u64,
+}
+
+/// Measures the worker's and the same-output passthrough's drain rates as `throughput`
+/// does (a preloaded queue of the realistic mix, alternating rounds, the passthrough
+/// from a recording of that mix), and the rate to offer both: `fraction` × the lower
+/// median.
+fn drain_rate(env: &Env, fraction: f64, messages: usize, rounds: usize) -> Drain {
+    let mix = Mix::standard(messages);
+    eprintln!("drain rate: recording the worker's output for {messages} raw messages");
+    let (file, _, _) = env.record(&mix, "drain");
+    let sides = [Side::Worker(1), Side::Same(Variant::Exact)];
+    let runs = alternate(env, &mix, &sides, rounds, Some(&file));
+    let of = |i: usize| median(&runs.iter().map(|r| r[i].rate()).collect::<Vec<_>>());
+    let (worker, same) = (of(0), of(1));
+    let offered = (fraction * worker.min(same)).round().max(1.0) as u64;
+    eprintln!(
+        "drain rate medians: worker {worker:.0} msg/s, same-output {same:.0} msg/s; offering {offered} msg/s"
+    );
+    Drain {
+        fraction,
+        messages,
+        runs,
+        worker,
+        same,
+        offered,
+    }
+}
+
+impl Drain {
+    fn print(&self, prefetch: u16, cpus: &str) {
+        println!();
+        println!(
+            "## drain rate: {} raw messages per run, {} round(s) alternating, prefetch {prefetch}, CPUs {cpus}",
+            self.messages,
+            self.runs.len()
+        );
+        println!();
+        runs_table(&self.runs);
+        let lower = if self.worker <= self.same {
+            "worker"
+        } else {
+            "same-output"
+        };
+        println!(
+            "- drain medians: worker {:.0} msg/s, same-output {:.0} msg/s; offered to both sides: {} × {lower} {:.0} = **{} msg/s**",
+            self.worker,
+            self.same,
+            self.fraction,
+            self.worker.min(self.same),
+            self.offered
         );
     }
 }

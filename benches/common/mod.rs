@@ -116,6 +116,21 @@ impl Args {
         })
     }
 
+    /// A positive decimal number (such as `0.8`), if given.
+    pub fn fraction(&self, flag: &str) -> Option<f64> {
+        self.text(flag).map(|v| {
+            v.parse()
+                .ok()
+                .filter(|f: &f64| f.is_finite() && *f > 0.0)
+                .unwrap_or_else(|| {
+                    panic!(
+                        "--{flag} needs a positive number such as 0.8; usage: {}",
+                        self.usage
+                    )
+                })
+        })
+    }
+
     /// A comma-separated list of positive numbers, or `default`.
     pub fn numbers(&self, flag: &str, default: &[u64]) -> Vec<u64> {
         self.text(flag).map_or(default.to_vec(), |v| {

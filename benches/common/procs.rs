@@ -14,11 +14,16 @@ use testkit::{WorkerProcess, http_get};
 /// against a vhost at log level info: per-message lines are debug, except one warn line
 /// per dead letter, so the filter stays at info; the last 20 lines are kept.
 pub fn start_worker(url: &str) -> WorkerProcess {
-    WorkerProcess::builder(url)
+    start_worker_with(url, &[])
+}
+
+/// [`start_worker`] with these settings on top (a partition's input exchange and queue).
+pub fn start_worker_with(url: &str, env: &[(String, String)]) -> WorkerProcess {
+    let builder = WorkerProcess::builder(url)
         .binary(super::worker_binary())
         .env("NORMALIZER__LOG__FILTER", "info")
-        .keep_log_lines(20)
-        .start()
+        .keep_log_lines(20);
+    env.iter().fold(builder, |b, (k, v)| b.env(k, v)).start()
 }
 
 /// The counters of `/readyz` these benchmarks read.
@@ -149,6 +154,25 @@ pub fn broker_pid() -> Option<u32> {
         .trim_matches('"')
         .parse()
         .ok()?;
+    Path::new(&format!("/proc/{pid}/stat"))
+        .exists()
+        .then_some(pid)
+}
+
+/// A private node's OS process id: from the pid file the node writes in its directory,
+/// else asked of the node itself.
+pub fn private_node_pid(node: &testkit::PrivateNode) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(node.dir().join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .or_else(|| {
+            let out = node.try_rabbitmqctl(&["eval", "os:getpid()."]);
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .trim_matches('"')
+                .parse()
+                .ok()
+        })?;
     Path::new(&format!("/proc/{pid}/stat"))
         .exists()
         .then_some(pid)

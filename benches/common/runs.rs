@@ -5,6 +5,10 @@
 //! - a **worker** run starts the `webhook-normalizer run` binary (one process, or
 //!   several on the same queue) and is timed from spawn until `/readyz` reports every
 //!   raw message acknowledged (polled every 10 ms);
+//! - a **partitions** run (on an [`Env::private`] node with the consistent-hash exchange
+//!   plugin) preloads through the per-key partitioning of `docs/ordering.md` and starts
+//!   one worker per partition, each on its own input exchange and queue; timed like a
+//!   worker run, until the workers' acked counts add up to every raw message;
 //! - a **passthrough** run starts this executable in passthrough mode and is timed from
 //!   the moment it has loaded its recording (setup, like building the mix) until it
 //!   reports its last ack written; its CPU time is counted from the same moment.
@@ -16,13 +20,16 @@ use std::time::{Duration, Instant};
 
 use webhook_normalizer::config::Settings;
 
-use testkit::{TestVhost, assert_alive, delete_stale_vhosts};
+use testkit::{PrivateNode, TestVhost, assert_alive, delete_stale_vhosts};
 
-use super::broker::{preload, stored, vhost_with_topology};
+use super::broker::{
+    partition_env, preload, preload_partitioned, stored, with_partitions, with_topology,
+};
 use super::mix::Mix;
 use super::passthrough::Variant;
 use super::procs::{
-    PassthroughProcess, broker_pid, clock_ticks, pid_ticks, process_usage, readiness, start_worker,
+    PassthroughProcess, broker_pid, clock_ticks, pid_ticks, private_node_pid, process_usage,
+    readiness, start_worker, start_worker_with,
 };
 use super::recording::{Recording, RecordingFile};
 use super::{STALL, VHOST_PREFIX};
@@ -32,6 +39,9 @@ use super::{STALL, VHOST_PREFIX};
 pub enum Side {
     /// The worker binary, this many processes on the one queue.
     Worker(usize),
+    /// The per-key partitioning of `docs/ordering.md` with this many partitions, one
+    /// worker process each (needs an [`Env::private`] node).
+    Partitions(usize),
     /// The bare-bytes passthrough.
     Bare,
     /// The same-output passthrough, publishing the recording (altered by the variant).
@@ -43,6 +53,8 @@ impl Side {
         match self {
             Side::Worker(1) => "worker".into(),
             Side::Worker(k) => format!("{k} workers"),
+            Side::Partitions(1) => "1 partition".into(),
+            Side::Partitions(p) => format!("{p} partitions"),
             Side::Bare => "bare-bytes".into(),
             Side::Same(Variant::Exact) => "same-output".into(),
             Side::Same(v) => format!("same-output, {}", v.name()),
@@ -75,6 +87,8 @@ pub struct Run {
     pub reconnects: u64,
     /// Ack frames sent (the worker's from `/readyz`).
     pub ack_frames: Option<u64>,
+    /// Partitions runs: raw messages preloaded into each partition's queue.
+    pub partition_depths: Vec<u64>,
 }
 
 impl Run {
@@ -107,6 +121,8 @@ pub struct Env {
     /// The broker's OS process: on a shared machine its CPU time per message is the
     /// other half of the cost.
     pub broker_pid: Option<u32>,
+    /// The private node the runs are on ([`Env::private`]); `None`: the shared broker.
+    pub node: Option<PrivateNode>,
 }
 
 impl Env {
@@ -121,6 +137,7 @@ impl Env {
                 .expect("tokio runtime"),
             clock_ticks: clock_ticks(),
             broker_pid: broker_pid(),
+            node: None,
         };
         if env.broker_pid.is_none() {
             eprintln!("broker CPU: not measured (no local RabbitMQ process found)");
@@ -128,10 +145,57 @@ impl Env {
         env
     }
 
-    /// A vhost of its own with the worker's topology and the capture queue.
+    /// Runs on a RabbitMQ node of their own with `plugins` enabled (the test kit's
+    /// [`PrivateNode`], stopped and removed when this is dropped), for anything
+    /// broker-wide; its CPU time is read from `/proc` of the node's pid.
+    pub fn private(plugins: &[&str]) -> Env {
+        let node = PrivateNode::start_with("", plugins);
+        let pid = private_node_pid(&node);
+        if pid.is_none() {
+            eprintln!(
+                "broker CPU: not measured (no pid for the private node {})",
+                node.name()
+            );
+        }
+        Env {
+            settings: Settings::load(None).expect("the worker's settings load"),
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime"),
+            clock_ticks: clock_ticks(),
+            broker_pid: pid,
+            node: Some(node),
+        }
+    }
+
+    /// A vhost of its own (`wn-bench-{pid}-{n}-{label}` on the shared broker, or on the
+    /// private node) with the worker's topology and the capture queue.
     pub fn vhost(&self, label: &str) -> TestVhost {
         self.runtime
-            .block_on(vhost_with_topology(label, &self.settings))
+            .block_on(with_topology(self.bare_vhost(label), &self.settings))
+    }
+
+    /// A vhost with the partitioning of `docs/ordering.md` (`partitions` partitions) and
+    /// the capture queue, on the private node.
+    pub fn partitioned_vhost(&self, label: &str, partitions: usize) -> TestVhost {
+        assert!(
+            self.node.is_some(),
+            "partitions need a node with the consistent-hash exchange plugin (Env::private)"
+        );
+        self.runtime.block_on(with_partitions(
+            self.bare_vhost(label),
+            &self.settings,
+            partitions,
+        ))
+    }
+
+    fn bare_vhost(&self, label: &str) -> TestVhost {
+        match &self.node {
+            Some(node) => TestVhost::on(node, label),
+            None => TestVhost::with_prefix(VHOST_PREFIX, label),
+        }
     }
 
     /// A worker run over `mix` whose output is then read back: the recording the
@@ -156,13 +220,26 @@ impl Env {
 
     /// One run of `side` over `mix`, in a fresh vhost.
     pub fn run(&self, mix: &Mix, side: Side, recording: Option<&RecordingFile>) -> Run {
-        let vhost = self.vhost(&side.name().replace([' ', ','], ""));
+        let label = side.name().replace([' ', ','], "");
+        let vhost = match side {
+            Side::Partitions(p) => self.partitioned_vhost(&label, p),
+            _ => self.vhost(&label),
+        };
         self.drain(&vhost, mix, side, recording.map(|r| r.path.as_path()))
     }
 
     fn drain(&self, vhost: &TestVhost, mix: &Mix, side: Side, recording: Option<&Path>) -> Run {
         let url = vhost.url();
-        self.runtime.block_on(preload(&url, &self.settings, mix));
+        let partition_depths = match side {
+            Side::Partitions(p) => {
+                self.runtime
+                    .block_on(preload_partitioned(&url, &self.settings, mix, p))
+            }
+            _ => {
+                self.runtime.block_on(preload(&url, &self.settings, mix));
+                Vec::new()
+            }
+        };
         let n = mix.len();
         self.settle_broker();
         let mut broker_before = self.broker_ticks();
@@ -182,11 +259,18 @@ impl Env {
             publish_retries: 0,
             reconnects: 0,
             ack_frames: None,
+            partition_depths,
         };
         let mut workers = Vec::new();
         match side {
-            Side::Worker(k) => {
-                workers = (0..k).map(|_| start_worker(&url)).collect();
+            Side::Worker(_) | Side::Partitions(_) => {
+                workers = match side {
+                    Side::Partitions(p) => (0..p)
+                        .map(|i| start_worker_with(&url, &partition_env(i)))
+                        .collect(),
+                    Side::Worker(k) => (0..k).map(|_| start_worker(&url)).collect(),
+                    _ => unreachable!(),
+                };
                 let mut progress = (0, Instant::now());
                 loop {
                     let counters: Vec<_> = workers.iter().map(|w| readiness(w.health)).collect();
@@ -235,7 +319,7 @@ impl Env {
                         let path = recording.expect("same-output needs a recording");
                         args.push(path.display().to_string());
                     }
-                    Side::Worker(_) => unreachable!(),
+                    Side::Worker(_) | Side::Partitions(_) => unreachable!(),
                 }
                 let mut child = PassthroughProcess::start(&args);
                 // Loading the recording is setup, not part of the run.
@@ -269,7 +353,7 @@ impl Env {
         run.events = events;
         run.dead_letters = dead_letters;
         run.as_expected = match side {
-            Side::Worker(_) => {
+            Side::Worker(_) | Side::Partitions(_) => {
                 events == mix.expected_events && dead_letters == mix.expected_dead_letters
             }
             Side::Bare => events == n && dead_letters == 0,
