@@ -208,7 +208,9 @@ pub(crate) struct Tuning {
 pub(crate) struct Core<X: Messages> {
     messages: X,
     tuning: Tuning,
-    entries: BTreeMap<u64, Entry<X>>,
+    /// Boxed: the map moves its values as it changes, and an entry holds the raw
+    /// message's properties.
+    entries: BTreeMap<u64, Box<Entry<X>>>,
     next_seq: u64,
     next_attempt: u64,
     held_bytes: usize,
@@ -249,28 +251,57 @@ struct Index {
     failing: BTreeSet<u64>,
 }
 
+/// The index sets an entry is in, one bit each ([`Index::sets_of`]).
+const DELIVERING: u8 = 1;
+const STORING: u8 = 1 << 1;
+const WAITING: u8 = 1 << 2;
+const UNSENT: u8 = 1 << 3;
+const FAILING: u8 = 1 << 4;
+
 impl Index {
-    /// Puts entry `seq` in the sets it belongs to (it is in none yet).
-    fn file<X: Messages>(&mut self, seq: u64, entry: &Entry<X>) {
-        let live = |o: &&Output<X::Message>| !matches!(o.state, State::Failed(_));
-        let outputs = || entry.outputs.iter();
-        if outputs().filter(live).any(|o| o.step == Step::Deliver) {
-            self.delivering.insert(seq);
-        }
-        if outputs()
-            .filter(live)
-            .any(|o| matches!(o.step, Step::Deliver | Step::Keep))
-        {
-            self.storing.insert(seq);
-        }
-        if outputs().any(|o| o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap)) {
-            self.waiting.insert(seq);
-        }
-        if outputs().any(|o| o.state == State::Ready && o.step == Step::Deliver) {
-            self.unsent.insert(seq);
+    /// The sets `entry` belongs in, by what it holds now.
+    fn sets_of<X: Messages>(entry: &Entry<X>) -> u8 {
+        let mut sets = 0;
+        for o in &entry.outputs {
+            let live = !matches!(o.state, State::Failed(_));
+            if live && o.step == Step::Deliver {
+                sets |= DELIVERING;
+            }
+            if live && matches!(o.step, Step::Deliver | Step::Keep) {
+                sets |= STORING;
+            }
+            if o.state == State::Ready && matches!(o.step, Step::Keep | Step::Tap) {
+                sets |= WAITING;
+            }
+            if o.state == State::Ready && o.step == Step::Deliver {
+                sets |= UNSENT;
+            }
         }
         if entry.failing_since.is_some() {
-            self.failing.insert(seq);
+            sets |= FAILING;
+        }
+        sets
+    }
+
+    /// Moves entry `seq` from the sets `was` to the sets `now`, touching only those that
+    /// differ: most changes of an entry leave most of its sets as they were.
+    fn refile(&mut self, seq: u64, was: u8, now: u8) {
+        for (bit, set) in [
+            (DELIVERING, &mut self.delivering),
+            (STORING, &mut self.storing),
+            (WAITING, &mut self.waiting),
+            (UNSENT, &mut self.unsent),
+            (FAILING, &mut self.failing),
+        ] {
+            match (was & bit != 0, now & bit != 0) {
+                (false, true) => {
+                    set.insert(seq);
+                }
+                (true, false) => {
+                    set.remove(&seq);
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -296,6 +327,8 @@ struct Entry<X: Messages> {
     refused_among_stored: bool,
     /// The attempt that failed first.
     first_failed_attempt: Option<u64>,
+    /// The index sets it is filed in ([`Index::sets_of`] when last reindexed).
+    filed: u8,
 }
 
 struct Output<M> {
@@ -460,16 +493,22 @@ impl<X: Messages> Core<X> {
 
     /// Files an entry in the index sets by what it holds now.
     fn reindex(&mut self, seq: u64) {
-        let index = &mut self.index;
-        index.delivering.remove(&seq);
-        index.storing.remove(&seq);
-        index.waiting.remove(&seq);
-        index.unsent.remove(&seq);
-        index.failing.remove(&seq);
-        let Some(entry) = self.entries.get(&seq) else {
+        // A removed entry was taken out of its sets when it was removed ([`Core::remove`]).
+        let Some(entry) = self.entries.get_mut(&seq) else {
             return;
         };
-        index.file(seq, entry);
+        let now = Index::sets_of(entry);
+        if now != entry.filed {
+            self.index.refile(seq, entry.filed, now);
+            entry.filed = now;
+        }
+    }
+
+    /// Takes entry `seq` out of the entries and the index sets.
+    fn remove(&mut self, seq: u64) -> Option<Box<Entry<X>>> {
+        let entry = self.entries.remove(&seq)?;
+        self.index.refile(seq, entry.filed, 0);
+        Some(entry)
     }
 
     /// Asserts that the index sets say what a scan of every entry says.
@@ -478,7 +517,8 @@ impl<X: Messages> Core<X> {
         assert!(self.index.touched.is_empty(), "touched after a tick");
         let mut scanned = Index::default();
         for (seq, entry) in &self.entries {
-            scanned.file(*seq, entry);
+            scanned.refile(*seq, 0, Index::sets_of(entry));
+            assert_eq!(entry.filed, Index::sets_of(entry), "entry {seq} filed");
         }
         assert_eq!(self.index.unsent, scanned.unsent, "unsent");
         assert_eq!(self.index.delivering, scanned.delivering, "delivering");
@@ -522,7 +562,7 @@ impl<X: Messages> Core<X> {
         self.held_bytes += bytes;
         self.entries.insert(
             seq,
-            Entry {
+            Box::new(Entry {
                 tag,
                 raw,
                 fate,
@@ -536,7 +576,8 @@ impl<X: Messages> Core<X> {
                 failed_attempt: None,
                 refused_among_stored: false,
                 first_failed_attempt: None,
-            },
+                filed: 0,
+            }),
         );
         if let Some(isolation) = &mut self.isolation
             && isolation.wants_probe()
@@ -826,13 +867,16 @@ impl<X: Messages> Core<X> {
         // a channel back), and ones whose keeps or taps wait, up to the first that can
         // let none through.
         let keeps_before = self.index.delivering.first().copied().unwrap_or(u64::MAX);
-        let mut candidates: BTreeSet<u64> = self.index.touched.clone();
+        let mut candidates: Vec<u64> = self.index.touched.iter().copied().collect();
         candidates.extend(self.index.failing.iter().copied());
         candidates.extend(self.index.unsent.iter().copied());
         candidates.extend(self.index.waiting.range(..=keeps_before).copied());
+        candidates.sort_unstable();
+        candidates.dedup();
         for seq in candidates {
-            let keeps_wait = self.index.delivering.range(..seq).next().is_some();
-            let taps_wait = self.index.storing.range(..seq).next().is_some();
+            let before = |set: &BTreeSet<u64>| set.first().is_some_and(|first| *first < seq);
+            let keeps_wait = before(&self.index.delivering);
+            let taps_wait = before(&self.index.storing);
             let Some(entry) = self.entries.get_mut(&seq) else {
                 continue;
             };
@@ -1076,7 +1120,7 @@ impl<X: Messages> Core<X> {
                 );
             }
             _ => {
-                let entry = self.entries.remove(&seq);
+                let entry = self.remove(seq);
                 if let Some(entry) = entry {
                     self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
                     self.finished.push(Finished {
@@ -1136,12 +1180,12 @@ impl<X: Messages> Core<X> {
             .index
             .touched
             .iter()
-            .filter(|s| self.entries.get(s).is_some_and(Entry::done))
+            .filter(|s| self.entries.get(s).is_some_and(|e| e.done()))
             .copied()
             .collect();
         for seq in done {
             let first = self.entries.keys().next() == Some(&seq);
-            let Some(entry) = self.entries.remove(&seq) else {
+            let Some(entry) = self.remove(seq) else {
                 continue;
             };
             self.held_bytes = self.held_bytes.saturating_sub(entry.bytes);
@@ -1208,7 +1252,7 @@ impl<X: Messages> Core<X> {
 
     /// One isolation step: fill the suspects, try the next alone, or decide.
     fn isolate(&mut self, now: Instant) {
-        let any_in_flight = self.entries.values().any(Entry::in_flight);
+        let any_in_flight = self.entries.values().any(|e| e.in_flight());
         let Some(isolation) = &mut self.isolation else {
             return;
         };
