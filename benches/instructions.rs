@@ -64,7 +64,7 @@ use common::procs::{PassthroughProcess, readiness};
 use common::recording::RecordingFile;
 use common::report::{Table, median};
 use common::runs::Env;
-use testkit::{WorkerProcess, assert_alive, queue_depth};
+use testkit::{TestVhost, WorkerProcess, assert_alive, queue_depth};
 
 const USAGE: &str = "cargo bench --bench instructions -- [--messages N] [--rounds R] [--idle SECONDS] [--baseline PATH] [--with same-output] [--top K]";
 
@@ -294,12 +294,8 @@ fn count(env: &Env, build: &Build, mix: &Mix, idle: Duration, out_file: &Path) -
         return count_passthrough(env, recording, mix, out_file);
     }
     let n = mix.len();
-    let vhost = env.vhost(&format!("instructions-{}-{n}", build.label));
+    let (vhost, log_file) = prepare(env, &build.label, mix, out_file);
     let url = vhost.url();
-    env.runtime.block_on(preload(&url, &env.settings, mix));
-    env.settle_broker();
-    let _ = std::fs::remove_file(out_file);
-    let log_file = out_file.with_extension("log");
     let started = Instant::now();
     let mut worker = WorkerProcess::builder(&url)
         .binary(&build.binary)
@@ -389,17 +385,24 @@ fn count(env: &Env, build: &Build, mix: &Mix, idle: Duration, out_file: &Path) -
     }
 }
 
+/// A fresh vhost preloaded with `mix`, the broker settled, and where callgrind's log
+/// goes (its output file removed from an earlier run).
+fn prepare(env: &Env, label: &str, mix: &Mix, out_file: &Path) -> (TestVhost, PathBuf) {
+    let vhost = env.vhost(&format!("instructions-{label}-{}", mix.len()));
+    env.runtime
+        .block_on(preload(&vhost.url(), &env.settings, mix));
+    env.settle_broker();
+    let _ = std::fs::remove_file(out_file);
+    (vhost, out_file.with_extension("log"))
+}
+
 /// One run of the same-output passthrough under callgrind over `mix`, in a fresh vhost:
 /// preloaded, then the passthrough started (it loads the recording, consumes N raw
 /// messages, publishes their recorded output, acks and exits), its output checked.
 fn count_passthrough(env: &Env, recording: &Path, mix: &Mix, out_file: &Path) -> Counted {
     let n = mix.len();
-    let vhost = env.vhost(&format!("instructions-same-output-{n}"));
+    let (vhost, log_file) = prepare(env, "same-output", mix, out_file);
     let url = vhost.url();
-    env.runtime.block_on(preload(&url, &env.settings, mix));
-    env.settle_broker();
-    let _ = std::fs::remove_file(out_file);
-    let log_file = out_file.with_extension("log");
     let started = Instant::now();
     let valgrind_args = [
         "--tool=callgrind".to_owned(),

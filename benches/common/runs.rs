@@ -128,7 +128,15 @@ pub struct Env {
 impl Env {
     pub fn new() -> Env {
         delete_stale_vhosts(VHOST_PREFIX);
-        let env = Env {
+        let env = Env::on(broker_pid(), None);
+        if env.broker_pid.is_none() {
+            eprintln!("broker CPU: not measured (no local RabbitMQ process found)");
+        }
+        env
+    }
+
+    fn on(broker_pid: Option<u32>, node: Option<PrivateNode>) -> Env {
+        Env {
             settings: Settings::load(None).expect("the worker's settings load"),
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -136,13 +144,9 @@ impl Env {
                 .build()
                 .expect("tokio runtime"),
             clock_ticks: clock_ticks(),
-            broker_pid: broker_pid(),
-            node: None,
-        };
-        if env.broker_pid.is_none() {
-            eprintln!("broker CPU: not measured (no local RabbitMQ process found)");
+            broker_pid,
+            node,
         }
-        env
     }
 
     /// Runs on a RabbitMQ node of their own with `plugins` enabled (the test kit's
@@ -157,17 +161,7 @@ impl Env {
                 node.name()
             );
         }
-        Env {
-            settings: Settings::load(None).expect("the worker's settings load"),
-            runtime: tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime"),
-            clock_ticks: clock_ticks(),
-            broker_pid: pid,
-            node: Some(node),
-        }
+        Env::on(pid, Some(node))
     }
 
     /// A vhost of its own (`wn-bench-{pid}-{n}-{label}` on the shared broker, or on the
