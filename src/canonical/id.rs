@@ -110,7 +110,7 @@ pub fn id_from_content<'a>(
 /// (an unmapped type passed through), whose `resource` or `data` may be anything.
 pub fn id_from_any_content(name: &IdName<'_>, value: &Value) -> Result<Uuid, Uncanonicalizable> {
     let mut canonical = Vec::with_capacity(1024);
-    Jcs::default().value(value, &mut canonical)?;
+    Jcs::new().value(value, &mut canonical)?;
     let mut hasher = NameHasher::new(name);
     hasher.0.update(&canonical);
     Ok(hasher.finish())
@@ -119,7 +119,7 @@ pub fn id_from_any_content(name: &IdName<'_>, value: &Value) -> Result<Uuid, Unc
 /// The RFC 8785 (JCS) form of a JSON object: the bytes that go into a content id.
 pub fn canonical_json(object: &Map<String, Value>) -> Result<Vec<u8>, Uncanonicalizable> {
     let mut canonical = Vec::with_capacity(1024);
-    Jcs::default().object(object, &mut canonical)?;
+    Jcs::new().object(object, &mut canonical)?;
     Ok(canonical)
 }
 
@@ -133,7 +133,6 @@ pub fn canonical_json(object: &Map<String, Value>) -> Result<Vec<u8>, Uncanonica
 /// first made with (the golden snapshots and `tests/canonical/properties.rs` hold it to
 /// that and to an independent implementation), without that crate's buffering of every
 /// member of every object in a map of UTF-16 keys.
-#[derive(Default)]
 struct Jcs<'a> {
     /// The members of the objects being written, innermost last: one vector for the
     /// whole value instead of one per object.
@@ -141,6 +140,14 @@ struct Jcs<'a> {
 }
 
 impl<'a> Jcs<'a> {
+    /// Room for the members of a typical resource and the objects in it, so that the
+    /// vector is allocated once rather than grown member by member.
+    fn new() -> Self {
+        Jcs {
+            members: Vec::with_capacity(32),
+        }
+    }
+
     fn value(&mut self, value: &'a Value, out: &mut Vec<u8>) -> Result<(), Uncanonicalizable> {
         match value {
             Value::Null => out.extend_from_slice(b"null"),

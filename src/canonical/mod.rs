@@ -224,7 +224,7 @@ pub mod rfc3339_utc {
     /// and they are to be abolished by 2035; and common consumers (JavaScript `Date`,
     /// Python `datetime`) cannot read one.
     pub fn writable(t: &DateTime<Utc>) -> bool {
-        (0..=9999).contains(&t.year()) && t.nanosecond() < 1_000_000_000
+        (0..=9999).contains(&t.naive_utc().year()) && t.nanosecond() < 1_000_000_000
     }
 
     pub fn format(t: &DateTime<Utc>) -> String {
