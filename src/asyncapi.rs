@@ -4,7 +4,8 @@
 //!
 //! Channels: the raw exchange (what gateways publish, the worker receives), one channel
 //! per canonical type on the canonical exchange (routing key = type), and the dead-letter
-//! exchange (routing key `{vendor}.{kind}`). Names are the defaults of
+//! exchange (routing key `{vendor}.{kind}`), and the event history's stream (when
+//! `history.enabled`). Names are the defaults of
 //! `config/default.toml`.
 
 use serde_json::{Map, Value, json};
@@ -138,6 +139,47 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
     operations.insert(
         "publishDeadLetters".into(),
         sends("deadLetters", "deadLetter"),
+    );
+
+    channels.insert(
+        "eventHistory".into(),
+        json!({
+            "address": "events.history",
+            "title": "Event history",
+            "description": "With `history.enabled` (off by default): a stream queue keeping a copy of every canonical event once it is stored, delivered to a team or kept because none was bound for it, for `history.max_age_secs` and at most `history.max_bytes`. Fed from the tap exchange `events.tap` (bindings `canonical.#` and `unrouted.#`), so it changes nothing about where events go. Each entry is the event as published (body, properties and headers) plus `x-normalizer-kept-at`; one kept in the unrouted queue also carries that queue's `x-normalizer-unrouted-routing-key`. Read it from an offset or a time (`x-stream-offset`) without taking anything away; only the worker writes to it. See docs/operations.md, \"Event history\".",
+            "messages": {"historyEvent": {"$ref": "#/components/messages/historyEvent"}},
+            "bindings": {"amqp": {
+                "is": "queue",
+                "queue": {"name": "events.history", "durable": true, "exclusive": false, "autoDelete": false, "vhost": "/"},
+                "bindingVersion": "0.3.0",
+            }},
+        }),
+    );
+    operations.insert(
+        "keepEventHistory".into(),
+        json!({
+            "action": "send",
+            "title": "The worker keeps each stored event in the history",
+            "channel": {"$ref": "#/channels/eventHistory"},
+            "messages": [{"$ref": "#/channels/eventHistory/messages/historyEvent"}],
+            "bindings": {"amqp": {"deliveryMode": 2, "timestamp": true, "bindingVersion": "0.3.0"}},
+        }),
+    );
+    messages.insert(
+        "historyEvent".into(),
+        json!({
+            "name": "historyEvent",
+            "title": "A canonical event as it was stored, and when",
+            "contentType": "application/cloudevents+json",
+            "headers": {
+                "type": "object",
+                "properties": {
+                    "x-normalizer-kept-at": {"type": "string", "format": "date-time", "description": "When the event was stored (delivered or kept); `--since` and `--until` select by it."},
+                    "x-normalizer-unrouted-routing-key": {"type": "string", "description": "Only on an event no team was bound for: its type."},
+                },
+            },
+            "payload": {"$ref": "#/components/schemas/CanonicalEvent"},
+        }),
     );
 
     messages.insert(

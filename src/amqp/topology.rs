@@ -8,7 +8,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::connection::connect;
 use super::error::{BrokerError, Role};
-use crate::config::{AmqpSettings, OutputSettings, Topology};
+use crate::config::{AmqpSettings, HistorySettings, OutputSettings, Topology};
 use crate::contract::DELIVERY_LIMIT_ROUTING_KEY;
 
 /// Connects, declares the topology, and closes: `webhook-normalizer topology`.
@@ -64,11 +64,16 @@ pub async fn check_topology(channel: &Channel, s: &Topology) -> Result<(), Broke
         passive: true,
         ..QueueDeclareOptions::default()
     };
+    let history = s.history.enabled.then_some(&s.history.stream);
     for queue in [
-        &s.input.queue,
-        &s.output.unrouted_queue,
-        &s.dead_letter.queue,
-    ] {
+        Some(&s.input.queue),
+        Some(&s.output.unrouted_queue),
+        Some(&s.dead_letter.queue),
+        history,
+    ]
+    .into_iter()
+    .flatten()
+    {
         channel
             .queue_declare(queue.as_str().into(), passive_queue, FieldTable::default())
             .await
@@ -93,6 +98,8 @@ pub async fn check_topology(channel: &Channel, s: &Topology) -> Result<(), Broke
 ///   the unrouted queue to the alternate exchange: that binding is removed.
 /// - `output.tap_exchange` (topic), where observers get a copy of what was stored.
 /// - `dead_letter.exchange` (topic) and `dead_letter.queue` (quorum) bound with `#`.
+/// - with `history.enabled`, `history.stream` (a stream, with its retention) bound to
+///   `output.tap_exchange` with `canonical.#` and `unrouted.#`: every event once stored.
 pub async fn declare_topology_with(channel: &Channel, s: &Topology) -> Result<(), BrokerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -146,6 +153,9 @@ pub async fn declare_topology_with(channel: &Channel, s: &Topology) -> Result<()
     )
     .await
     .map_err(BrokerError::amqp("declaring the tap exchange"))?;
+    if s.history.enabled {
+        declare_history(channel, &s.history, &s.output.tap_exchange).await?;
+    }
     let mut output_args = FieldTable::default();
     output_args.insert(
         "alternate-exchange".into(),
@@ -175,6 +185,61 @@ pub async fn declare_topology_with(channel: &Channel, s: &Topology) -> Result<()
         &s.input.binding_key,
     )
     .await
+}
+
+/// The tap copies' routing keys the history keeps: events delivered to a team and
+/// events kept because no team was bound for them, each stored once; not dead letters.
+pub const HISTORY_BINDINGS: [&str; 2] = ["canonical.#", "unrouted.#"];
+
+/// Declares the history stream with its retention, and binds it to the tap exchange
+/// (never to the canonical exchange: a binding there would count as a team bound for
+/// every type, and no event would be unroutable any more).
+async fn declare_history(
+    channel: &Channel,
+    history: &HistorySettings,
+    tap_exchange: &str,
+) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(
+            history.stream.as_str().into(),
+            options,
+            history_stream_arguments(history),
+        )
+        .await
+        .map_err(BrokerError::amqp(format!(
+            "declaring stream {} (a stream's arguments are fixed when it is first declared: see docs/operations.md, \"Event history\")",
+            history.stream
+        )))?;
+    for key in HISTORY_BINDINGS {
+        bind(channel, &history.stream, tap_exchange, key).await?;
+    }
+    Ok(())
+}
+
+/// The history stream's arguments: its type and retention.
+pub fn history_stream_arguments(history: &HistorySettings) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert(
+        "x-max-age".into(),
+        AMQPValue::LongString(format!("{}s", history.max_age_secs).into()),
+    );
+    args.insert(
+        "x-max-length-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(history.max_bytes).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-stream-max-segment-size-bytes".into(),
+        AMQPValue::LongLongInt(i64::try_from(history.segment_bytes).unwrap_or(i64::MAX)),
+    );
+    args
 }
 
 /// The unrouted queue's bound: at most `output.unrouted_max_length` events, none older

@@ -4,7 +4,10 @@
 
 use std::time::Duration;
 
-use super::{Access, AmqpSettings, DeadLetterSettings, InputSettings, OutputSettings, Settings};
+use super::{
+    Access, AmqpSettings, DeadLetterSettings, HistorySettings, InputSettings, OutputSettings,
+    Settings,
+};
 use crate::canonical::SchemaBase;
 use crate::delivery::RetryPolicy;
 use crate::normalize::Limits;
@@ -19,6 +22,7 @@ pub struct Topology {
     pub input: InputSettings,
     pub output: OutputSettings,
     pub dead_letter: DeadLetterSettings,
+    pub history: HistorySettings,
     /// `amqp.declare_topology`: declare it all at each session; off, check that it
     /// exists (passively) and declare nothing.
     pub declare: bool,
@@ -96,6 +100,7 @@ impl Settings {
             input: self.input.clone(),
             output: self.output.clone(),
             dead_letter: self.dead_letter.clone(),
+            history: self.history.clone(),
             declare: self.amqp.declare_topology,
         }
     }

@@ -34,6 +34,7 @@ pub struct Settings {
     pub input: InputSettings,
     pub output: OutputSettings,
     pub dead_letter: DeadLetterSettings,
+    pub history: HistorySettings,
     pub limits: LimitSettings,
     pub retry: RetrySettings,
     pub http: HttpSettings,
@@ -117,6 +118,26 @@ pub struct DeadLetterSettings {
     /// How many times `dlq replay` replays one message (counted in `x-replay-count`)
     /// before it leaves it for a person to look at (`--ignore-replay-limit`).
     pub max_replays: u32,
+}
+
+/// The event history: a RabbitMQ stream bound to the tap exchange for `canonical.#` and
+/// `unrouted.#`, so it keeps a copy of every event once it is stored, and changes
+/// nothing about where events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistorySettings {
+    /// Declare the stream and bind it (off: declare nothing; an existing stream is left
+    /// as it is, and no longer fed once its bindings are removed by hand).
+    pub enabled: bool,
+    /// The stream's name.
+    pub stream: String,
+    /// Retention by age (`x-max-age`), seconds.
+    pub max_age_secs: u64,
+    /// Retention by size (`x-max-length-bytes`): the stream never holds much more.
+    pub max_bytes: u64,
+    /// Size of one segment file (`x-stream-max-segment-size-bytes`); retention drops
+    /// whole segments, so the stream holds up to one segment more than `max_bytes`.
+    pub segment_bytes: u64,
 }
 
 impl Settings {

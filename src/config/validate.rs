@@ -4,8 +4,9 @@
 //! function each. Every error names the key.
 
 use super::{
-    AmqpSettings, ConfigError, DeadLetterSettings, IngestSettings, InputSettings, LimitSettings,
-    LogSettings, OutputSettings, RetrySettings, Settings, ShutdownSettings, TlsSettings,
+    AmqpSettings, ConfigError, DeadLetterSettings, HistorySettings, IngestSettings, InputSettings,
+    LimitSettings, LogSettings, OutputSettings, RetrySettings, Settings, ShutdownSettings,
+    TlsSettings,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -32,7 +33,8 @@ impl Settings {
         retry(&self.retry)?;
         shutdown(&self.shutdown)?;
         ingest(&self.ingest)?;
-        dead_letter(&self.dead_letter)
+        dead_letter(&self.dead_letter)?;
+        history(&self.history)
     }
 }
 
@@ -114,7 +116,7 @@ fn input(input: &InputSettings) -> Result<(), ConfigError> {
 
 /// The names of `input`, `output` and `dead_letter`: each one RabbitMQ takes.
 fn names(s: &Settings) -> Result<(), ConfigError> {
-    let names: [(&'static str, &str); 9] = [
+    let names: [(&'static str, &str); 10] = [
         ("input.exchange", &s.input.exchange),
         ("input.queue", &s.input.queue),
         ("input.binding_key", &s.input.binding_key),
@@ -124,6 +126,7 @@ fn names(s: &Settings) -> Result<(), ConfigError> {
         ("output.unrouted_queue", &s.output.unrouted_queue),
         ("dead_letter.exchange", &s.dead_letter.exchange),
         ("dead_letter.queue", &s.dead_letter.queue),
+        ("history.stream", &s.history.stream),
     ];
     for (key, name) in names {
         if name.trim().is_empty() {
@@ -182,10 +185,11 @@ fn roles(s: &Settings) -> Result<(), ConfigError> {
         ("output.unrouted_exchange", &s.output.unrouted_exchange),
         ("dead_letter.exchange", &s.dead_letter.exchange),
     ];
-    let queues: [(&'static str, &str); 3] = [
+    let queues: [(&'static str, &str); 4] = [
         ("input.queue", &s.input.queue),
         ("output.unrouted_queue", &s.output.unrouted_queue),
         ("dead_letter.queue", &s.dead_letter.queue),
+        ("history.stream", &s.history.stream),
     ];
     for names in [&exchanges[..], &queues[..]] {
         for (i, (key, name)) in names.iter().enumerate() {
@@ -314,6 +318,33 @@ fn dead_letter(dead_letter: &DeadLetterSettings) -> Result<(), ConfigError> {
         1,
         1000,
         "replays of one message",
+    )
+}
+
+/// `history`: the stream's retention, whether or not it is enabled (a setting that
+/// would fail once enabled fails now).
+fn history(history: &HistorySettings) -> Result<(), ConfigError> {
+    within(
+        "history.max_age_secs",
+        history.max_age_secs,
+        60,
+        10 * 365 * 24 * HOUR_SECS,
+        "seconds",
+    )?;
+    within(
+        "history.max_bytes",
+        history.max_bytes,
+        1 << 20,
+        1 << 40,
+        "bytes",
+    )?;
+    // RabbitMQ refuses a segment of 3 GB or more.
+    within(
+        "history.segment_bytes",
+        history.segment_bytes,
+        1024,
+        history.max_bytes.min(3_000_000_000),
+        "bytes, at most history.max_bytes",
     )
 }
 
@@ -519,6 +550,58 @@ mod tests {
         assert_eq!(s.retry.max(), Duration::from_secs(3600));
     }
 
+    /// The history's retention: RabbitMQ's own bounds, and a segment no larger than the
+    /// stream (retention drops whole segments: a larger one would never be dropped).
+    #[test]
+    fn history_retention_out_of_range_is_refused_naming_the_key() {
+        for (env, key) in [
+            (
+                vec![("NORMALIZER__HISTORY__MAX_AGE_SECS", "59")],
+                "history.max_age_secs",
+            ),
+            (
+                vec![("NORMALIZER__HISTORY__MAX_BYTES", "1048575")],
+                "history.max_bytes",
+            ),
+            (
+                vec![("NORMALIZER__HISTORY__SEGMENT_BYTES", "1023")],
+                "history.segment_bytes",
+            ),
+            (
+                vec![
+                    ("NORMALIZER__HISTORY__MAX_BYTES", "2000000"),
+                    ("NORMALIZER__HISTORY__SEGMENT_BYTES", "2000001"),
+                ],
+                "history.segment_bytes",
+            ),
+            (
+                vec![
+                    ("NORMALIZER__HISTORY__MAX_BYTES", "4000000000"),
+                    ("NORMALIZER__HISTORY__SEGMENT_BYTES", "3000000001"),
+                ],
+                "history.segment_bytes",
+            ),
+            (
+                vec![("NORMALIZER__HISTORY__STREAM", "normalizer.raw")],
+                "history.stream",
+            ),
+            (
+                vec![("NORMALIZER__HISTORY__STREAM", "amq.history")],
+                "history.stream",
+            ),
+        ] {
+            let e = load_env(&env).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{key}: ")), "{env:?}: {e}");
+        }
+        let s = load_env(&[
+            ("NORMALIZER__HISTORY__MAX_BYTES", "2000000"),
+            ("NORMALIZER__HISTORY__SEGMENT_BYTES", "2000000"),
+        ])
+        .unwrap();
+        assert_eq!(s.history.segment_bytes, 2_000_000);
+        assert!(!s.history.enabled, "off unless asked for");
+    }
+
     /// Each exchange and queue has one role: a dead-letter exchange that is the raw
     /// exchange would send every dead letter back to be consumed, fail again and loop.
     #[test]
@@ -629,7 +712,7 @@ mod tests {
     #[test]
     fn the_first_section_in_order_is_reported() {
         let amqps = ("NORMALIZER__AMQP__URL", "amqps://u:p@broker:5671/%2f");
-        let steps: [(&[(&str, &str)], &str); 13] = [
+        let steps: [(&[(&str, &str)], &str); 14] = [
             (
                 &[("NORMALIZER__AMQP__HEARTBEAT_SECS", "0")],
                 "amqp.heartbeat_secs",
@@ -675,6 +758,10 @@ mod tests {
             (
                 &[("NORMALIZER__DEAD_LETTER__MAX_REPLAYS", "0")],
                 "dead_letter.max_replays",
+            ),
+            (
+                &[("NORMALIZER__HISTORY__MAX_AGE_SECS", "59")],
+                "history.max_age_secs",
             ),
         ];
         for (i, (first, key)) in steps.iter().enumerate() {

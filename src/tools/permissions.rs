@@ -90,8 +90,25 @@ pub fn worker(s: &Topology) -> Permissions {
             read: any_of(&[raw_queue]),
         };
     }
+    // The history stream: declared, and bound to the tap exchange.
+    let history: &[&str] = if s.history.enabled {
+        &[s.history.stream.as_str()]
+    } else {
+        &[]
+    };
+    let with_history = |names: &[&str]| -> Vec<String> {
+        names.iter().chain(history).map(|n| escape(n)).collect()
+    };
+    let history_exchange: &[&str] = if s.history.enabled { &[tap] } else { &[] };
+    let with_history_exchange = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .chain(history_exchange)
+            .map(|n| escape(n))
+            .collect()
+    };
     Permissions {
-        configure: any_of(&[
+        configure: pattern(with_history(&[
             raw_exchange,
             raw_queue,
             canonical,
@@ -100,11 +117,11 @@ pub fn worker(s: &Topology) -> Permissions {
             unrouted_queue,
             dead_letter_exchange,
             dead_letter_queue,
-        ]),
+        ])),
         // Publishing events (their copies kept through the default exchange and tapped)
         // and dead letters; binding the queues (and unbinding the unrouted one); the
         // canonical exchange's alternate exchange and the raw queue's dead-letter exchange.
-        write: any_of(&[
+        write: pattern(with_history(&[
             canonical,
             "amq.default",
             tap,
@@ -113,16 +130,16 @@ pub fn worker(s: &Topology) -> Permissions {
             unrouted_queue,
             dead_letter_queue,
             unrouted_exchange,
-        ]),
-        // Consuming; the bindings' exchanges; declaring with an alternate or dead-letter
-        // exchange.
-        read: any_of(&[
+        ])),
+        // Consuming; the bindings' exchanges (the tap's for the history); declaring with
+        // an alternate or dead-letter exchange.
+        read: pattern(with_history_exchange(&[
             raw_queue,
             raw_exchange,
             unrouted_exchange,
             dead_letter_exchange,
             canonical,
-        ]),
+        ])),
     }
 }
 
@@ -139,6 +156,15 @@ pub fn operator(s: &Topology) -> Permissions {
         alternatives.push(SERVER_NAMED_QUEUES.to_owned());
         pattern(alternatives)
     };
+    let mut reads = names(&[
+        &s.dead_letter.queue,
+        &s.output.unrouted_queue,
+        &s.output.tap_exchange,
+    ]);
+    if s.history.enabled {
+        // Reading the history (its walks read a stream without taking anything).
+        reads.push(escape(&s.history.stream));
+    }
     Permissions {
         configure: with_tail_queue(names(&[&dead_letter_lock, &unrouted_lock])),
         write: with_tail_queue(names(&[
@@ -146,11 +172,7 @@ pub fn operator(s: &Topology) -> Permissions {
             &s.input.exchange,
             &s.output.exchange,
         ])),
-        read: with_tail_queue(names(&[
-            &s.dead_letter.queue,
-            &s.output.unrouted_queue,
-            &s.output.tap_exchange,
-        ])),
+        read: with_tail_queue(reads),
     }
 }
 
@@ -195,6 +217,7 @@ pub fn consumer(s: &Topology, queue_prefix: &str) -> Result<Permissions, TeamQue
         &s.output.unrouted_queue,
         &s.dead_letter.exchange,
         &s.dead_letter.queue,
+        &s.history.stream,
     ];
     if let Some(name) = ours.iter().find(|n| n.starts_with(queue_prefix)) {
         return Err(TeamQueuesError::Ours {
@@ -293,6 +316,46 @@ mod tests {
         assert_eq!(
             p.read,
             r"^(normalizer\.raw|webhooks\.raw|events\.unrouted|webhooks\.dead-letter|events\.canonical)$"
+        );
+    }
+
+    /// With the history on: the worker declares the stream and binds it to the tap
+    /// exchange; the operator reads it; a team neither reads nor writes it.
+    #[test]
+    fn the_history_is_the_workers_to_write_and_the_operators_to_read() {
+        let mut s = defaults();
+        s.history.enabled = true;
+        let p = worker(&s);
+        assert_eq!(
+            p.configure,
+            r"^(webhooks\.raw|normalizer\.raw|events\.canonical|events\.tap|events\.unrouted|webhooks\.dead-letter|normalizer\.dead-letter|events\.history)$"
+        );
+        assert_eq!(
+            p.write,
+            r"^(events\.canonical|amq\.default|events\.tap|webhooks\.dead-letter|normalizer\.raw|events\.unrouted|normalizer\.dead-letter|events\.history)$"
+        );
+        assert_eq!(
+            p.read,
+            r"^(normalizer\.raw|webhooks\.raw|events\.unrouted|webhooks\.dead-letter|events\.canonical|events\.tap)$"
+        );
+        let o = operator(&s);
+        assert_eq!(
+            o.read,
+            r"^(normalizer\.dead-letter|events\.unrouted|events\.tap|events\.history|amq\.gen-.*)$"
+        );
+        assert_eq!(
+            o.write,
+            operator(&defaults()).write,
+            "no write to the history"
+        );
+        let team = consumer(&s, "team.").unwrap();
+        assert!(!team.read.contains("history") && !team.write.contains("history"));
+        assert_eq!(
+            consumer(&s, "events.h"),
+            Err(TeamQueuesError::Ours {
+                prefix: "events.h".into(),
+                name: "events.history".into()
+            })
         );
     }
 

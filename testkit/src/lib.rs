@@ -83,7 +83,7 @@ pub use private_node::{PrivateNode, free_port};
 pub use publish::{publish_confirmed, publish_raw, publish_raw_with};
 pub use read::{
     assert_nothing_lost, capture_queue, header, message_id, queue_depth, read_messages,
-    read_until_quiet, setup, take_from,
+    read_stream, read_until_quiet, setup, take_from,
 };
 pub use webhooks::{
     Expectations, RECEIVED_AT, RawWebhook, expectations, expected, fixture, fixture_json,

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection};
 
@@ -86,6 +88,51 @@ pub async fn read_messages(
             Ok(other) => panic!("consumer of {queue} ended: {other:?}"),
             Err(_) => panic!(
                 "only {} of {count} messages arrived on {queue} within {within:?}",
+                out.len()
+            ),
+        }
+    }
+    out
+}
+
+/// Reads a stream from its first offset until `count` messages arrived, failing after
+/// `within`; acknowledged as read (a stream consumer needs a prefetch and acks, and
+/// takes nothing away).
+pub async fn read_stream(
+    channel: &Channel,
+    stream: &str,
+    count: usize,
+    within: Duration,
+) -> Vec<Delivery> {
+    channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-stream-offset".into(),
+        AMQPValue::LongString("first".into()),
+    );
+    let mut consumer = channel
+        .basic_consume(
+            stream.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            args,
+        )
+        .await
+        .expect("consume the stream");
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + within;
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.next()).await {
+            Ok(Some(Ok(d))) => {
+                d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                out.push(d);
+            }
+            Ok(other) => panic!("consumer of {stream} ended: {other:?}"),
+            Err(_) => panic!(
+                "only {} of {count} messages read from {stream} within {within:?}",
                 out.len()
             ),
         }

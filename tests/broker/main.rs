@@ -8,6 +8,7 @@ mod consumer;
 mod dlq;
 mod flow;
 mod fuzz;
+mod history;
 mod ingest;
 mod metrics;
 mod neighbours;

@@ -129,6 +129,36 @@ async fn the_worker_and_the_commands_run_with_exactly_the_printed_permissions() 
     let (_conn, channel) = setup(&vhost).await;
     publish_raw(&channel, &webhooks).await;
     assert_nothing_lost(&channel, &webhooks).await;
+    drop(worker);
+
+    // With the history on: the worker declares and feeds the stream, and the operator
+    // reads it, each with what is printed.
+    let vhost = TestVhost::on(&node, "history");
+    let url = node.url("normalizer", "pw", &vhost.name);
+    let history = [("NORMALIZER__HISTORY__ENABLED", "true")];
+    let lines = printed_permissions(&url, &history, "normalizer");
+    grant(&node, &lines[0]);
+    grant(&node, &lines[1]);
+    let worker = WorkerProcess::start_with_url(&url, &history);
+    worker.wait_ready(Duration::from_secs(20));
+    let (_conn, channel) = setup(&vhost).await;
+    let webhooks = webhook_mix(10, "hist");
+    publish_raw(&channel, &webhooks).await;
+    assert_nothing_lost(&channel, &webhooks).await;
+    let events = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .count();
+    let ops = connect(&node.url("ops", "pw", &vhost.name)).await;
+    let kept = read_stream(
+        &ops.create_channel().await.unwrap(),
+        "events.history",
+        events,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(kept.len(), events);
 }
 
 /// Without write permission on the dead-letter exchange (needed to declare the raw queue

@@ -1,0 +1,274 @@
+//! The event history (`[history]`): a stream fed from the tap exchange keeps every event
+//! once stored, byte for byte, without changing where any event goes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use lapin::message::Delivery;
+use lapin::options::{BasicGetOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+
+use crate::support::*;
+
+const HISTORY: &str = "events.history";
+const UNROUTED: &str = "events.unrouted";
+
+fn with_history(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut env = vec![("NORMALIZER__HISTORY__ENABLED", "true")];
+    env.extend_from_slice(extra);
+    env
+}
+
+/// Headers the stream and the tap add to what was published: where it sits in the
+/// stream, and when it was kept.
+const ADDED: [&str; 2] = ["x-stream-offset", "x-normalizer-kept-at"];
+
+/// A delivery's properties as text, without the headers named in `without`.
+fn properties_without(d: &Delivery, without: &[&str]) -> String {
+    let mut p = d.properties.clone();
+    if let Some(headers) = p.headers().clone() {
+        let mut kept = FieldTable::default();
+        for (k, v) in headers.inner() {
+            if !without.contains(&k.as_str()) {
+                kept.insert(k.clone(), v.clone());
+            }
+        }
+        p = p.with_headers(kept);
+    }
+    format!("{p:?}")
+}
+
+async fn get_all(channel: &lapin::Channel, queue: &str) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    while let Some(m) = channel
+        .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        out.push(m.delivery);
+    }
+    out
+}
+
+/// With a team bound for Deel only: the team gets exactly the Deel events and the
+/// unrouted queue exactly the others, as without the history (no binding of the
+/// history counts as a destination); the stream holds every one of them once, body and
+/// properties as the team and the unrouted queue got them, routed `canonical.{type}`
+/// or `unrouted.{type}`; and it is declared with the configured retention.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_keeps_every_stored_event_and_changes_no_route() {
+    let vhost = TestVhost::new("history-keeps");
+    let worker = WorkerProcess::start(
+        &vhost,
+        &with_history(&[
+            ("NORMALIZER__HISTORY__MAX_AGE_SECS", "86400"),
+            ("NORMALIZER__HISTORY__MAX_BYTES", "50000000"),
+            ("NORMALIZER__HISTORY__SEGMENT_BYTES", "1000000"),
+        ]),
+    );
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "team.deel", "events.canonical", "deel.#").await;
+    let webhooks = webhook_mix(40, "hist");
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(30), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+
+    let events: Vec<(String, String)> = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| (e.event_type.to_string(), e.id.to_string()))
+        .collect();
+    let (deel, others): (Vec<_>, Vec<_>) = events.iter().partition(|(t, _)| t.starts_with("deel."));
+    assert!(!deel.is_empty() && !others.is_empty());
+
+    let team = get_all(&channel, "team.deel").await;
+    let unrouted = get_all(&channel, UNROUTED).await;
+    let ids = |ds: &[Delivery]| ds.iter().map(message_id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&team),
+        deel.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
+        "the team gets what it got without the history"
+    );
+    assert_eq!(
+        ids(&unrouted),
+        others.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>(),
+        "the unrouted queue keeps what it kept without the history"
+    );
+
+    let history = read_stream(&channel, HISTORY, events.len(), Duration::from_secs(30)).await;
+    let mut by_id: BTreeMap<String, &Delivery> = BTreeMap::new();
+    for d in &history {
+        assert!(
+            by_id.insert(message_id(d), d).is_none(),
+            "each event once in the history"
+        );
+    }
+    for d in &team {
+        let kept = by_id[&message_id(d)];
+        assert_eq!(kept.data, d.data, "the body as the team got it");
+        assert_eq!(
+            kept.routing_key.as_str(),
+            format!("canonical.{}", d.routing_key)
+        );
+        assert_eq!(properties_without(kept, &ADDED), properties_without(d, &[]));
+        assert!(header(kept, "x-normalizer-kept-at").is_some());
+    }
+    for d in &unrouted {
+        let kept = by_id[&message_id(d)];
+        assert_eq!(kept.data, d.data, "the body as the unrouted queue kept it");
+        let event_type = header(d, "x-normalizer-unrouted-routing-key").unwrap();
+        assert_eq!(kept.routing_key.as_str(), format!("unrouted.{event_type}"));
+        // The quorum queue counts deliveries in a header of its own.
+        assert_eq!(
+            properties_without(kept, &["x-stream-offset"]),
+            properties_without(d, &["x-delivery-count"])
+        );
+    }
+    assert_eq!(history.len(), team.len() + unrouted.len());
+
+    let arguments = vhost.queue_arguments();
+    let stream = &arguments[HISTORY];
+    for want in [
+        "x-queue-type",
+        "stream",
+        "x-max-age",
+        "86400s",
+        "x-max-length-bytes",
+        "50000000",
+        "x-stream-max-segment-size-bytes",
+        "1000000",
+    ] {
+        assert!(stream.contains(want), "{want} in {stream}");
+    }
+    drop(conn);
+}
+
+/// Retention drops whole segments, oldest first: with 1 MiB kept in segments of 64 KiB,
+/// after about 3 MiB of events the stream starts well past its first offset and holds
+/// no more than the bound and one segment; the newest events are all there.
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_the_oldest_segments_past_max_bytes() {
+    let vhost = TestVhost::new("history-retention");
+    let worker = WorkerProcess::start(
+        &vhost,
+        &with_history(&[
+            ("NORMALIZER__HISTORY__MAX_BYTES", "1048576"),
+            ("NORMALIZER__HISTORY__SEGMENT_BYTES", "65536"),
+        ]),
+    );
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let webhooks = webhook_mix(2400, "ret");
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(120), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    let events: Vec<String> = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| e.id.to_string())
+        .collect();
+
+    // Read from the first offset still kept until the newest event arrives.
+    channel
+        .basic_qos(500, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let newest = events.last().unwrap().clone();
+    let mut kept = Vec::new();
+    let mut bytes = 0usize;
+    let mut first_offset = None;
+    let history = {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-stream-offset".into(),
+            AMQPValue::LongString("first".into()),
+        );
+        channel
+            .basic_consume(
+                HISTORY.into(),
+                "".into(),
+                lapin::options::BasicConsumeOptions::default(),
+                args,
+            )
+            .await
+            .unwrap()
+    };
+    let mut history = history;
+    while kept.last() != Some(&newest) {
+        use futures_lite::StreamExt;
+        let d = tokio::time::timeout(Duration::from_secs(30), history.next())
+            .await
+            .expect("the newest event within 30 s")
+            .unwrap()
+            .unwrap();
+        if first_offset.is_none() {
+            first_offset = d.properties.headers().as_ref().and_then(|h| {
+                match h.inner().get("x-stream-offset") {
+                    Some(AMQPValue::LongLongInt(n)) => Some(*n),
+                    _ => None,
+                }
+            });
+        }
+        bytes += d.data.len();
+        kept.push(message_id(&d));
+        d.acker.ack(Default::default()).await.unwrap();
+    }
+    let total: usize = events.len();
+    assert!(
+        first_offset.unwrap() > 0 && kept.len() < total / 2,
+        "old segments dropped: {} of {total} kept, first offset {first_offset:?}",
+        kept.len()
+    );
+    assert!(
+        bytes <= 1_048_576 + 2 * 65_536,
+        "{bytes} bytes of bodies kept"
+    );
+    assert_eq!(
+        kept[..],
+        events[total - kept.len()..],
+        "what is kept is the newest events, in order"
+    );
+}
+
+/// A stream declared earlier with other retention: queue arguments cannot change, so the
+/// worker is not ready, and says which stream and where to read what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn other_retention_on_an_existing_stream_is_named_with_what_to_do() {
+    let vhost = TestVhost::new("history-changed");
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("stream".into()),
+    );
+    args.insert("x-max-age".into(), AMQPValue::LongString("3600s".into()));
+    channel
+        .queue_declare(
+            HISTORY.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await
+        .unwrap();
+    let worker = WorkerProcess::start(&vhost, &with_history(&[]));
+    wait_until(Duration::from_secs(20), "/readyz to say why", || {
+        let (status, doc) = worker.readiness();
+        status == 503
+            && doc["reason"].as_str().is_some_and(|r| {
+                r.contains("PRECONDITION_FAILED")
+                    && r.contains("stream events.history")
+                    && r.contains("Event history")
+            })
+    });
+}
