@@ -143,7 +143,7 @@ pub fn worker(s: &Topology) -> Permissions {
     }
 }
 
-/// What the `dlq`, `unrouted` and `tail` commands need (an operator's user, apart from
+/// What the `dlq`, `unrouted`, `history` and `tail` commands need (an operator's user, apart from
 /// the worker's): the lock queues, reading the two queues, copies through the default
 /// exchange, replays to the raw and the canonical exchange; and for `tail`, a
 /// server-named exclusive queue (`amq.gen-…`: configure to declare it, write to bind it,

@@ -272,3 +272,258 @@ async fn other_retention_on_an_existing_stream_is_named_with_what_to_do() {
             })
     });
 }
+
+fn history_command(vhost: &TestVhost, args: &[&str]) -> std::process::Output {
+    run_command(vhost, &[&["history"], args].concat())
+}
+
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The ids a replay listed (type, id, time kept, bytes), in order.
+fn listed_ids(listing: &str) -> Vec<String> {
+    listing
+        .lines()
+        .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+        .collect()
+}
+
+/// Starts a worker with the history on, publishes `n` raw messages of the mix nobody is
+/// bound for, and waits until all are settled: every event is in `events.unrouted` and
+/// in the history. Returns the worker and the events' (type, id), in publish order.
+async fn kept_while_nobody_was_bound(
+    vhost: &TestVhost,
+    n: usize,
+    tag: &str,
+) -> (WorkerProcess, lapin::Connection, Vec<(String, String)>) {
+    let worker = WorkerProcess::start(vhost, &with_history(&[]));
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let webhooks = webhook_mix(n, tag);
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(60), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    let events = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| (e.event_type.to_string(), e.id.to_string()))
+        .collect();
+    (worker, conn, events)
+}
+
+/// Events published while no team was bound are copied into a queue bound later, byte
+/// for byte with the same ids and properties as published, and nothing else changes:
+/// `events.unrouted` keeps what it kept, and the history still holds every event.
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_backfills_a_queue_bound_later_byte_for_byte() {
+    let vhost = TestVhost::new("history-replay");
+    let (_worker, conn, events) = kept_while_nobody_was_bound(&vhost, 40, "back").await;
+    let channel = conn.create_channel().await.unwrap();
+    let deel: Vec<String> = events
+        .iter()
+        .filter(|(t, _)| t.starts_with("deel."))
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert!(deel.len() >= 3 && deel.len() < events.len());
+
+    // A team binds for Deel after the fact.
+    capture_queue(&channel, "team.deel", "events.canonical", "deel.#").await;
+    let dry = succeeded(&history_command(
+        &vhost,
+        &[
+            "replay",
+            "--type",
+            "deel.#",
+            "--to-queue",
+            "team.deel",
+            "--dry-run",
+        ],
+    ));
+    assert_eq!(listed_ids(&dry), deel, "listed in the order kept");
+    assert_eq!(
+        queue_depth(&channel, "team.deel").await,
+        0,
+        "a dry run copies nothing"
+    );
+
+    let out = history_command(
+        &vhost,
+        &["replay", "--type", "deel.#", "--to-queue", "team.deel"],
+    );
+    assert_eq!(listed_ids(&succeeded(&out)), deel);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} copied to team.deel and confirmed", deel.len())),
+        "{stderr}"
+    );
+    let copied = get_all(&channel, "team.deel").await;
+    assert_eq!(copied.iter().map(message_id).collect::<Vec<_>>(), deel);
+
+    // Byte for byte what the worker kept, and properties as it published them: the
+    // unrouted queue's copies less what keeping them added.
+    let unrouted = get_all(&channel, UNROUTED).await;
+    assert_eq!(
+        unrouted.len(),
+        events.len(),
+        "events.unrouted keeps what it kept"
+    );
+    let kept: BTreeMap<String, &Delivery> = unrouted.iter().map(|d| (message_id(d), d)).collect();
+    for d in &copied {
+        let original = kept[&message_id(d)];
+        assert_eq!(d.data, original.data);
+        assert_eq!(
+            properties_without(d, &["x-delivery-count"]),
+            properties_without(
+                original,
+                &[
+                    "x-delivery-count",
+                    "x-normalizer-kept-at",
+                    "x-normalizer-unrouted-routing-key"
+                ]
+            )
+        );
+        assert_eq!(
+            d.routing_key.as_str(),
+            "team.deel",
+            "through the default exchange"
+        );
+    }
+
+    // The history is as it was: every event, once.
+    let stats = succeeded(&history_command(&vhost, &["stats"]));
+    let total: u64 = stats
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(1).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total as usize, events.len(), "{stats}");
+
+    // A queue that does not exist is refused before anything is read.
+    let out = history_command(&vhost, &["replay", "--type", "#", "--to-queue", "no.such"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("queue no.such does not exist"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `--since` and `--until` select by when the worker kept an event.
+#[tokio::test(flavor = "multi_thread")]
+async fn since_and_until_select_by_the_time_kept() {
+    let vhost = TestVhost::new("history-window");
+    let (worker, conn, first) = kept_while_nobody_was_bound(&vhost, 12, "early").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let between = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let channel = conn.create_channel().await.unwrap();
+    let later = webhook_mix(12, "late");
+    publish_raw(&channel, &later).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the later messages settled",
+        || worker.readiness().1["acked"].as_u64() == Some(24),
+    );
+    let second: Vec<String> = later
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| e.id.to_string())
+        .collect();
+    capture_queue(&channel, "team.all", "events.canonical", "#").await;
+    let at = between.to_rfc3339();
+    let listing = |window: &[&str]| {
+        let args = [
+            &[
+                "replay",
+                "--type",
+                "#",
+                "--to-queue",
+                "team.all",
+                "--dry-run",
+            ],
+            window,
+        ]
+        .concat();
+        listed_ids(&succeeded(&history_command(&vhost, &args)))
+    };
+    assert_eq!(listing(&["--since", &at]), second);
+    assert_eq!(
+        listing(&["--until", &at]),
+        first.iter().map(|(_, id)| id.clone()).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        listing(&["--since", "1h"]).len(),
+        first.len() + second.len()
+    );
+    let out = history_command(&vhost, &["stats", "--since", "10m", "--until", "1h"]);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "a window that ends before it starts"
+    );
+}
+
+/// A replay killed half way leaves the team's queue with a prefix of the matching events,
+/// in the order kept.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replay_leaves_a_prefix() {
+    let vhost = TestVhost::new("history-killed");
+    let (_worker, conn, events) = kept_while_nobody_was_bound(&vhost, 60, "kill").await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "team.all", "events.canonical", "#").await;
+    let all = listed_ids(&succeeded(&history_command(
+        &vhost,
+        &[
+            "replay",
+            "--type",
+            "#",
+            "--to-queue",
+            "team.all",
+            "--dry-run",
+        ],
+    )));
+    assert_eq!(all.len(), events.len());
+    let mut replay = std::process::Command::new(worker_binary())
+        .args([
+            "history",
+            "replay",
+            "--type",
+            "#",
+            "--to-queue",
+            "team.all",
+            "--rate",
+            "20",
+        ])
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(30), "a few events copied", || {
+        vhost.queue_messages("team.all").unwrap_or(0) >= 5
+    });
+    replay.kill().unwrap();
+    replay.wait().unwrap();
+    let copied: Vec<String> = get_all(&channel, "team.all")
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    assert!(
+        copied.len() >= 5 && copied.len() < all.len(),
+        "{} of {}",
+        copied.len(),
+        all.len()
+    );
+    assert_eq!(copied, all[..copied.len()], "a prefix, in the order kept");
+}

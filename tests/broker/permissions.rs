@@ -159,6 +159,25 @@ async fn the_worker_and_the_commands_run_with_exactly_the_printed_permissions() 
     )
     .await;
     assert_eq!(kept.len(), events);
+    // The operator's history commands: a read, and a copy into a team's queue.
+    capture_queue(&channel, "team.all", "events.canonical", "#").await;
+    for command in [
+        &["history", "stats"][..],
+        &["history", "replay", "--type", "#", "--to-queue", "team.all"][..],
+    ] {
+        let out = Command::new(worker_binary())
+            .args(command)
+            .env("NORMALIZER__AMQP__URL", node.url("ops", "pw", &vhost.name))
+            .envs(history)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?} as ops: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(queue_depth(&channel, "team.all").await as usize, events);
 }
 
 /// Without write permission on the dead-letter exchange (needed to declare the raw queue

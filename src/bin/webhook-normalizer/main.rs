@@ -12,8 +12,8 @@ mod progress;
 mod walk;
 
 use commands::{
-    config, dlq, event_types, ingest, normalize, permissions, publish, run, tail, topology,
-    unrouted,
+    config, dlq, event_types, history, ingest, normalize, permissions, publish, run, tail,
+    topology, unrouted,
 };
 use common::{ConfigFile, report};
 
@@ -58,6 +58,12 @@ enum Command {
         #[command(subcommand)]
         command: unrouted::UnroutedCommand,
     },
+    /// Read the event history (with `history.enabled`): counts by type, and copies of past
+    /// events into a team's queue; takes nothing from it (same configuration as `run`).
+    History {
+        #[command(subcommand)]
+        command: history::HistoryCommand,
+    },
     /// Publish raw webhook bodies to the raw exchange as a gateway does: byte for byte,
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
     /// when one is returned (nothing bound) or nacked.
@@ -74,7 +80,7 @@ enum Command {
     /// JSON Lines when piped.
     Tail(tail::TailArgs),
     /// Print the `rabbitmqctl set_permissions` lines the configured names need: for the
-    /// worker's user, for an operator's user (the `dlq`, `unrouted` and `tail` commands), for
+    /// worker's user, for an operator's user (the `dlq`, `unrouted`, `history` and `tail` commands), for
     /// one user doing both, for a gateway's user and for a consuming team's user.
     Permissions(permissions::PermissionsArgs),
     /// Print the effective settings (config/default.toml, the --config file, the
@@ -109,6 +115,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::EventTypes(args) => event_types::run(args),
         Command::Dlq { command } => dlq::run(command),
         Command::Unrouted { command } => unrouted::run(command),
+        Command::History { command } => history::run(command),
         Command::Publish(args) => publish::run(args),
         Command::Ingest { config } => ingest::run(config),
         Command::Tail(args) => tail::run(args),

@@ -7,11 +7,10 @@ pub mod stored;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
 
 use crate::config::{AmqpSettings, OutputSettings};
 use crate::contract::headers;
+use crate::tools::kept::{as_published, kept_at};
 use crate::tools::unrouted::stored::UnroutedEvent;
 use crate::tools::walk::{Action, Progress, Step, Walk, WalkError, WalkSummary, walk_queue};
 
@@ -59,79 +58,4 @@ pub async fn walk_unrouted(
         }
     })
     .await
-}
-
-/// An event's properties as the worker published it: without what keeping it added (its
-/// routing key, when it was kept, the time it had left) and the broker's delivery count.
-fn as_published(kept: &BasicProperties) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Some(table) = kept.headers() {
-        for (k, v) in table.inner() {
-            if !matches!(
-                k.as_str(),
-                headers::UNROUTED_ROUTING_KEY | headers::KEPT_AT | "x-delivery-count"
-            ) {
-                headers.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    let mut published = BasicProperties::default();
-    let p = kept;
-    if let Some(v) = p.content_type() {
-        published = published.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        published = published.with_content_encoding(v.clone());
-    }
-    if !headers.inner().is_empty() {
-        published = published.with_headers(headers);
-    }
-    if let Some(v) = p.delivery_mode() {
-        published = published.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        published = published.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        published = published.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        published = published.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        published = published.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        published = published.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        published = published.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        published = published.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        published = published.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        published = published.with_cluster_id(v.clone());
-    }
-    published
-}
-
-/// When a kept event was kept: its `x-normalizer-kept-at` header, when it has one.
-fn kept_at(properties: &BasicProperties) -> Option<DateTime<Utc>> {
-    match properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(headers::KEPT_AT)?
-    {
-        AMQPValue::LongString(t) => {
-            DateTime::parse_from_rfc3339(&String::from_utf8_lossy(t.as_bytes()))
-                .ok()
-                .map(|t| t.with_timezone(&Utc))
-        }
-        _ => None,
-    }
 }

@@ -4,6 +4,7 @@
 pub(crate) mod config;
 pub(crate) mod dlq;
 pub(crate) mod event_types;
+pub(crate) mod history;
 pub(crate) mod ingest;
 pub(crate) mod normalize;
 pub(crate) mod permissions;

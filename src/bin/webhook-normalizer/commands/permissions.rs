@@ -100,7 +100,7 @@ fn print_permissions(
     writeln!(out, "{}", worker.command(&vhost, &user))?;
     writeln!(
         out,
-        "# the dlq, unrouted and tail commands, as another user:"
+        "# the dlq, unrouted, history and tail commands, as another user:"
     )?;
     writeln!(out, "{}", ops.command(&vhost, operator))?;
     writeln!(out, "# both, as one user:")?;
