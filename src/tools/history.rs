@@ -54,6 +54,30 @@ impl Window {
     fn contains(&self, kept: DateTime<Utc>) -> bool {
         self.since.is_none_or(|since| kept >= since) && kept <= self.until
     }
+
+    /// Where an event kept at `kept` falls: in the window, outside it, or so far past its
+    /// end (more than [`SKEW`]) that nothing after it can be in it. A window ending at
+    /// the latest time there is (a reader following the stream) has no past.
+    fn place(&self, kept: DateTime<Utc>) -> Place {
+        if self
+            .until
+            .checked_add_signed(SKEW)
+            .is_some_and(|end| kept > end)
+        {
+            Place::Past
+        } else if self.contains(kept) {
+            Place::In
+        } else {
+            Place::Outside
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    In,
+    Outside,
+    Past,
 }
 
 /// Where the worker stored an event before keeping its copy in the history.
@@ -121,7 +145,8 @@ pub struct HistoryReader {
     returns: Returns,
     consumer: lapin::Consumer,
     window: Window,
-    quiet: Duration,
+    /// `None`: a reader that follows the stream, waiting for what comes.
+    quiet: Option<Duration>,
     /// Entries read, in the window or not.
     pub read: u64,
 }
@@ -135,6 +160,35 @@ impl HistoryReader {
         window: Window,
         quiet: Duration,
     ) -> Result<HistoryReader, BrokerError> {
+        let start = start_offset(window.since);
+        HistoryReader::start(amqp, stream, window, start, Some(quiet)).await
+    }
+
+    /// Opens a reader that follows `stream` from `since` (from its next entry without
+    /// one), and ends only when the stream does.
+    pub async fn follow(
+        amqp: &AmqpSettings,
+        stream: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<HistoryReader, BrokerError> {
+        let start = match since {
+            Some(_) => start_offset(since),
+            None => AMQPValue::LongString("next".into()),
+        };
+        let window = Window {
+            since,
+            until: DateTime::<Utc>::MAX_UTC,
+        };
+        HistoryReader::start(amqp, stream, window, start, None).await
+    }
+
+    async fn start(
+        amqp: &AmqpSettings,
+        stream: &str,
+        window: Window,
+        start: AMQPValue,
+        quiet: Option<Duration>,
+    ) -> Result<HistoryReader, BrokerError> {
         let check = FrameCheck::default();
         let returns = check.returns.clone();
         let connection = connect_checked(amqp, Role::Consumer, check).await?;
@@ -147,7 +201,7 @@ impl HistoryReader {
             .await
             .map_err(BrokerError::amqp("setting a prefetch"))?;
         let mut args = FieldTable::default();
-        args.insert("x-stream-offset".into(), start_offset(window.since));
+        args.insert("x-stream-offset".into(), start);
         let consumer = channel
             .basic_consume(
                 stream.into(),
@@ -179,10 +233,16 @@ impl HistoryReader {
     /// end of the stream.
     pub async fn next(&mut self) -> Result<Option<(HistoryEvent, Delivery)>, BrokerError> {
         loop {
-            let delivery = match tokio::time::timeout(self.quiet, self.consumer.next()).await {
-                Err(_) => return Ok(None),
-                Ok(None) => return Err(BrokerError::ConsumerCancelled),
-                Ok(Some(delivery)) => {
+            let next = match self.quiet {
+                Some(quiet) => match tokio::time::timeout(quiet, self.consumer.next()).await {
+                    Err(_) => return Ok(None),
+                    Ok(next) => next,
+                },
+                None => self.consumer.next().await,
+            };
+            let delivery = match next {
+                None => return Err(BrokerError::ConsumerCancelled),
+                Some(delivery) => {
                     delivery.map_err(BrokerError::amqp("reading the history stream"))?
                 }
             };
@@ -197,11 +257,10 @@ impl HistoryReader {
                 continue;
             };
             if let Some(kept) = event.kept_at {
-                if kept > self.window.until + SKEW {
-                    return Ok(None);
-                }
-                if !self.window.contains(kept) {
-                    continue;
+                match self.window.place(kept) {
+                    Place::Past => return Ok(None),
+                    Place::Outside => continue,
+                    Place::In => {}
                 }
             }
             return Ok(Some((event, delivery)));
@@ -217,7 +276,11 @@ impl HistoryReader {
 /// broker starts at the chunk holding it), or the stream's first entry.
 fn start_offset(since: Option<DateTime<Utc>>) -> AMQPValue {
     match since {
-        Some(t) => AMQPValue::Timestamp(u64::try_from((t - SKEW).timestamp()).unwrap_or(0)),
+        Some(t) => AMQPValue::Timestamp(
+            t.checked_sub_signed(SKEW)
+                .and_then(|t| u64::try_from(t.timestamp()).ok())
+                .unwrap_or(0),
+        ),
         None => AMQPValue::LongString("first".into()),
     }
 }
@@ -541,6 +604,15 @@ mod tests {
             until: at("2026-12-06T11:00:00Z"),
         };
         assert!(open.contains(at("1970-01-01T00:00:00Z")));
+        assert_eq!(w.place(at("2026-12-06T11:00:05Z")), Place::Outside);
+        assert_eq!(w.place(at("2026-12-06T11:00:05.001Z")), Place::Past);
+        assert_eq!(w.place(at("2026-12-06T09:00:00Z")), Place::Outside);
+        assert_eq!(w.place(at("2026-12-06T10:30:00Z")), Place::In);
+        let following = Window {
+            since: None,
+            until: DateTime::<Utc>::MAX_UTC,
+        };
+        assert_eq!(following.place(DateTime::<Utc>::MAX_UTC), Place::In);
     }
 
     #[test]

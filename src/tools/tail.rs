@@ -3,6 +3,9 @@
 //! is stored, read without acknowledgements. It takes nothing from anyone else's queue,
 //! and, bound nowhere an event is routed, never changes where one goes: an event no team
 //! binds is unroutable whether `tail` runs or not.
+//!
+//! With the event history on, events are read from its stream instead ([`tail_history`]):
+//! from a time in the past or from now, with no queue of its own at all.
 
 use std::future::Future;
 
@@ -16,6 +19,8 @@ use crate::amqp::error::{BrokerError, Role};
 use crate::amqp::json::properties_json;
 use crate::config::AmqpSettings;
 use crate::tools::dlq::stored::StoredDeadLetter;
+use crate::tools::history::{HistoryReader, Stored};
+use crate::tools::unrouted::stored::TypePattern;
 
 /// What to watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +136,57 @@ pub async fn tail(
         () = stop => Ok(()),
     };
     let _ = connection.close(200, "tail done".into()).await;
+    watched.map(|()| seen)
+}
+
+/// [`tail`] of events (`source` is not [`TailSource::DeadLetters`], which the history
+/// does not hold) from the history stream: from `since`, or from now, filtered here (a
+/// stream read over AMQP 0-9-1 has no server-side filter). Declares and binds nothing.
+pub async fn tail_history(
+    amqp: &AmqpSettings,
+    stream: &str,
+    source: &TailSource,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    ready: impl FnOnce(),
+    mut each: impl FnMut(Tailed<'_>) -> bool,
+    stop: impl Future<Output = ()>,
+) -> Result<u64, BrokerError> {
+    let patterns: Vec<TypePattern> = match source {
+        TailSource::Events(patterns) => patterns
+            .iter()
+            .filter_map(|p| TypePattern::parse(p).ok())
+            .collect(),
+        TailSource::Unrouted | TailSource::DeadLetters => Vec::new(),
+    };
+    let wanted = |event_type: &str, stored: Stored| match source {
+        TailSource::Events(_) => patterns.iter().any(|p| p.matches(event_type)),
+        TailSource::Unrouted => stored == Stored::Unrouted,
+        TailSource::DeadLetters => false,
+    };
+    let mut reader = HistoryReader::follow(amqp, stream, since).await?;
+    ready();
+    let mut seen = 0u64;
+    let watching = async {
+        while let Some((event, delivery)) = reader.next().await? {
+            if !wanted(&event.event_type, event.stored) {
+                continue;
+            }
+            seen += 1;
+            let item = Tailed::Event {
+                routing_key: &event.event_type,
+                body: &delivery.data,
+            };
+            if !each(item) {
+                break;
+            }
+        }
+        Ok::<(), BrokerError>(())
+    };
+    let watched = tokio::select! {
+        watched = watching => watched,
+        () = stop => Ok(()),
+    };
+    reader.close().await;
     watched.map(|()| seen)
 }
 

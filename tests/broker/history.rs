@@ -527,3 +527,118 @@ async fn a_killed_replay_leaves_a_prefix() {
     );
     assert_eq!(copied, all[..copied.len()], "a prefix, in the order kept");
 }
+
+/// `tail --since` shows events kept before it started, then those to come, read from the
+/// history: it declares no queue, takes nothing, and with it running `events.unrouted`
+/// keeps what it keeps without it. Without the history, `--since` is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_since_shows_past_events_and_takes_nothing() {
+    let vhost = TestVhost::new("history-tail");
+    let (worker, conn, past) = kept_while_nobody_was_bound(&vhost, 12, "past").await;
+    let channel = conn.create_channel().await.unwrap();
+    let env = with_history(&[]);
+    let queues_before: Vec<String> = {
+        let mut q: Vec<String> = vhost.queue_arguments().into_keys().collect();
+        q.sort();
+        q
+    };
+
+    // Following from 10 minutes back: the past events, then new ones as they come.
+    let mut tail = std::process::Command::new(worker_binary())
+        .args(["tail", "--since", "10m", "#"])
+        .env("NORMALIZER__AMQP__URL", vhost.url())
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<String>>()
+    });
+    let later = webhook_mix(12, "later");
+    publish_raw(&channel, &later).await;
+    wait_until(
+        Duration::from_secs(60),
+        "the later messages settled",
+        || worker.readiness().1["acked"].as_u64() == Some(24),
+    );
+    let future: Vec<(String, String)> = later
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| (e.event_type.to_string(), e.id.to_string()))
+        .collect();
+    let all = past.len() + future.len();
+    wait_until(Duration::from_secs(30), "tail to print every event", || {
+        vhost.queue_messages(UNROUTED) == Some(all as u64)
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut queues_during: Vec<String> = vhost.queue_arguments().into_keys().collect();
+    queues_during.sort();
+    tail.kill().unwrap();
+    tail.wait().unwrap();
+    let printed: Vec<String> = lines
+        .join()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut want: Vec<String> = past
+        .iter()
+        .chain(&future)
+        .map(|(_, id)| id.clone())
+        .collect();
+    let mut got = printed.clone();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want, "each event once, past and to come");
+    assert_eq!(queues_during, queues_before, "no queue of tail's own");
+    assert_eq!(
+        queue_depth(&channel, UNROUTED).await as usize,
+        all,
+        "events.unrouted keeps what it kept"
+    );
+
+    // A type pattern, from the past only, with a limit.
+    let deel = past.iter().filter(|(t, _)| t.starts_with("deel.")).count();
+    let out = run_command_with(
+        &vhost,
+        &[
+            "tail",
+            "--since",
+            "1h",
+            "--limit",
+            &deel.to_string(),
+            "deel.#",
+        ],
+        &env,
+    );
+    let shown = succeeded(&out);
+    assert_eq!(shown.lines().count(), deel);
+    for line in shown.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(
+            event["type"].as_str().unwrap().starts_with("deel."),
+            "{line}"
+        );
+    }
+
+    // Without the history: refused, with why.
+    let out = run_command(&vhost, &["tail", "--since", "10m"]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("history.enabled is off"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -14,6 +14,9 @@ use webhook_normalizer::canonical::{DEFAULT_SCHEMA_BASE, SchemaBase, rfc3339_utc
 use webhook_normalizer::config::{AmqpSettings, Settings};
 use webhook_normalizer::telemetry::{self, TelemetryError};
 
+/// sysexits.h EX_USAGE: an argument that cannot be used (a time window that ends before
+/// it starts, `--since` without the event history).
+pub(crate) const EXIT_USAGE: u8 = 64;
 /// sysexits.h EX_DATAERR: the input was read but cannot be normalized.
 pub(crate) const EXIT_DATA_ERROR: u8 = 65;
 /// sysexits.h EX_UNAVAILABLE: the broker could not be reached or refused.

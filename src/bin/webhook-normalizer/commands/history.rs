@@ -17,16 +17,14 @@ use webhook_normalizer::tools::history::{
 use webhook_normalizer::tools::unrouted::stored::TypePattern;
 
 use crate::common::{
-    ConfigFile, EXIT_UNAVAILABLE, report, runtime, with_settings, write_lines, written_to_stdout,
+    ConfigFile, EXIT_UNAVAILABLE, EXIT_USAGE, report, runtime, with_settings, write_lines,
+    written_to_stdout,
 };
 use crate::walk::{ReplayPace, audit};
 
 /// A read ends once nothing has come from the stream for this long: the end of what it
 /// holds (RabbitMQ 3.10 says nothing of a stream's end over AMQP 0-9-1).
 const QUIET: Duration = Duration::from_secs(2);
-
-/// EX_USAGE: a window that cannot be read.
-const EXIT_USAGE: u8 = 64;
 
 #[derive(Subcommand)]
 pub(crate) enum HistoryCommand {
