@@ -10,5 +10,6 @@ pub mod history;
 pub mod kept;
 pub mod permissions;
 pub mod tail;
+pub mod trace;
 pub mod unrouted;
 pub mod walk;

@@ -642,3 +642,88 @@ async fn tail_since_shows_past_events_and_takes_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `trace` finds what a webhook became by any of its ids: the events of a raw message
+/// (by the raw message id, an event id, the vendor event id) from the history, and the
+/// dead letter of a failed one from the dead-letter queue; every queue stays as it was;
+/// nothing found is exit 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn trace_finds_the_events_and_the_dead_letter_of_a_webhook() {
+    let vhost = TestVhost::new("history-trace");
+    let worker = WorkerProcess::start(&vhost, &with_history(&[]));
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let ok = RawWebhook::new(
+        fixture("deel/contract.created.json"),
+        Some("deel"),
+        "trace-ok",
+    );
+    let bad = RawWebhook::new(b"{ not json".to_vec(), Some("deel"), "trace-bad");
+    let mut webhooks = webhook_mix(10, "noise");
+    webhooks.insert(4, ok.clone());
+    webhooks.push(bad.clone());
+    publish_raw(&channel, &webhooks).await;
+    wait_until(Duration::from_secs(60), "all raw messages settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    let ok_events = expected(&ok).unwrap();
+    assert!(!ok_events.is_empty());
+    let unrouted_before = queue_depth(&channel, UNROUTED).await;
+    let dead_before = queue_depth(&channel, "normalizer.dead-letter").await;
+    let trace = |id: &str| run_command_with(&vhost, &["trace", id], &with_history(&[]));
+    let event_lines = |out: &std::process::Output| -> Vec<Vec<String>> {
+        succeeded(out)
+            .lines()
+            .filter(|l| l.starts_with("event\t"))
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect()
+    };
+
+    // By the raw message id: every event it became, delivered or kept unrouted.
+    let lines = event_lines(&trace("trace-ok"));
+    let ids: Vec<&str> = lines.iter().map(|l| l[2].as_str()).collect();
+    let want: Vec<String> = ok_events.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(ids, want);
+    for (line, event) in lines.iter().zip(&ok_events) {
+        assert_eq!(line[1], event.event_type.to_string());
+        assert_eq!(line[3], "unrouted", "nobody is bound");
+        assert_eq!(line[5], "by raw message id");
+    }
+    // By the event's own id, and by the vendor's event id.
+    let first = &ok_events[0];
+    let lines = event_lines(&trace(&first.id.to_string()));
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0][5], "by event id");
+    let vendor_id = first
+        .vendoreventid
+        .clone()
+        .expect("a Deel event has its vendor id");
+    let lines = event_lines(&trace(&vendor_id));
+    assert!(
+        !lines.is_empty() && lines.iter().all(|l| l[5] == "by vendor event id"),
+        "{lines:?}"
+    );
+
+    // The failed one: its dead letter, kind and reason.
+    let out = trace("trace-bad");
+    let text = succeeded(&out);
+    let dead: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("dead-letter\t"))
+        .collect();
+    assert_eq!(dead.len(), 1, "{text}");
+    assert!(
+        dead[0].contains("deel.invalid_json") && dead[0].contains("trace-bad"),
+        "{text}"
+    );
+    assert!(!text.contains("event\t"), "{text}");
+
+    // Nothing found: exit 1. Every queue as it was.
+    assert_eq!(trace("no-such-id").status.code(), Some(1));
+    assert_eq!(queue_depth(&channel, UNROUTED).await, unrouted_before);
+    assert_eq!(
+        queue_depth(&channel, "normalizer.dead-letter").await,
+        dead_before
+    );
+}

@@ -159,11 +159,12 @@ async fn the_worker_and_the_commands_run_with_exactly_the_printed_permissions() 
     )
     .await;
     assert_eq!(kept.len(), events);
-    // The operator's history commands: a read, and a copy into a team's queue.
+    // The operator's history commands: a read, a copy into a team's queue, a trace.
     capture_queue(&channel, "team.all", "events.canonical", "#").await;
     for command in [
         &["history", "stats"][..],
         &["history", "replay", "--type", "#", "--to-queue", "team.all"][..],
+        &["trace", "hist-1"][..],
     ] {
         let out = Command::new(worker_binary())
             .args(command)

@@ -13,7 +13,7 @@ mod walk;
 
 use commands::{
     config, dlq, event_types, history, ingest, normalize, permissions, publish, run, tail,
-    topology, unrouted,
+    topology, trace, unrouted,
 };
 use common::{ConfigFile, report};
 
@@ -64,6 +64,12 @@ enum Command {
         #[command(subcommand)]
         command: history::HistoryCommand,
     },
+    /// What happened to one webhook: given a raw message's id, a vendor's event id or a
+    /// canonical event's id, the events it became (from the event history, in a window
+    /// of the last 24 hours by default) and the dead letter it ended as (from the
+    /// dead-letter queue), one line each; every queue is left as it was. Exit 1 when
+    /// nothing is found.
+    Trace(trace::TraceArgs),
     /// Publish raw webhook bodies to the raw exchange as a gateway does: byte for byte,
     /// persistent, mandatory, confirmed, with `x-received-at` (and `x-vendor`). Exit 1
     /// when one is returned (nothing bound) or nacked.
@@ -116,6 +122,7 @@ fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Dlq { command } => dlq::run(command),
         Command::Unrouted { command } => unrouted::run(command),
         Command::History { command } => history::run(command),
+        Command::Trace(args) => trace::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Ingest { config } => ingest::run(config),
         Command::Tail(args) => tail::run(args),

@@ -24,7 +24,7 @@ use crate::walk::{ReplayPace, audit};
 
 /// A read ends once nothing has come from the stream for this long: the end of what it
 /// holds (RabbitMQ 3.10 says nothing of a stream's end over AMQP 0-9-1).
-const QUIET: Duration = Duration::from_secs(2);
+pub(crate) const QUIET: Duration = Duration::from_secs(2);
 
 #[derive(Subcommand)]
 pub(crate) enum HistoryCommand {

@@ -12,4 +12,5 @@ pub(crate) mod publish;
 pub(crate) mod run;
 pub(crate) mod tail;
 pub(crate) mod topology;
+pub(crate) mod trace;
 pub(crate) mod unrouted;
