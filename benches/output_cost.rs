@@ -8,7 +8,9 @@
 //!   `type` and the routing key, `_specversion` = the constant `1.0`, `_source` = the
 //!   vendor prefix of the type, `_time` = the body's `time`);
 //! - `no-headers`: without any headers;
-//! - `half-body`: event bodies cut to their first half (the broker does not parse them).
+//! - `half-body`: event bodies cut to their first half (the broker does not parse them);
+//! - `history`: as `exact`, into a topology with the event history on (`[history]`): the
+//!   tap copies of events are also appended to the history stream.
 //!
 //! Dead letters (5% of the mix) are republished exactly in every variant. The report
 //! gives throughput and broker CPU per message for each variant, the mean sizes (raw

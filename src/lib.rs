@@ -40,12 +40,14 @@
 //! - [`config`], [`telemetry`], [`ops`]: settings, logging, health and outcomes.
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //! - [`signatures`]: the vendors' webhook signatures, checked over the raw bytes.
+//! - [`trace_context`]: W3C `traceparent`, read from raw messages and written on what
+//!   the worker publishes (ids drawn by the caller).
 //! - `tools::dlq::stored`, `tools::unrouted::stored`: reading, filtering and grouping
 //!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
 //! `canonical`, `asyncapi`, `vendors`, `body`, `normalize`, `contract`, `delivery`,
 //! `backoff`, `tools::dlq::stored`, `tools::unrouted::stored`, `tools::permissions`,
-//! `signatures` and `redact` are pure: no I/O, no clock, no randomness. The broker glue is
+//! `signatures`, `trace_context` and `redact` are pure: no I/O, no clock, no randomness. The broker glue is
 //! built on top of them, never the other way round.
 
 pub mod amqp;
@@ -64,6 +66,7 @@ pub mod redact;
 pub mod signatures;
 pub mod telemetry;
 pub mod tools;
+pub mod trace_context;
 pub mod vendors;
 pub mod worker;
 

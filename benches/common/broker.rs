@@ -21,7 +21,20 @@ use webhook_normalizer::config::Settings;
 /// a comparison routes through the same exchanges and queues) and the capture queue
 /// bound `#` to the canonical exchange.
 pub async fn with_topology(vhost: TestVhost, settings: &Settings) -> TestVhost {
-    declare_topology(&vhost, &[]);
+    with_topology_and(vhost, settings, &[]).await
+}
+
+/// [`with_topology`], declared with these settings on top (`NORMALIZER__…`).
+pub async fn with_topology_and(
+    vhost: TestVhost,
+    settings: &Settings,
+    env: &[(&str, &str)],
+) -> TestVhost {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    declare_topology(&vhost, &env);
     capture(&vhost, settings).await;
     vhost
 }

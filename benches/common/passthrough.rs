@@ -63,14 +63,18 @@ pub enum Variant {
     NoHeaders,
     /// Bodies cut to their first half (the broker does not parse them).
     HalfBody,
+    /// As the worker published them, into a topology with the event history on: the tap
+    /// copies of events are also stored in the history stream.
+    History,
 }
 
 impl Variant {
-    pub const ALL: [Variant; 4] = [
+    pub const ALL: [Variant; 5] = [
         Variant::Exact,
         Variant::AllHeaders,
         Variant::NoHeaders,
         Variant::HalfBody,
+        Variant::History,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,6 +83,7 @@ impl Variant {
             Variant::AllHeaders => "all-headers",
             Variant::NoHeaders => "no-headers",
             Variant::HalfBody => "half-body",
+            Variant::History => "history",
         }
     }
 
@@ -90,7 +95,7 @@ impl Variant {
     pub fn apply(self, event: &Output) -> Output {
         let mut out = event.clone();
         match self {
-            Variant::Exact => {}
+            Variant::Exact | Variant::History => {}
             Variant::AllHeaders => {
                 let p = &event.properties;
                 let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.to_string());

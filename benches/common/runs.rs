@@ -24,6 +24,7 @@ use testkit::{PrivateNode, TestVhost, assert_alive, delete_stale_vhosts};
 
 use super::broker::{
     partition_env, preload, preload_partitioned, stored, with_partitions, with_topology,
+    with_topology_and,
 };
 use super::mix::Mix;
 use super::passthrough::Variant;
@@ -217,6 +218,11 @@ impl Env {
         let label = side.name().replace([' ', ','], "");
         let vhost = match side {
             Side::Partitions(p) => self.partitioned_vhost(&label, p),
+            Side::Same(Variant::History) => self.runtime.block_on(with_topology_and(
+                self.bare_vhost(&label),
+                &self.settings,
+                &[("NORMALIZER__HISTORY__ENABLED", "true")],
+            )),
             _ => self.vhost(&label),
         };
         self.drain(&vhost, mix, side, recording.map(|r| r.path.as_path()))

@@ -80,6 +80,8 @@ pub struct GatewaySettings {
     pub signatures: Option<Signatures>,
     /// `ingest.access`.
     pub access: Access,
+    /// `ingest.trust_traceparent`.
+    pub trust_traceparent: bool,
 }
 
 /// What the `dlq` walk reads and replays with.
@@ -142,6 +144,7 @@ impl Settings {
             max_connections: ingest.max_connections,
             signatures: ingest.verify_signatures.then(|| self.signatures.clone()),
             access: ingest.access.clone(),
+            trust_traceparent: ingest.trust_traceparent,
         }
     }
 

@@ -191,6 +191,8 @@ pub struct IngestSettings {
     /// Longest a client may take to send a request's headers, or stay idle between
     /// requests.
     pub header_timeout_secs: u64,
+    /// Continue a valid `traceparent` the client sent, instead of starting a trace.
+    pub trust_traceparent: bool,
     /// Who may post each vendor's webhooks: path tokens, basic auth.
     #[serde(default)]
     pub access: Access,

@@ -29,6 +29,8 @@ pub struct RawMessage {
     /// The vendors' signature headers ([`crate::signatures::HEADERS`]) present as text,
     /// by lowercase name.
     pub signature_headers: Vec<(&'static str, String)>,
+    /// The `traceparent` header, when present as text: the trace the gateway started.
+    pub traceparent: Option<String>,
 }
 
 impl RawMessage {

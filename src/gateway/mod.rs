@@ -42,6 +42,7 @@ use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::{Access, GatewaySettings};
 use crate::http::{Bounds, ConnectionCounts};
 use crate::signatures::Signatures;
+use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// The vendors' signature headers, forwarded as they are (the worker verifies them too).
 pub const FORWARDED_HEADERS: [&str; 4] = [
@@ -111,6 +112,8 @@ struct Gateway {
     /// The secrets to check signatures with, when `ingest.verify_signatures` is on.
     signatures: Option<Signatures>,
     access: Access,
+    /// `ingest.trust_traceparent`.
+    trust_traceparent: bool,
     /// Turns: requests holding one have their body in memory.
     turns: Semaphore,
     metrics: IngestMetrics,
@@ -147,6 +150,7 @@ impl Ingest {
             publisher: GatewayPublisher::new(settings.amqp, settings.exchange),
             signatures: settings.signatures,
             access: settings.access,
+            trust_traceparent: settings.trust_traceparent,
         });
         Ingest {
             gateway,
@@ -333,8 +337,18 @@ async fn accept(
             Outcome::busy,
         );
     };
+    // The request's trace: the client's own only when trusted, else one of ours.
+    let sent = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .filter(|_| gateway.trust_traceparent);
+    let trace = match sent {
+        Some(parent) => parent.child(|| fastrand::u64(..)),
+        None => TraceParent::start(|| fastrand::u64(..)),
+    };
     gateway.metrics.in_progress().inc();
-    let answer = publish(gateway, vendor, forwarded, body, received_at).await;
+    let answer = publish(gateway, vendor, forwarded, body, received_at, trace).await;
     gateway.metrics.in_progress().dec();
     answer
 }
@@ -345,6 +359,7 @@ async fn publish(
     forwarded: Vec<(String, String)>,
     body: Body,
     received_at: String,
+    trace: TraceParent,
 ) -> Answer {
     let body = match axum::body::to_bytes(body, gateway.max_body_bytes).await {
         Ok(body) => body,
@@ -369,19 +384,22 @@ async fn publish(
         }
     }
     let message_id = format!("ingest-{:032x}", fastrand::u128(..));
+    let mut headers = forwarded;
+    headers.push((TRACEPARENT.to_owned(), trace.header()));
     let raw = RawBody {
         body: Vec::from(body),
         routing_key: vendor.key().to_owned(),
         vendor: Some(vendor.key().to_owned()),
         message_id: Some(message_id.clone()),
         received_at,
-        headers: forwarded,
+        headers,
     };
     match gateway.publisher.publish(&raw).await {
         Ok(Published::Confirmed) => {
             debug!(
                 vendor = vendor.key(),
                 message_id,
+                trace_id = trace.trace_id_hex(),
                 bytes = raw.body.len(),
                 "accepted"
             );

@@ -8,6 +8,7 @@ use crate::amqp::headers::header_text;
 use crate::contract::headers;
 use crate::delivery::{RawMessage, VendorHeader};
 use crate::signatures;
+use crate::trace_context::TRACEPARENT;
 
 /// The raw message of one delivery. `property_problems` are what the frame check found
 /// wrong with its properties.
@@ -27,6 +28,7 @@ pub(crate) fn raw_message(
         timestamp: *properties.timestamp(),
         property_problems,
         signature_headers: signature_headers(properties),
+        traceparent: header_text(properties, TRACEPARENT),
     }
 }
 

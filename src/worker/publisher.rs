@@ -25,6 +25,7 @@ use crate::contract::{APP_ID, EVENT_CONTENT_TYPE};
 use crate::delivery::{Lane, PublishOutcome};
 use crate::normalize::OutgoingEvent;
 use crate::ops::Health;
+use crate::trace_context::TRACEPARENT;
 
 /// One AMQP message, built once and published as often as retries need: the wire form,
 /// in the AMQP client's types, of an [`OutgoingEvent`] (with the output contract's
@@ -44,6 +45,7 @@ impl AmqpMessage {
         event: OutgoingEvent,
         exchange: &ShortString,
         correlation_id: Option<&ShortString>,
+        traceparent: &str,
     ) -> AmqpMessage {
         // The type is both the routing key and the `type` property.
         let event_type: ShortString = event.routing_key().into();
@@ -51,6 +53,11 @@ impl AmqpMessage {
         for (name, value) in event.headers {
             headers.insert(name.into(), AMQPValue::LongString(value.into()));
         }
+        // The worker's span for the raw message: a consumer's work joins the trace.
+        headers.insert(
+            TRACEPARENT.into(),
+            AMQPValue::LongString(traceparent.into()),
+        );
         let mut properties = BasicProperties::default()
             .with_content_type(EVENT_CONTENT_TYPE.into())
             .with_delivery_mode(PERSISTENT)
@@ -383,7 +390,12 @@ mod tests {
                     continue;
                 };
                 for event in events {
-                    let m = AmqpMessage::event(event, &"x".into(), Some(&"gw-1".into()));
+                    let m = AmqpMessage::event(
+                        event,
+                        &"x".into(),
+                        Some(&"gw-1".into()),
+                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                    );
                     assert_eq!(
                         header_payload_bound(&m.properties),
                         Some(header_payload_size(&m.properties))

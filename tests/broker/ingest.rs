@@ -584,3 +584,101 @@ async fn ingest_says_when_it_is_ready_and_logs_each_answer_without_personal_data
         http_get(ingest.addr, "/readyz").0 == 200
     });
 }
+
+/// The trace runs from the request to what the worker publishes: ingest starts a trace
+/// per request (a client's `traceparent` is not trusted by default) and puts it on the
+/// raw message; the worker continues it, its own span, on every event and on the dead
+/// letter. With `ingest.trust_traceparent`, a client's valid context is continued.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trace_runs_from_the_request_to_the_events_and_the_dead_letter() {
+    const CLIENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let vhost = TestVhost::new("trace");
+    declare_topology(&vhost);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+    let ingest = start_ingest(&vhost.url());
+    let with_client = [("traceparent", CLIENT)];
+    let good = fixture("deel/contract.created.json");
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &with_client, &good).0,
+        200
+    );
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &with_client, b"{ not json").0,
+        200
+    );
+
+    // The raw messages: a trace of ingest's own each, not the client's.
+    let trace_of = |d: &lapin::message::Delivery| {
+        let header = header(d, "traceparent").expect("a traceparent");
+        let parts: Vec<String> = header.split('-').map(str::to_owned).collect();
+        assert_eq!(parts.len(), 4, "{header}");
+        (parts[1].clone(), parts[2].clone())
+    };
+    let mut raw = Vec::new();
+    for _ in 0..2 {
+        let got = channel
+            .basic_get("normalizer.raw".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a raw message")
+            .delivery;
+        raw.push(trace_of(&got));
+    }
+    assert_ne!(
+        raw[0].0, "0af7651916cd43dd8448eb211c80319c",
+        "not the client's trace"
+    );
+    assert_ne!(raw[0].0, raw[1].0, "a trace per request");
+    // Back to the queue for the worker, as they were.
+    let _ = conn.close(200, "read".into()).await;
+
+    let worker = WorkerProcess::start(&vhost, &[]);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let events = expected(&RawWebhook::new(good.clone(), Some("deel"), "x")).unwrap();
+    let got = read_messages(
+        &channel,
+        "test.events",
+        events.len(),
+        Duration::from_secs(30),
+    )
+    .await;
+    for event in &got {
+        let (trace, span) = trace_of(event);
+        assert_eq!(trace, raw[0].0, "the event is in the request's trace");
+        assert_ne!(span, raw[0].1, "from the worker's own span");
+    }
+    let dead = read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let (trace, span) = trace_of(&dead[0]);
+    assert_eq!(trace, raw[1].0, "the dead letter is in its request's trace");
+    assert_ne!(span, raw[1].1);
+    drop(worker);
+
+    // Trusted: the client's trace continues.
+    drop(ingest);
+    let ingest = start_ingest_with(
+        &vhost.url(),
+        &[("NORMALIZER__INGEST__TRUST_TRACEPARENT", "true")],
+        None,
+    );
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &with_client, &good).0,
+        200
+    );
+    let got = read_messages(&channel, "normalizer.raw", 1, Duration::from_secs(10)).await;
+    let (trace, span) = trace_of(&got[0]);
+    assert_eq!(trace, "0af7651916cd43dd8448eb211c80319c");
+    assert_ne!(
+        span, "b7ad6b7169203331",
+        "ingest's own span, the client's child"
+    );
+}

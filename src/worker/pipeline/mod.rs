@@ -36,6 +36,7 @@ use crate::contract::DeadLetterKind;
 use crate::contract::headers;
 use crate::delivery::{DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, plan};
 use crate::ops::{DeliveryId, Health, Occurrence, Outcome, WorkerState};
+use crate::trace_context::{TRACEPARENT, TraceParent};
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -49,6 +50,8 @@ type DecidedFuture = Pin<Box<dyn Future<Output = Decided> + Send>>;
 pub(crate) struct Held {
     raw: RawMessage,
     original: BasicProperties,
+    /// The `traceparent` of the worker's span for it: on each event and dead letter.
+    traceparent: String,
 }
 
 /// How the worker's messages and their copies are made.
@@ -166,7 +169,10 @@ impl Messages for Amqp {
         vendor: Option<Vendor>,
         detail: &str,
     ) -> (DeadLetter, Result<AmqpMessage, String>) {
-        let dead_letter = DeadLetter::new(&raw.raw, kind, vendor, detail, Utc::now());
+        let mut dead_letter = DeadLetter::new(&raw.raw, kind, vendor, detail, Utc::now());
+        dead_letter
+            .headers
+            .push((TRACEPARENT, raw.traceparent.clone()));
         let message = dead_letter_message(
             &dead_letter,
             Arc::new(raw.raw.body.clone()),
@@ -308,9 +314,16 @@ impl<'s> Pipeline<'s> {
                 );
             }
         }
+        // The raw message's trace continues (one span of ours per raw message); one
+        // without a readable context starts its own.
+        let trace = match raw.traceparent.as_deref().and_then(TraceParent::parse) {
+            Some(parent) => parent.child(|| fastrand::u64(..)),
+            None => TraceParent::start(|| fastrand::u64(..)),
+        };
         let held = Held {
             raw,
             original: properties,
+            traceparent: trace.header(),
         };
         if let Some(size) = body_omitted {
             let dead_letter = DeadLetter::new(
@@ -399,7 +412,14 @@ impl<'s> Pipeline<'s> {
                 let correlation_id = held.original.message_id().clone();
                 let messages: Vec<_> = events
                     .into_iter()
-                    .map(|e| AmqpMessage::event(e, &self.output_exchange, correlation_id.as_ref()))
+                    .map(|e| {
+                        AmqpMessage::event(
+                            e,
+                            &self.output_exchange,
+                            correlation_id.as_ref(),
+                            &held.traceparent,
+                        )
+                    })
                     .collect();
                 // Measured exactly only when the cheap bound does not settle it.
                 let oversized = messages.iter().enumerate().find_map(|(i, m)| {
@@ -425,6 +445,11 @@ impl<'s> Pipeline<'s> {
             }
             Plan::DeadLetter(dead_letter) => dead_letter,
         };
+        let mut dead_letter = dead_letter;
+        // Its trace: the worker's span, in place of the raw message's own context.
+        dead_letter
+            .headers
+            .push((TRACEPARENT, held.traceparent.clone()));
         let built = dead_letter_message(
             &dead_letter,
             Arc::new(held.raw.body.clone()),
