@@ -176,6 +176,8 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
                 "properties": {
                     "x-normalizer-kept-at": {"type": "string", "format": "date-time", "description": "When the event was stored (delivered or kept); `--since` and `--until` select by it."},
                     "x-normalizer-unrouted-routing-key": {"type": "string", "description": "Only on an event no team was bound for: its type."},
+                    "cloudEvents_subject": {"type": "string"},
+                    "traceparent": traceparent("As the event was published."),
                 },
             },
             "payload": {"$ref": "#/components/schemas/CanonicalEvent"},
@@ -196,6 +198,7 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
                     "x-entuitive-signature": {"type": "string", "description": "Forwarded from Entuitive."},
                     "x-deel-signature": {"type": "string", "description": "Forwarded from Deel."},
                     "x-deel-hmac-label": {"type": "string", "description": "Forwarded from Deel."},
+                    "traceparent": traceparent("The trace the gateway started for the request (`ingest` starts one per request). Optional: without a valid one, the worker starts a trace of its own."),
                 },
             },
             "payload": {"description": "The body exactly as received: any bytes (JSON for every vendor)."},
@@ -215,6 +218,7 @@ pub fn document(version: &str, base: SchemaBase) -> Value {
                     "x-normalizer-version": {"type": "string"},
                     "x-original-exchange": {"type": "string"},
                     "x-original-routing-key": {"type": "string"},
+                    "traceparent": traceparent("The worker's span for the raw message, in the raw message's trace (in place of the raw message's own `traceparent`)."),
                 },
             },
             "payload": {"description": "The raw body, byte for byte."},
@@ -298,12 +302,28 @@ fn event_message(name: &str, title: &str, fixed: Value) -> Value {
         "title": title,
         "contentType": "application/cloudevents+json",
         "correlationId": {"location": "$message.header#/correlation_id"},
+        "headers": {
+            "type": "object",
+            "properties": {
+                "cloudEvents_subject": {"type": "string", "description": "The event's `subject`, for header-based routing."},
+                "traceparent": traceparent("The worker's span for the raw message the event came from, in the trace the gateway started: continue it in your consumer. The CloudEvents distributed-tracing extension, carried as a header only: the body (and so a duplicate's bytes) does not change with the trace."),
+            },
+        },
         "payload": {
             "allOf": [
                 {"$ref": "#/components/schemas/CanonicalEvent"},
                 {"properties": fixed},
             ],
         }
+    })
+}
+
+/// A W3C `traceparent` header, as the worker reads and writes it.
+fn traceparent(description: &str) -> Value {
+    json!({
+        "type": "string",
+        "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": format!("W3C Trace Context (level 1). {description}"),
     })
 }
 
