@@ -4,8 +4,6 @@
 //! on every event and dead letter it publishes, so a consumer's work joins the trace.
 //! Pure: ids come from a source of randomness passed in.
 
-use std::fmt::Write as _;
-
 /// The AMQP header (and HTTP header) that carries it.
 pub const TRACEPARENT: &str = "traceparent";
 
@@ -64,20 +62,31 @@ impl TraceParent {
         }
     }
 
-    /// The header's text.
+    /// The header's text. Written digit by digit: formatting machinery would cost more
+    /// than the rest of propagating the context (one header per message).
     pub fn header(&self) -> String {
-        let mut out = String::with_capacity(55);
-        let _ = write!(
-            out,
-            "00-{:032x}-{:016x}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        );
-        out
+        let mut out = [0u8; 55];
+        out[..3].copy_from_slice(b"00-");
+        hex_digits(self.trace_id, &mut out[3..35]);
+        out[35] = b'-';
+        hex_digits(u128::from(self.span_id), &mut out[36..52]);
+        out[52] = b'-';
+        hex_digits(u128::from(self.flags), &mut out[53..55]);
+        std::str::from_utf8(&out).unwrap_or_default().to_owned()
     }
 
     /// The trace id as W3C writes it (32 lowercase hex digits).
     pub fn trace_id_hex(&self) -> String {
         format!("{:032x}", self.trace_id)
+    }
+}
+
+/// The low `out.len()` hex digits of `n`, lowercase, most significant first.
+fn hex_digits(mut n: u128, out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for place in out.iter_mut().rev() {
+        *place = DIGITS[(n & 0xf) as usize];
+        n >>= 4;
     }
 }
 
