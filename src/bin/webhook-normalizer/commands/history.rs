@@ -243,6 +243,18 @@ fn replay(
         filters.push(("rate", FilterValue::Parsed(r.to_string())));
     }
     let stream = &settings.history.stream;
+    // The audit line of a replay that copied (or tried to): what it was asked, what it did.
+    let audit_replay = |counts: AuditCounts| {
+        audit(
+            &settings.amqp,
+            "history replay",
+            to_queue,
+            filters.clone(),
+            false,
+            counts,
+        )
+        .emit();
+    };
     let summary = match replayed {
         Ok(summary) => summary,
         Err(e) => {
@@ -252,19 +264,11 @@ fn replay(
                 ReplayError::NoQueue(_) => (0, false),
             };
             if !pace.dry_run {
-                audit(
-                    &settings.amqp,
-                    "history replay",
-                    to_queue,
-                    filters,
-                    false,
-                    AuditCounts {
-                        matched: sent,
-                        done: sent,
-                        refused: 1,
-                    },
-                )
-                .emit();
+                audit_replay(AuditCounts {
+                    matched: sent,
+                    done: sent,
+                    refused: 1,
+                });
             }
             return Ok(read_failed(settings, &e, not_found));
         }
@@ -282,19 +286,11 @@ fn replay(
             "{} copied to {to_queue} and confirmed ({} matched, {} read in {stream}); the stream is as it was",
             summary.sent, summary.matched, summary.read
         ));
-        audit(
-            &settings.amqp,
-            "history replay",
-            to_queue,
-            filters,
-            false,
-            AuditCounts {
-                matched: summary.matched,
-                done: summary.sent,
-                refused: 0,
-            },
-        )
-        .emit();
+        audit_replay(AuditCounts {
+            matched: summary.matched,
+            done: summary.sent,
+            refused: 0,
+        });
     }
     Ok(ExitCode::SUCCESS)
 }
