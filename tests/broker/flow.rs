@@ -70,9 +70,15 @@ async fn fixtures_come_out_as_events_or_dead_letters() {
         );
         assert_eq!(*p.timestamp(), Some(body.time.timestamp() as u64));
         assert_eq!(p.app_id().as_ref().unwrap().as_str(), "webhook-normalizer");
-        // One header: the subject. Id, type and time are properties (above).
+        // Two headers: the subject, and the trace the event belongs to (0.2.1). Id, type
+        // and time are properties (above).
         assert_eq!(header(d, "cloudEvents_subject").unwrap(), body.subject);
-        assert_eq!(p.headers().as_ref().unwrap().inner().len(), 1);
+        let traceparent = header(d, "traceparent").expect("a traceparent");
+        assert!(
+            webhook_normalizer::trace_context::TraceParent::parse(&traceparent).is_some(),
+            "{traceparent}"
+        );
+        assert_eq!(p.headers().as_ref().unwrap().inner().len(), 2);
         // The gateway's message id travels as the correlation id.
         let raw_id = p
             .correlation_id()
