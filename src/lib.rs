@@ -41,7 +41,8 @@
 //! - [`redact`]: what outside text may be shown in errors and logs.
 //! - [`signatures`]: the vendors' webhook signatures, checked over the raw bytes.
 //! - [`trace_context`]: W3C `traceparent`, read from raw messages and written on what
-//!   the worker publishes (ids drawn by the caller).
+//!   the worker publishes (ids drawn by the caller); [`spans`]: the spans of the worker
+//!   and of `ingest`, exported over OTLP when configured.
 //! - `tools::dlq::stored`, `tools::unrouted::stored`: reading, filtering and grouping
 //!   what the dead-letter and unrouted queues keep, pure, beside the walks that fetch it.
 //!
@@ -64,6 +65,7 @@ pub mod normalize;
 pub mod ops;
 pub mod redact;
 pub mod signatures;
+pub mod spans;
 pub mod telemetry;
 pub mod tools;
 pub mod trace_context;

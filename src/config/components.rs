@@ -12,6 +12,7 @@ use crate::canonical::SchemaBase;
 use crate::delivery::RetryPolicy;
 use crate::normalize::Limits;
 use crate::signatures::Signatures;
+use crate::spans::Spans;
 use crate::vendors::Unmapped;
 
 /// The exchanges and queues, with what they are declared with: what
@@ -57,6 +58,8 @@ pub struct WorkerSettings {
     pub drain_timeout: Duration,
     /// `log.summary_secs`, when summaries are logged.
     pub summary_every: Option<Duration>,
+    /// Where its spans go (`tracing.otlp_endpoint`): off here; the binary sets it.
+    pub spans: Spans,
 }
 
 /// The reference gateway's (`webhook-normalizer ingest`), its listen address aside (the
@@ -82,6 +85,8 @@ pub struct GatewaySettings {
     pub access: Access,
     /// `ingest.trust_traceparent`.
     pub trust_traceparent: bool,
+    /// Where its spans go (`tracing.otlp_endpoint`): off here; the binary sets it.
+    pub spans: Spans,
 }
 
 /// What the `dlq` walk reads and replays with.
@@ -128,6 +133,7 @@ impl Settings {
             pipeline: self.pipeline(),
             drain_timeout: self.shutdown.drain_timeout(),
             summary_every: self.log.summary_every(),
+            spans: Spans::off(),
         }
     }
 
@@ -145,6 +151,7 @@ impl Settings {
             signatures: ingest.verify_signatures.then(|| self.signatures.clone()),
             access: ingest.access.clone(),
             trust_traceparent: ingest.trust_traceparent,
+            spans: Spans::off(),
         }
     }
 

@@ -35,6 +35,7 @@ pub struct Settings {
     pub output: OutputSettings,
     pub dead_letter: DeadLetterSettings,
     pub history: HistorySettings,
+    pub tracing: TracingSettings,
     pub limits: LimitSettings,
     pub retry: RetrySettings,
     pub http: HttpSettings,
@@ -118,6 +119,24 @@ pub struct DeadLetterSettings {
     /// How many times `dlq replay` replays one message (counted in `x-replay-count`)
     /// before it leaves it for a person to look at (`--ignore-replay-limit`).
     pub max_replays: u32,
+}
+
+/// Where spans are exported.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingSettings {
+    /// OTLP over HTTP (JSON), `http://…/v1/traces`; empty: no export.
+    pub otlp_endpoint: String,
+}
+
+impl TracingSettings {
+    /// The spans this process exports as `service`: none without an endpoint.
+    pub fn spans(&self, service: &'static str) -> Result<crate::spans::Spans, String> {
+        if self.otlp_endpoint.is_empty() {
+            return Ok(crate::spans::Spans::off());
+        }
+        crate::spans::Spans::otlp(&self.otlp_endpoint, service)
+    }
 }
 
 /// The event history: a RabbitMQ stream bound to the tap exchange for `canonical.#` and

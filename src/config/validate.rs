@@ -6,7 +6,7 @@
 use super::{
     AmqpSettings, ConfigError, DeadLetterSettings, HistorySettings, IngestSettings, InputSettings,
     LimitSettings, LogSettings, OutputSettings, RetrySettings, Settings, ShutdownSettings,
-    TlsSettings,
+    TlsSettings, TracingSettings,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -34,7 +34,8 @@ impl Settings {
         shutdown(&self.shutdown)?;
         ingest(&self.ingest)?;
         dead_letter(&self.dead_letter)?;
-        history(&self.history)
+        history(&self.history)?;
+        tracing(&self.tracing)
     }
 }
 
@@ -346,6 +347,27 @@ fn history(history: &HistorySettings) -> Result<(), ConfigError> {
         history.max_bytes.min(3_000_000_000),
         "bytes, at most history.max_bytes",
     )
+}
+
+/// `tracing`: an endpoint the exporter can reach (plain HTTP), or none.
+fn tracing(tracing: &TracingSettings) -> Result<(), ConfigError> {
+    let endpoint = tracing.otlp_endpoint.as_str();
+    if endpoint.is_empty() {
+        return Ok(());
+    }
+    if endpoint.starts_with("https://") {
+        return reject(
+            "tracing.otlp_endpoint",
+            "https:// is not supported (the exporter speaks plain HTTP): export to a collector beside the process, e.g. http://127.0.0.1:4318/v1/traces",
+        );
+    }
+    if !endpoint.starts_with("http://") || endpoint.len() <= "http://".len() {
+        return reject(
+            "tracing.otlp_endpoint",
+            "must be an http:// URL (OTLP over HTTP, e.g. http://127.0.0.1:4318/v1/traces), or empty for no export",
+        );
+    }
+    Ok(())
 }
 
 /// Refuses `value` outside `lo..=hi`, naming the key and the range.
@@ -712,7 +734,7 @@ mod tests {
     #[test]
     fn the_first_section_in_order_is_reported() {
         let amqps = ("NORMALIZER__AMQP__URL", "amqps://u:p@broker:5671/%2f");
-        let steps: [(&[(&str, &str)], &str); 14] = [
+        let steps: [(&[(&str, &str)], &str); 15] = [
             (
                 &[("NORMALIZER__AMQP__HEARTBEAT_SECS", "0")],
                 "amqp.heartbeat_secs",
@@ -762,6 +784,13 @@ mod tests {
             (
                 &[("NORMALIZER__HISTORY__MAX_AGE_SECS", "59")],
                 "history.max_age_secs",
+            ),
+            (
+                &[(
+                    "NORMALIZER__TRACING__OTLP_ENDPOINT",
+                    "https://collector:4318",
+                )],
+                "tracing.otlp_endpoint",
             ),
         ];
         for (i, (first, key)) in steps.iter().enumerate() {

@@ -42,7 +42,9 @@ use crate::canonical::{Vendor, rfc3339_utc};
 use crate::config::{Access, GatewaySettings};
 use crate::http::{Bounds, ConnectionCounts};
 use crate::signatures::Signatures;
+use crate::spans::{Kind, Spans};
 use crate::trace_context::{TRACEPARENT, TraceParent};
+use opentelemetry::KeyValue;
 
 /// The vendors' signature headers, forwarded as they are (the worker verifies them too).
 pub const FORWARDED_HEADERS: [&str; 4] = [
@@ -114,6 +116,8 @@ struct Gateway {
     access: Access,
     /// `ingest.trust_traceparent`.
     trust_traceparent: bool,
+    /// One span per request published, when spans are exported.
+    spans: Spans,
     /// Turns: requests holding one have their body in memory.
     turns: Semaphore,
     metrics: IngestMetrics,
@@ -151,6 +155,7 @@ impl Ingest {
             signatures: settings.signatures,
             access: settings.access,
             trust_traceparent: settings.trust_traceparent,
+            spans: settings.spans,
         });
         Ingest {
             gateway,
@@ -337,18 +342,36 @@ async fn accept(
             Outcome::busy,
         );
     };
-    // The request's trace: the client's own only when trusted, else one of ours.
+    // The request's trace: the client's own only when trusted; else a trace of ours,
+    // linked to the client's (anyone on the internet could choose its ids).
     let sent = headers
         .get(TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .filter(|_| gateway.trust_traceparent);
-    let trace = match sent {
-        Some(parent) => parent.child(|| fastrand::u64(..)),
-        None => TraceParent::start(|| fastrand::u64(..)),
+        .and_then(TraceParent::parse);
+    let (parent, link) = if gateway.trust_traceparent {
+        (sent, None)
+    } else {
+        (None, sent)
     };
+    let (trace, mut span) = gateway.spans.start(
+        || String::from("POST /webhooks/{vendor}"),
+        Kind::Server,
+        parent,
+        link,
+        || {
+            // The route, never the path: a path may hold the vendor's secret token.
+            vec![
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.route", "/webhooks/{vendor}"),
+                KeyValue::new("webhook_normalizer.vendor", vendor.key()),
+            ]
+        },
+    );
     gateway.metrics.in_progress().inc();
     let answer = publish(gateway, vendor, forwarded, body, received_at, trace).await;
+    if let Some(span) = span.as_mut() {
+        span.set("http.response.status_code", i64::from(answer.0.as_u16()));
+    }
     gateway.metrics.in_progress().dec();
     answer
 }

@@ -59,6 +59,7 @@ mod broker;
 mod broker_wide;
 mod chaos;
 mod http;
+mod otlp;
 mod personal_data;
 mod pki;
 mod private_node;
@@ -77,6 +78,7 @@ pub use broker::{
 pub use broker_wide::{BrokerWideState, SharedBrokerWatch};
 pub use chaos::{Accounting, FaultyProxy, account, quorum_capture_queue};
 pub use http::{http_get, http_post};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use personal_data::{assert_no_personal_data, personal_data_in_fixtures};
 pub use pki::{CLIENT_NAME, TestPki};
 pub use private_node::{PrivateNode, free_port};

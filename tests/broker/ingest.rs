@@ -682,3 +682,121 @@ async fn a_trace_runs_from_the_request_to_the_events_and_the_dead_letter() {
         "ingest's own span, the client's child"
     );
 }
+
+/// With `tracing.otlp_endpoint` set, ingest and the worker export their spans: one trace
+/// from the request (ingest's server span, linked to the client's untrusted context) to
+/// the worker's consumer span (its child, with the messaging attributes), whose context
+/// is the `traceparent` a consumer reads on the event; and to the dead letter of another
+/// request, from the worker's span for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn exported_spans_make_one_trace_from_the_request_to_the_event_and_the_dead_letter() {
+    const CLIENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let receiver = OtlpReceiver::start();
+    let endpoint = receiver.endpoint();
+    let exporting = [
+        ("NORMALIZER__TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let vhost = TestVhost::new("otlp");
+    let worker = WorkerProcess::start(&vhost, &exporting);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+    let ingest = start_ingest_with(&vhost.url(), &exporting, None);
+    let good = fixture("deel/contract.created.json");
+    let client = [("traceparent", CLIENT)];
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &client, &good).0,
+        200
+    );
+    let event = &read_messages(&channel, "test.events", 1, Duration::from_secs(30)).await[0];
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &[], b"{ not json").0,
+        200
+    );
+    let dead = &read_messages(
+        &channel,
+        "normalizer.dead-letter",
+        1,
+        Duration::from_secs(30),
+    )
+    .await[0];
+    let parts = |d: &lapin::message::Delivery| -> Vec<String> {
+        header(d, "traceparent")
+            .unwrap()
+            .split('-')
+            .map(str::to_owned)
+            .collect()
+    };
+    let (event_trace, dead_trace) = (parts(event), parts(dead));
+
+    let mut spans = Vec::new();
+    wait_until(Duration::from_secs(30), "four spans exported", || {
+        spans = receiver.spans();
+        spans.len() >= 4
+    });
+    let find = |trace: &str, kind: u64| {
+        spans
+            .iter()
+            .find(|s| s.trace_id == trace && s.kind == kind)
+            .unwrap_or_else(|| panic!("a span of kind {kind} in trace {trace}: {spans:#?}"))
+            .clone()
+    };
+    // The request: ingest's server span, a root of ours linked to the client's context.
+    let request = find(&event_trace[1], 2);
+    assert_eq!(request.service, "webhook-normalizer-ingest");
+    assert_eq!(request.name, "POST /webhooks/{vendor}");
+    assert_eq!(
+        request.parent_span_id, "",
+        "the client's context is not its parent"
+    );
+    assert_eq!(
+        request.links,
+        [(
+            "0af7651916cd43dd8448eb211c80319c".into(),
+            "b7ad6b7169203331".into()
+        )]
+    );
+    assert_eq!(request.attributes["http.route"], "/webhooks/{vendor}");
+    assert_eq!(request.attributes["http.response.status_code"], "200");
+    // The worker: its child, the consumer span whose context the event carries.
+    let process = find(&event_trace[1], 5);
+    assert_eq!(process.service, "webhook-normalizer");
+    assert_eq!(process.parent_span_id, request.span_id);
+    assert_eq!(
+        process.span_id, event_trace[2],
+        "the event's traceparent is the worker's span"
+    );
+    assert_eq!(process.name, "process normalizer.raw");
+    for (key, value) in [
+        ("messaging.system", "rabbitmq"),
+        ("messaging.operation.type", "process"),
+        ("messaging.destination.name", "webhooks.raw"),
+        ("messaging.rabbitmq.destination.routing_key", "deel"),
+        ("messaging.consumer.group.name", "normalizer.raw"),
+    ] {
+        assert_eq!(
+            process.attributes.get(key).map(String::as_str),
+            Some(value),
+            "{key}"
+        );
+    }
+    assert!(process.attributes.contains_key("messaging.message.id"));
+    assert!(
+        process
+            .attributes
+            .contains_key("messaging.rabbitmq.message.delivery_tag")
+    );
+    assert_eq!(process.attributes["webhook_normalizer.events"], "1");
+    // The failed one: its own request's trace, the worker's span for it on the dead letter.
+    let failed_request = find(&dead_trace[1], 2);
+    let failed = find(&dead_trace[1], 5);
+    assert_eq!(failed.parent_span_id, failed_request.span_id);
+    assert_eq!(failed.span_id, dead_trace[2]);
+    assert_eq!(
+        failed.attributes["webhook_normalizer.dead_letter.kind"],
+        "invalid_json"
+    );
+    drop(worker);
+}

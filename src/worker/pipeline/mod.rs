@@ -36,7 +36,9 @@ use crate::contract::DeadLetterKind;
 use crate::contract::headers;
 use crate::delivery::{DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, plan};
 use crate::ops::{DeliveryId, Health, Occurrence, Outcome, WorkerState};
+use crate::spans::{Kind, OpenSpan};
 use crate::trace_context::{TRACEPARENT, TraceParent};
+use opentelemetry::KeyValue;
 
 /// How one publish attempt ended.
 pub(crate) struct Decided {
@@ -52,6 +54,9 @@ pub(crate) struct Held {
     original: BasicProperties,
     /// The `traceparent` of the worker's span for it: on each event and dead letter.
     traceparent: String,
+    /// That span, when spans are exported: it ends when the message is settled (and
+    /// this is dropped).
+    span: Option<OpenSpan>,
 }
 
 /// How the worker's messages and their copies are made.
@@ -185,6 +190,41 @@ impl Messages for Amqp {
     }
 }
 
+/// The attributes of the worker's span for one raw message: the messaging semantic
+/// conventions for a RabbitMQ consumer ([`crate::spans::SEMANTIC_CONVENTIONS`]). Names of
+/// exchanges and queues, the routing key, the delivery tag, sizes and the gateway's
+/// message id; nothing from the body.
+fn process_attributes(
+    raw: &RawMessage,
+    queue: &str,
+    delivery_tag: u64,
+    message_id: &Option<ShortString>,
+) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "rabbitmq"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", raw.exchange.clone()),
+        KeyValue::new(
+            "messaging.rabbitmq.destination.routing_key",
+            raw.routing_key.clone(),
+        ),
+        KeyValue::new("messaging.consumer.group.name", queue.to_owned()),
+        KeyValue::new(
+            "messaging.rabbitmq.message.delivery_tag",
+            i64::try_from(delivery_tag).unwrap_or(i64::MAX),
+        ),
+        KeyValue::new(
+            "messaging.message.body.size",
+            i64::try_from(raw.body.len()).unwrap_or(i64::MAX),
+        ),
+    ];
+    if let Some(id) = message_id {
+        attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
+    }
+    attributes
+}
+
 /// `properties` with these text headers added (replacing same-named ones).
 fn with_headers(properties: &BasicProperties, added: &[(&str, &str)]) -> BasicProperties {
     let mut table = properties.headers().clone().unwrap_or_default();
@@ -314,16 +354,22 @@ impl<'s> Pipeline<'s> {
                 );
             }
         }
-        // The raw message's trace continues (one span of ours per raw message); one
-        // without a readable context starts its own.
-        let trace = match raw.traceparent.as_deref().and_then(TraceParent::parse) {
-            Some(parent) => parent.child(|| fastrand::u64(..)),
-            None => TraceParent::start(|| fastrand::u64(..)),
-        };
-        let held = Held {
+        // The raw message's trace continues (one span of ours per raw message, its
+        // child); one without a readable context starts its own.
+        let parent = raw.traceparent.as_deref().and_then(TraceParent::parse);
+        let queue = &self.settings.topology.input.queue;
+        let (trace, span) = self.settings.spans.start(
+            || format!("process {queue}"),
+            Kind::Consumer,
+            parent,
+            None,
+            || process_attributes(&raw, queue, delivery_tag, properties.message_id()),
+        );
+        let mut held = Held {
             raw,
             original: properties,
             traceparent: trace.header(),
+            span,
         };
         if let Some(size) = body_omitted {
             let dead_letter = DeadLetter::new(
@@ -357,6 +403,20 @@ impl<'s> Pipeline<'s> {
             Utc::now(),
         );
         let (fate, messages) = self.prepare(&held, planned);
+        if let Some(span) = held.span.as_mut() {
+            match &fate {
+                Fate::Events { types, .. } => {
+                    span.set("webhook_normalizer.events", types.len() as i64);
+                }
+                Fate::DeadLetter(dead_letter) => {
+                    span.set(
+                        "webhook_normalizer.dead_letter.kind",
+                        dead_letter.kind.as_str(),
+                    );
+                }
+                _ => {}
+            }
+        }
         self.core
             .admit(Instant::now(), delivery_tag, held, fate, messages);
     }

@@ -29,7 +29,13 @@ async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<
     let listeners = ops::listen(addrs)
         .await
         .context("ingest.listen: cannot listen")?;
-    let ingest = std::sync::Arc::new(webhook_normalizer::gateway::Ingest::new(settings.gateway()));
+    let mut gateway = settings.gateway();
+    gateway.spans = match settings.tracing.spans("webhook-normalizer-ingest") {
+        Ok(spans) => spans,
+        Err(e) => anyhow::bail!("tracing.otlp_endpoint: {e}"),
+    };
+    let spans = gateway.spans.clone();
+    let ingest = std::sync::Arc::new(webhook_normalizer::gateway::Ingest::new(gateway));
     let mut servers = Vec::new();
     for listener in listeners {
         info!(address = %listener.local_addr()?, "ingest: POST /webhooks/{{vendor}}");
@@ -43,5 +49,6 @@ async fn run_ingest(settings: Settings, addrs: &[SocketAddr]) -> anyhow::Result<
     for server in servers {
         server.await??;
     }
+    let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
     Ok(ExitCode::SUCCESS)
 }

@@ -64,7 +64,11 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
             tokio::time::sleep(hard_deadline).await;
         }
     };
-    let worker_settings = settings.worker();
+    let mut worker_settings = settings.worker();
+    worker_settings.spans = match settings.tracing.spans("webhook-normalizer") {
+        Ok(spans) => spans,
+        Err(e) => return Ok(configuration_error(&format!("tracing.otlp_endpoint: {e}"))),
+    };
     let code = tokio::select! {
         ran = worker::run(&worker_settings, shutdown, health) => match ran {
             Ok(()) => ExitCode::SUCCESS,
@@ -82,5 +86,8 @@ async fn run_worker(settings: Settings, health_addrs: &[SocketAddr]) -> anyhow::
     http_shutdown.cancel();
     let _ =
         tokio::time::timeout(Duration::from_secs(2), futures_util::future::join_all(http)).await;
+    // The spans not yet exported (the SDK's thread blocks: not on the runtime's).
+    let spans = worker_settings.spans.clone();
+    let _ = tokio::task::spawn_blocking(move || spans.shutdown()).await;
     Ok(code)
 }
