@@ -40,8 +40,9 @@ impl fmt::Debug for Spans {
     }
 }
 
-/// A span in progress; it ends when dropped.
-pub struct OpenSpan(opentelemetry_sdk::trace::Span);
+/// A span in progress; it ends when dropped. Boxed: the SDK's span is large, and what
+/// holds one (the worker's raw message, off or on) stays small.
+pub struct OpenSpan(Box<opentelemetry_sdk::trace::Span>);
 
 impl OpenSpan {
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
@@ -115,7 +116,7 @@ impl Spans {
             span_id: u64::from_be_bytes(own.span_id().to_bytes()),
             flags: own.trace_flags().to_u8(),
         };
-        (traceparent, Some(OpenSpan(span)))
+        (traceparent, Some(OpenSpan(Box::new(span))))
     }
 
     /// Exports what is left (at exit).
@@ -140,6 +141,14 @@ fn span_context(p: TraceParent) -> SpanContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_span_is_one_pointer() {
+        assert_eq!(
+            std::mem::size_of::<Option<OpenSpan>>(),
+            std::mem::size_of::<usize>()
+        );
+    }
 
     #[test]
     fn off_a_span_continues_its_parent_or_starts_a_trace() {
