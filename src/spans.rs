@@ -82,6 +82,7 @@ impl Spans {
     /// Starts a span named `name`, a child of `parent` (else the root of a new trace),
     /// linked to `link`; `attributes` are only asked for when the span is exported.
     /// Returns the context its children see, and the span to drop when it ends.
+    #[inline]
     pub fn start(
         &self,
         name: impl FnOnce() -> String,
@@ -90,33 +91,19 @@ impl Spans {
         link: Option<TraceParent>,
         attributes: impl FnOnce() -> Vec<KeyValue>,
     ) -> (TraceParent, Option<OpenSpan>) {
-        let Some((_, tracer)) = &self.exporting else {
-            let context = match parent {
-                Some(parent) => parent.child(|| fastrand::u64(..)),
-                None => TraceParent::start(|| fastrand::u64(..)),
-            };
-            return (context, None);
-        };
-        let context = match parent {
-            Some(p) => Context::new().with_remote_span_context(span_context(p)),
-            None => Context::new(),
-        };
-        let span = tracer
-            .span_builder(name())
-            .with_kind(kind)
-            .with_attributes(attributes())
-            .with_links(
-                link.map(|l| vec![Link::with_context(span_context(l))])
-                    .unwrap_or_default(),
-            )
-            .start_with_context(tracer, &context);
-        let own = span.span_context();
-        let traceparent = TraceParent {
-            trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
-            span_id: u64::from_be_bytes(own.span_id().to_bytes()),
-            flags: own.trace_flags().to_u8(),
-        };
-        (traceparent, Some(OpenSpan(Box::new(span))))
+        match &self.exporting {
+            None => {
+                let context = match parent {
+                    Some(parent) => parent.child(|| fastrand::u64(..)),
+                    None => TraceParent::start(|| fastrand::u64(..)),
+                };
+                (context, None)
+            }
+            Some((_, tracer)) => {
+                let (context, span) = exported(tracer, name(), kind, parent, link, attributes());
+                (context, Some(span))
+            }
+        }
     }
 
     /// Exports what is left (at exit).
@@ -125,6 +112,39 @@ impl Spans {
             let _ = provider.shutdown();
         }
     }
+}
+
+/// [`Spans::start`] of an exported span: apart, so that the SDK's code stays out of the
+/// callers' (the worker's per-message path) when nothing is exported.
+#[inline(never)]
+fn exported(
+    tracer: &SdkTracer,
+    name: String,
+    kind: SpanKind,
+    parent: Option<TraceParent>,
+    link: Option<TraceParent>,
+    attributes: Vec<KeyValue>,
+) -> (TraceParent, OpenSpan) {
+    let context = match parent {
+        Some(p) => Context::new().with_remote_span_context(span_context(p)),
+        None => Context::new(),
+    };
+    let span = tracer
+        .span_builder(name)
+        .with_kind(kind)
+        .with_attributes(attributes)
+        .with_links(
+            link.map(|l| vec![Link::with_context(span_context(l))])
+                .unwrap_or_default(),
+        )
+        .start_with_context(tracer, &context);
+    let own = span.span_context();
+    let traceparent = TraceParent {
+        trace_id: u128::from_be_bytes(own.trace_id().to_bytes()),
+        span_id: u64::from_be_bytes(own.span_id().to_bytes()),
+        flags: own.trace_flags().to_u8(),
+    };
+    (traceparent, OpenSpan(Box::new(span)))
 }
 
 /// A context received from elsewhere.
