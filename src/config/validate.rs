@@ -339,7 +339,8 @@ fn history(history: &HistorySettings) -> Result<(), ConfigError> {
         1 << 40,
         "bytes",
     )?;
-    // RabbitMQ refuses a segment of 3 GB or more.
+    // Segments are capped at 3 GB (about RabbitMQ's own cap; not tested here): a larger one
+    // would only delay retention, which drops whole segments.
     within(
         "history.segment_bytes",
         history.segment_bytes,
