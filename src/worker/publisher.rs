@@ -133,7 +133,8 @@ impl Publisher {
 
     /// Replaces `lane`'s channel the broker closed: a new channel on the same connection
     /// when it is still up, else a new connection (and both channels). `redeclare`
-    /// declares the topology again (after an exchange went missing).
+    /// declares the topology again (after an exchange or the history stream went
+    /// missing; the channel is then closed here if the broker did not).
     pub(crate) async fn reopen(
         &mut self,
         amqp: &AmqpSettings,
@@ -154,7 +155,13 @@ impl Publisher {
         if redeclare {
             prepare_topology(&channel, topology).await?;
         }
-        self.channels[lane as usize] = channel;
+        let replaced = std::mem::replace(&mut self.channels[lane as usize], channel);
+        // Still open when it was replaced over a returned copy, not closed by the broker.
+        if replaced.status().connected() {
+            tokio::spawn(async move {
+                let _ = replaced.close(200, "replaced".into()).await;
+            });
+        }
         Ok(())
     }
 

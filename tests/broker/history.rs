@@ -237,6 +237,141 @@ async fn retention_drops_the_oldest_segments_past_max_bytes() {
     );
 }
 
+/// The stream deleted while the worker runs (by an operator, a policy, a broker reset):
+/// the history's copies come back (they are mandatory), the worker declares its
+/// topology again, which makes the stream anew with its retention, and every event
+/// stored after the deletion is in the new stream; the raw messages are acked only then.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_history_stream_deleted_under_the_worker_is_made_again_and_misses_nothing() {
+    let vhost = TestVhost::new("history-deleted");
+    let worker = WorkerProcess::start(
+        &vhost,
+        &with_history(&[
+            ("NORMALIZER__HISTORY__MAX_BYTES", "50000000"),
+            ("NORMALIZER__HISTORY__SEGMENT_BYTES", "1000000"),
+        ]),
+    );
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let before = webhook_mix(10, "hist-before");
+    publish_raw(&channel, &before).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the first raw messages settled",
+        || worker.readiness().1["acked"].as_u64() == Some(before.len() as u64),
+    );
+    channel
+        .queue_delete(
+            HISTORY.into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the history stream");
+
+    let after = webhook_mix(30, "hist-after");
+    publish_raw(&channel, &after).await;
+    let total = (before.len() + after.len()) as u64;
+    wait_until(Duration::from_secs(60), "every raw message settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(total)
+    });
+    let mut want: Vec<String> = after
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| e.id.to_string())
+        .collect();
+    want.sort();
+    assert!(!want.is_empty());
+    let arguments = vhost.queue_arguments();
+    let stream = arguments
+        .get(HISTORY)
+        .unwrap_or_else(|| panic!("no history stream after the deletion: {arguments:?}"));
+    assert!(
+        stream.contains("x-max-length-bytes") && stream.contains("50000000"),
+        "made anew without its retention: {stream}"
+    );
+    let reader = conn.create_channel().await.unwrap();
+    let kept = read_stream(&reader, HISTORY, want.len(), Duration::from_secs(30)).await;
+    let mut got: Vec<String> = kept.iter().map(message_id).collect();
+    got.sort();
+    assert_eq!(got, want, "every event stored after the deletion, once");
+    assert!(
+        worker
+            .logs()
+            .iter()
+            .any(|l| l.contains("the history's copies came back unroutable")),
+        "the deletion went unreported"
+    );
+}
+
+/// With `amqp.declare_topology` off the worker declares nothing: the stream deleted
+/// under it stops publishing, with `/readyz` naming the stream, and nothing is acked
+/// with its history copy lost; once the topology is declared again
+/// (`webhook-normalizer topology`), every raw message is acked and its events are in the
+/// new stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_declaring_a_deleted_history_stream_stops_publishing_until_declared() {
+    let vhost = TestVhost::new("history-deleted-undeclared");
+    let settings = with_history(&[
+        ("NORMALIZER__HISTORY__MAX_BYTES", "50000000"),
+        ("NORMALIZER__HISTORY__SEGMENT_BYTES", "1000000"),
+    ]);
+    succeeded(&run_command_with(&vhost, &["topology"], &settings));
+    let mut worker_settings = settings.clone();
+    worker_settings.push(("NORMALIZER__AMQP__DECLARE_TOPOLOGY", "false"));
+    let worker = WorkerProcess::start(&vhost, &worker_settings);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            HISTORY.into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("delete the history stream");
+
+    let webhooks = webhook_mix(10, "hist-undeclared");
+    publish_raw(&channel, &webhooks).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, doc) = worker.readiness();
+        if status == 503
+            && doc["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("events.history"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness does not name the stream: {status} {doc}\n{}",
+            worker.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        worker.readiness().1["acked"].as_u64(),
+        Some(0),
+        "acked with the history's copy lost"
+    );
+
+    succeeded(&run_command_with(&vhost, &["topology"], &settings));
+    wait_until(Duration::from_secs(60), "every raw message settled", || {
+        worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
+    });
+    let want = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .map(|events| events.len())
+        .sum::<usize>();
+    let reader = conn.create_channel().await.unwrap();
+    let kept = read_stream(&reader, HISTORY, want, Duration::from_secs(30)).await;
+    let ids: std::collections::BTreeSet<String> = kept.iter().map(message_id).collect();
+    assert_eq!(ids.len(), want, "each event once");
+}
+
 /// A stream declared earlier with other retention: queue arguments cannot change, so the
 /// worker is not ready, and says which stream and where to read what to do.
 #[tokio::test(flavor = "multi_thread")]

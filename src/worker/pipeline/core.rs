@@ -177,6 +177,9 @@ pub(crate) struct Counts {
     pub(crate) unroutable: u64,
     /// Tap copies given up on.
     pub(crate) taps_given_up: u64,
+    /// The history's tap copies returned: the history stream (or its binding) was
+    /// missing.
+    pub(crate) history_missing: u64,
 }
 
 /// What the pipeline is doing, for `/readyz`.
@@ -202,6 +205,10 @@ pub(crate) struct Tuning {
     pub(crate) window: usize,
     /// Output bytes held at once before no new delivery is taken.
     pub(crate) window_bytes: usize,
+    /// The history keeps the tap copies of stored events: those copies are published
+    /// `mandatory`, and one returned means the history stream (or its binding) is gone,
+    /// so the topology is declared again and the copy retried.
+    pub(crate) history: bool,
 }
 
 /// The publish pipeline.
@@ -339,6 +346,15 @@ struct Output<M> {
     /// The current step's message when it is a copy (kept or tapped).
     copy: Option<Arc<M>>,
     kept: bool,
+}
+
+impl<M> Output<M> {
+    /// Whether its current step asks for a return when nothing takes it: every step but
+    /// a tap copy for observers; with `history` on, also an event's tap copy, which the
+    /// history must keep (a dead letter's is not kept there).
+    fn mandatory(&self, history: bool) -> bool {
+        self.step != Step::Tap || (history && !self.dead_letter)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -629,6 +645,16 @@ impl<X: Messages> Core<X> {
                 output.step = Step::Done;
                 output.state = State::Ready;
             }
+            (Step::Tap, PublishOutcome::Returned) => {
+                // Only the history's copies are mandatory: the history stream or its
+                // binding is gone. Declared again, then the copy is retried with
+                // backoff (and given up on alone, as any tap, if that never works).
+                output.state = State::Failed(PublishOutcome::Returned);
+                entry.last = Some(PublishOutcome::Returned);
+                entry.failing_since.get_or_insert(now);
+                self.counts.history_missing += 1;
+                closed = Some(Fault::Topology);
+            }
             (_, failed) => {
                 if *failed == PublishOutcome::Returned {
                     self.counts.unroutable += 1;
@@ -699,12 +725,14 @@ impl<X: Messages> Core<X> {
                     next: now + self.tuning.retry.delay(rounds, self.rng.f64()),
                     redeclare: *redeclare,
                     reopening: false,
-                    last: match last {
-                        PublishOutcome::Closed { code, .. } => PublishOutcome::Closed {
-                            code: *code,
-                            reason,
+                    // Why it cannot be reopened (a queue or exchange missing, say) is
+                    // what `/readyz` should say now.
+                    last: PublishOutcome::Closed {
+                        code: match last {
+                            PublishOutcome::Closed { code, .. } => *code,
+                            _ => None,
                         },
-                        other => other.clone(),
+                        reason,
                     },
                 };
             }
@@ -863,6 +891,7 @@ impl<X: Messages> Core<X> {
     /// waiting for its retry holds nothing back).
     fn publish_due(&mut self, now: Instant) {
         let up = self.channels.each_ref().map(|c| matches!(c, Channel::Up));
+        let history = self.tuning.history;
         // The entries with something to publish: changed ones, failing ones (a retry due,
         // a channel back), and ones whose keeps or taps wait, up to the first that can
         // let none through.
@@ -922,7 +951,7 @@ impl<X: Messages> Core<X> {
                         },
                         lane: output.lane(),
                         message: output.current_message().clone(),
-                        mandatory: output.step != Step::Tap,
+                        mandatory: output.mandatory(history),
                     });
                 }
                 if !matches!(output.state, State::Failed(_)) {
@@ -957,6 +986,7 @@ impl<X: Messages> Core<X> {
 
     /// Publishes every output of message `seq` ready to go, at its step.
     fn publish_steps(&mut self, seq: u64) {
+        let history = self.tuning.history;
         let Some(entry) = self.entries.get_mut(&seq) else {
             return;
         };
@@ -975,7 +1005,7 @@ impl<X: Messages> Core<X> {
                 },
                 lane: output.lane(),
                 message: output.current_message().clone(),
-                mandatory: output.step != Step::Tap,
+                mandatory: output.mandatory(history),
             });
         }
     }
@@ -1658,6 +1688,7 @@ mod tests {
                 },
                 window,
                 window_bytes,
+                history: false,
             };
             Run {
                 core: Core::new(Make, tuning, 7),
@@ -1694,8 +1725,13 @@ mod tests {
                             matches!(self.core.channels[lane as usize], Channel::Up),
                             "{message:?} published on a closed {lane:?} channel"
                         );
-                        // Returns are asked for on everything but the copies to the tap.
-                        assert_eq!(mandatory, !message.what.starts_with("tap "), "{message:?}");
+                        // Returns are asked for on everything but the copies to the tap,
+                        // and on those too that the history keeps (events').
+                        let tap = message.what.starts_with("tap ");
+                        let kept_by_history = self.core.tuning.history
+                            && tap
+                            && !message.what.starts_with("tap dead letter");
+                        assert_eq!(mandatory, !tap || kept_by_history, "{message:?}");
                         self.published.push((id, (*message).clone()));
                         self.sent.push(((*message).clone(), lane, mandatory));
                     }
@@ -2433,6 +2469,80 @@ mod tests {
             "{:?}",
             run.core.status()
         );
+    }
+
+    #[test]
+    fn with_history_an_events_tap_copy_asks_for_returns_and_a_dead_letters_does_not() {
+        let mut run = Run::new();
+        run.core.tuning.history = true;
+        run.events(&["a"]);
+        run.dead_letter();
+        run.run_until_settled(|_| PublishOutcome::Confirmed);
+        let taps: Vec<(String, bool)> = run
+            .sent
+            .iter()
+            .filter(|(m, _, _)| m.what.starts_with("tap "))
+            .map(|(m, _, mandatory)| (m.what.clone(), *mandatory))
+            .collect();
+        assert_eq!(
+            taps,
+            [
+                ("tap a".to_owned(), true),
+                ("tap dead letter of raw 2".to_owned(), false)
+            ]
+        );
+    }
+
+    /// The history stream deleted under the worker: its copy comes back, the topology is
+    /// declared again (which makes the stream anew), and the copy is retried; the raw
+    /// message is acked only once the history took it.
+    #[test]
+    fn a_history_copy_returned_declares_the_topology_again_and_is_retried() {
+        let mut run = Run::new();
+        run.core.tuning.history = true;
+        run.events(&["a"]);
+        run.answer("a", PublishOutcome::Confirmed);
+        run.answer("tap a", PublishOutcome::Returned);
+        assert!(
+            run.settled().is_empty(),
+            "acked with the history's copy lost"
+        );
+        for _ in 0..10 {
+            let at = run.core.wake_at().expect("a reopen to wake for");
+            run.advance(at - run.now);
+            if !run.redeclares.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(
+            run.redeclares,
+            [true],
+            "the history's stream not declared again"
+        );
+        assert!(run.pending().is_empty(), "retried before the reopen");
+        run.reopen(Ok(()));
+        for _ in 0..100 {
+            if !run.pending().is_empty() {
+                break;
+            }
+            run.advance(Duration::from_millis(100));
+        }
+        assert_eq!(run.pending(), ["tap a"]);
+        run.answer("tap a", PublishOutcome::Confirmed);
+        assert_eq!(
+            run.settled(),
+            [(
+                1,
+                Settle::Ack {
+                    tag: 1,
+                    multiple: true
+                }
+            )]
+        );
+        assert_eq!(run.times_sent("a"), 1, "the team's event sent again");
+        let counts = run.core.take_counts();
+        assert_eq!(counts.history_missing, 1);
+        assert_eq!(counts.unroutable, 0, "a history copy counted as an event");
     }
 
     #[test]

@@ -263,6 +263,7 @@ impl<'s> Pipeline<'s> {
             retry: settings.pipeline.retry,
             window: usize::from(settings.pipeline.prefetch),
             window_bytes: settings.pipeline.max_in_flight_bytes,
+            history: topology.history.enabled,
         };
         Pipeline {
             settings,
@@ -611,6 +612,12 @@ impl<'s> Pipeline<'s> {
             warn!(
                 copies = counts.taps_given_up,
                 "tap copies for observers kept failing; given up (the messages are stored)"
+            );
+        }
+        if counts.history_missing > 0 {
+            warn!(
+                copies = counts.history_missing,
+                "the history's copies came back unroutable: its stream or binding is gone; declaring the topology again and retrying them"
             );
         }
         for finished in self.core.take_finished() {
