@@ -250,13 +250,14 @@ fn alarms(node: &PrivateNode) -> String {
 }
 
 /// A disk alarm (the free-disk limit raised past what the disk has) mid-stream for
-/// 10 s: the broker blocks the publishing connection; the worker waits it out.
+/// 10 s: the broker blocks the publishing connection; the worker waits it out. The
+/// event history is on: once the alarm is over it holds every event exactly once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_disk_alarm_mid_stream_is_waited_out() {
     let watch = SharedBrokerWatch::start().await;
     let node = PrivateNode::start();
     let (vhost, webhooks) = loaded(&node, "chaos-disk", FieldTable::default()).await;
-    let worker = WorkerProcess::start(&vhost, &[]);
+    let worker = WorkerProcess::start(&vhost, &[("NORMALIZER__HISTORY__ENABLED", "true")]);
     wait_for_progress(&worker, PROGRESS);
     let limit = node.eval("rabbit_disk_monitor:get_disk_free_limit().");
     node.rabbitmqctl(&["set_disk_free_limit", "1000000GB"]);
@@ -277,5 +278,29 @@ async fn a_disk_alarm_mid_stream_is_waited_out() {
         accounting.duplicates, 0,
         "an alarm is waited out, not retried"
     );
+    let want: std::collections::BTreeSet<String> = webhooks
+        .iter()
+        .filter_map(|w| expected(w).ok())
+        .flatten()
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(want.len(), accounting.events);
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    let kept = read_stream(
+        &channel,
+        "events.history",
+        want.len(),
+        Duration::from_secs(120),
+    )
+    .await;
+    let kept_ids: std::collections::BTreeSet<String> = kept.iter().map(message_id).collect();
+    assert_eq!(
+        kept_ids.len(),
+        kept.len(),
+        "an event kept twice in the history"
+    );
+    assert!(kept_ids == want, "the history lacks events or holds others");
+    let _ = conn.close(200, "read".into()).await;
     watch.assert_untouched().await;
 }
