@@ -7,6 +7,9 @@
 /// The AMQP header (and HTTP header) that carries it.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The length of a version-00 `traceparent`.
+pub const HEADER_LEN: usize = 55;
+
 /// A `traceparent`: version 00, a trace id, the id of the span the message was sent
 /// from, and the flags (bit 0: sampled).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,17 +65,23 @@ impl TraceParent {
         }
     }
 
-    /// The header's text. Written digit by digit: formatting machinery would cost more
-    /// than the rest of propagating the context (one header per message).
+    /// The header's text.
     pub fn header(&self) -> String {
-        let mut out = [0u8; 55];
+        String::from_utf8_lossy(&self.header_bytes()).into_owned()
+    }
+
+    /// The header's text as bytes, with no allocation: what the worker puts on each
+    /// event. Written two digits a byte from a table: formatting machinery would cost
+    /// more than the rest of propagating the context.
+    pub fn header_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
         out[..3].copy_from_slice(b"00-");
-        hex_digits(self.trace_id, &mut out[3..35]);
+        hex_bytes(&self.trace_id.to_be_bytes(), &mut out[3..35]);
         out[35] = b'-';
-        hex_digits(u128::from(self.span_id), &mut out[36..52]);
+        hex_bytes(&self.span_id.to_be_bytes(), &mut out[36..52]);
         out[52] = b'-';
-        hex_digits(u128::from(self.flags), &mut out[53..55]);
-        std::str::from_utf8(&out).unwrap_or_default().to_owned()
+        hex_bytes(&[self.flags], &mut out[53..55]);
+        out
     }
 
     /// The trace id as W3C writes it (32 lowercase hex digits).
@@ -81,12 +90,12 @@ impl TraceParent {
     }
 }
 
-/// The low `out.len()` hex digits of `n`, lowercase, most significant first.
-fn hex_digits(mut n: u128, out: &mut [u8]) {
+/// `bytes` in lowercase hex, two digits each, into `out` (twice as long).
+fn hex_bytes(bytes: &[u8], out: &mut [u8]) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for place in out.iter_mut().rev() {
-        *place = DIGITS[(n & 0xf) as usize];
-        n >>= 4;
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
     }
 }
 

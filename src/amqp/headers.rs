@@ -96,6 +96,63 @@ pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<St
     }
 }
 
+/// `properties` with these text headers added (replacing any of the same name), the
+/// header table cloned once: `properties.clone().with_headers(..)` would clone the old
+/// table too only to drop it, a few allocations per header on every tap copy.
+pub(crate) fn with_added_headers(
+    properties: &BasicProperties,
+    added: &[(&str, &str)],
+) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    for (name, value) in added {
+        table.insert((*name).into(), AMQPValue::LongString((*value).into()));
+    }
+    let p = properties;
+    let mut out = BasicProperties::default().with_headers(table);
+    // Every basic property but `headers`, as AMQP 0-9-1 defines them (the list is
+    // fixed; a test checks that none is left behind).
+    if let Some(v) = p.content_type() {
+        out = out.with_content_type(v.clone());
+    }
+    if let Some(v) = p.content_encoding() {
+        out = out.with_content_encoding(v.clone());
+    }
+    if let Some(v) = p.delivery_mode() {
+        out = out.with_delivery_mode(*v);
+    }
+    if let Some(v) = p.priority() {
+        out = out.with_priority(*v);
+    }
+    if let Some(v) = p.correlation_id() {
+        out = out.with_correlation_id(v.clone());
+    }
+    if let Some(v) = p.reply_to() {
+        out = out.with_reply_to(v.clone());
+    }
+    if let Some(v) = p.expiration() {
+        out = out.with_expiration(v.clone());
+    }
+    if let Some(v) = p.message_id() {
+        out = out.with_message_id(v.clone());
+    }
+    if let Some(v) = p.timestamp() {
+        out = out.with_timestamp(*v);
+    }
+    if let Some(v) = p.kind() {
+        out = out.with_type(v.clone());
+    }
+    if let Some(v) = p.user_id() {
+        out = out.with_user_id(v.clone());
+    }
+    if let Some(v) = p.app_id() {
+        out = out.with_app_id(v.clone());
+    }
+    if let Some(v) = p.cluster_id() {
+        out = out.with_cluster_id(v.clone());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +180,42 @@ mod tests {
         )]));
         assert_eq!(header_payload_bound(&p.with_headers(table)), None);
         assert_eq!(header_room(0), usize::MAX);
+    }
+
+    /// Every property but the headers comes through, and the headers get the added
+    /// ones: the same as cloning and replacing the table.
+    #[test]
+    fn added_headers_keep_every_other_property() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongString("1".into()));
+        table.insert("b".into(), AMQPValue::LongString("2".into()));
+        let p = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("identity".into())
+            .with_headers(table.clone())
+            .with_delivery_mode(2)
+            .with_priority(3)
+            .with_correlation_id("corr".into())
+            .with_reply_to("reply".into())
+            .with_expiration("60000".into())
+            .with_message_id("id".into())
+            .with_timestamp(1_700_000_000)
+            .with_type("deel.contract.created".into())
+            .with_user_id("guest".into())
+            .with_app_id("app".into())
+            .with_cluster_id("cluster".into());
+        let mut want_table = table;
+        want_table.insert("b".into(), AMQPValue::LongString("3".into()));
+        want_table.insert("c".into(), AMQPValue::LongString("4".into()));
+        let want = p.clone().with_headers(want_table);
+        assert_eq!(with_added_headers(&p, &[("b", "3"), ("c", "4")]), want);
+        // With no headers at all, the table is made.
+        let bare = BasicProperties::default().with_message_id("id".into());
+        let mut one = FieldTable::default();
+        one.insert("c".into(), AMQPValue::LongString("4".into()));
+        assert_eq!(
+            with_added_headers(&bare, &[("c", "4")]),
+            bare.clone().with_headers(one)
+        );
     }
 }

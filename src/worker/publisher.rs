@@ -45,7 +45,7 @@ impl AmqpMessage {
         event: OutgoingEvent,
         exchange: &ShortString,
         correlation_id: Option<&ShortString>,
-        traceparent: &str,
+        traceparent: &[u8],
     ) -> AmqpMessage {
         // The type is both the routing key and the `type` property.
         let event_type: ShortString = event.routing_key().into();
@@ -401,7 +401,7 @@ mod tests {
                         event,
                         &"x".into(),
                         Some(&"gw-1".into()),
-                        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                        b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
                     );
                     assert_eq!(
                         header_payload_bound(&m.properties),

@@ -27,7 +27,9 @@ use self::core::{Command, Core, Fate, Finish, Messages, PublishId, Route, Status
 use super::dead_letter::dead_letter_message;
 use super::inbound::raw_message;
 use super::publisher::{AmqpMessage, Publisher};
-use crate::amqp::headers::{header_payload_bound, header_payload_size, header_room};
+use crate::amqp::headers::{
+    header_payload_bound, header_payload_size, header_room, with_added_headers,
+};
 use crate::amqp::ordered;
 use crate::amqp::wire::WireReport;
 use crate::canonical::{Vendor, rfc3339_utc};
@@ -37,7 +39,7 @@ use crate::contract::headers;
 use crate::delivery::{DeadLetter, Lane, Plan, PublishOutcome, RawMessage, Settle, plan};
 use crate::ops::{DeliveryId, Health, Occurrence, Outcome, WorkerState};
 use crate::spans::{Kind, OpenSpan};
-use crate::trace_context::{TRACEPARENT, TraceParent};
+use crate::trace_context::{HEADER_LEN, TRACEPARENT, TraceParent};
 use opentelemetry::KeyValue;
 
 /// How one publish attempt ended.
@@ -53,7 +55,8 @@ pub(crate) struct Held {
     raw: RawMessage,
     original: BasicProperties,
     /// The `traceparent` of the worker's span for it: on each event and dead letter.
-    traceparent: String,
+    /// Kept as bytes: each event's header is made from them, with no text in between.
+    traceparent: [u8; HEADER_LEN],
     /// That span, when spans are exported: it ends when the message is settled (and
     /// this is dropped).
     span: Option<OpenSpan>,
@@ -106,7 +109,7 @@ impl Messages for Amqp {
     /// its type in `x-normalizer-unrouted-routing-key` and when it was kept.
     fn kept(&self, event: &AmqpMessage) -> AmqpMessage {
         let kept_at = self.kept_at();
-        let properties = with_headers(
+        let properties = with_added_headers(
             &event.properties,
             &[
                 (headers::UNROUTED_ROUTING_KEY, event.routing_key.as_str()),
@@ -157,7 +160,7 @@ impl Messages for Amqp {
         let properties = if kept {
             stored.properties.clone()
         } else {
-            with_headers(&stored.properties, &[(headers::KEPT_AT, &self.kept_at())])
+            with_added_headers(&stored.properties, &[(headers::KEPT_AT, &self.kept_at())])
         };
         AmqpMessage {
             exchange: self.tap_exchange.clone(),
@@ -175,9 +178,10 @@ impl Messages for Amqp {
         detail: &str,
     ) -> (DeadLetter, Result<AmqpMessage, String>) {
         let mut dead_letter = DeadLetter::new(&raw.raw, kind, vendor, detail, Utc::now());
-        dead_letter
-            .headers
-            .push((TRACEPARENT, raw.traceparent.clone()));
+        dead_letter.headers.push((
+            TRACEPARENT,
+            String::from_utf8_lossy(&raw.traceparent).into_owned(),
+        ));
         let message = dead_letter_message(
             &dead_letter,
             Arc::new(raw.raw.body.clone()),
@@ -223,15 +227,6 @@ fn process_attributes(
         attributes.push(KeyValue::new("messaging.message.id", id.to_string()));
     }
     attributes
-}
-
-/// `properties` with these text headers added (replacing same-named ones).
-fn with_headers(properties: &BasicProperties, added: &[(&str, &str)]) -> BasicProperties {
-    let mut table = properties.headers().clone().unwrap_or_default();
-    for (name, value) in added {
-        table.insert((*name).into(), AMQPValue::LongString((*value).into()));
-    }
-    properties.clone().with_headers(table)
 }
 
 pub(crate) struct Pipeline<'s> {
@@ -369,7 +364,7 @@ impl<'s> Pipeline<'s> {
         let mut held = Held {
             raw,
             original: properties,
-            traceparent: trace.header(),
+            traceparent: trace.header_bytes(),
             span,
         };
         if let Some(size) = body_omitted {
@@ -442,7 +437,7 @@ impl<'s> Pipeline<'s> {
     /// A delivery that came back, as it is, to the dead-letter queue through the default
     /// exchange (so that no binding can send it round again), saying where it came from.
     fn looped(&self, held: &Held) -> AmqpMessage {
-        let properties = with_headers(
+        let properties = with_added_headers(
             &held.original,
             &[
                 (headers::LOOPED_THROUGH, held.raw.exchange.as_str()),
@@ -508,9 +503,10 @@ impl<'s> Pipeline<'s> {
         };
         let mut dead_letter = dead_letter;
         // Its trace: the worker's span, in place of the raw message's own context.
-        dead_letter
-            .headers
-            .push((TRACEPARENT, held.traceparent.clone()));
+        dead_letter.headers.push((
+            TRACEPARENT,
+            String::from_utf8_lossy(&held.traceparent).into_owned(),
+        ));
         let built = dead_letter_message(
             &dead_letter,
             Arc::new(held.raw.body.clone()),
