@@ -17,6 +17,8 @@ pub enum MatchedBy {
     RawMessageId,
     /// The vendor's own event id (an event's `vendoreventid`).
     VendorEventId,
+    /// A string in a dead letter's body (the vendor's event id, most likely).
+    StringInBody,
 }
 
 impl MatchedBy {
@@ -25,6 +27,7 @@ impl MatchedBy {
             MatchedBy::EventId => "event id",
             MatchedBy::RawMessageId => "raw message id",
             MatchedBy::VendorEventId => "vendor event id",
+            MatchedBy::StringInBody => "a string in its body",
         }
     }
 }
@@ -50,10 +53,29 @@ pub fn event_matches(id: &str, event: &HistoryEvent, body: &[u8]) -> Option<Matc
     (attributes.vendoreventid.as_deref() == Some(id)).then_some(MatchedBy::VendorEventId)
 }
 
-/// A dead letter that belongs to `id`: its raw message's `message_id`. (A dead letter's
-/// body is what could not be read: no vendor event id is looked for in it.)
-pub fn dead_letter_matches(id: &str, dead_letter: &StoredDeadLetter) -> Option<MatchedBy> {
-    (dead_letter.message_id.as_deref() == Some(id)).then_some(MatchedBy::RawMessageId)
+/// The fewest characters an id must have to be looked for in a dead letter's body: a
+/// shorter one ("1", "ok") would be found among values that are not ids.
+pub const MIN_BODY_ID_CHARS: usize = 8;
+
+/// A dead letter that belongs to `id`: its raw message's `message_id`; or, for an id of
+/// at least [`MIN_BODY_ID_CHARS`] characters, a JSON string equal to `id` anywhere in its
+/// body. A dead letter's body could not be normalized, so no field of it can be relied
+/// on: the vendor's event id is found as a value, wherever the body holds it, and the
+/// body is not parsed (it may not be JSON at all).
+pub fn dead_letter_matches(
+    id: &str,
+    dead_letter: &StoredDeadLetter,
+    body: &[u8],
+) -> Option<MatchedBy> {
+    if dead_letter.message_id.as_deref() == Some(id) {
+        return Some(MatchedBy::RawMessageId);
+    }
+    if id.chars().count() < MIN_BODY_ID_CHARS {
+        return None;
+    }
+    // The id as JSON writes it, quotes included: a whole string value, not a part.
+    let quoted = serde_json::to_string(id).ok()?;
+    contains(body, quoted.as_bytes()).then_some(MatchedBy::StringInBody)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -96,5 +118,47 @@ mod tests {
         assert_eq!(event_matches("", &e, body), None);
         // A body that is not an event's JSON is not read further.
         assert_eq!(event_matches("vendor-9", &e, b"vendor-9 {"), None);
+    }
+
+    fn dead_letter(message_id: Option<&str>) -> StoredDeadLetter {
+        StoredDeadLetter {
+            shape: crate::tools::dlq::stored::Shape::Worker,
+            vendor: "deel".into(),
+            kind: "invalid_payload".into(),
+            detail: String::new(),
+            failed_at: None,
+            original_exchange: "webhooks.raw".into(),
+            original_routing_key: "deel".into(),
+            message_id: message_id.map(str::to_owned),
+            body_len: 0,
+            replays: 0,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_is_found_by_its_raw_message_id_or_a_whole_string_in_its_body() {
+        let d = dead_letter(Some("raw-1"));
+        let body = br#"{"data":{"meta":{"tracking_id":"FmbhqH_T-LUJ","note":"FmbhqH_T-LUJ-2"}}, "n": "short"}"#;
+        assert_eq!(
+            dead_letter_matches("raw-1", &d, body),
+            Some(MatchedBy::RawMessageId)
+        );
+        assert_eq!(
+            dead_letter_matches("FmbhqH_T-LUJ", &d, body),
+            Some(MatchedBy::StringInBody)
+        );
+        // Part of a string is not the string.
+        assert_eq!(dead_letter_matches("FmbhqH_T", &d, body), None);
+        // Too short to be told from any other value.
+        assert_eq!(dead_letter_matches("short", &d, body), None);
+        // Not JSON at all: the bytes are searched all the same.
+        assert_eq!(
+            dead_letter_matches("FmbhqH_T-LUJ", &d, br#"{ "FmbhqH_T-LUJ" <"#),
+            Some(MatchedBy::StringInBody)
+        );
+        assert_eq!(
+            dead_letter_matches("raw-1", &dead_letter(None), b"{}"),
+            None
+        );
     }
 }

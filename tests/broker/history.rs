@@ -795,9 +795,21 @@ async fn trace_finds_the_events_and_the_dead_letter_of_a_webhook() {
         "trace-ok",
     );
     let bad = RawWebhook::new(b"{ not json".to_vec(), Some("deel"), "trace-bad");
+    // Readable, with the vendor's event id, but not a Deel event the worker can map (its
+    // type is a number): a dead letter found by that id.
+    let mut unreadable: serde_json::Value =
+        serde_json::from_slice(&fixture("deel/contract.created.json")).unwrap();
+    unreadable["data"]["meta"]["event_type"] = serde_json::json!(7);
+    unreadable["data"]["meta"]["tracking_id"] = serde_json::json!("trace-dead-vendor-id");
+    let unreadable = RawWebhook::new(
+        serde_json::to_vec(&unreadable).unwrap(),
+        Some("deel"),
+        "trace-unreadable",
+    );
     let mut webhooks = webhook_mix(10, "noise");
     webhooks.insert(4, ok.clone());
     webhooks.push(bad.clone());
+    webhooks.push(unreadable.clone());
     publish_raw(&channel, &webhooks).await;
     wait_until(Duration::from_secs(60), "all raw messages settled", || {
         worker.readiness().1["acked"].as_u64() == Some(webhooks.len() as u64)
@@ -853,6 +865,22 @@ async fn trace_finds_the_events_and_the_dead_letter_of_a_webhook() {
         "{text}"
     );
     assert!(!text.contains("event\t"), "{text}");
+    assert_eq!(
+        dead[0].split('\t').nth(4),
+        Some("by raw message id"),
+        "{text}"
+    );
+
+    // A dead letter by the vendor's event id in its body.
+    let text = succeeded(&trace("trace-dead-vendor-id"));
+    let dead: Vec<Vec<&str>> = text
+        .lines()
+        .filter(|l| l.starts_with("dead-letter\t"))
+        .map(|l| l.split('\t').collect())
+        .collect();
+    assert_eq!(dead.len(), 1, "{text}");
+    assert_eq!(dead[0][2], "trace-unreadable", "{text}");
+    assert_eq!(dead[0][4], "by a string in its body", "{text}");
 
     // Nothing found: exit 1. Every queue as it was.
     assert_eq!(trace("no-such-id").status.code(), Some(1));

@@ -118,16 +118,17 @@ fn trace(settings: &Settings, args: &TraceArgs) -> anyhow::Result<ExitCode> {
         None,
         None,
         &mut |p| bar.update(p),
-        |info, _body, _properties| {
-            if dead_letter_matches(id, info).is_some() {
+        |info, body, _properties| {
+            if let Some(how) = dead_letter_matches(id, info, body) {
                 dead_letters += 1;
                 lines.push(format!(
-                    "dead-letter\t{}.{}\t{}\t{}\t{}",
+                    "dead-letter\t{}.{}\t{}\t{}\tby {}\t{}",
                     info.vendor,
                     info.kind,
                     info.message_id.as_deref().unwrap_or("-"),
                     info.failed_at
                         .map_or_else(|| "-".to_owned(), |t| rfc3339_utc::format(&t)),
+                    how.as_str(),
                     info.detail.replace(['\t', '\n', '\r'], " ")
                 ));
             }
