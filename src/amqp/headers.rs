@@ -99,13 +99,13 @@ pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<St
 /// `properties` with these text headers added (replacing any of the same name), the
 /// header table cloned once: `properties.clone().with_headers(..)` would clone the old
 /// table too only to drop it, a few allocations per header on every tap copy.
-pub(crate) fn with_added_headers(
+pub(crate) fn with_added_headers<'a>(
     properties: &BasicProperties,
-    added: &[(&str, &str)],
+    added: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> BasicProperties {
     let mut table = properties.headers().clone().unwrap_or_default();
     for (name, value) in added {
-        table.insert((*name).into(), AMQPValue::LongString((*value).into()));
+        table.insert(name.into(), AMQPValue::LongString(value.into()));
     }
     let p = properties;
     let mut out = BasicProperties::default().with_headers(table);
@@ -208,13 +208,13 @@ mod tests {
         want_table.insert("b".into(), AMQPValue::LongString("3".into()));
         want_table.insert("c".into(), AMQPValue::LongString("4".into()));
         let want = p.clone().with_headers(want_table);
-        assert_eq!(with_added_headers(&p, &[("b", "3"), ("c", "4")]), want);
+        assert_eq!(with_added_headers(&p, [("b", "3"), ("c", "4")]), want);
         // With no headers at all, the table is made.
         let bare = BasicProperties::default().with_message_id("id".into());
         let mut one = FieldTable::default();
         one.insert("c".into(), AMQPValue::LongString("4".into()));
         assert_eq!(
-            with_added_headers(&bare, &[("c", "4")]),
+            with_added_headers(&bare, [("c", "4")]),
             bare.clone().with_headers(one)
         );
     }

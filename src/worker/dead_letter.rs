@@ -115,12 +115,12 @@ pub(crate) fn dead_letter_message(
     if needed > room {
         return Err(Unpublishable { needed, room });
     }
-    Ok(AmqpMessage {
-        exchange: exchange.clone(),
-        routing_key: dead_letter.routing_key.as_str().into(),
+    Ok(AmqpMessage::new(
+        exchange.clone(),
+        dead_letter.routing_key.as_str().into(),
         body,
         properties,
-    })
+    ))
 }
 
 /// The original properties but `expiration` and `user_id` (moved to headers) and the

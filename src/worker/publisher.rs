@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use crate::amqp::confirm::judge;
 use crate::amqp::connection::connect_checked;
 use crate::amqp::error::{BrokerError, Role};
-use crate::amqp::headers::PERSISTENT;
+use crate::amqp::headers::{PERSISTENT, with_added_headers};
 use crate::amqp::topology::prepare_topology;
 use crate::amqp::wire::{FrameCheck, Returns, Sent};
 use crate::config::{AmqpSettings, Topology};
@@ -36,10 +36,73 @@ pub(crate) struct AmqpMessage {
     pub(crate) exchange: ShortString,
     pub(crate) routing_key: ShortString,
     pub(crate) body: Arc<Vec<u8>>,
-    pub(crate) properties: BasicProperties,
+    /// Shared by a message and its copies (kept, tapped): a copy's own headers are in
+    /// `added`, so making one clones nothing but those.
+    pub(crate) properties: Arc<BasicProperties>,
+    /// Text headers a copy adds to `properties` (replacing any of the same name, the
+    /// later of two winning): the table is made once, when it is published.
+    pub(crate) added: Vec<(&'static str, String)>,
 }
 
 impl AmqpMessage {
+    /// A message published with these properties as they are.
+    pub(crate) fn new(
+        exchange: ShortString,
+        routing_key: ShortString,
+        body: Arc<Vec<u8>>,
+        properties: BasicProperties,
+    ) -> AmqpMessage {
+        AmqpMessage {
+            exchange,
+            routing_key,
+            body,
+            properties: Arc::new(properties),
+            added: Vec::new(),
+        }
+    }
+
+    /// A copy of this message, to `exchange` with `routing_key`, with these headers too.
+    pub(crate) fn copy(
+        &self,
+        exchange: ShortString,
+        routing_key: ShortString,
+        added: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> AmqpMessage {
+        let mut all = self.added.clone();
+        all.extend(added);
+        AmqpMessage {
+            exchange,
+            routing_key,
+            body: self.body.clone(),
+            properties: self.properties.clone(),
+            added: all,
+        }
+    }
+
+    /// The properties as published: `properties` with `added`.
+    pub(crate) fn published_properties(&self) -> BasicProperties {
+        if self.added.is_empty() {
+            return (*self.properties).clone();
+        }
+        with_added_headers(
+            &self.properties,
+            self.added
+                .iter()
+                .map(|(name, value)| (*name, value.as_str())),
+        )
+    }
+
+    /// A header as published, when it is text.
+    pub(crate) fn header_text(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        if let Some((_, value)) = self.added.iter().rev().find(|(n, _)| *n == name) {
+            return Some(std::borrow::Cow::Borrowed(value.as_str()));
+        }
+        match self.properties.headers().as_ref()?.inner().get(name) {
+            Some(AMQPValue::LongString(v)) => Some(String::from_utf8_lossy(v.as_bytes())),
+            _ => None,
+        }
+    }
+
     /// A canonical event with the output contract's properties and headers.
     pub(crate) fn event(
         event: OutgoingEvent,
@@ -69,12 +132,12 @@ impl AmqpMessage {
         if let Some(id) = correlation_id {
             properties = properties.with_correlation_id(id.clone());
         }
-        AmqpMessage {
-            exchange: exchange.clone(),
-            routing_key: event_type,
-            body: Arc::new(event.body),
+        AmqpMessage::new(
+            exchange.clone(),
+            event_type,
+            Arc::new(event.body),
             properties,
-        }
+        )
     }
 }
 
@@ -195,7 +258,7 @@ impl Publisher {
                     message.routing_key.clone(),
                     options,
                     &message.body,
-                    message.properties.clone(),
+                    message.published_properties(),
                 )
                 .await;
             let confirm = match published {
@@ -412,5 +475,40 @@ mod tests {
             }
         }
         assert!(checked >= 39, "{checked}");
+    }
+
+    /// A copy publishes its original's properties with its own headers added (the later
+    /// of two of one name winning), and reads its headers as published; the original is
+    /// left as it was.
+    #[test]
+    fn a_copy_publishes_the_original_properties_with_its_own_headers() {
+        let mut table = lapin::types::FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongString("1".into()));
+        let original = AmqpMessage::new(
+            "events.canonical".into(),
+            "deel.contract.created".into(),
+            Arc::new(b"{}".to_vec()),
+            BasicProperties::default()
+                .with_message_id("ev-1".into())
+                .with_headers(table),
+        );
+        let kept = original.copy("".into(), "events.unrouted".into(), [("b", "2".into())]);
+        let tapped = kept.copy(
+            "events.tap".into(),
+            "unrouted.deel.contract.created".into(),
+            [("a", "3".into())],
+        );
+        let p = tapped.published_properties();
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("ev-1"));
+        let h = p.headers().as_ref().unwrap().inner();
+        assert_eq!(h.get("a"), Some(&AMQPValue::LongString("3".into())));
+        assert_eq!(h.get("b"), Some(&AMQPValue::LongString("2".into())));
+        assert_eq!(tapped.header_text("a").as_deref(), Some("3"));
+        assert_eq!(tapped.header_text("b").as_deref(), Some("2"));
+        assert_eq!(tapped.header_text("c"), None);
+        assert_eq!(tapped.body, original.body);
+        assert_eq!(original.header_text("a").as_deref(), Some("1"));
+        assert_eq!(original.published_properties(), *original.properties);
+        assert_eq!(kept.header_text("a").as_deref(), Some("1"));
     }
 }

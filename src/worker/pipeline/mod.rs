@@ -17,7 +17,7 @@ use futures_util::FutureExt;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, ShortString};
+use lapin::types::ShortString;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -108,66 +108,49 @@ impl Messages for Amqp {
     /// The event as published, to the unrouted queue through the default exchange, with
     /// its type in `x-normalizer-unrouted-routing-key` and when it was kept.
     fn kept(&self, event: &AmqpMessage) -> AmqpMessage {
-        let kept_at = self.kept_at();
-        let properties = with_added_headers(
-            &event.properties,
-            &[
-                (headers::UNROUTED_ROUTING_KEY, event.routing_key.as_str()),
-                (headers::KEPT_AT, &kept_at),
+        event.copy(
+            ShortString::from(""),
+            self.unrouted_queue.clone(),
+            [
+                (headers::UNROUTED_ROUTING_KEY, event.routing_key.to_string()),
+                (headers::KEPT_AT, self.kept_at()),
             ],
-        );
-        AmqpMessage {
-            exchange: ShortString::from(""),
-            routing_key: self.unrouted_queue.clone(),
-            body: event.body.clone(),
-            properties,
-        }
+        )
     }
 
     /// The stored message, to the tap exchange: `canonical.{type}`, `unrouted.{type}` or
     /// `dead-letter.{routing key}`, with when it was kept (a kept event's own time).
     fn tapped(&self, stored: &AmqpMessage, route: Route) -> AmqpMessage {
-        let routing_key = match route {
-            Route::Canonical => format!("canonical.{}", stored.routing_key),
-            Route::Unrouted => format!(
-                "unrouted.{}",
+        let (prefix, key) = match route {
+            Route::Canonical => ("canonical.", stored.routing_key.as_str().into()),
+            Route::Unrouted => (
+                "unrouted.",
                 stored
                     .properties
                     .kind()
                     .as_ref()
                     .map_or(stored.routing_key.as_str(), |t| t.as_str())
+                    .into(),
             ),
-            Route::DeadLetter => format!(
-                "dead-letter.{}",
+            Route::DeadLetter => (
+                "dead-letter.",
                 stored
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .and_then(|h| match h.inner().get(headers::DEAD_LETTER_ROUTING_KEY) {
-                        Some(AMQPValue::LongString(k)) => {
-                            Some(String::from_utf8_lossy(k.as_bytes()).into_owned())
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_else(|| stored.routing_key.to_string())
+                    .header_text(headers::DEAD_LETTER_ROUTING_KEY)
+                    .unwrap_or_else(|| stored.routing_key.as_str().into()),
             ),
         };
-        let kept = stored
-            .properties
-            .headers()
-            .as_ref()
-            .is_some_and(|h| h.inner().contains_key(headers::KEPT_AT));
-        let properties = if kept {
-            stored.properties.clone()
-        } else {
-            with_added_headers(&stored.properties, &[(headers::KEPT_AT, &self.kept_at())])
+        let mut routing_key = String::with_capacity(prefix.len() + key.len());
+        routing_key.push_str(prefix);
+        routing_key.push_str(&key);
+        let kept_at = match stored.header_text(headers::KEPT_AT) {
+            Some(_) => None,
+            None => Some((headers::KEPT_AT, self.kept_at())),
         };
-        AmqpMessage {
-            exchange: self.tap_exchange.clone(),
-            routing_key: routing_key.as_str().into(),
-            body: stored.body.clone(),
-            properties,
-        }
+        stored.copy(
+            self.tap_exchange.clone(),
+            ShortString::from(routing_key),
+            kept_at,
+        )
     }
 
     fn dead_letter(
@@ -439,7 +422,7 @@ impl<'s> Pipeline<'s> {
     fn looped(&self, held: &Held) -> AmqpMessage {
         let properties = with_added_headers(
             &held.original,
-            &[
+            [
                 (headers::LOOPED_THROUGH, held.raw.exchange.as_str()),
                 (
                     headers::DEAD_LETTER_ROUTING_KEY,
@@ -447,12 +430,12 @@ impl<'s> Pipeline<'s> {
                 ),
             ],
         );
-        AmqpMessage {
-            exchange: ShortString::from(""),
-            routing_key: self.settings.topology.dead_letter.queue.as_str().into(),
-            body: Arc::new(held.raw.body.clone()),
+        AmqpMessage::new(
+            ShortString::from(""),
+            self.settings.topology.dead_letter.queue.as_str().into(),
+            Arc::new(held.raw.body.clone()),
             properties,
-        }
+        )
     }
 
     /// Turns a plan into AMQP messages that fit the broker's frame, or into the dead
