@@ -15,7 +15,7 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 
 use crate::trace_context::TraceParent;
 
@@ -57,8 +57,11 @@ impl Spans {
     }
 
     /// Exports to `endpoint` (`http://host:4318/v1/traces`) as `service`, in batches,
-    /// from a thread of the SDK's own.
-    pub fn otlp(endpoint: &str, service: &'static str) -> Result<Spans, String> {
+    /// from a thread of the SDK's own. Of the traces started here, `sample_ratio` are
+    /// sampled (by trace id, so every process samples a trace alike); a span with a
+    /// parent is sampled when its parent is, whatever the ratio, so a trace is exported
+    /// whole or not at all.
+    pub fn otlp(endpoint: &str, service: &'static str, sample_ratio: f64) -> Result<Spans, String> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpJson)
@@ -67,6 +70,9 @@ impl Spans {
             .map_err(|e| format!("the OTLP exporter for {endpoint}: {e}"))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                sample_ratio,
+            ))))
             .with_resource(Resource::builder().with_service_name(service).build())
             .build();
         let tracer = provider.tracer(service);

@@ -127,6 +127,9 @@ pub struct DeadLetterSettings {
 pub struct TracingSettings {
     /// OTLP over HTTP (JSON), `http://…/v1/traces`; empty: no export.
     pub otlp_endpoint: String,
+    /// The share of the traces this process starts whose spans are exported (0 to 1);
+    /// a trace continued from a `traceparent` follows that context's sampled flag.
+    pub sample_ratio: f64,
 }
 
 impl TracingSettings {
@@ -135,7 +138,7 @@ impl TracingSettings {
         if self.otlp_endpoint.is_empty() {
             return Ok(crate::spans::Spans::off());
         }
-        crate::spans::Spans::otlp(&self.otlp_endpoint, service)
+        crate::spans::Spans::otlp(&self.otlp_endpoint, service, self.sample_ratio)
     }
 }
 

@@ -353,19 +353,24 @@ fn history(history: &HistorySettings) -> Result<(), ConfigError> {
 /// `tracing`: an endpoint the exporter can reach (plain HTTP), or none.
 fn tracing(tracing: &TracingSettings) -> Result<(), ConfigError> {
     let endpoint = tracing.otlp_endpoint.as_str();
-    if endpoint.is_empty() {
-        return Ok(());
-    }
     if endpoint.starts_with("https://") {
         return reject(
             "tracing.otlp_endpoint",
             "https:// is not supported (the exporter speaks plain HTTP): export to a collector beside the process, e.g. http://127.0.0.1:4318/v1/traces",
         );
     }
-    if !endpoint.starts_with("http://") || endpoint.len() <= "http://".len() {
+    if !endpoint.is_empty()
+        && (!endpoint.starts_with("http://") || endpoint.len() <= "http://".len())
+    {
         return reject(
             "tracing.otlp_endpoint",
             "must be an http:// URL (OTLP over HTTP, e.g. http://127.0.0.1:4318/v1/traces), or empty for no export",
+        );
+    }
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        return reject(
+            "tracing.sample_ratio",
+            "must be between 0 and 1 (the share of traces started here that are exported)",
         );
     }
     Ok(())
@@ -735,7 +740,7 @@ mod tests {
     #[test]
     fn the_first_section_in_order_is_reported() {
         let amqps = ("NORMALIZER__AMQP__URL", "amqps://u:p@broker:5671/%2f");
-        let steps: [(&[(&str, &str)], &str); 15] = [
+        let steps: [(&[(&str, &str)], &str); 16] = [
             (
                 &[("NORMALIZER__AMQP__HEARTBEAT_SECS", "0")],
                 "amqp.heartbeat_secs",
@@ -792,6 +797,10 @@ mod tests {
                     "https://collector:4318",
                 )],
                 "tracing.otlp_endpoint",
+            ),
+            (
+                &[("NORMALIZER__TRACING__SAMPLE_RATIO", "1.5")],
+                "tracing.sample_ratio",
             ),
         ];
         for (i, (first, key)) in steps.iter().enumerate() {

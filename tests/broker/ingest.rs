@@ -683,6 +683,81 @@ async fn a_trace_runs_from_the_request_to_the_events_and_the_dead_letter() {
     );
 }
 
+/// With `tracing.sample_ratio = 0`, a trace ingest starts is not exported, and its event
+/// carries the context marked not sampled (flags `00`) all the same; a trace continued
+/// from a sampled client context (trusted here) is exported whole, ingest's span and the
+/// worker's, whatever the ratio.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sample_ratio_of_zero_exports_only_traces_sampled_upstream() {
+    const CLIENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let receiver = OtlpReceiver::start();
+    let endpoint = receiver.endpoint();
+    let exporting = [
+        ("NORMALIZER__TRACING__OTLP_ENDPOINT", endpoint.as_str()),
+        ("NORMALIZER__TRACING__SAMPLE_RATIO", "0"),
+        ("NORMALIZER__INGEST__TRUST_TRACEPARENT", "true"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let vhost = TestVhost::new("otlp-sampled");
+    let worker = WorkerProcess::start(&vhost, &exporting);
+    worker.wait_ready(Duration::from_secs(20));
+    let conn = vhost.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    capture_queue(&channel, "test.events", "events.canonical", "#").await;
+    let ingest = start_ingest_with(&vhost.url(), &exporting, None);
+    let traceparent = |d: &lapin::message::Delivery| -> Vec<String> {
+        header(d, "traceparent")
+            .unwrap()
+            .split('-')
+            .map(str::to_owned)
+            .collect()
+    };
+
+    let started_here = fixture("deel/contract.created.json");
+    assert_eq!(
+        http_post(ingest.addr, "/webhooks/deel", &[], &started_here).0,
+        200
+    );
+    let event = &read_messages(&channel, "test.events", 1, Duration::from_secs(30)).await[0];
+    let unsampled = traceparent(event);
+    assert_eq!(unsampled[3], "00", "not sampled: {unsampled:?}");
+
+    let continued = fixture("deel/contract.status.updated.json");
+    assert_eq!(
+        http_post(
+            ingest.addr,
+            "/webhooks/deel",
+            &[("traceparent", CLIENT)],
+            &continued
+        )
+        .0,
+        200
+    );
+    let event = &read_messages(&channel, "test.events", 1, Duration::from_secs(30)).await[0];
+    let sampled = traceparent(event);
+    assert_eq!(sampled[1], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(sampled[3], "01");
+    let mut spans = Vec::new();
+    wait_until(
+        Duration::from_secs(30),
+        "the sampled trace's two spans",
+        || {
+            spans = receiver.spans();
+            spans.iter().filter(|s| s.trace_id == sampled[1]).count() >= 2
+        },
+    );
+    // The first trace's spans, had they been sampled, went out before these.
+    std::thread::sleep(Duration::from_millis(500));
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().all(|s| s.trace_id == sampled[1]),
+        "a span of a trace not sampled was exported: {spans:#?}"
+    );
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    drop(ingest);
+    drop(worker);
+}
+
 /// With `tracing.otlp_endpoint` set, ingest and the worker export their spans: one trace
 /// from the request (ingest's server span, linked to the client's untrusted context) to
 /// the worker's consumer span (its child, with the messaging attributes), whose context
