@@ -97,8 +97,7 @@ pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> Option<St
 }
 
 /// `properties` with these text headers added (replacing any of the same name), the
-/// header table cloned once: `properties.clone().with_headers(..)` would clone the old
-/// table too only to drop it, a few allocations per header on every tap copy.
+/// header table cloned once.
 pub(crate) fn with_added_headers<'a>(
     properties: &BasicProperties,
     added: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -107,10 +106,32 @@ pub(crate) fn with_added_headers<'a>(
     for (name, value) in added {
         table.insert(name.into(), AMQPValue::LongString(value.into()));
     }
+    rebuilt(properties, Some(table), LeftOut::default())
+}
+
+/// Which properties [`rebuilt`] leaves out.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LeftOut {
+    pub(crate) expiration: bool,
+    pub(crate) user_id: bool,
+}
+
+/// `properties` with `headers` in place of its own table (none with `None`), without
+/// those `left_out` names, and every other property as it was. Made property by
+/// property: `properties.clone().with_headers(..)` would clone the old table too, only
+/// to drop it, a few allocations per header.
+pub(crate) fn rebuilt(
+    properties: &BasicProperties,
+    headers: Option<FieldTable>,
+    left_out: LeftOut,
+) -> BasicProperties {
     let p = properties;
-    let mut out = BasicProperties::default().with_headers(table);
-    // Every basic property but `headers`, as AMQP 0-9-1 defines them (the list is
-    // fixed; a test checks that none is left behind).
+    let mut out = BasicProperties::default();
+    if let Some(table) = headers {
+        out = out.with_headers(table);
+    }
+    // Every basic property but `headers`, as AMQP 0-9-1 defines them (the list is fixed;
+    // a test checks that none is left behind).
     if let Some(v) = p.content_type() {
         out = out.with_content_type(v.clone());
     }
@@ -129,7 +150,7 @@ pub(crate) fn with_added_headers<'a>(
     if let Some(v) = p.reply_to() {
         out = out.with_reply_to(v.clone());
     }
-    if let Some(v) = p.expiration() {
+    if let Some(v) = p.expiration().as_ref().filter(|_| !left_out.expiration) {
         out = out.with_expiration(v.clone());
     }
     if let Some(v) = p.message_id() {
@@ -141,7 +162,7 @@ pub(crate) fn with_added_headers<'a>(
     if let Some(v) = p.kind() {
         out = out.with_type(v.clone());
     }
-    if let Some(v) = p.user_id() {
+    if let Some(v) = p.user_id().as_ref().filter(|_| !left_out.user_id) {
         out = out.with_user_id(v.clone());
     }
     if let Some(v) = p.app_id() {
@@ -209,6 +230,19 @@ mod tests {
         want_table.insert("c".into(), AMQPValue::LongString("4".into()));
         let want = p.clone().with_headers(want_table);
         assert_eq!(with_added_headers(&p, [("b", "3"), ("c", "4")]), want);
+        // Left out as asked, and no table when none is given.
+        let bare_of = rebuilt(
+            &p,
+            None,
+            LeftOut {
+                expiration: true,
+                user_id: true,
+            },
+        );
+        assert_eq!(bare_of.headers(), &None);
+        assert_eq!(bare_of.expiration(), &None);
+        assert_eq!(bare_of.user_id(), &None);
+        assert_eq!(bare_of.cluster_id(), p.cluster_id());
         // With no headers at all, the table is made.
         let bare = BasicProperties::default().with_message_id("id".into());
         let mut one = FieldTable::default();

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
+use crate::amqp::headers::{LeftOut, rebuilt};
 use crate::contract::headers;
 
 /// An event's properties as the worker published it: without what keeping it added (its
@@ -25,48 +26,12 @@ pub fn as_published(kept: &BasicProperties) -> BasicProperties {
             }
         }
     }
-    let mut published = BasicProperties::default();
-    let p = kept;
-    if let Some(v) = p.content_type() {
-        published = published.with_content_type(v.clone());
-    }
-    if let Some(v) = p.content_encoding() {
-        published = published.with_content_encoding(v.clone());
-    }
-    if !headers.inner().is_empty() {
-        published = published.with_headers(headers);
-    }
-    if let Some(v) = p.delivery_mode() {
-        published = published.with_delivery_mode(*v);
-    }
-    if let Some(v) = p.priority() {
-        published = published.with_priority(*v);
-    }
-    if let Some(v) = p.correlation_id() {
-        published = published.with_correlation_id(v.clone());
-    }
-    if let Some(v) = p.reply_to() {
-        published = published.with_reply_to(v.clone());
-    }
-    if let Some(v) = p.message_id() {
-        published = published.with_message_id(v.clone());
-    }
-    if let Some(v) = p.timestamp() {
-        published = published.with_timestamp(*v);
-    }
-    if let Some(v) = p.kind() {
-        published = published.with_type(v.clone());
-    }
-    if let Some(v) = p.user_id() {
-        published = published.with_user_id(v.clone());
-    }
-    if let Some(v) = p.app_id() {
-        published = published.with_app_id(v.clone());
-    }
-    if let Some(v) = p.cluster_id() {
-        published = published.with_cluster_id(v.clone());
-    }
-    published
+    let headers = (!headers.inner().is_empty()).then_some(headers);
+    let left_out = LeftOut {
+        expiration: true,
+        ..LeftOut::default()
+    };
+    rebuilt(kept, headers, left_out)
 }
 
 /// When a kept event was kept: its `x-normalizer-kept-at` header, when it has one.

@@ -25,7 +25,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 
 use super::publisher::AmqpMessage;
 use crate::amqp::headers::{
-    PERSISTENT, header_entry_size, header_payload_size, header_room, text_headers,
+    LeftOut, PERSISTENT, header_entry_size, header_payload_size, header_room, rebuilt, text_headers,
 };
 use crate::contract::headers;
 use crate::delivery::DeadLetter;
@@ -126,38 +126,11 @@ pub(crate) fn dead_letter_message(
 /// The original properties but `expiration` and `user_id` (moved to headers) and the
 /// headers (rebuilt), persistent whatever the original said.
 fn kept_properties(original: &BasicProperties) -> BasicProperties {
-    let mut p = BasicProperties::default().with_delivery_mode(PERSISTENT);
-    if let Some(v) = original.content_type() {
-        p = p.with_content_type(v.clone());
-    }
-    if let Some(v) = original.content_encoding() {
-        p = p.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.priority() {
-        p = p.with_priority(*v);
-    }
-    if let Some(v) = original.correlation_id() {
-        p = p.with_correlation_id(v.clone());
-    }
-    if let Some(v) = original.reply_to() {
-        p = p.with_reply_to(v.clone());
-    }
-    if let Some(v) = original.message_id() {
-        p = p.with_message_id(v.clone());
-    }
-    if let Some(v) = original.timestamp() {
-        p = p.with_timestamp(*v);
-    }
-    if let Some(v) = original.kind() {
-        p = p.with_type(v.clone());
-    }
-    if let Some(v) = original.app_id() {
-        p = p.with_app_id(v.clone());
-    }
-    if let Some(v) = original.cluster_id() {
-        p = p.with_cluster_id(v.clone());
-    }
-    p
+    let left_out = LeftOut {
+        expiration: true,
+        user_id: true,
+    };
+    rebuilt(original, None, left_out).with_delivery_mode(PERSISTENT)
 }
 
 /// `table` without `name`.
